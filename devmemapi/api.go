@@ -1,0 +1,108 @@
+package devmemapi
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Sentinel errors shared by both backends.
+var (
+	// ErrNotSupported reports a feature the backend or interface lacks.
+	ErrNotSupported = errors.New("not supported")
+	// ErrClosed reports use of a closed binding, listener or connection.
+	ErrClosed = net.ErrClosed
+)
+
+// Binding is a dmabuf bound to RX queues (NETDEV_CMD_BIND_RX). Closing it
+// unbinds, as closing the netlink socket does in the kernel.
+type Binding interface {
+	// ID is the dmabuf id that fragments report in DmabufCmsg.DmabufID.
+	ID() uint32
+	// Size is the dmabuf's size in bytes.
+	Size() uint64
+	// ReadAt copies dmabuf bytes at off into p, as an application reads a
+	// mapped dmabuf (for GPU memory: a copy to the host). It implements
+	// io.ReaderAt.
+	ReadAt(p []byte, off int64) (int, error)
+	// Close unbinds. In autorelease-off mode it frees every token still
+	// outstanding on the binding.
+	Close() error
+}
+
+// BindRXConfig is the request of a bind-rx: which interface and queues, and
+// the token release mode.
+type BindRXConfig struct {
+	// Ifindex is the interface's index (NETDEV_A_DMABUF_IFINDEX).
+	Ifindex int
+	// Queues are the RX queue ids to bind (NETDEV_A_DMABUF_QUEUES).
+	Queues []uint32
+	// Size is the dmabuf size for backends that allocate it (the
+	// emulation's UMEM); 0 means the backend's default.
+	Size uint64
+	// DmabufFD is a caller-supplied dmabuf (kernel backend); -1 or 0 lets
+	// the backend make one where it can.
+	DmabufFD int
+	// Autorelease selects the token release mode: nil leaves the default.
+	Autorelease *bool
+}
+
+// Listener accepts devmem-capable TCP connections.
+type Listener interface {
+	// Accept waits for and returns the next connection.
+	Accept() (Conn, error)
+	// Close stops listening; Accept then fails with ErrClosed.
+	Close() error
+	// Addr is the listening address.
+	Addr() net.Addr
+}
+
+// Conn is a TCP connection that can receive devmem fragments.
+type Conn interface {
+	// RecvMsg is shaped like unix.Recvmsg. With MSG_SOCK_DEVMEM in flags it
+	// fills oob with SCM_DEVMEM_DMABUF messages (payload in the dmabuf, n
+	// counts their bytes) or one SCM_DEVMEM_LINEAR message (payload copied
+	// into p). Without the flag, dmabuf data fails with EFAULT. At end of
+	// stream it returns n = 0 and a nil error.
+	RecvMsg(p, oob []byte, flags int) (n, oobn int, err error)
+	// DontNeed returns tokens (SO_DEVMEM_DONTNEED) and reports how many
+	// fragments it freed.
+	DontNeed(tokens []DmabufToken) (int, error)
+	// SetReadDeadline bounds RecvMsg; expiry fails with
+	// os.ErrDeadlineExceeded.
+	SetReadDeadline(t time.Time) error
+	// LocalAddr is the connection's local address.
+	LocalAddr() net.Addr
+	// RemoteAddr is the peer's address.
+	RemoteAddr() net.Addr
+	// Close closes the connection. In autorelease-on mode it frees every
+	// token the connection still holds.
+	Close() error
+}
+
+// Provider is one backend: it binds dmabufs and opens listeners whose
+// connections receive into them.
+type Provider interface {
+	// Name names the backend ("kernel" or "emulated").
+	Name() string
+	// BindRX binds a dmabuf to RX queues.
+	BindRX(cfg BindRXConfig) (Binding, error)
+	// Listen listens for TCP on addr.
+	Listen(addr netip.AddrPort) (Listener, error)
+	// Close releases the provider and everything it still holds.
+	Close() error
+}
+
+// RecvFrags is the typed convenience over Conn.RecvMsg: it receives with
+// MSG_SOCK_DEVMEM (plus flags) and appends the parsed fragments to
+// frags[:0]. oob is the control buffer to use (len/CmsgSpaceDmabuf
+// fragments at most); p receives linear data.
+func RecvFrags(c Conn, p, oob []byte, frags []Frag, flags int) (n int, out []Frag, err error) {
+	n, oobn, err := c.RecvMsg(p, oob, flags|MSG_SOCK_DEVMEM)
+	if err != nil {
+		return n, frags[:0], err
+	}
+	out, err = AppendFrags(frags[:0], oob[:oobn])
+	return n, out, err
+}
