@@ -1,0 +1,335 @@
+package netns
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPrefix names the namespaces of a pair whose [Options.Prefix] is
+// empty.
+const DefaultPrefix = "xdevmem"
+
+// Interface name prefixes of the two veth ends; the pair's id follows.
+const (
+	PeerIfPrefix = "xdvp"
+	EmuIfPrefix  = "xdve"
+)
+
+// idLen is the length of a pair id in hex digits.
+const idLen = 6
+
+// Options configures [NewPair]. The zero value is a usable default.
+type Options struct {
+	// Prefix starts both namespace names (default [DefaultPrefix]). It is
+	// made of lowercase letters, digits and '-', at most 32 characters.
+	Prefix string
+	// MTU is set on both veth ends (default 1500). Native single-buffer XDP
+	// on veth works up to 3506.
+	MTU int
+	// PeerAddr is configured on the peer end in the kernel; EmuAddr is only
+	// reported, for the userspace stack. Set both or neither; the default is
+	// 10.211.X.1/24 and 10.211.X.2/24 with X taken from the pair's random id.
+	PeerAddr, EmuAddr netip.Prefix
+	// TxQueues and RxQueues are the veth's numtxqueues and numrxqueues on
+	// both ends (default 1).
+	TxQueues, RxQueues int
+	// KeepPeerTxOffload leaves the peer's transmit checksum offload on. By
+	// default it is turned off (ethtool -K <peer> tx off) so that the peer
+	// sends finished checksums, as a real NIC's link partner would.
+	KeepPeerTxOffload bool
+}
+
+// Pair is a veth pair between two fresh namespaces: the kernel peer's and
+// the emulated stack's. Its fields are read-only.
+type Pair struct {
+	// ID is the random id shared by the pair's names.
+	ID string
+	// Peer holds the kernel peer's end; Emu the end the XDP program and the
+	// AF_XDP sockets use.
+	Peer, Emu *NS
+	// PeerIf and EmuIf are the veth ends' interface names.
+	PeerIf, EmuIf string
+	// PeerIndex and EmuIndex are their ifindexes, each in its namespace.
+	PeerIndex, EmuIndex int
+	// PeerMAC and EmuMAC are their hardware addresses.
+	PeerMAC, EmuMAC net.HardwareAddr
+	// PeerAddr is configured on PeerIf; EmuAddr is for the userspace stack.
+	PeerAddr, EmuAddr netip.Prefix
+	// MTU is the MTU of both ends.
+	MTU int
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var prefixRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
+// NewPair creates two namespaces "<prefix>-<id>-peer" and "<prefix>-<id>-emu"
+// and a veth pair across them: both ends up with the MTU set, loopback up in
+// both namespaces, PeerAddr on the peer end, the peer's transmit checksum
+// offload off. No neighbour entry is added: the userspace stack answers ARP
+// for EmuAddr. On failure everything created so far is removed.
+func NewPair(opts Options) (*Pair, error) {
+	if err := opts.fill(); err != nil {
+		return nil, fmt.Errorf("new veth pair: %w", err)
+	}
+	p := &Pair{MTU: opts.MTU, ID: freeID(opts.Prefix)}
+	var err error
+	p.Peer, err = NewNS(opts.Prefix + "-" + p.ID + "-peer")
+	if err != nil {
+		return nil, fmt.Errorf("new veth pair: %w", err)
+	}
+	if err := p.setup(opts); err != nil {
+		_ = p.Close()
+		return nil, fmt.Errorf("new veth pair %s: %w", p.ID, err)
+	}
+	return p, nil
+}
+
+// freeID returns a random id whose namespace names are not taken yet. If it
+// cannot tell, it returns some id and lets the namespace creation report why.
+func freeID(prefix string) string {
+	var id string
+	for range 100 {
+		var raw [idLen / 2]byte
+		_, _ = rand.Read(raw[:])
+		id = hex.EncodeToString(raw[:])
+		_, errPeer := os.Stat(filepath.Join(RunDir, prefix+"-"+id+"-peer"))
+		_, errEmu := os.Stat(filepath.Join(RunDir, prefix+"-"+id+"-emu"))
+		if errors.Is(errPeer, os.ErrNotExist) && errors.Is(errEmu, os.ErrNotExist) {
+			break
+		}
+	}
+	return id
+}
+
+func (o *Options) fill() error {
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if !prefixRE.MatchString(o.Prefix) {
+		return fmt.Errorf("invalid prefix %q", o.Prefix)
+	}
+	if o.MTU == 0 {
+		o.MTU = 1500
+	}
+	if o.MTU < 68 || o.MTU > 65535 {
+		return fmt.Errorf("mtu %d out of range [68, 65535]", o.MTU)
+	}
+	if o.TxQueues == 0 {
+		o.TxQueues = 1
+	}
+	if o.RxQueues == 0 {
+		o.RxQueues = 1
+	}
+	if o.TxQueues < 1 || o.RxQueues < 1 || o.TxQueues > 256 || o.RxQueues > 256 {
+		return fmt.Errorf("queue counts tx %d rx %d out of range [1, 256]", o.TxQueues, o.RxQueues)
+	}
+	if o.PeerAddr.IsValid() != o.EmuAddr.IsValid() {
+		return errors.New("set both PeerAddr and EmuAddr or neither")
+	}
+	if o.PeerAddr.IsValid() && o.PeerAddr.Addr() == o.EmuAddr.Addr() {
+		return fmt.Errorf("peer and emu address are both %v", o.PeerAddr.Addr())
+	}
+	return nil
+}
+
+func (p *Pair) setup(opts Options) error {
+	var err error
+	p.Emu, err = NewNS(opts.Prefix + "-" + p.ID + "-emu")
+	if err != nil {
+		return err
+	}
+	p.PeerIf, p.EmuIf = PeerIfPrefix+p.ID, EmuIfPrefix+p.ID
+	p.PeerAddr, p.EmuAddr = opts.PeerAddr, opts.EmuAddr
+	if !p.PeerAddr.IsValid() {
+		x, _ := strconv.ParseUint(p.ID[:2], 16, 8)
+		p.PeerAddr = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 211, byte(x), 1}), 24)
+		p.EmuAddr = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 211, byte(x), 2}), 24)
+	}
+
+	mtu := strconv.Itoa(p.MTU)
+	txq, rxq := strconv.Itoa(opts.TxQueues), strconv.Itoa(opts.RxQueues)
+	// Created inside the peer namespace with its other end placed straight
+	// into the emu namespace: the veth never exists in ours.
+	if err := run("ip", "-n", p.Peer.Name, "link", "add", p.PeerIf,
+		"mtu", mtu, "numtxqueues", txq, "numrxqueues", rxq,
+		"type", "veth", "peer", "name", p.EmuIf,
+		"mtu", mtu, "numtxqueues", txq, "numrxqueues", rxq,
+		"netns", p.Emu.Name); err != nil {
+		return err
+	}
+	addr := []string{"-n", p.Peer.Name, "addr", "add", p.PeerAddr.String(), "dev", p.PeerIf}
+	if p.PeerAddr.Addr().Is6() {
+		addr = append(addr, "nodad")
+	}
+	steps := [][]string{
+		{"-n", p.Peer.Name, "link", "set", "lo", "up"},
+		{"-n", p.Emu.Name, "link", "set", "lo", "up"},
+		addr,
+		{"-n", p.Peer.Name, "link", "set", p.PeerIf, "up"},
+		{"-n", p.Emu.Name, "link", "set", p.EmuIf, "up"},
+	}
+	for _, args := range steps {
+		if err := run("ip", args...); err != nil {
+			return err
+		}
+	}
+	if !opts.KeepPeerTxOffload {
+		if err := run("ip", "netns", "exec", p.Peer.Name, "ethtool", "-K", p.PeerIf, "tx", "off"); err != nil {
+			return err
+		}
+	}
+	p.PeerIndex, p.PeerMAC, err = interfaceInfo(p.Peer, p.PeerIf)
+	if err != nil {
+		return err
+	}
+	p.EmuIndex, p.EmuMAC, err = interfaceInfo(p.Emu, p.EmuIf)
+	return err
+}
+
+func interfaceInfo(ns *NS, name string) (index int, mac net.HardwareAddr, err error) {
+	err = ns.Do(func() error {
+		ifi, err := net.InterfaceByName(name)
+		if err != nil {
+			return err
+		}
+		index, mac = ifi.Index, ifi.HardwareAddr
+		return nil
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("look up %s in %s: %w", name, ns.Name, err)
+	}
+	return index, mac, nil
+}
+
+// Close removes the veth pair and both namespaces. It is idempotent and best
+// effort: it tries every step and returns the first error.
+func (p *Pair) Close() error {
+	p.closeOnce.Do(func() {
+		var errs []error
+		if p.Peer != nil && p.PeerIf != "" {
+			// Deleting one end deletes both, at once, even if a socket
+			// still holds a namespace alive.
+			if err := run("ip", "-n", p.Peer.Name, "link", "del", p.PeerIf); err != nil && p.linkExists() {
+				errs = append(errs, fmt.Errorf("delete veth %s: %w", p.PeerIf, err))
+			}
+		}
+		for _, ns := range []*NS{p.Emu, p.Peer} {
+			if ns != nil {
+				if err := ns.Close(); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if len(errs) > 0 {
+			p.closeErr = errs[0]
+		}
+	})
+	return p.closeErr
+}
+
+// linkExists reports whether the peer end still exists; a failed delete of
+// an interface that is already gone is not an error.
+func (p *Pair) linkExists() bool {
+	return run("ip", "-n", p.Peer.Name, "link", "show", "dev", p.PeerIf) == nil
+}
+
+// CloseOnSignal makes SIGINT and SIGTERM close the pair and then end the
+// process as the signal would have, so that an interrupted command leaves no
+// namespace behind. stop undoes it without closing the pair; call it (or
+// defer it) before closing the pair normally.
+//
+// It suits commands that have no signal handling of their own; a command
+// that shuts down gracefully on a signal should close the pair itself.
+func (p *Pair) CloseOnSignal() (stop func()) {
+	return closeOnSignal(p.Close)
+}
+
+func closeOnSignal(closeFn func() error) (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-done:
+			signal.Stop(sigs)
+		case sig := <-sigs:
+			signal.Stop(sigs)
+			if err := closeFn(); err != nil {
+				fmt.Fprintf(os.Stderr, "netns: cleanup on %v: %v\n", sig, err)
+			}
+			// Die of the signal, so the parent sees the usual status.
+			signal.Reset(sig)
+			_ = unix.Kill(os.Getpid(), sig.(syscall.Signal))
+			// Delivery is asynchronous; only if the signal is ignored do we
+			// get past this pause.
+			time.Sleep(time.Second)
+			os.Exit(128 + int(sig.(syscall.Signal)))
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }
+}
+
+// Cleanup removes the namespaces named like a pair's with this prefix
+// ("<prefix>-<6 hex digits>-peer" or "-emu") and the veths inside them:
+// leftovers of a process that died without closing its pairs. It also
+// removes such pairs this process still has open, so call it only when no
+// pair with this prefix is in use. Errors are joined.
+func Cleanup(prefix string) error {
+	if !prefixRE.MatchString(prefix) {
+		return fmt.Errorf("cleanup: invalid prefix %q", prefix)
+	}
+	names, err := List()
+	if err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	re := regexp.MustCompile(`^` + regexp.QuoteMeta(prefix) + `-[0-9a-f]{` + strconv.Itoa(idLen) + `}-(peer|emu)$`)
+	var errs []error
+	for _, name := range names {
+		if !re.MatchString(name) {
+			continue
+		}
+		if err := removeNS(name); err != nil {
+			errs = append(errs, fmt.Errorf("cleanup %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeNS deletes the veths inside a namespace, so they vanish even if the
+// namespace itself outlives its name, and then the namespace.
+func removeNS(name string) error {
+	out, err := output("ip", "-n", name, "-j", "link", "show", "type", "veth")
+	if err == nil {
+		var links []struct {
+			Name string `json:"ifname"`
+		}
+		if json.Unmarshal(out, &links) == nil {
+			for _, l := range links {
+				// The other end may already have taken this one with it.
+				_ = run("ip", "-n", name, "link", "del", l.Name)
+			}
+		}
+	}
+	if ns := lookupLive(name); ns != nil {
+		return ns.Close()
+	}
+	return deleteNS(name)
+}

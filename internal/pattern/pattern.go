@@ -1,0 +1,100 @@
+// Package pattern generates and checks ncdevmem's validation stream: with
+// period N (the -v N flag) the stream repeats the bytes 1, 2, ..., N-1 and
+// then '\n'. It is used by the demo, the server's -v check and the tests.
+package pattern
+
+import (
+	"fmt"
+	"io"
+)
+
+// Byte returns the pattern byte at stream offset off for period n (n >= 2).
+func Byte(n int, off uint64) byte {
+	s := byte(off%uint64(n)) + 1
+	if int(s) == n {
+		return '\n'
+	}
+	return s
+}
+
+// Fill writes the pattern for stream offsets off, off+1, ... into b.
+func Fill(n int, off uint64, b []byte) {
+	s := int(off % uint64(n))
+	for i := range b {
+		s++
+		if s == n {
+			b[i] = '\n'
+			s = 0
+		} else {
+			b[i] = byte(s)
+		}
+	}
+}
+
+// Reader is an io.Reader of size bytes of the period-n pattern.
+type Reader struct {
+	n    int
+	off  uint64
+	size uint64
+}
+
+// NewReader returns a Reader of size pattern bytes.
+func NewReader(n int, size uint64) *Reader { return &Reader{n: n, size: size} }
+
+// Read implements io.Reader.
+func (r *Reader) Read(p []byte) (int, error) {
+	if r.off >= r.size {
+		return 0, io.EOF
+	}
+	p = p[:min(uint64(len(p)), r.size-r.off)]
+	Fill(r.n, r.off, p)
+	r.off += uint64(len(p))
+	return len(p), nil
+}
+
+// Validator checks a stream against the pattern as it arrives, in any
+// number of pieces.
+type Validator struct {
+	n      int
+	off    uint64
+	errors int
+	first  error
+}
+
+// NewValidator returns a Validator for period n.
+func NewValidator(n int) *Validator { return &Validator{n: n} }
+
+// Check validates the next piece of the stream and reports the first
+// mismatch in it (nil if it matches).
+func (v *Validator) Check(b []byte) error {
+	s := int(v.off % uint64(v.n))
+	var err error
+	for i, c := range b {
+		s++
+		want := byte(s)
+		if s == v.n {
+			want = '\n'
+			s = 0
+		}
+		if c != want {
+			v.errors++
+			if err == nil {
+				err = fmt.Errorf("validation failed at stream offset %d: expected=%d, actual=%d", v.off+uint64(i), want, c)
+				if v.first == nil {
+					v.first = err
+				}
+			}
+		}
+	}
+	v.off += uint64(len(b))
+	return err
+}
+
+// Offset is how many bytes were checked.
+func (v *Validator) Offset() uint64 { return v.off }
+
+// Errors is how many bytes mismatched; Err the first mismatch.
+func (v *Validator) Errors() int { return v.errors }
+
+// Err returns the first mismatch seen, or nil.
+func (v *Validator) Err() error { return v.first }

@@ -1,0 +1,204 @@
+package testutil
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdevmem/xdevmem/internal/netns"
+)
+
+// CheckLeaks runs the tests and then looks for what they left behind:
+// namespaces this process created that still exist, links in the root
+// namespace that gained an XDP program during the run, and veths named like
+// a [netns.Pair]'s in the root namespace. It reports and removes any it
+// finds, and turns a passing exit code into 1. Use it as
+//
+//	func TestMain(m *testing.M) { os.Exit(testutil.CheckLeaks(m)) }
+//
+// It judges namespaces by this process's own record, not by prefix, so that
+// test binaries of other packages running at the same time do not count.
+func CheckLeaks(m *testing.M) int {
+	xdpBefore, xdpErr := rootXDP()
+	code := m.Run()
+
+	var problems []string
+	if left, err := netns.Leftovers(); err != nil {
+		problems = append(problems, fmt.Sprintf("list namespaces: %v", err))
+	} else if len(left) > 0 {
+		problems = append(problems, fmt.Sprintf("namespaces left behind: %s", strings.Join(left, ", ")))
+		removeNamespaces(left)
+	}
+	if xdpErr == nil {
+		xdpAfter, err := rootXDP()
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("list root links: %v", err))
+		}
+		for ifname, prog := range xdpAfter {
+			if xdpBefore[ifname] != prog {
+				problems = append(problems, fmt.Sprintf("XDP program left attached to %s in the root namespace: %s", ifname, prog))
+			}
+		}
+	}
+	if veths, err := rootPairVeths(); err == nil && len(veths) > 0 {
+		problems = append(problems, fmt.Sprintf("pair veths in the root namespace: %s", strings.Join(veths, ", ")))
+	}
+
+	if len(problems) > 0 {
+		for _, p := range problems {
+			fmt.Fprintf(os.Stderr, "leak check: %s\n", p)
+		}
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+func removeNamespaces(names []string) {
+	if err := netns.CloseAll(); err != nil {
+		fmt.Fprintf(os.Stderr, "leak check: close namespaces: %v\n", err)
+	}
+	for _, name := range names {
+		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
+			if _, statErr := os.Stat(netns.RunDir + "/" + name); statErr == nil {
+				fmt.Fprintf(os.Stderr, "leak check: delete %s: %v: %s\n", name, err, out)
+			}
+		}
+	}
+}
+
+type linkJSON struct {
+	Name string          `json:"ifname"`
+	XDP  json.RawMessage `json:"xdp"`
+}
+
+func rootLinks() ([]linkJSON, error) {
+	out, err := exec.Command("ip", "-j", "-d", "link", "show").Output()
+	if err != nil {
+		return nil, fmt.Errorf("ip link show: %w", err)
+	}
+	return parseLinks(out)
+}
+
+// parseLinks decodes the output of ip -j -d link show.
+func parseLinks(out []byte) ([]linkJSON, error) {
+	var links []linkJSON
+	if err := json.Unmarshal(out, &links); err != nil {
+		return nil, fmt.Errorf("parse ip link show: %w", err)
+	}
+	return links, nil
+}
+
+// rootXDP maps each root-namespace link that carries an XDP program to a
+// description of it.
+func rootXDP() (map[string]string, error) {
+	links, err := rootLinks()
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]string)
+	for _, l := range links {
+		if len(l.XDP) > 0 {
+			m[l.Name] = string(l.XDP)
+		}
+	}
+	return m, nil
+}
+
+func rootPairVeths() ([]string, error) {
+	links, err := rootLinks()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, l := range links {
+		if strings.HasPrefix(l.Name, netns.PeerIfPrefix) || strings.HasPrefix(l.Name, netns.EmuIfPrefix) {
+			names = append(names, l.Name)
+		}
+	}
+	return names, nil
+}
+
+// FDCount returns the number of file descriptors the process has open.
+func FDCount() (int, error) {
+	fds, err := openFDs()
+	return len(fds), err
+}
+
+// openFDs maps each open file descriptor to what it refers to.
+func openFDs() (map[int]string, error) {
+	f, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return nil, fmt.Errorf("fd count: %w", err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("fd count: %w", err)
+	}
+	self := int(f.Fd())
+	fds := make(map[int]string, len(names))
+	for _, name := range names {
+		fd, err := strconv.Atoi(name)
+		if err != nil || fd == self {
+			continue
+		}
+		target, err := os.Readlink("/proc/self/fd/" + name)
+		if err != nil {
+			continue // closed meanwhile
+		}
+		fds[fd] = target
+	}
+	return fds, nil
+}
+
+// runtimeFD reports descriptors the Go runtime opens lazily and keeps, such
+// as the network poller's, which are not a test's leak.
+func runtimeFD(target string) bool {
+	return target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]"
+}
+
+// CheckFDs fails the test if, when its cleanups run, it holds file
+// descriptors it did not hold when CheckFDs was called. Call it first in the
+// test, so its cleanup runs last, and not in parallel tests: it counts the
+// whole process's descriptors. Descriptors closed asynchronously get a
+// second to go.
+func CheckFDs(t testing.TB) {
+	t.Helper()
+	before, err := openFDs()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(func() {
+		var leaked []string
+		deadline := time.Now().Add(time.Second)
+		for {
+			after, err := openFDs()
+			if err != nil {
+				t.Errorf("%v", err)
+				return
+			}
+			leaked = leaked[:0]
+			for fd, target := range after {
+				if prev, ok := before[fd]; (!ok || prev != target) && !runtimeFD(target) {
+					leaked = append(leaked, fmt.Sprintf("%d -> %s", fd, target))
+				}
+			}
+			if len(leaked) == 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if len(leaked) > 0 {
+			slices.Sort(leaked)
+			t.Errorf("file descriptors leaked: %s", strings.Join(leaked, ", "))
+		}
+	})
+}

@@ -1,0 +1,102 @@
+package stack
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/tokens"
+)
+
+// nextBindingID is the process-wide dmabuf id space (ids start at 1, as the
+// kernel's xa_alloc_cyclic for bindings does).
+var nextBindingID atomic.Uint32
+
+// rxBinding is the emulation's NETDEV_CMD_BIND_RX result: the stack's UMEM
+// region bound to its RX queue. While it is active, TCP payload at or above
+// the header-split threshold is delivered as dmabuf fragments.
+type rxBinding struct {
+	s      *Stack
+	id     uint32
+	queues []uint32
+	tb     *tokens.Binding
+	closed atomic.Bool
+	once   sync.Once
+}
+
+var _ devmemapi.Binding = (*rxBinding)(nil)
+
+// BindRX implements devmemapi.Provider: it binds the stack's UMEM region (the
+// emulated dmabuf) to its RX queue. The kernel's errors apply: an empty
+// queue list or a non-RX queue is EINVAL, a queue the stack does not run is
+// ERANGE, a queue already bound is EEXIST, another interface is ENODEV, and
+// an autorelease mode other than the one in force while RX bindings exist is
+// EBUSY.
+func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
+	if s.closing.Load() {
+		return nil, fmt.Errorf("bind rx: %w", devmemapi.ErrClosed)
+	}
+	if cfg.Ifindex != 0 && cfg.Ifindex != s.ifindex {
+		return nil, fmt.Errorf("bind rx: ifindex %d: this stack runs on ifindex %d: %w", cfg.Ifindex, s.ifindex, unix.ENODEV)
+	}
+	if len(cfg.Queues) == 0 {
+		return nil, fmt.Errorf("bind rx: no queues: %w", unix.EINVAL)
+	}
+	for _, q := range cfg.Queues {
+		if int(q) != s.cfg.Queue {
+			return nil, fmt.Errorf("bind rx queue %d: rx queue index out of range (the stack runs queue %d): %w", q, s.cfg.Queue, unix.ERANGE)
+		}
+	}
+	mode, err := tokens.Default.Acquire(cfg.Autorelease)
+	if err != nil {
+		return nil, fmt.Errorf("bind rx: %w", err)
+	}
+	b := &rxBinding{s: s, id: nextBindingID.Add(1), queues: append([]uint32(nil), cfg.Queues...)}
+	b.tb = tokens.NewBinding(b.id, s.region, int(s.region.Frames()), mode)
+	if !s.active.CompareAndSwap(nil, b) {
+		tokens.Default.Release()
+		return nil, fmt.Errorf("bind rx queue %d: queue already bound to dmabuf %d: %w", cfg.Queues[0], s.active.Load().id, unix.EEXIST)
+	}
+	s.mu.Lock()
+	s.bindings[b] = struct{}{}
+	s.mu.Unlock()
+	return b, nil
+}
+
+// ID implements devmemapi.Binding.
+func (b *rxBinding) ID() uint32 { return b.id }
+
+// Size implements devmemapi.Binding.
+func (b *rxBinding) Size() uint64 { return b.s.region.Size() }
+
+// Autorelease reports the binding's token release mode.
+func (b *rxBinding) Autorelease() bool { return b.tb.Autorelease() }
+
+// ReadAt implements devmemapi.Binding: it reads the UMEM, where fragments
+// point.
+func (b *rxBinding) ReadAt(p []byte, off int64) (int, error) {
+	return b.s.region.ReadAt(p, off)
+}
+
+// Bytes returns the dmabuf's memory for zero-copy reads (the emulation's
+// equivalent of mmap on a dmabuf fd). It is valid until the stack closes.
+func (b *rxBinding) Bytes() []byte { return b.s.region.Bytes() }
+
+// Close implements devmemapi.Binding: the queue is unbound (later payload is
+// delivered as ordinary bytes), fragments not yet read fail with ENODEV, and
+// in autorelease-off mode every outstanding uref is freed.
+func (b *rxBinding) Close() error {
+	b.once.Do(func() {
+		b.closed.Store(true)
+		b.s.active.CompareAndSwap(b, nil)
+		b.tb.Unbind()
+		tokens.Default.Release()
+		b.s.mu.Lock()
+		delete(b.s.bindings, b)
+		b.s.mu.Unlock()
+	})
+	return nil
+}

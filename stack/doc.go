@@ -1,0 +1,50 @@
+// Package stack is xdevmem's emulated devmem TCP receive path: gVisor's
+// netstack over an AF_XDP socket (package umem), with the header split done
+// in userspace and TCP payload left where it landed in the UMEM.
+//
+// # Data flow
+//
+// The XDP program steers the stack's ARP and IPv4 traffic into the AF_XDP
+// socket; every frame lands in a UMEM frame (the emulated dmabuf's net_iov).
+// The receive loop splits each frame as a header-split NIC would
+// (SplitFrame): Ethernet, IPv4 and TCP headers are parsed and both checksums
+// are verified in software, reading the payload once, as RX checksum offload
+// does. Malformed and bad-checksum frames are counted and dropped.
+//
+// For a TCP segment with payload, the stack records where each new byte
+// landed in the connection's fragment queue — keyed by sequence number, so
+// retransmissions and overlaps map to the first arrival — pins the frame,
+// and hands gVisor the headers (copied, a few dozen bytes) plus a
+// placeholder payload of the right length: a clone of one shared read-only
+// chunk, so no payload byte is copied. gVisor runs TCP (ordering, ACKs,
+// windows, retransmission) and its GRO coalesces consecutive segments.
+//
+// When the application calls Conn.RecvMsg with MSG_SOCK_DEVMEM, the stack
+// lets gVisor consume a run of the in-order stream into a counting writer,
+// maps the consumed sequence range back to (frame, offset, length) runs, and
+// returns one SCM_DEVMEM_DMABUF control message per run, each with a token
+// that holds a frame reference (package tokens). The application reads the
+// payload from the UMEM (Binding.ReadAt or Bytes) and returns the tokens with
+// DontNeed; a frame goes back to the fill ring when its last reference drops.
+//
+// # Linear and plain data
+//
+// Payload shorter than Config.HDSThresh is "linear": RecvMsg copies it into
+// p and reports it with SCM_DEVMEM_LINEAR. Payload that arrives while no
+// binding covers the queue is ordinary data, copied into p without devmem
+// control messages, as the kernel delivers an unbound queue's data. One
+// RecvMsg never mixes dmabuf data with copied data; reading dmabuf data
+// without MSG_SOCK_DEVMEM fails with EFAULT.
+//
+// # Exhaustion
+//
+// Frames stay pinned until their payload is delivered and every token on
+// them is returned. An application that withholds tokens empties the fill
+// ring; the kernel then drops packets (Stats.XSK.RxFillRingEmpty) and TCP
+// recovers once tokens come back, as with a real devmem NIC.
+//
+// # Invariants
+//
+// Stats.DmabufBytesCopied stays 0; Stats.Unmapped stays 0; after Close
+// every UMEM frame is free (Region().Snapshot()).
+package stack

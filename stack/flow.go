@@ -1,0 +1,152 @@
+package stack
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/xdevmem/xdevmem/umem"
+)
+
+// flowKey names a connection to the stack's single address.
+type flowKey struct {
+	raddr        [4]byte
+	rport, lport uint16
+}
+
+// flow is one connection's fragment queue. The receive goroutine inserts,
+// the reading goroutine consumes; mu serializes them.
+type flow struct {
+	key      flowKey
+	mu       sync.Mutex
+	fq       fragQueue
+	attached bool        // accepted by a Conn
+	dead     atomic.Bool // removed from the table
+}
+
+// flowTable maps connections to their fragment queues. Entries are made when
+// a SYN arrives (its sequence number fixes the stream's offsets) and removed
+// when the connection closes.
+type flowTable struct {
+	mu     sync.RWMutex
+	m      map[flowKey]*flow
+	window uint64
+
+	// lastKey/last cache the previous lookup; receive goroutine only.
+	lastKey flowKey
+	last    *flow
+}
+
+func (t *flowTable) init() { t.m = map[flowKey]*flow{} }
+
+// syn records a connection attempt whose first payload byte has sequence
+// number base. A fresh or not yet accepted flow restarts at base; an
+// accepted one is left alone (the stack answers a stray SYN itself).
+func (t *flowTable) syn(key flowKey, base uint32, unpin []uint32, c *counters) []uint32 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f := t.m[key]
+	if f == nil {
+		f = &flow{key: key}
+		f.fq.window = t.window
+		f.fq.base = base
+		t.m[key] = f
+		c.flowsCreated.Add(1)
+		return unpin
+	}
+	f.mu.Lock()
+	if !f.attached && f.fq.base != base {
+		unpin = f.fq.reset(base, unpin)
+	}
+	f.mu.Unlock()
+	return unpin
+}
+
+// lookup finds a flow. Receive goroutine only (it uses the cache).
+func (t *flowTable) lookup(key flowKey) *flow {
+	if t.last != nil && t.lastKey == key && !t.last.dead.Load() {
+		return t.last
+	}
+	t.mu.RLock()
+	f := t.m[key]
+	t.mu.RUnlock()
+	if f != nil {
+		t.lastKey, t.last = key, f
+	}
+	return f
+}
+
+// attach marks the flow of an accepted connection; nil if no SYN was seen.
+func (t *flowTable) attach(key flowKey) *flow {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f := t.m[key]
+	if f == nil || f.attached {
+		return nil
+	}
+	f.mu.Lock()
+	f.attached = true
+	f.mu.Unlock()
+	return f
+}
+
+// remove deletes f and returns the frames its queue still pinned.
+func (t *flowTable) remove(f *flow, unpin []uint32) []uint32 {
+	t.mu.Lock()
+	if t.m[f.key] == f {
+		delete(t.m, f.key)
+	}
+	t.mu.Unlock()
+	f.dead.Store(true)
+	f.mu.Lock()
+	unpin = f.fq.drain(unpin)
+	f.mu.Unlock()
+	return unpin
+}
+
+// removeUnaccepted deletes the flows of port lport that no Conn accepted.
+func (t *flowTable) removeUnaccepted(lport uint16, r *umem.Region) {
+	var unpin []uint32
+	t.mu.Lock()
+	var gone []*flow
+	for k, f := range t.m {
+		if k.lport == lport && !f.attached {
+			delete(t.m, k)
+			gone = append(gone, f)
+		}
+	}
+	t.mu.Unlock()
+	for _, f := range gone {
+		f.dead.Store(true)
+		f.mu.Lock()
+		unpin = f.fq.drain(unpin)
+		f.mu.Unlock()
+	}
+	if len(unpin) > 0 {
+		r.Unpin(unpin...)
+	}
+}
+
+// drainAll removes every flow.
+func (t *flowTable) drainAll(r *umem.Region) {
+	t.mu.Lock()
+	all := t.m
+	t.m = map[flowKey]*flow{}
+	t.mu.Unlock()
+	var unpin []uint32
+	for _, f := range all {
+		f.dead.Store(true)
+		f.mu.Lock()
+		unpin = f.fq.drain(unpin)
+		f.mu.Unlock()
+	}
+	if len(unpin) > 0 && r != nil {
+		r.Unpin(unpin...)
+	}
+}
+
+// count is the number of flows.
+func (t *flowTable) count() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.m)
+}

@@ -1,0 +1,74 @@
+package stack
+
+import (
+	"sync/atomic"
+
+	"github.com/xdevmem/xdevmem/umem"
+)
+
+// counters are the stack's live counters; Stats is their snapshot.
+type counters struct {
+	rxFrames, rxTCP, rxOther                atomic.Uint64
+	verdicts                                [numVerdicts]atomic.Uint64
+	dropOutOfWindow, dropNotOurs, noFlow    atomic.Uint64
+	retransmitBytes                         atomic.Uint64
+	delivered                               [3]atomic.Uint64 // by fragKind
+	copied                                  [3]atomic.Uint64 // payload bytes copied, by fragKind
+	frameCopyBytes                          atomic.Uint64    // whole frames copied into the stack (ARP, SYN, ACK, ...)
+	headerCopyBytes                         atomic.Uint64
+	frags, tokensOut                        atomic.Uint64
+	unmapped                                atomic.Uint64
+	txFrames, txBytes                       atomic.Uint64
+	recvCalls, etoosmall, efault, enodev    atomic.Uint64
+	flowsCreated, flowsClosed, flowsRefused atomic.Uint64
+}
+
+// Stats is a snapshot of the stack's counters.
+type Stats struct {
+	// RxFrames counts frames taken from the RX ring.
+	RxFrames uint64
+	// RxTCP counts well-formed TCP segments; RxOther frames handed whole to
+	// the stack (ARP, ICMP, ...).
+	RxTCP, RxOther uint64
+	// DropMalformed, DropBadIPChecksum and DropBadTCPChecksum count frames
+	// the header split rejected; they never reach TCP.
+	DropMalformed, DropBadIPChecksum, DropBadTCPChecksum uint64
+	// DropOutOfWindow counts segments beyond the fragment queue's window.
+	DropOutOfWindow uint64
+	// DropNotOurs counts frames not addressed to the stack.
+	DropNotOurs uint64
+	// NoFlow counts payload segments of unknown connections (copied).
+	NoFlow uint64
+	// RetransmitBytes counts payload bytes that arrived again (already
+	// queued or delivered); they map to the first arrival.
+	RetransmitBytes uint64
+	// DmabufBytes, LinearBytes and PlainBytes count payload delivered to
+	// the application by kind.
+	DmabufBytes, LinearBytes, PlainBytes uint64
+	// DmabufBytesCopied counts dmabuf payload bytes the stack copied. The
+	// design keeps it at 0: the payload stays where it landed.
+	DmabufBytesCopied uint64
+	// LinearBytesCopied and PlainBytesCopied count copied payload.
+	LinearBytesCopied, PlainBytesCopied uint64
+	// HeaderBytesCopied counts header bytes copied into the stack by the
+	// split; FrameBytesCopied whole non-payload frames.
+	HeaderBytesCopied, FrameBytesCopied uint64
+	// Frags counts dmabuf fragments delivered (one token each).
+	Frags uint64
+	// Unmapped counts stream bytes the stack delivered that the fragment
+	// queue could not map; anything but 0 is a bug.
+	Unmapped uint64
+	// TxFrames and TxBytes count transmitted frames; TxDrops frames dropped
+	// for lack of TX room.
+	TxFrames, TxBytes, TxDrops uint64
+	// RecvCalls counts RecvMsg calls; ETooSmall, EFault and ENoDev count
+	// their errors.
+	RecvCalls, ETooSmall, EFault, ENoDev uint64
+	// FlowsCreated and FlowsClosed count fragment queues.
+	FlowsCreated, FlowsClosed uint64
+	// XSK are the AF_XDP socket's kernel counters (RxFillRingEmpty counts
+	// the drops of an exhausted dmabuf).
+	XSK umem.Stats
+	// Frames is the UMEM accounting.
+	Frames umem.Accounting
+}

@@ -1,0 +1,265 @@
+package umem
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultFrameSize is the frame size of a Region unless configured: one
+// page, like one net_iov of a dmabuf.
+const DefaultFrameSize = 4096
+
+// Reference-count layout of a frame: application references in the high 32
+// bits, stack references in the low 32 bits.
+const (
+	stackRef = uint64(1)
+	appRef   = uint64(1) << 32
+	refMask  = uint64(1)<<32 - 1
+)
+
+// RegionConfig sizes a Region.
+type RegionConfig struct {
+	// Size is the region size in bytes, rounded down to whole frames.
+	Size uint64
+	// FrameSize is 2048 or 4096 (AF_XDP aligned mode); 0 means 4096.
+	FrameSize uint32
+}
+
+// Region is the UMEM memory: the emulation's dmabuf. It owns the frames, their
+// reference counts and the free list. All methods are safe for concurrent use.
+type Region struct {
+	mem       []byte
+	frameSize uint32
+	shift     uint
+	nframes   uint32
+
+	refs []atomic.Uint64
+
+	mu   sync.Mutex
+	free []uint32 // stack of free frame indices; guarded by mu
+
+	posted   atomic.Int64 // frames on the fill ring or in the kernel
+	tx       atomic.Int64 // frames reserved for TX by sockets
+	onFree   atomic.Pointer[func()]
+	closed   atomic.Bool
+	freedCnt atomic.Uint64
+}
+
+// NewRegion maps a Region.
+func NewRegion(cfg RegionConfig) (*Region, error) {
+	fs := cfg.FrameSize
+	if fs == 0 {
+		fs = DefaultFrameSize
+	}
+	if fs != 2048 && fs != 4096 {
+		return nil, fmt.Errorf("umem region: frame size %d: must be 2048 or 4096: %w", fs, unix.EINVAL)
+	}
+	n := cfg.Size / uint64(fs)
+	if n < 64 || n > 1<<24 {
+		return nil, fmt.Errorf("umem region: %d bytes gives %d frames of %d bytes (need 64 to 16M frames): %w", cfg.Size, n, fs, unix.EINVAL)
+	}
+	mem, err := mmapAnon(int(n) * int(fs))
+	if err != nil {
+		return nil, fmt.Errorf("umem region: mmap %d bytes: %w", n*uint64(fs), err)
+	}
+	r := &Region{
+		mem:       mem,
+		frameSize: fs,
+		nframes:   uint32(n),
+		refs:      make([]atomic.Uint64, n),
+		free:      make([]uint32, n),
+	}
+	for fs>>r.shift != 1 {
+		r.shift++
+	}
+	for i := range r.free {
+		r.free[i] = uint32(n) - 1 - uint32(i) // pop order 0, 1, 2, ...
+	}
+	return r, nil
+}
+
+// Bytes is the whole region. Callers read payload through it (as an
+// application reads a mapped dmabuf); only the kernel and the TX path write.
+func (r *Region) Bytes() []byte { return r.mem }
+
+// Size is the region size in bytes.
+func (r *Region) Size() uint64 { return uint64(len(r.mem)) }
+
+// FrameSize is the size of one frame.
+func (r *Region) FrameSize() uint32 { return r.frameSize }
+
+// Frames is the number of frames.
+func (r *Region) Frames() uint32 { return r.nframes }
+
+// FrameOf returns the frame that holds the UMEM address addr.
+func (r *Region) FrameOf(addr uint64) uint32 { return uint32(addr >> r.shift) }
+
+// FrameAddr returns the UMEM address where frame f starts.
+func (r *Region) FrameAddr(f uint32) uint64 { return uint64(f) << r.shift }
+
+// ReadAt copies region bytes at off into p; it implements io.ReaderAt.
+func (r *Region) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > int64(len(r.mem)) {
+		return 0, fmt.Errorf("umem region: read at %d: %w", off, unix.EFAULT)
+	}
+	n := copy(p, r.mem[off:])
+	if n < len(p) {
+		return n, fmt.Errorf("umem region: read %d bytes at %d: %w", len(p), off, unix.EFAULT)
+	}
+	return n, nil
+}
+
+// SetOnFree registers fn to run (without locks held) whenever frames return
+// to an empty or nearly empty free list, so a receive loop starved of fill
+// frames can wake up. nil clears it.
+func (r *Region) SetOnFree(fn func()) {
+	if fn == nil {
+		r.onFree.Store(nil)
+		return
+	}
+	r.onFree.Store(&fn)
+}
+
+// alloc pops up to len(dst) free frames into dst and returns how many.
+func (r *Region) alloc(dst []uint32) int {
+	r.mu.Lock()
+	n := min(len(dst), len(r.free))
+	top := len(r.free)
+	for i := 0; i < n; i++ {
+		dst[i] = r.free[top-1-i]
+	}
+	r.free = r.free[:top-n]
+	r.mu.Unlock()
+	return n
+}
+
+// putFree pushes frames whose references all dropped.
+func (r *Region) putFree(fs []uint32) {
+	if len(fs) == 0 {
+		return
+	}
+	r.mu.Lock()
+	wasLow := len(r.free) < 64
+	r.free = append(r.free, fs...)
+	r.mu.Unlock()
+	r.freedCnt.Add(uint64(len(fs)))
+	if wasLow {
+		if fn := r.onFree.Load(); fn != nil {
+			(*fn)()
+		}
+	}
+}
+
+// Free returns frames that hold no references (a received frame whose
+// payload was not kept, or a TX frame) to the free list.
+func (r *Region) Free(fs ...uint32) {
+	for _, f := range fs {
+		if v := r.refs[f].Load(); v != 0 {
+			panic(fmt.Sprintf("umem: free of frame %d with references (stack %d, app %d)", f, v&refMask, v>>32))
+		}
+	}
+	r.putFree(fs)
+}
+
+// Pin takes one stack reference on frame f (a fragment queue keeps payload
+// in it).
+func (r *Region) Pin(f uint32) { r.refs[f].Add(stackRef) }
+
+// Unpin drops one stack reference on each frame in fs; frames left with no
+// reference return to the free list.
+func (r *Region) Unpin(fs ...uint32) { r.drop(fs, stackRef) }
+
+// Hold takes one application reference on frame f (a token or uref). It
+// implements tokens.Frames.
+func (r *Region) Hold(f uint32) { r.refs[f].Add(appRef) }
+
+// Release drops one application reference on each frame in fs. It
+// implements tokens.Frames.
+func (r *Region) Release(fs []uint32) { r.drop(fs, appRef) }
+
+func (r *Region) drop(fs []uint32, unit uint64) {
+	var zero [32]uint32
+	nz := 0
+	for _, f := range fs {
+		v := r.refs[f].Add(-unit)
+		if (unit == stackRef && v&refMask == refMask) || (unit == appRef && v>>32 == refMask) {
+			panic(fmt.Sprintf("umem: reference underflow on frame %d", f))
+		}
+		if v == 0 {
+			zero[nz] = f
+			nz++
+			if nz == len(zero) {
+				r.putFree(zero[:nz])
+				nz = 0
+			}
+		}
+	}
+	r.putFree(zero[:nz])
+}
+
+// Refs reports frame f's stack and application reference counts.
+func (r *Region) Refs(f uint32) (stack, app uint32) {
+	v := r.refs[f].Load()
+	return uint32(v & refMask), uint32(v >> 32)
+}
+
+// Accounting is a snapshot of where a Region's frames are. At rest the
+// fields sum to Frames.
+type Accounting struct {
+	// Frames is the region's frame count.
+	Frames uint32
+	// Free frames are on the free list.
+	Free uint32
+	// Posted frames are on the fill ring or inside the kernel.
+	Posted uint32
+	// Pinned frames are held only by the stack (undelivered payload).
+	Pinned uint32
+	// Held frames are held by the application (outstanding tokens).
+	Held uint32
+	// TX frames are reserved by sockets for transmission.
+	TX uint32
+	// InFlight frames are between states (being parsed); 0 at rest.
+	InFlight int64
+	// Recycled counts frames returned to the free list since creation.
+	Recycled uint64
+}
+
+// Snapshot takes an accounting snapshot. It is exact when the region is
+// quiescent and approximate while packets flow.
+func (r *Region) Snapshot() Accounting {
+	a := Accounting{Frames: r.nframes}
+	r.mu.Lock()
+	a.Free = uint32(len(r.free))
+	r.mu.Unlock()
+	a.Posted = uint32(r.posted.Load())
+	a.TX = uint32(r.tx.Load())
+	for i := range r.refs {
+		v := r.refs[i].Load()
+		switch {
+		case v>>32 != 0:
+			a.Held++
+		case v != 0:
+			a.Pinned++
+		}
+	}
+	a.InFlight = int64(a.Frames) - int64(a.Free) - int64(a.Posted) - int64(a.Pinned) - int64(a.Held) - int64(a.TX)
+	a.Recycled = r.freedCnt.Load()
+	return a
+}
+
+// String formats the snapshot for logs.
+func (a Accounting) String() string {
+	return fmt.Sprintf("frames=%d free=%d posted=%d pinned=%d held=%d tx=%d inflight=%d",
+		a.Frames, a.Free, a.Posted, a.Pinned, a.Held, a.TX, a.InFlight)
+}
+
+// Close unmaps the region. Sockets using it must be closed first.
+func (r *Region) Close() error {
+	if !r.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	return munmap(r.mem)
+}

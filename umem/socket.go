@@ -1,0 +1,398 @@
+package umem
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// SocketConfig configures one AF_XDP socket.
+type SocketConfig struct {
+	// Queue is the interface RX queue to bind.
+	Queue int
+	// RingSize is the number of fill and RX descriptors (power of two);
+	// 0 means 2048 or the frame count, whichever is smaller.
+	RingSize uint32
+	// TXRingSize is the number of TX and completion descriptors (power of
+	// two); 0 means 512.
+	TXRingSize uint32
+	// TXFrames is how many frames the socket reserves for sending; 0 means
+	// 256.
+	TXFrames int
+	// ZeroCopy requests zero-copy mode; the default is copy mode, which
+	// every driver supports (veth rejects zero-copy with EOPNOTSUPP).
+	ZeroCopy bool
+	// NoNeedWakeup turns off XDP_USE_NEED_WAKEUP.
+	NoNeedWakeup bool
+	// BindRetry is how long a bind that fails with EBUSY (a previous socket
+	// on the queue is still being torn down) is retried; 0 means 2s.
+	BindRetry time.Duration
+}
+
+// Stats are a socket's kernel counters (struct xdp_statistics).
+type Stats struct {
+	// RxDropped counts packets the kernel dropped for this socket.
+	RxDropped uint64
+	// RxInvalidDescs counts invalid RX descriptors.
+	RxInvalidDescs uint64
+	// TxInvalidDescs counts invalid TX descriptors.
+	TxInvalidDescs uint64
+	// RxRingFull counts packets dropped because the RX ring was full.
+	RxRingFull uint64
+	// RxFillRingEmpty counts packets that found the fill ring empty: the
+	// dmabuf-exhausted drops.
+	RxFillRingEmpty uint64
+	// TxRingEmpty counts TX wakeups that found the TX ring empty.
+	TxRingEmpty uint64
+}
+
+// Socket is one AF_XDP socket bound to one queue, with the region registered
+// as its UMEM. Refill, Receive and Wait belong to one receive goroutine;
+// the TX methods are safe for concurrent use.
+type Socket struct {
+	fd      int
+	efd     int
+	region  *Region
+	ifindex int
+	queue   int
+
+	maps [4][]byte
+
+	Fill FillRing
+	RX   RXRing
+	tx   TXRing
+	comp CompletionRing
+
+	posted    []bool // frame → on the fill ring or in the kernel; receive goroutine only
+	fillAddrs []uint64
+	fillIdx   []uint32
+
+	txMu      sync.Mutex
+	txFree    []uint64
+	txPending []unix.XDPDesc
+	txAll     []uint32
+	compBuf   []uint64
+	txDrops   uint64
+
+	closeOnce sync.Once
+}
+
+// NewSocket creates an AF_XDP socket, registers region as its UMEM, maps the
+// rings and binds it to (ifindex, cfg.Queue). The calling thread's network
+// namespace is the one the interface is looked up in.
+func NewSocket(region *Region, ifindex int, cfg SocketConfig) (_ *Socket, err error) {
+	if cfg.RingSize == 0 {
+		cfg.RingSize = min(2048, uint32(1)<<(31-bits.LeadingZeros32(region.nframes)))
+	}
+	if cfg.TXRingSize == 0 {
+		cfg.TXRingSize = 512
+	}
+	if cfg.TXFrames == 0 {
+		cfg.TXFrames = 256
+	}
+	if cfg.BindRetry == 0 {
+		cfg.BindRetry = 2 * time.Second
+	}
+	if bits.OnesCount32(cfg.RingSize) != 1 || bits.OnesCount32(cfg.TXRingSize) != 1 {
+		return nil, fmt.Errorf("xsk: ring sizes %d/%d must be powers of two: %w", cfg.RingSize, cfg.TXRingSize, unix.EINVAL)
+	}
+	if uint64(cfg.TXFrames)+uint64(cfg.RingSize) > uint64(region.nframes) {
+		return nil, fmt.Errorf("xsk: umem of %d frames is too small for a %d-entry fill ring and %d TX frames: %w",
+			region.nframes, cfg.RingSize, cfg.TXFrames, unix.EINVAL)
+	}
+	s := &Socket{region: region, ifindex: ifindex, queue: cfg.Queue, fd: -1, efd: -1}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if s.fd, err = unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+		return nil, fmt.Errorf("xsk: socket(AF_XDP): %w", err)
+	}
+	if s.efd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("xsk: eventfd: %w", err)
+	}
+	if err = registerUMEM(s.fd, region.mem, region.frameSize, 0); err != nil {
+		return nil, fmt.Errorf("xsk: register umem (%d bytes): %w", len(region.mem), err)
+	}
+	for _, o := range []struct {
+		opt int
+		n   uint32
+	}{
+		{unix.XDP_UMEM_FILL_RING, cfg.RingSize},
+		{unix.XDP_UMEM_COMPLETION_RING, cfg.TXRingSize},
+		{unix.XDP_RX_RING, cfg.RingSize},
+		{unix.XDP_TX_RING, cfg.TXRingSize},
+	} {
+		if err = unix.SetsockoptInt(s.fd, unix.SOL_XDP, o.opt, int(o.n)); err != nil {
+			return nil, fmt.Errorf("xsk: set ring size %d (option %d): %w", o.n, o.opt, err)
+		}
+	}
+	off, err := mmapOffsets(s.fd)
+	if err != nil {
+		return nil, fmt.Errorf("xsk: mmap offsets: %w", err)
+	}
+	mapRing := func(i int, pgoff int64, ro unix.XDPRingOffset, n uint32, descSize int) ([]byte, error) {
+		m, err := unix.Mmap(s.fd, pgoff, int(ro.Desc)+int(n)*descSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+		if err != nil {
+			return nil, fmt.Errorf("xsk: mmap ring at page offset %#x: %w", pgoff, err)
+		}
+		s.maps[i] = m
+		return m, nil
+	}
+	m, err := mapRing(0, unix.XDP_UMEM_PGOFF_FILL_RING, off.Fr, cfg.RingSize, sizeofAddrDesc)
+	if err != nil {
+		return nil, err
+	}
+	s.Fill = FillRing{ring: ringView(m, off.Fr, cfg.RingSize), descs: addrDescs(m, off.Fr, cfg.RingSize)}
+	if m, err = mapRing(1, unix.XDP_PGOFF_RX_RING, off.Rx, cfg.RingSize, sizeofXDPDesc); err != nil {
+		return nil, err
+	}
+	s.RX = RXRing{ring: ringView(m, off.Rx, cfg.RingSize), descs: xdpDescs(m, off.Rx, cfg.RingSize)}
+	if m, err = mapRing(2, unix.XDP_PGOFF_TX_RING, off.Tx, cfg.TXRingSize, sizeofXDPDesc); err != nil {
+		return nil, err
+	}
+	s.tx = TXRing{ring: ringView(m, off.Tx, cfg.TXRingSize), descs: xdpDescs(m, off.Tx, cfg.TXRingSize)}
+	if m, err = mapRing(3, unix.XDP_UMEM_PGOFF_COMPLETION_RING, off.Cr, cfg.TXRingSize, sizeofAddrDesc); err != nil {
+		return nil, err
+	}
+	s.comp = CompletionRing{ring: ringView(m, off.Cr, cfg.TXRingSize), descs: addrDescs(m, off.Cr, cfg.TXRingSize)}
+
+	// Reserve TX frames.
+	s.txAll = make([]uint32, cfg.TXFrames)
+	if got := region.alloc(s.txAll); got != cfg.TXFrames {
+		s.txAll = s.txAll[:got]
+		return nil, fmt.Errorf("xsk: only %d free frames for %d TX frames: %w", got, cfg.TXFrames, unix.ENOMEM)
+	}
+	region.tx.Add(int64(cfg.TXFrames))
+	s.txFree = make([]uint64, 0, cfg.TXFrames)
+	for _, f := range s.txAll {
+		s.txFree = append(s.txFree, region.FrameAddr(f))
+	}
+	s.txPending = make([]unix.XDPDesc, 0, cfg.TXRingSize)
+	s.compBuf = make([]uint64, cfg.TXRingSize)
+	s.posted = make([]bool, region.nframes)
+	s.fillAddrs = make([]uint64, cfg.RingSize)
+	s.fillIdx = make([]uint32, cfg.RingSize)
+
+	// Post the fill ring before binding so the first packets find frames.
+	s.Refill()
+
+	flags := uint16(unix.XDP_COPY)
+	if cfg.ZeroCopy {
+		flags = unix.XDP_ZEROCOPY
+	}
+	if !cfg.NoNeedWakeup {
+		flags |= unix.XDP_USE_NEED_WAKEUP
+	}
+	sa := &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(ifindex), QueueID: uint32(cfg.Queue)}
+	deadline := time.Now().Add(cfg.BindRetry)
+	for {
+		err = unix.Bind(s.fd, sa)
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("xsk: bind ifindex %d queue %d: %w", ifindex, cfg.Queue, err)
+	}
+	return s, nil
+}
+
+// FD is the socket's file descriptor (for the XDP program's XSKMAP).
+func (s *Socket) FD() int { return s.fd }
+
+// Queue is the bound queue id.
+func (s *Socket) Queue() int { return s.queue }
+
+// Region is the socket's UMEM.
+func (s *Socket) Region() *Region { return s.region }
+
+// Refill posts free frames on the fill ring, as many as fit, and returns how
+// many it posted. Receive goroutine only.
+func (s *Socket) Refill() int {
+	want := s.Fill.Free()
+	if want == 0 {
+		return 0
+	}
+	n := s.region.alloc(s.fillIdx[:min(want, len(s.fillIdx))])
+	if n == 0 {
+		return 0
+	}
+	for i := 0; i < n; i++ {
+		f := s.fillIdx[i]
+		s.posted[f] = true
+		s.fillAddrs[i] = s.region.FrameAddr(f)
+	}
+	s.region.posted.Add(int64(n))
+	s.Fill.Produce(s.fillAddrs[:n])
+	s.Fill.Publish()
+	return n
+}
+
+// Receive takes up to len(dst) received descriptors. Each descriptor's frame
+// is then owned by the caller, which must Pin it or Free it (through the
+// region). Receive goroutine only.
+func (s *Socket) Receive(dst []unix.XDPDesc) int {
+	n := s.RX.Consume(dst)
+	for i := 0; i < n; i++ {
+		s.posted[s.region.FrameOf(dst[i].Addr)] = false
+	}
+	if n > 0 {
+		s.region.posted.Add(-int64(n))
+	}
+	return n
+}
+
+// Packet returns the bytes a descriptor points at (inside the region).
+func (s *Socket) Packet(d unix.XDPDesc) []byte {
+	return s.region.mem[d.Addr : d.Addr+uint64(d.Len)]
+}
+
+// Wait blocks until the RX ring has descriptors, Wake is called, or timeout
+// (milliseconds, -1 for none) passes. With need-wakeup it also kicks the
+// kernel when the fill ring asks for it.
+func (s *Socket) Wait(timeout int) error {
+	fds := [2]unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}, {Fd: int32(s.efd), Events: unix.POLLIN}}
+	_, err := unix.Poll(fds[:], timeout)
+	if err != nil && !errors.Is(err, unix.EINTR) {
+		return fmt.Errorf("xsk: poll: %w", err)
+	}
+	if fds[1].Revents&unix.POLLIN != 0 {
+		var b [8]byte
+		unix.Read(s.efd, b[:])
+	}
+	return nil
+}
+
+// Wake interrupts Wait from another goroutine.
+func (s *Socket) Wake() {
+	b := [8]byte{1}
+	unix.Write(s.efd, b[:])
+}
+
+// TXBuffer reserves a TX frame and returns its UMEM address and bytes; ok is
+// false when every TX frame is in flight. The frame must be queued with
+// TXQueue (or given back with TXDiscard).
+func (s *Socket) TXBuffer() (addr uint64, buf []byte, ok bool) {
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	if len(s.txFree) == 0 {
+		s.reclaimLocked()
+		if len(s.txFree) == 0 {
+			s.txDrops++
+			return 0, nil, false
+		}
+	}
+	addr = s.txFree[len(s.txFree)-1]
+	s.txFree = s.txFree[:len(s.txFree)-1]
+	return addr, s.region.mem[addr : addr+uint64(s.region.frameSize)], true
+}
+
+// TXDiscard gives back a reserved frame unsent.
+func (s *Socket) TXDiscard(addr uint64) {
+	s.txMu.Lock()
+	s.txFree = append(s.txFree, addr)
+	s.txMu.Unlock()
+}
+
+// TXQueue queues length bytes at addr for sending at the next TXFlush.
+func (s *Socket) TXQueue(addr uint64, length int) {
+	s.txMu.Lock()
+	s.txPending = append(s.txPending, unix.XDPDesc{Addr: addr, Len: uint32(length)})
+	full := len(s.txPending) == cap(s.txPending)
+	s.txMu.Unlock()
+	if full {
+		s.TXFlush()
+	}
+}
+
+// TXFlush publishes queued frames on the TX ring and wakes the kernel when it
+// needs it. Frames that find the ring full are dropped (and counted), as a
+// NIC drops on a full TX queue; TCP retransmits.
+func (s *Socket) TXFlush() error {
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	if len(s.txPending) == 0 {
+		return nil
+	}
+	s.reclaimLocked()
+	n := s.tx.Produce(s.txPending)
+	for _, d := range s.txPending[n:] {
+		s.txFree = append(s.txFree, d.Addr&^uint64(s.region.frameSize-1))
+		s.txDrops++
+	}
+	s.txPending = s.txPending[:0]
+	s.tx.Publish()
+	if s.tx.needWakeup() || true {
+		if err := kickTX(s.fd); err != nil {
+			return fmt.Errorf("xsk: kick tx: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Socket) reclaimLocked() {
+	n := s.comp.Consume(s.compBuf)
+	for _, a := range s.compBuf[:n] {
+		s.txFree = append(s.txFree, a&^uint64(s.region.frameSize-1))
+	}
+}
+
+// TXDrops counts frames not sent for lack of a TX frame or ring slot.
+func (s *Socket) TXDrops() uint64 {
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	return s.txDrops
+}
+
+// Stats reads the kernel's counters for the socket.
+func (s *Socket) Stats() (Stats, error) {
+	st, err := getStatistics(s.fd)
+	if err != nil {
+		return Stats{}, fmt.Errorf("xsk: statistics: %w", err)
+	}
+	return Stats{st.RxDropped, st.RxInvalidDescs, st.TxInvalidDescs, st.RxRingFull, st.RxFillRingEmptyDescs, st.TxRingEmptyDescs}, nil
+}
+
+// Close unmaps the rings, closes the socket and returns its posted and TX
+// frames to the region. The receive goroutine must have stopped.
+func (s *Socket) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		for i, m := range s.maps {
+			if m != nil {
+				unix.Munmap(m)
+				s.maps[i] = nil
+			}
+		}
+		if s.fd >= 0 {
+			err = unix.Close(s.fd)
+			s.fd = -1
+		}
+		if s.efd >= 0 {
+			unix.Close(s.efd)
+			s.efd = -1
+		}
+		var back []uint32
+		for f, p := range s.posted {
+			if p {
+				back = append(back, uint32(f))
+				s.posted[f] = false
+			}
+		}
+		s.region.posted.Add(-int64(len(back)))
+		if len(s.txAll) > 0 {
+			s.region.tx.Add(-int64(len(s.txAll)))
+			back = append(back, s.txAll...)
+			s.txAll = nil
+		}
+		s.region.putFree(back)
+	})
+	return err
+}

@@ -1,0 +1,426 @@
+package umem
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// ErrXDPAttached is returned (wrapped) by [Program.Attach] when the interface
+// already carries an XDP program: xdevmem never replaces someone else's.
+var ErrXDPAttached = errors.New("interface already has an XDP program")
+
+// Limits of a [ProgramConfig].
+const (
+	// MaxProgramIPv4 is the most IPv4 addresses one program matches.
+	MaxProgramIPv4 = 64
+	// MaxProgramQueues is the largest XSKMAP a program gets.
+	MaxProgramQueues = 1024
+)
+
+// ProgramConfig says which traffic the XDP program steers to the AF_XDP
+// sockets. Everything it does not match goes on to the kernel untouched.
+type ProgramConfig struct {
+	// IPv4 are the userspace stack's addresses: the program steers ARP
+	// packets whose target protocol address is one of them and IPv4 packets
+	// whose destination is one of them. At least one is required.
+	IPv4 []netip.Addr
+	// Queues is the number of RX queues, the size of the XSKMAP
+	// (default 1).
+	Queues int
+
+	// Later: IPv6 and neighbour discovery, per-flow rules in a map,
+	// multi-buffer frames (BPF_F_XDP_HAS_FRAGS).
+}
+
+// Program is the XDP program that steers the stack's traffic into AF_XDP
+// sockets, with its XSKMAP and, once attached, the BPF link that holds it on
+// an interface. A packet the program matches is redirected to the socket
+// registered for the RX queue it arrived on; if that queue has no socket,
+// it passes to the kernel.
+//
+// The link is the only thing that keeps the program attached, so a process
+// that dies, even by kill -9, leaves nothing attached. Methods are safe for
+// concurrent use.
+type Program struct {
+	mu      sync.Mutex
+	prog    *ebpf.Program
+	xsks    *ebpf.Map
+	link    link.Link
+	mode    string
+	ifindex int
+	queues  int
+	closed  bool
+}
+
+// XDP actions.
+const (
+	progXDPAborted  = 0
+	progXDPDrop     = 1
+	progXDPPass     = 2
+	progXDPTX       = 3
+	progXDPRedirect = 4
+)
+
+// progVerdicts replaces the redirect with fixed return values, so tests can
+// observe the matcher's decisions through BPF_PROG_TEST_RUN (a redirect into
+// an empty XSKMAP falls back to XDP_PASS and looks like no match).
+type progVerdicts struct {
+	set       bool
+	arp, ipv4 int32
+}
+
+// Offsets in struct xdp_md.
+const (
+	progMDData    = 0
+	progMDDataEnd = 4
+	progMDRxQueue = 16
+)
+
+// Offsets in an untagged Ethernet frame.
+const (
+	progEthHdrLen   = 14
+	progEthTypeOff  = 12
+	progARPLen      = progEthHdrLen + 28 // Ethernet/IPv4 ARP
+	progARPTPAOff   = progEthHdrLen + 24
+	progIPv4MinLen  = progEthHdrLen + 20
+	progIPv4DstOff  = progEthHdrLen + 16
+	progEthTypeARP  = 0x0806
+	progEthTypeIPv4 = 0x0800
+	progARPHwEther  = 1
+	progXSKMapName  = "xdevmem_xsks"
+	progProgramName = "xdevmem_steer"
+	progLicense     = "Dual BSD/GPL"
+)
+
+// LoadProgram checks cfg, creates the XSKMAP and loads the program. It does
+// not attach it; see [Program.Attach].
+func LoadProgram(cfg ProgramConfig) (*Program, error) {
+	return progLoad(cfg, progVerdicts{})
+}
+
+func progLoad(cfg ProgramConfig, v progVerdicts) (*Program, error) {
+	addrs, queues, err := cfg.progCheck()
+	if err != nil {
+		return nil, fmt.Errorf("load xdp program: %w", err)
+	}
+	xsks, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       progXSKMapName,
+		Type:       ebpf.XSKMap,
+		KeySize:    4,
+		ValueSize:  4,
+		MaxEntries: uint32(queues),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load xdp program: create xskmap: %w", err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         progProgramName,
+		Type:         ebpf.XDP,
+		License:      progLicense,
+		Instructions: progInstructions(addrs, xsks.FD(), v),
+	})
+	if err != nil {
+		xsks.Close()
+		return nil, fmt.Errorf("load xdp program: %w", err)
+	}
+	return &Program{prog: prog, xsks: xsks, queues: queues}, nil
+}
+
+// progCheck validates the configuration and returns the addresses, unique
+// and in order, and the queue count.
+func (cfg ProgramConfig) progCheck() ([]netip.Addr, int, error) {
+	queues := cfg.Queues
+	if queues == 0 {
+		queues = 1
+	}
+	if queues < 1 || queues > MaxProgramQueues {
+		return nil, 0, fmt.Errorf("queues %d out of range [1, %d]", cfg.Queues, MaxProgramQueues)
+	}
+	var addrs []netip.Addr
+	for _, a := range cfg.IPv4 {
+		a = a.Unmap()
+		if !a.Is4() {
+			return nil, 0, fmt.Errorf("%v is not an IPv4 address", a)
+		}
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, 0, errors.New("no IPv4 address to steer")
+	}
+	if len(addrs) > MaxProgramIPv4 {
+		return nil, 0, fmt.Errorf("%d IPv4 addresses, at most %d", len(addrs), MaxProgramIPv4)
+	}
+	return addrs, queues, nil
+}
+
+// progNet16 and progNet32 turn bytes in network order into the immediate a
+// load of them from the packet compares equal to.
+func progNet16(v uint16) int32 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return int32(binary.NativeEndian.Uint16(b[:]))
+}
+
+func progNet32(b [4]byte) int32 { return int32(binary.NativeEndian.Uint32(b[:])) }
+
+// progInstructions builds the program. In C it would read:
+//
+//	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+//	if (data + 14 > end) return XDP_PASS;
+//	switch (eth->h_proto) {
+//	case htons(ETH_P_ARP):
+//		if (data + 42 > end) return XDP_PASS;
+//		if (arp->htype != htons(1) || arp->ptype != htons(ETH_P_IP) ||
+//		    arp->hlen != 6 || arp->plen != 4) return XDP_PASS;
+//		if (arp->tpa is ours) goto match;
+//		return XDP_PASS;
+//	case htons(ETH_P_IP):
+//		if (data + 34 > end) return XDP_PASS;
+//		if (ip->version != 4 || ip->ihl < 5) return XDP_PASS;
+//		if (ip->daddr is ours) goto match;  // fixed offset, options or not
+//		return XDP_PASS;
+//	}
+//	return XDP_PASS;
+//	match:
+//	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+//
+// VLAN-tagged frames have another ethertype and pass.
+func progInstructions(addrs []netip.Addr, xsksFD int, v progVerdicts) asm.Instructions {
+	const (
+		ctx  = asm.R6 // struct xdp_md *, kept across the helper call
+		data = asm.R2
+		end  = asm.R3
+		tmp  = asm.R4
+		val  = asm.R5
+	)
+	bounds := func(n int32) asm.Instructions {
+		return asm.Instructions{
+			asm.Mov.Reg(tmp, data),
+			asm.Add.Imm(tmp, n),
+			asm.JGT.Reg(tmp, end, "pass"),
+		}
+	}
+	// The test variant returns a verdict per protocol; the real program
+	// redirects both.
+	matchARP, matchIPv4 := "match", "match"
+	if v.set {
+		matchARP, matchIPv4 = "match_arp", "match_ipv4"
+	}
+	ours := func(match string) asm.Instructions {
+		var insns asm.Instructions
+		for _, a := range addrs {
+			// 32-bit compare: a 64-bit one would sign-extend the immediate.
+			insns = append(insns, asm.JEq.Imm32(val, progNet32(a.As4()), match))
+		}
+		return append(insns, asm.Ja.Label("pass"))
+	}
+
+	insns := asm.Instructions{
+		asm.Mov.Reg(ctx, asm.R1),
+		asm.LoadMem(data, ctx, progMDData, asm.Word),
+		asm.LoadMem(end, ctx, progMDDataEnd, asm.Word),
+	}
+	insns = append(insns, bounds(progEthHdrLen)...)
+	insns = append(insns,
+		asm.LoadMem(val, data, progEthTypeOff, asm.Half),
+		asm.JEq.Imm(val, progNet16(progEthTypeARP), "arp"),
+		asm.JNE.Imm(val, progNet16(progEthTypeIPv4), "pass"),
+	)
+
+	// IPv4: version 4, a header of at least 20 bytes, all of it in bounds.
+	insns = append(insns, bounds(progIPv4MinLen)...)
+	insns = append(insns,
+		asm.LoadMem(val, data, progEthHdrLen, asm.Byte),
+		asm.Mov.Reg(tmp, val),
+		asm.RSh.Imm(tmp, 4),
+		asm.JNE.Imm(tmp, 4, "pass"),
+		asm.And.Imm(val, 0x0f),
+		asm.JLT.Imm(val, 5, "pass"),
+		asm.LoadMem(val, data, progIPv4DstOff, asm.Word),
+	)
+	insns = append(insns, ours(matchIPv4)...)
+
+	// ARP: Ethernet hardware, IPv4 protocol, 6- and 4-byte addresses.
+	arp := bounds(progARPLen)
+	arp[0] = arp[0].WithSymbol("arp")
+	insns = append(insns, arp...)
+	insns = append(insns,
+		asm.LoadMem(val, data, progEthHdrLen, asm.Half),
+		asm.JNE.Imm(val, progNet16(progARPHwEther), "pass"),
+		asm.LoadMem(val, data, progEthHdrLen+2, asm.Half),
+		asm.JNE.Imm(val, progNet16(progEthTypeIPv4), "pass"),
+		asm.LoadMem(val, data, progEthHdrLen+4, asm.Half),
+		asm.JNE.Imm(val, progNet16(6<<8|4), "pass"),
+		asm.LoadMem(val, data, progARPTPAOff, asm.Word),
+	)
+	insns = append(insns, ours(matchARP)...)
+
+	if v.set {
+		insns = append(insns,
+			asm.Mov.Imm(asm.R0, v.arp).WithSymbol("match_arp"),
+			asm.Return(),
+			asm.Mov.Imm(asm.R0, v.ipv4).WithSymbol("match_ipv4"),
+			asm.Return(),
+		)
+	} else {
+		insns = append(insns,
+			// bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS)
+			asm.LoadMapPtr(asm.R1, xsksFD).WithSymbol("match"),
+			asm.LoadMem(asm.R2, ctx, progMDRxQueue, asm.Word),
+			asm.Mov.Imm(asm.R3, progXDPPass),
+			asm.FnRedirectMap.Call(),
+			asm.Return(),
+		)
+	}
+	return append(insns,
+		asm.Mov.Imm(asm.R0, progXDPPass).WithSymbol("pass"),
+		asm.Return(),
+	)
+}
+
+// Attach attaches the program to the interface with a BPF link: in native
+// (driver) mode if the driver supports it, else in generic mode. It fails
+// with [ErrXDPAttached] if the interface already has an XDP program, and
+// if the program is attached already. The interface index is looked up in
+// the calling thread's network namespace (see netns.NS.Do).
+func (p *Program) Attach(ifindex int) error {
+	return p.attach(ifindex, link.XDPDriverMode, link.XDPGenericMode)
+}
+
+func (p *Program) attach(ifindex int, modes ...link.XDPAttachFlags) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, net.ErrClosed)
+	}
+	if p.link != nil {
+		return fmt.Errorf("attach xdp to ifindex %d: already attached to ifindex %d", ifindex, p.ifindex)
+	}
+	var errs []error
+	for _, mode := range modes {
+		l, err := link.AttachXDP(link.XDPOptions{Program: p.prog, Interface: ifindex, Flags: mode})
+		if err == nil {
+			p.link, p.mode, p.ifindex = l, progModeName(mode), ifindex
+			return nil
+		}
+		switch {
+		case errors.Is(err, unix.EBUSY), errors.Is(err, unix.EEXIST):
+			// EBUSY: a program or link holds this mode; EEXIST: one holds
+			// the other mode. Either way, not ours to replace.
+			return fmt.Errorf("attach xdp to ifindex %d: %w: %w", ifindex, ErrXDPAttached, err)
+		case errors.Is(err, unix.ENODEV):
+			return fmt.Errorf("attach xdp to ifindex %d: no such interface: %w", ifindex, err)
+		}
+		errs = append(errs, fmt.Errorf("%s mode: %w", progModeName(mode), err))
+	}
+	return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, errors.Join(errs...))
+}
+
+func progModeName(mode link.XDPAttachFlags) string {
+	switch mode {
+	case link.XDPDriverMode:
+		return "native"
+	case link.XDPGenericMode:
+		return "generic"
+	case link.XDPOffloadMode:
+		return "offload"
+	}
+	return fmt.Sprintf("mode %#x", uint32(mode))
+}
+
+// Mode reports how the program is attached: "native" or "generic", or ""
+// when it is not attached.
+func (p *Program) Mode() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.link == nil {
+		return ""
+	}
+	return p.mode
+}
+
+// Queues returns the size of the XSKMAP: queues 0 to Queues()-1 can have a
+// socket.
+func (p *Program) Queues() int { return p.queues }
+
+// SetSocket makes the program redirect what it matches on RX queue queue to
+// the AF_XDP socket fd (XSKMAP[queue] = fd), replacing any socket there.
+// The socket must be bound to this interface and queue for the kernel to
+// deliver to it. The map holds its own reference: closing fd later removes
+// the entry.
+func (p *Program) SetSocket(queue int, fd int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.progCheckQueue(queue); err != nil {
+		return fmt.Errorf("set xsk for queue %d: %w", queue, err)
+	}
+	if fd < 0 {
+		return fmt.Errorf("set xsk for queue %d: invalid fd %d", queue, fd)
+	}
+	if err := p.xsks.Update(uint32(queue), uint32(fd), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set xsk for queue %d: %w", queue, err)
+	}
+	return nil
+}
+
+// DeleteSocket removes queue's socket from the XSKMAP; what the program
+// matches on that queue passes to the kernel again. Removing an empty entry
+// is not an error.
+func (p *Program) DeleteSocket(queue int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.progCheckQueue(queue); err != nil {
+		return fmt.Errorf("delete xsk for queue %d: %w", queue, err)
+	}
+	if err := p.xsks.Delete(uint32(queue)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete xsk for queue %d: %w", queue, err)
+	}
+	return nil
+}
+
+func (p *Program) progCheckQueue(queue int) error {
+	if p.closed {
+		return net.ErrClosed
+	}
+	if queue < 0 || queue >= p.queues {
+		return fmt.Errorf("queue out of range [0, %d)", p.queues)
+	}
+	return nil
+}
+
+// Close detaches the program (closes the link) and releases the program and
+// its XSKMAP. It is idempotent.
+func (p *Program) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	var errs []error
+	if p.link != nil {
+		if err := p.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach xdp from ifindex %d: %w", p.ifindex, err))
+		}
+		p.link = nil
+	}
+	if err := p.prog.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close xdp program: %w", err))
+	}
+	if err := p.xsks.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close xskmap: %w", err))
+	}
+	return errors.Join(errs...)
+}
