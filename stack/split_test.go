@@ -45,7 +45,7 @@ func buildFrame(ipOpts, tcpOpts, payload []byte, seq uint32, flags uint8) []byte
 func TestSplitFrame(t *testing.T) {
 	payload := []byte("hello, devmem")
 	ts := []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2} // NOP NOP timestamp
-	ipopt := []byte{1, 1, 1, 0}                      // NOPs + EOL
+	ipopt := []byte{1, 1, 1, 0}                       // NOPs + EOL
 	good := buildFrame(nil, ts, payload, 1000, tcpFlagAck)
 	withOpts := buildFrame(ipopt, ts, payload, 7, tcpFlagAck|0x08)
 	padded := append(buildFrame(nil, nil, []byte{1}, 5, tcpFlagAck), make([]byte, 20)...)
