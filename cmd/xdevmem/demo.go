@@ -1,0 +1,304 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/internal/harness"
+	"github.com/xdevmem/xdevmem/internal/netns"
+	"github.com/xdevmem/xdevmem/internal/pattern"
+	"github.com/xdevmem/xdevmem/stack"
+)
+
+// demoPrefix names the demo's namespaces; leftovers of a killed demo are
+// removed at the next start.
+const demoPrefix = "xdm"
+
+type demoSummary struct {
+	OK              bool    `json:"ok"`
+	Error           string  `json:"error,omitempty"`
+	Bytes           uint64  `json:"bytes"`
+	Seconds         float64 `json:"seconds"`
+	MBps            float64 `json:"mb_per_s"`
+	Gbps            float64 `json:"gbit_per_s"`
+	Frags           uint64  `json:"frags"`
+	DmabufBytes     uint64  `json:"dmabuf_bytes"`
+	LinearBytes     uint64  `json:"linear_bytes"`
+	TokensReturned  uint64  `json:"tokens_returned"`
+	TokensOut       int     `json:"tokens_outstanding"`
+	ValidationErrs  int     `json:"validation_errors"`
+	FramesFree      uint32  `json:"frames_free_after_close"`
+	Frames          uint32  `json:"frames"`
+	FramesRecycled  uint64  `json:"frames_recycled"`
+	DmabufCopied    uint64  `json:"dmabuf_bytes_copied"`
+	FillEmptyDrops  uint64  `json:"fill_ring_empty_drops"`
+	ChecksumDrops   uint64  `json:"checksum_drops"`
+	XDPMode         string  `json:"xdp_mode"`
+	Autorelease     bool    `json:"autorelease"`
+	KernelMBps      float64 `json:"kernel_tcp_mb_per_s,omitempty"`
+	KernelRatio     float64 `json:"devmem_to_kernel_ratio,omitempty"`
+	UMEMBytes       uint64  `json:"umem_bytes"`
+	MTU             int     `json:"mtu"`
+	ValidatePeriod  int     `json:"validate_period"`
+	PeerNamespace   string  `json:"peer_namespace"`
+	StackNamespace  string  `json:"stack_namespace"`
+	StackAddress    string  `json:"stack_address"`
+	ReceiveSyscalls uint64  `json:"recvmsg_calls"`
+}
+
+func runDemo(args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	size := uint64(1 << 30)
+	umemSize := uint64(stack.DefaultRegionSize)
+	fs.Var(sizeValue{&size}, "size", "bytes the kernel client sends")
+	fs.Var(sizeValue{&umemSize}, "umem", "UMEM (emulated dmabuf) size")
+	mtu := fs.Int("mtu", 1500, "veth MTU (at most 3506 without multi-buffer XDP)")
+	period := fs.Int("v", 7, "validation pattern period, as ncdevmem -v")
+	auto := fs.Int("a", -1, "autorelease mode: 0 (tokens per binding) or 1 (per socket); default: the binding's default")
+	hds := fs.Int("hds-thresh", 0, "header-split threshold: smaller payloads arrive linear")
+	compare := fs.Bool("compare", false, "also measure the kernel's own TCP receive over the same veth, side by side")
+	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
+	jsonOut := fs.Bool("json", false, "print the summary as JSON")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: xdevmem demo [flags]\n\nBuilds two network namespaces joined by a veth pair, sends the ncdevmem -v pattern from a\nkernel TCP client, receives it through the emulated devmem path, validates every byte at\nthe fragment offsets in the dmabuf, returns every token, and removes everything it made.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitError{2}
+	}
+	if *period < 2 {
+		return fmt.Errorf("-v %d: the period must be at least 2", *period)
+	}
+	autoP, err := boolFlag01(*auto, "a")
+	if err != nil {
+		return err
+	}
+	if err := requireRoot("demo"); err != nil {
+		return err
+	}
+	if err := netns.Cleanup(demoPrefix); err != nil {
+		fmt.Fprintf(os.Stderr, "xdevmem demo: removing leftovers of an earlier run: %v\n", err)
+	}
+
+	w, err := harness.New(harness.Options{
+		Prefix:      demoPrefix,
+		MTU:         *mtu,
+		Autorelease: autoP,
+		Stack:       stack.Config{RegionSize: umemSize, HDSThresh: *hds, TrustChecksum: *trust},
+	})
+	if err != nil {
+		return fmt.Errorf("set up: %w", err)
+	}
+	closed := make(chan struct{})
+	defer close(closed)
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigc)
+	go func() {
+		select {
+		case s := <-sigc:
+			fmt.Fprintf(os.Stderr, "\nxdevmem demo: %v: removing namespaces and XDP program\n", s)
+			w.Close()
+			os.Exit(130)
+		case <-closed:
+		}
+	}()
+
+	sum := demoSummary{
+		Bytes: size, MTU: *mtu, UMEMBytes: w.Stack.Region().Size(), ValidatePeriod: *period,
+		XDPMode: w.Stack.XDPMode(), PeerNamespace: w.Pair.Peer.Name, StackNamespace: w.Pair.Emu.Name,
+		StackAddress: w.StackAddr(), Frames: w.Stack.Region().Frames(),
+	}
+	if ab, ok := w.Binding.(interface{ Autorelease() bool }); ok {
+		sum.Autorelease = ab.Autorelease()
+	}
+	res, runErr := demoTransfer(w, size, *period, &sum, !*jsonOut)
+	st := w.Stack.Stats()
+	st0 := w.Stack.Region()
+	pair := w.Pair
+	w.Pair = nil // keep the namespaces for the kernel comparison
+	closeErr := w.Stack.Close()
+	acct := st0.Snapshot()
+	sum.FramesFree = acct.Free
+	sum.FramesRecycled = acct.Recycled
+	sum.Frags, sum.DmabufBytes, sum.LinearBytes = res.Frags, res.DmabufBytes, res.LinearBytes + st.PlainBytes
+	sum.TokensReturned = res.Freed
+	sum.DmabufCopied = st.DmabufBytesCopied
+	sum.FillEmptyDrops = st.XSK.RxFillRingEmpty
+	sum.ChecksumDrops = st.DropBadIPChecksum + st.DropBadTCPChecksum
+	sum.ReceiveSyscalls = res.Calls
+	if res.Elapsed > 0 {
+		sum.Seconds = res.Elapsed.Seconds()
+		sum.MBps = float64(res.Bytes) / 1e6 / sum.Seconds
+		sum.Gbps = float64(res.Bytes) * 8 / 1e9 / sum.Seconds
+	}
+	if runErr == nil && closeErr != nil {
+		runErr = closeErr
+	}
+	if runErr == nil && acct.Free != acct.Frames {
+		runErr = fmt.Errorf("after close only %d of %d frames are free: %v", acct.Free, acct.Frames, acct)
+	}
+	if runErr == nil && *compare {
+		kr, err := harness.KernelBaseline(pair, size, *period)
+		if err != nil {
+			runErr = err
+		} else {
+			sum.KernelMBps = float64(kr.Bytes) / 1e6 / kr.Elapsed.Seconds()
+			if sum.KernelMBps > 0 {
+				sum.KernelRatio = sum.MBps / sum.KernelMBps
+			}
+		}
+	}
+	if err := pair.Close(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("remove namespaces: %w", err)
+	}
+	sum.OK = runErr == nil
+	if runErr != nil {
+		sum.Error = runErr.Error()
+	}
+	if *jsonOut {
+		writeJSON(os.Stdout, sum)
+	} else {
+		printDemo(os.Stdout, sum)
+	}
+	if runErr != nil {
+		if !*jsonOut {
+			fmt.Fprintf(os.Stderr, "xdevmem demo: FAILED: %v\n", runErr)
+		}
+		return exitError{1}
+	}
+	return nil
+}
+
+func demoTransfer(w *harness.World, size uint64, period int, sum *demoSummary, progress bool) (harness.Result, error) {
+	type accepted struct {
+		c   devmemapi.Conn
+		err error
+	}
+	ac := make(chan accepted, 1)
+	go func() {
+		c, err := w.Listener.Accept()
+		ac <- accepted{c, err}
+	}()
+	sendErr := make(chan error, 1)
+	go func() {
+		c, err := w.DialPeer()
+		if err != nil {
+			sendErr <- fmt.Errorf("kernel client: %w", err)
+			return
+		}
+		_, err = io.Copy(c, pattern.NewReader(period, size))
+		if cerr := c.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			err = fmt.Errorf("kernel client: %w", err)
+		}
+		sendErr <- err
+	}()
+	var a accepted
+	select {
+	case a = <-ac:
+	case err := <-sendErr:
+		if err != nil {
+			return harness.Result{}, err
+		}
+		a = <-ac
+	case <-time.After(30 * time.Second):
+		return harness.Result{}, fmt.Errorf("no connection from the kernel client after 30s")
+	}
+	if a.err != nil {
+		return harness.Result{}, a.err
+	}
+	defer a.c.Close()
+	v := pattern.NewValidator(period)
+	var got uint64
+	stopProgress := make(chan struct{})
+	if progress && size >= 256<<20 {
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					fmt.Fprintf(os.Stderr, "  ... %s of %s\n", humanMB(v.Offset()), humanMB(size))
+				case <-stopProgress:
+					return
+				}
+			}
+		}()
+	}
+	res, err := harness.Receive(a.c, w.Binding, harness.ReceiveOptions{Sink: func(b []byte) error {
+		got += uint64(len(b))
+		v.Check(b)
+		return nil
+	}})
+	close(stopProgress)
+	sum.ValidationErrs = v.Errors()
+	if err != nil {
+		return res, fmt.Errorf("receive: %w", err)
+	}
+	if err := <-sendErr; err != nil {
+		return res, err
+	}
+	if c, ok := a.c.(*stack.Conn); ok {
+		sum.TokensOut = c.Tokens().Outstanding()
+	}
+	if v.Err() != nil {
+		return res, fmt.Errorf("%d bytes failed validation; first: %w", v.Errors(), v.Err())
+	}
+	if got != size {
+		return res, fmt.Errorf("received %d of %d bytes", got, size)
+	}
+	if sum.TokensOut != 0 {
+		return res, fmt.Errorf("%d tokens still outstanding", sum.TokensOut)
+	}
+	return res, nil
+}
+
+func humanMB(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func printDemo(w io.Writer, s demoSummary) {
+	status := "ok"
+	if !s.OK {
+		status = "FAILED"
+	}
+	fmt.Fprintf(w, "xdevmem demo: %s\n", status)
+	fmt.Fprintf(w, "  path        kernel TCP client (%s) -> veth -> XDP (%s) -> AF_XDP copy mode -> UMEM -> header split -> gVisor TCP -> devmem tokens\n", s.PeerNamespace, s.XDPMode)
+	fmt.Fprintf(w, "  stack       %s in %s, MTU %d, UMEM %s (%d frames), autorelease=%d\n", s.StackAddress, s.StackNamespace, s.MTU, humanBytes(s.UMEMBytes), s.Frames, b2i(s.Autorelease))
+	fmt.Fprintf(w, "  received    %d bytes in %.3f s: %.1f MB/s (%.2f Gbit/s)\n", s.Bytes, s.Seconds, s.MBps, s.Gbps)
+	if s.KernelMBps > 0 {
+		fmt.Fprintf(w, "  kernel TCP  %.1f MB/s over the same veth: devmem/kernel = %.2f\n", s.KernelMBps, s.KernelRatio)
+	}
+	fmt.Fprintf(w, "  validated   pattern -v %d, %d errors, read from the dmabuf at the fragment offsets\n", s.ValidatePeriod, s.ValidationErrs)
+	fmt.Fprintf(w, "  frags       %d dmabuf frags (%d bytes), %d linear bytes, %d recvmsg calls\n", s.Frags, s.DmabufBytes, s.LinearBytes, s.ReceiveSyscalls)
+	fmt.Fprintf(w, "  tokens      %d returned, %d outstanding\n", s.TokensReturned, s.TokensOut)
+	fmt.Fprintf(w, "  frames      %d of %d free after close, recycled %d times\n", s.FramesFree, s.Frames, s.FramesRecycled)
+	fmt.Fprintf(w, "  copies      %d payload bytes copied on the dmabuf path\n", s.DmabufCopied)
+	fmt.Fprintf(w, "  drops       %d fill-ring-empty, %d checksum\n", s.FillEmptyDrops, s.ChecksumDrops)
+	if s.Error != "" {
+		fmt.Fprintf(w, "  error       %s\n", s.Error)
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// requireRoot gives a clear error when the process lacks the privileges the
+// emulation needs.
+func requireRoot(cmd string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%s needs root (CAP_NET_ADMIN to create links and attach XDP, CAP_BPF for the XDP program, CAP_NET_RAW for AF_XDP, CAP_SYS_ADMIN for namespaces): run it with sudo", cmd)
+	}
+	return nil
+}

@@ -1,0 +1,71 @@
+// Command xdevmem runs Linux devmem TCP's receive path on any Linux host:
+// an AF_XDP UMEM stands in for the dmabuf, an XDP program steers the flows,
+// gVisor's netstack runs TCP and the payload reaches the application as
+// devmem tokens.
+//
+// Usage:
+//
+//	xdevmem demo   [--size 1GiB] [--json]        build a namespace pair, send, receive, validate
+//	xdevmem server -f IFACE -s ADDR [-p PORT] [-v N] [-L] [-o FILE] [--json]
+//	xdevmem probe  -f IFACE [--json]              can this interface do real devmem?
+//
+// The server takes ncdevmem's flags (-l -s -c -p -f -v -L -t -q -a).
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// exitError carries a process exit status.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+var commands = map[string]func(args []string) error{
+	"demo":   runDemo,
+	"server": runServer,
+	"probe":  runProbe,
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `xdevmem: devmem TCP emulated on AF_XDP
+
+Commands:
+  demo     build two namespaces and a veth pair, send the ncdevmem -v 7 pattern from a
+           kernel TCP client, receive it through the emulated devmem path, validate it
+  server   receive one connection on an interface, like ncdevmem -l
+  probe    report whether an interface can do real (kernel) devmem, check by check
+
+Run 'xdevmem COMMAND -h' for a command's flags.
+`)
+}
+
+func main() {
+	args := os.Args[1:]
+	name := filepath.Base(os.Args[0])
+	if len(args) == 0 {
+		usage()
+		os.Exit(2)
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+			usage()
+			return
+		}
+		fmt.Fprintf(os.Stderr, "%s: unknown command %q\n", name, args[0])
+		usage()
+		os.Exit(2)
+	}
+	if err := cmd(args[1:]); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintf(os.Stderr, "xdevmem %s: %v\n", args[0], err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/internal/harness"
+	"github.com/xdevmem/xdevmem/internal/pattern"
+	"github.com/xdevmem/xdevmem/stack"
+)
+
+type serverSummary struct {
+	OK             bool    `json:"ok"`
+	Error          string  `json:"error,omitempty"`
+	Peer           string  `json:"peer,omitempty"`
+	Bytes          uint64  `json:"bytes"`
+	Seconds        float64 `json:"seconds"`
+	MBps           float64 `json:"mb_per_s"`
+	Frags          uint64  `json:"frags"`
+	DmabufBytes    uint64  `json:"dmabuf_bytes"`
+	LinearBytes    uint64  `json:"linear_bytes"`
+	PlainCalls     uint64  `json:"plain_recvmsg_calls"`
+	TokensReturned uint64  `json:"tokens_returned"`
+	Validated      bool    `json:"validated"`
+	DmabufID       uint32  `json:"dmabuf_id"`
+	XDPMode        string  `json:"xdp_mode"`
+	FramesFree     uint32  `json:"frames_free_after_close"`
+	Frames         uint32  `json:"frames"`
+	DmabufCopied   uint64  `json:"dmabuf_bytes_copied"`
+	ChecksumDrops  uint64  `json:"checksum_drops"`
+	FillEmptyDrops uint64  `json:"fill_ring_empty_drops"`
+}
+
+func runServer(args []string) error {
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	_ = fs.Bool("l", true, "listen (server mode; accepted for ncdevmem compatibility)")
+	serverIP := fs.String("s", "", "the stack's IPv4 address (not configured in the kernel: the XDP program takes its traffic)")
+	clientIP := fs.String("c", "", "accept only connections from this client address")
+	port := fs.Int("p", 5201, "TCP port")
+	ifname := fs.String("f", "", "interface")
+	period := fs.Int("v", 0, "validate the ncdevmem pattern with this period (0: off)")
+	failLinear := fs.Bool("L", false, "fail if any payload arrives linear (not in the dmabuf)")
+	first := fs.Int("t", 0, "first RX queue to bind")
+	nq := fs.Int("q", 1, "number of RX queues to bind")
+	auto := fs.Int("a", -1, "autorelease mode 0 or 1 (default: the binding's default)")
+	out := fs.String("o", "", "write the received stream to FILE (- for stdout), read from the dmabuf at the fragment offsets")
+	prefixLen := fs.Int("prefix-len", 24, "prefix length of -s")
+	umemSize := uint64(stack.DefaultRegionSize)
+	fs.Var(sizeValue{&umemSize}, "umem", "UMEM (emulated dmabuf) size")
+	hds := fs.Int("hds-thresh", 0, "header-split threshold: smaller payloads arrive linear")
+	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
+	jsonOut := fs.Bool("json", false, "print the summary as JSON (on stderr when -o - is used)")
+	quiet := fs.Bool("quiet", false, "no progress lines")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: xdevmem server -f IFACE -s ADDR [flags]\n\nReceives one TCP connection through the emulated devmem path, like ncdevmem -l, then exits\n(0 on success). Run it in the network namespace of IFACE.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitError{2}
+	}
+	if *ifname == "" || *serverIP == "" {
+		fs.Usage()
+		return fmt.Errorf("-f IFACE and -s ADDR are required")
+	}
+	addr, err := netip.ParseAddr(*serverIP)
+	if err != nil || !addr.Is4() {
+		return fmt.Errorf("-s %q: need an IPv4 address", *serverIP)
+	}
+	var client netip.Addr
+	if *clientIP != "" {
+		if client, err = netip.ParseAddr(*clientIP); err != nil {
+			return fmt.Errorf("-c %q: %v", *clientIP, err)
+		}
+	}
+	if *port <= 0 || *port > 65535 {
+		return fmt.Errorf("-p %d: not a port", *port)
+	}
+	if *nq < 1 {
+		return fmt.Errorf("-q %d: need at least one queue", *nq)
+	}
+	autoP, err := boolFlag01(*auto, "a")
+	if err != nil {
+		return err
+	}
+	if err := requireRoot("server"); err != nil {
+		return err
+	}
+
+	sum := serverSummary{}
+	st, err := stack.New(stack.Config{
+		Ifname: *ifname, Addr: netip.PrefixFrom(addr, *prefixLen), RegionSize: umemSize,
+		Queue: *first, HDSThresh: *hds, TrustChecksum: *trust,
+	})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigc
+		fmt.Fprintf(os.Stderr, "xdevmem server: %v: detaching XDP and exiting\n", s)
+		st.Close()
+		os.Exit(130)
+	}()
+	queues := make([]uint32, *nq)
+	for i := range queues {
+		queues[i] = uint32(*first + i)
+	}
+	b, err := st.BindRX(devmemapi.BindRXConfig{Ifindex: st.Ifindex(), Queues: queues, Autorelease: autoP})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	ln, err := st.Listen(netip.AddrPortFrom(addr, uint16(*port)))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	sum.DmabufID = b.ID()
+	sum.XDPMode = st.XDPMode()
+	fmt.Fprintf(os.Stderr, "xdevmem server: listening on %s:%d (%s, XDP %s, dmabuf id %d, UMEM %s)\n",
+		addr, *port, *ifname, st.XDPMode(), b.ID(), humanBytes(st.Region().Size()))
+
+	var conn devmemapi.Conn
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		ra, _ := c.RemoteAddr().(*net.TCPAddr)
+		if client.IsValid() && (ra == nil || !ra.IP.Equal(client.AsSlice())) {
+			fmt.Fprintf(os.Stderr, "xdevmem server: refusing %v (not the -c client %v)\n", c.RemoteAddr(), client)
+			c.Close()
+			continue
+		}
+		conn = c
+		break
+	}
+	sum.Peer = conn.RemoteAddr().String()
+	fmt.Fprintf(os.Stderr, "xdevmem server: connection from %v\n", conn.RemoteAddr())
+
+	var w *bufio.Writer
+	var outFile *os.File
+	switch *out {
+	case "":
+	case "-":
+		w = bufio.NewWriterSize(os.Stdout, 1<<20)
+	default:
+		if outFile, err = os.Create(*out); err != nil {
+			return err
+		}
+		defer outFile.Close()
+		w = bufio.NewWriterSize(outFile, 1<<20)
+	}
+	var v *pattern.Validator
+	if *period > 0 {
+		v = pattern.NewValidator(*period)
+	}
+	var got uint64
+	done := make(chan struct{})
+	if !*quiet {
+		go func() {
+			t := time.NewTicker(2 * time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					fmt.Fprintf(os.Stderr, "xdevmem server: %s received\n", humanMB(got))
+				case <-done:
+					return
+				}
+			}
+		}()
+	}
+	var linearErr error
+	res, rerr := harness.Receive(conn, b, harness.ReceiveOptions{
+		OnFrag: func(f devmemapi.Frag) {
+			if f.Linear && *failLinear && linearErr == nil {
+				linearErr = fmt.Errorf("received %d linear bytes with -L", f.FragSize)
+			}
+		},
+		Sink: func(p []byte) error {
+			got += uint64(len(p))
+			if v != nil {
+				if err := v.Check(p); err != nil {
+					return err
+				}
+			}
+			if w != nil {
+				if _, err := w.Write(p); err != nil {
+					return err
+				}
+			}
+			return linearErr
+		},
+	})
+	close(done)
+	conn.Close()
+	if w != nil {
+		if err := w.Flush(); err != nil && rerr == nil {
+			rerr = err
+		}
+	}
+	if rerr == nil && linearErr != nil {
+		rerr = linearErr
+	}
+	if rerr == nil && *failLinear && res.Plain > 0 {
+		rerr = fmt.Errorf("%d recvmsg calls returned data without devmem control messages (flow steering error)", res.Plain)
+	}
+	stats := st.Stats()
+	b.Close()
+	ln.Close()
+	st.Close()
+	acct := st.Region().Snapshot()
+	sum.Bytes, sum.Frags, sum.DmabufBytes, sum.LinearBytes = res.Bytes, res.Frags, res.DmabufBytes, res.LinearBytes
+	sum.PlainCalls, sum.TokensReturned = res.Plain, res.Freed
+	sum.Validated = v != nil && rerr == nil
+	sum.FramesFree, sum.Frames = acct.Free, acct.Frames
+	sum.DmabufCopied = stats.DmabufBytesCopied
+	sum.ChecksumDrops = stats.DropBadIPChecksum + stats.DropBadTCPChecksum
+	sum.FillEmptyDrops = stats.XSK.RxFillRingEmpty
+	if res.Elapsed > 0 {
+		sum.Seconds = res.Elapsed.Seconds()
+		sum.MBps = float64(res.Bytes) / 1e6 / sum.Seconds
+	}
+	sum.OK = rerr == nil
+	if rerr != nil {
+		sum.Error = rerr.Error()
+	}
+	report := io.Writer(os.Stdout)
+	if *out == "-" {
+		report = os.Stderr
+	}
+	if *jsonOut {
+		writeJSON(report, sum)
+	} else {
+		fmt.Fprintf(os.Stderr, "xdevmem server: %d bytes from %s in %.3f s (%.1f MB/s): %d dmabuf frags, %d linear bytes, %d tokens returned\n",
+			sum.Bytes, sum.Peer, sum.Seconds, sum.MBps, sum.Frags, sum.LinearBytes, sum.TokensReturned)
+		if v != nil && rerr == nil {
+			fmt.Fprintln(os.Stderr, "Validated buffer")
+		}
+	}
+	if rerr != nil {
+		fmt.Fprintf(os.Stderr, "xdevmem server: FAILED: %v\n", rerr)
+		return exitError{1}
+	}
+	if !*jsonOut {
+		fmt.Fprintln(os.Stderr, "ncdevmem: ok")
+	}
+	return nil
+}
