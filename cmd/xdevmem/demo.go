@@ -127,7 +127,7 @@ func runDemo(args []string) error {
 	acct := st0.Snapshot()
 	sum.FramesFree = acct.Free
 	sum.FramesRecycled = acct.Recycled
-	sum.Frags, sum.DmabufBytes, sum.LinearBytes = res.Frags, res.DmabufBytes, res.LinearBytes + st.PlainBytes
+	sum.Frags, sum.DmabufBytes, sum.LinearBytes = res.Frags, res.DmabufBytes, res.LinearBytes+st.PlainBytes
 	sum.TokensReturned = res.Freed
 	sum.DmabufCopied = st.DmabufBytesCopied
 	sum.FillEmptyDrops = st.XSK.RxFillRingEmpty
