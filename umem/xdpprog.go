@@ -86,17 +86,21 @@ const (
 	progMDRxQueue = 16
 )
 
-// Offsets in an untagged Ethernet frame.
+// Offsets and values in an untagged Ethernet frame.
 const (
 	progEthHdrLen   = 14
 	progEthTypeOff  = 12
 	progARPLen      = progEthHdrLen + 28 // Ethernet/IPv4 ARP
 	progARPTPAOff   = progEthHdrLen + 24
 	progIPv4MinLen  = progEthHdrLen + 20
-	progIPv4DstOff  = progEthHdrLen + 16
+	progIPv4DstOff  = progEthHdrLen + 16 // whatever the header length
 	progEthTypeARP  = 0x0806
 	progEthTypeIPv4 = 0x0800
 	progARPHwEther  = 1
+)
+
+// Kernel object names (at most 15 characters) and the program's license.
+const (
 	progXSKMapName  = "xdevmem_xsks"
 	progProgramName = "xdevmem_steer"
 	progLicense     = "Dual BSD/GPL"
@@ -358,8 +362,8 @@ func (p *Program) Queues() int { return p.queues }
 // SetSocket makes the program redirect what it matches on RX queue queue to
 // the AF_XDP socket fd (XSKMAP[queue] = fd), replacing any socket there.
 // The socket must be bound to this interface and queue for the kernel to
-// deliver to it. The map holds its own reference: closing fd later removes
-// the entry.
+// deliver to it. The map does not keep the socket open: when its last file
+// descriptor closes, the kernel removes it from the map.
 func (p *Program) SetSocket(queue int, fd int) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -9,9 +9,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -263,8 +265,15 @@ func TestProgramConfig(t *testing.T) {
 			t.Errorf("error without prefix: %v", err)
 		}
 	}
-	// MaxProgramIPv4 addresses still load and verify.
-	p := progLoadTest(t, ProgramConfig{IPv4: many[1:], Queues: MaxProgramQueues}, progVerdicts{})
+}
+
+// TestProgramConfigLimits: the largest configuration loads and verifies.
+func TestProgramConfigLimits(t *testing.T) {
+	many := make([]netip.Addr, MaxProgramIPv4)
+	for i := range many {
+		many[i] = netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
+	}
+	p := progLoadTest(t, ProgramConfig{IPv4: many, Queues: MaxProgramQueues}, progVerdicts{})
 	if p.Queues() != MaxProgramQueues {
 		t.Errorf("Queues() = %d", p.Queues())
 	}
@@ -585,6 +594,37 @@ func TestProgramRedirect(t *testing.T) {
 	}
 	if err := p.DeleteSocket(0); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("DeleteSocket after Close: %v", err)
+	}
+}
+
+// TestProgramConcurrentClose runs the methods against Close under the race
+// detector: after Close they fail with net.ErrClosed, never crash.
+func TestProgramConcurrentClose(t *testing.T) {
+	p := progLoadTest(t, ProgramConfig{IPv4: progAddrs, Queues: 4}, progVerdicts{})
+	fd := progXSK(t)
+	done := make(chan struct{})
+	for q := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range 200 {
+				if err := p.SetSocket(q, fd); err != nil && !errors.Is(err, net.ErrClosed) {
+					t.Errorf("SetSocket: %v", err)
+					return
+				}
+				if err := p.DeleteSocket(q); err != nil && !errors.Is(err, net.ErrClosed) {
+					t.Errorf("DeleteSocket: %v", err)
+					return
+				}
+				_ = p.Mode()
+			}
+		}()
+	}
+	time.Sleep(time.Millisecond)
+	if err := p.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	for range 4 {
+		<-done
 	}
 }
 
@@ -936,5 +976,70 @@ func TestProgramLiveTraffic(t *testing.T) {
 	}
 	if _, _, ok := progLinkXDP(t, pair.Emu, pair.EmuIf); ok {
 		t.Errorf("program still attached after Close")
+	}
+}
+
+const progKillHelperEnv = "XDEVMEM_PROG_KILL_HELPER"
+
+// TestProgramKillHelper is the child of TestProgramKilled: started inside
+// the emu namespace, it attaches a program and waits to be killed.
+func TestProgramKillHelper(t *testing.T) {
+	ifname := os.Getenv(progKillHelperEnv)
+	if ifname == "" {
+		t.Skip("helper process only")
+	}
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := LoadProgram(ProgramConfig{IPv4: []netip.Addr{progOurs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Attach(ifi.Index); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("attached %d\n", progID(t, p))
+	time.Sleep(time.Minute)
+	t.Fatal("not killed")
+}
+
+// TestProgramKilled: a process killed with SIGKILL leaves no program
+// attached, because only its BPF link held it.
+func TestProgramKilled(t *testing.T) {
+	testutil.Watchdog(t, time.Minute)
+	pair := testutil.NewPair(t, netns.Options{})
+	cmd := pair.Emu.Command(os.Args[0], "-test.run=^TestProgramKillHelper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), progKillHelperEnv+"="+pair.EmuIf)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	var id uint32
+	if _, err := fmt.Fscanf(stdout, "attached %d\n", &id); err != nil {
+		t.Fatalf("helper did not attach: %v", err)
+	}
+	if _, got, ok := progLinkXDP(t, pair.Emu, pair.EmuIf); !ok || got != id {
+		t.Fatalf("helper's program not attached: %v id %d, want %d", ok, got, id)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	// The link is released with the process's files; allow the kernel a
+	// moment to finish.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, _, ok := progLinkXDP(t, pair.Emu, pair.EmuIf); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("program still attached after its process was killed")
+		}
 	}
 }

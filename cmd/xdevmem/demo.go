@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -65,6 +66,7 @@ func runDemo(args []string) error {
 	compare := fs.Bool("compare", false, "also measure the kernel's own TCP receive over the same veth, side by side")
 	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
 	jsonOut := fs.Bool("json", false, "print the summary as JSON")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the transfer to FILE (go tool pprof FILE)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem demo [flags]\n\nBuilds two network namespaces joined by a veth pair, sends the ncdevmem -v pattern from a\nkernel TCP client, receives it through the emulated devmem path, validates every byte at\nthe fragment offsets in the dmabuf, returns every token, and removes everything it made.\n\n")
 		fs.PrintDefaults()
@@ -72,8 +74,8 @@ func runDemo(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return exitError{2}
 	}
-	if *period < 2 {
-		return fmt.Errorf("-v %d: the period must be at least 2", *period)
+	if *period < 2 || *period > 256 {
+		return fmt.Errorf("-v %d: the period must be 2 to 256", *period)
 	}
 	autoP, err := boolFlag01(*auto, "a")
 	if err != nil {
@@ -118,7 +120,22 @@ func runDemo(args []string) error {
 	if ab, ok := w.Binding.(interface{ Autorelease() bool }); ok {
 		sum.Autorelease = ab.Autorelease()
 	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			w.Close()
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			w.Close()
+			return err
+		}
+	}
 	res, runErr := demoTransfer(w, size, *period, &sum, !*jsonOut)
+	if *cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
 	st := w.Stack.Stats()
 	st0 := w.Stack.Region()
 	pair := w.Pair

@@ -81,6 +81,9 @@ func runServer(args []string) error {
 			return fmt.Errorf("-c %q: %v", *clientIP, err)
 		}
 	}
+	if *period != 0 && (*period < 2 || *period > 256) {
+		return fmt.Errorf("-v %d: the period must be 2 to 256", *period)
+	}
 	if *port <= 0 || *port > 65535 {
 		return fmt.Errorf("-p %d: not a port", *port)
 	}

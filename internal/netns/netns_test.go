@@ -195,6 +195,31 @@ func TestPairOptions(t *testing.T) {
 	}
 }
 
+func TestPairIPv6(t *testing.T) {
+	p := testutil.NewPair(t, netns.Options{
+		PeerAddr: netip.MustParsePrefix("fd00:211::1/64"),
+		EmuAddr:  netip.MustParsePrefix("fd00:211::2/64"),
+	})
+	found := false
+	for _, a := range showLink(t, p.Peer.Name, p.PeerIf).AddrInfo {
+		found = found || (a.Family == "inet6" && a.Local == "fd00:211::1" && a.PrefixLen == 64)
+	}
+	if !found {
+		t.Errorf("peer lacks fd00:211::1/64")
+	}
+	// Usable at once (no duplicate address detection to wait for).
+	err := p.Peer.Do(func() error {
+		c, err := net.ListenPacket("udp6", "[fd00:211::1]:0")
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err != nil {
+		t.Errorf("bind the peer's IPv6 address: %v", err)
+	}
+}
+
 func TestPairOptionErrors(t *testing.T) {
 	for _, opts := range []netns.Options{
 		{Prefix: "Bad_Prefix"},

@@ -4,30 +4,53 @@
 package pattern
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"sync"
 )
+
+// tileSize is the minimum length of the precomputed pattern tile.
+const tileSize = 64 << 10
+
+var tiles sync.Map // period → []byte tile of whole periods, plus one extra period
+
+// tile returns at least tileSize+n bytes of the period-n pattern from offset
+// 0, so that tile[off%n:] holds tileSize bytes of the stream at off.
+func tile(n int) []byte {
+	if t, ok := tiles.Load(n); ok {
+		return t.([]byte)
+	}
+	reps := (tileSize+n-1)/n + 1
+	t := make([]byte, reps*n)
+	for i := range t {
+		s := i%n + 1
+		if s == n {
+			t[i] = '\n'
+		} else {
+			t[i] = byte(s)
+		}
+	}
+	tiles.Store(n, t)
+	return t
+}
 
 // Byte returns the pattern byte at stream offset off for period n (n >= 2).
 func Byte(n int, off uint64) byte {
-	s := byte(off%uint64(n)) + 1
-	if int(s) == n {
+	s := int(off%uint64(n)) + 1
+	if s == n {
 		return '\n'
 	}
-	return s
+	return byte(s)
 }
 
 // Fill writes the pattern for stream offsets off, off+1, ... into b.
 func Fill(n int, off uint64, b []byte) {
-	s := int(off % uint64(n))
-	for i := range b {
-		s++
-		if s == n {
-			b[i] = '\n'
-			s = 0
-		} else {
-			b[i] = byte(s)
-		}
+	t := tile(n)
+	for len(b) > 0 {
+		k := copy(b, t[off%uint64(n):][:tileSize])
+		b = b[k:]
+		off += uint64(k)
 	}
 }
 
@@ -67,6 +90,24 @@ func NewValidator(n int) *Validator { return &Validator{n: n} }
 // Check validates the next piece of the stream and reports the first
 // mismatch in it (nil if it matches).
 func (v *Validator) Check(b []byte) error {
+	t := tile(v.n)
+	for done := 0; done < len(b); {
+		k := min(len(b)-done, tileSize)
+		if !bytes.Equal(b[done:done+k], t[(v.off+uint64(done))%uint64(v.n):][:k]) {
+			start := v.off
+			v.off += uint64(done)
+			err := v.checkSlow(b[done:])
+			v.off = start + uint64(len(b))
+			return err
+		}
+		done += k
+	}
+	v.off += uint64(len(b))
+	return nil
+}
+
+// checkSlow compares byte by byte to count and locate mismatches.
+func (v *Validator) checkSlow(b []byte) error {
 	s := int(v.off % uint64(v.n))
 	var err error
 	for i, c := range b {

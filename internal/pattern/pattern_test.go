@@ -36,3 +36,38 @@ func TestValidatorPieces(t *testing.T) {
 		t.Fatalf("corruption not found: %v %d", err, v.Errors())
 	}
 }
+
+func TestFillAcrossTiles(t *testing.T) {
+	for _, n := range []int{2, 7, 256, 1000} {
+		b := make([]byte, 3*tileSize+17)
+		Fill(n, 5, b)
+		for i, c := range b {
+			if c != Byte(n, uint64(i)+5) {
+				t.Fatalf("period %d: byte %d = %d, want %d", n, i, c, Byte(n, uint64(i)+5))
+			}
+		}
+		v := NewValidator(n)
+		v.Check(make([]byte, 0))
+		w := NewValidator(n)
+		Fill(n, 0, b)
+		if err := w.Check(b[:tileSize+3]); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Check(b[tileSize+3:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkValidator(b *testing.B) {
+	buf := make([]byte, 1<<20)
+	Fill(7, 0, buf)
+	b.SetBytes(int64(len(buf)))
+	v := NewValidator(7)
+	for i := 0; i < b.N; i++ {
+		v.off = 0
+		if err := v.Check(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
