@@ -40,6 +40,10 @@ type linkEndpoint struct {
 
 	gro gro.GRO
 
+	// txHook receives transmitted frames when there is no socket
+	// (in-process tests).
+	txHook func(frame []byte)
+
 	// receive-goroutine scratch
 	descs [rxBatch]unix.XDPDesc
 	free  []uint32
@@ -112,6 +116,9 @@ func (e *linkEndpoint) Attach(d gstack.NetworkDispatcher) {
 	e.dispatcher = d
 	e.gro.Init(!e.s.cfg.NoGRO)
 	e.gro.Dispatcher = d
+	if e.sock == nil {
+		return // in-process tests feed frames with handleBatch
+	}
 	e.wg.Add(1)
 	go e.rxLoop()
 }
@@ -135,7 +142,9 @@ func (e *linkEndpoint) SetOnCloseAction(func()) {}
 // stop ends the receive loop and waits for it.
 func (e *linkEndpoint) stop() {
 	e.stopped.Store(true)
-	e.sock.Wake()
+	if e.sock != nil {
+		e.sock.Wake()
+	}
 	e.wg.Wait()
 }
 
@@ -156,28 +165,34 @@ func (e *linkEndpoint) rxLoop() {
 			e.sock.Wait(timeout)
 			continue
 		}
-		e.s.cnt.rxFrames.Add(uint64(n))
-		for i := 0; i < n; i++ {
-			e.handle(e.descs[i])
-		}
-		e.gro.Flush()
-		if len(e.free) > 0 {
-			r.Free(e.free...)
-			e.free = e.free[:0]
-		}
-		if len(e.unpin) > 0 {
-			r.Unpin(e.unpin...)
-			e.unpin = e.unpin[:0]
-		}
+		e.handleBatch(e.descs[:n])
+	}
+}
+
+// handleBatch splits and delivers a batch of received descriptors, then
+// returns the frames nobody kept.
+func (e *linkEndpoint) handleBatch(descs []unix.XDPDesc) {
+	r := e.s.region
+	e.s.cnt.rxFrames.Add(uint64(len(descs)))
+	for _, d := range descs {
+		e.handle(d)
 	}
 	e.gro.Flush()
+	if len(e.free) > 0 {
+		r.Free(e.free...)
+		e.free = e.free[:0]
+	}
+	if len(e.unpin) > 0 {
+		r.Unpin(e.unpin...)
+		e.unpin = e.unpin[:0]
+	}
 }
 
 // handle splits one received frame and hands it to gVisor.
 func (e *linkEndpoint) handle(d unix.XDPDesc) {
 	s := e.s
 	frame := s.region.FrameOf(d.Addr)
-	b := e.sock.Packet(d)
+	b := s.region.Bytes()[d.Addr : d.Addr+uint64(d.Len)]
 	var sp Split
 	v := SplitFrame(b, &sp, !s.cfg.TrustChecksum)
 	switch {
@@ -289,6 +304,9 @@ func (e *linkEndpoint) dispatch(pkt *gstack.PacketBuffer, etherType uint16, csum
 // WritePackets implements gstack.LinkEndpoint: each packet is copied into a
 // TX frame; the batch is flushed with one kick.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
+	if e.sock == nil {
+		return e.writeHook(pkts)
+	}
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
 		addr, frame, ok := e.sock.TXBuffer()
@@ -311,4 +329,20 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		return 0, &tcpip.ErrNoBufferSpace{}
 	}
 	return n, nil
+}
+
+// writeHook hands transmitted frames to txHook (in-process tests).
+func (e *linkEndpoint) writeHook(pkts gstack.PacketBufferList) (int, tcpip.Error) {
+	var buf [4096]byte
+	for _, pkt := range pkts.AsSlice() {
+		off := 0
+		for _, sl := range pkt.AsSlices() {
+			off += copy(buf[off:], sl)
+		}
+		e.s.cnt.txFrames.Add(1)
+		if e.txHook != nil {
+			e.txHook(buf[:off])
+		}
+	}
+	return pkts.Len(), nil
 }

@@ -143,6 +143,16 @@ func New(cfg Config) (_ *Stack, err error) {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 
+	s.link = newLinkEndpoint(s)
+	if err = s.initNetstack(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// initNetstack creates gVisor's stack over the link endpoint.
+func (s *Stack) initNetstack() error {
+	cfg := s.cfg
 	s.ns = gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
@@ -154,9 +164,8 @@ func New(cfg Config) (_ *Stack, err error) {
 	mod := tcpip.TCPModerateReceiveBufferOption(false)
 	s.ns.SetTransportProtocolOption(tcp.ProtocolNumber, &mod)
 
-	s.link = newLinkEndpoint(s)
 	if terr := s.ns.CreateNIC(1, s.link); terr != nil {
-		return nil, fmt.Errorf("xdevmem stack: create NIC: %s", terr)
+		return fmt.Errorf("xdevmem stack: create NIC: %s", terr)
 	}
 	pa := tcpip.ProtocolAddress{
 		Protocol:          ipv4.ProtocolNumber,
@@ -164,7 +173,7 @@ func New(cfg Config) (_ *Stack, err error) {
 	}
 	pa.AddressWithPrefix.PrefixLen = cfg.Addr.Bits()
 	if terr := s.ns.AddProtocolAddress(1, pa, gstack.AddressProperties{}); terr != nil {
-		return nil, fmt.Errorf("xdevmem stack: add address %v: %s", cfg.Addr, terr)
+		return fmt.Errorf("xdevmem stack: add address %v: %s", cfg.Addr, terr)
 	}
 	routes := []tcpip.Route{{Destination: pa.AddressWithPrefix.Subnet(), NIC: 1}}
 	if cfg.Gateway.IsValid() {
@@ -173,7 +182,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		routes = append(routes, tcpip.Route{Destination: sn, Gateway: tcpip.AddrFrom4(cfg.Gateway.As4()), NIC: 1})
 	}
 	s.ns.SetRouteTable(routes)
-	return s, nil
+	return nil
 }
 
 func (s *Stack) attach() error { return s.prog.Attach(s.ifindex) }

@@ -136,6 +136,11 @@ func (r *Region) alloc(dst []uint32) int {
 	return n
 }
 
+// Alloc takes up to len(dst) frames off the free list for a caller that
+// fills them itself (in-process tests, custom receive loops) and returns how
+// many it took. Give them back with Free, or Pin them.
+func (r *Region) Alloc(dst []uint32) int { return r.alloc(dst) }
+
 // putFree pushes frames whose references all dropped.
 func (r *Region) putFree(fs []uint32) {
 	if len(fs) == 0 {
