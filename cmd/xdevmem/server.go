@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/xdevmem/xdevmem/compat"
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/internal/harness"
 	"github.com/xdevmem/xdevmem/internal/pattern"
@@ -20,6 +21,7 @@ import (
 
 type serverSummary struct {
 	OK             bool    `json:"ok"`
+	Backend        string  `json:"backend"`
 	Error          string  `json:"error,omitempty"`
 	Peer           string  `json:"peer,omitempty"`
 	Bytes          uint64  `json:"bytes"`
@@ -60,6 +62,7 @@ func runServer(args []string) error {
 	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
 	jsonOut := fs.Bool("json", false, "print the summary as JSON (on stderr when -o - is used)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
+	backend := fs.String("backend", compat.BackendAuto, "auto (kernel devmem where the probe passes, else the emulation), kernel or emulated")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem server -f IFACE -s ADDR [flags]\n\nReceives one TCP connection through the emulated devmem path, like ncdevmem -l, then exits\n(0 on success). Run it in the network namespace of IFACE.\n\n")
 		fs.PrintDefaults()
@@ -99,40 +102,59 @@ func runServer(args []string) error {
 	}
 
 	sum := serverSummary{}
-	st, err := stack.New(stack.Config{
-		Ifname: *ifname, Addr: netip.PrefixFrom(addr, *prefixLen), RegionSize: umemSize,
-		Queue: *first, HDSThresh: *hds, TrustChecksum: *trust,
+	prov, choice, err := compat.Open(compat.Options{
+		Backend: *backend,
+		Ifname:  *ifname,
+		Emulated: func() (devmemapi.Provider, error) {
+			return stack.New(stack.Config{
+				Ifname: *ifname, Addr: netip.PrefixFrom(addr, *prefixLen), RegionSize: umemSize,
+				Queue: *first, HDSThresh: *hds, TrustChecksum: *trust,
+			})
+		},
 	})
+	if choice != nil {
+		fmt.Fprintf(os.Stderr, "xdevmem server: backend %s: %s\n", choice.Backend, choice.Reason)
+	}
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer prov.Close()
+	sum.Backend = prov.Name()
+	st, _ := prov.(*stack.Stack) // nil on the kernel backend
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
 		s := <-sigc
-		fmt.Fprintf(os.Stderr, "xdevmem server: %v: detaching XDP and exiting\n", s)
-		st.Close()
+		fmt.Fprintf(os.Stderr, "xdevmem server: %v: unbinding and exiting\n", s)
+		prov.Close()
 		os.Exit(130)
 	}()
 	queues := make([]uint32, *nq)
 	for i := range queues {
 		queues[i] = uint32(*first + i)
 	}
-	b, err := st.BindRX(devmemapi.BindRXConfig{Ifindex: st.Ifindex(), Queues: queues, Autorelease: autoP})
+	ifc, err := net.InterfaceByName(*ifname)
+	if err != nil {
+		return err
+	}
+	b, err := prov.BindRX(devmemapi.BindRXConfig{Ifindex: ifc.Index, Queues: queues, Autorelease: autoP, Size: umemSize})
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	ln, err := st.Listen(netip.AddrPortFrom(addr, uint16(*port)))
+	ln, err := prov.Listen(netip.AddrPortFrom(addr, uint16(*port)))
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
 	sum.DmabufID = b.ID()
-	sum.XDPMode = st.XDPMode()
-	fmt.Fprintf(os.Stderr, "xdevmem server: listening on %s:%d (%s, XDP %s, dmabuf id %d, UMEM %s)\n",
-		addr, *port, *ifname, st.XDPMode(), b.ID(), humanBytes(st.Region().Size()))
+	detail := ""
+	if st != nil {
+		sum.XDPMode = st.XDPMode()
+		detail = fmt.Sprintf(", XDP %s, UMEM %s", st.XDPMode(), humanBytes(st.Region().Size()))
+	}
+	fmt.Fprintf(os.Stderr, "xdevmem server: listening on %s:%d (%s, %s backend, dmabuf id %d%s)\n",
+		addr, *port, *ifname, prov.Name(), b.ID(), detail)
 
 	var conn devmemapi.Conn
 	for {
@@ -220,18 +242,21 @@ func runServer(args []string) error {
 	if rerr == nil && *failLinear && res.Plain > 0 {
 		rerr = fmt.Errorf("%d recvmsg calls returned data without devmem control messages (flow steering error)", res.Plain)
 	}
-	stats := st.Stats()
 	b.Close()
 	ln.Close()
-	st.Close()
-	acct := st.Region().Snapshot()
+	if st != nil {
+		stats := st.Stats()
+		st.Close()
+		acct := st.Region().Snapshot()
+		sum.FramesFree, sum.Frames = acct.Free, acct.Frames
+		sum.DmabufCopied = stats.DmabufBytesCopied
+		sum.ChecksumDrops = stats.DropBadIPChecksum + stats.DropBadTCPChecksum
+		sum.FillEmptyDrops = stats.XSK.RxFillRingEmpty
+	}
+	prov.Close()
 	sum.Bytes, sum.Frags, sum.DmabufBytes, sum.LinearBytes = res.Bytes, res.Frags, res.DmabufBytes, res.LinearBytes
 	sum.PlainCalls, sum.TokensReturned = res.Plain, res.Freed
 	sum.Validated = v != nil && rerr == nil
-	sum.FramesFree, sum.Frames = acct.Free, acct.Frames
-	sum.DmabufCopied = stats.DmabufBytesCopied
-	sum.ChecksumDrops = stats.DropBadIPChecksum + stats.DropBadTCPChecksum
-	sum.FillEmptyDrops = stats.XSK.RxFillRingEmpty
 	if res.Elapsed > 0 {
 		sum.Seconds = res.Elapsed.Seconds()
 		sum.MBps = float64(res.Bytes) / 1e6 / sum.Seconds
