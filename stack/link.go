@@ -40,6 +40,9 @@ type linkEndpoint struct {
 
 	gro gro.GRO
 
+	// inj injects faults (nil: none); receive goroutine only.
+	inj *injector
+
 	// txHook receives transmitted frames when there is no socket
 	// (in-process tests).
 	txHook func(frame []byte)
@@ -54,6 +57,9 @@ var _ gstack.LinkEndpoint = (*linkEndpoint)(nil)
 
 func newLinkEndpoint(s *Stack) *linkEndpoint {
 	e := &linkEndpoint{s: s, sock: s.sock, placeholder: buffer.NewViewSize(placeholderSize)}
+	if s.cfg.Faults.Enabled() {
+		e.inj = newInjector(s.cfg.Faults)
+	}
 	e.free = make([]uint32, 0, rxBatch)
 	e.unpin = make([]uint32, 0, 64)
 	return e
@@ -146,6 +152,85 @@ func (e *linkEndpoint) stop() {
 		e.sock.Wake()
 	}
 	e.wg.Wait()
+	if e.inj != nil {
+		for _, h := range e.inj.held {
+			e.s.region.Free(e.s.region.FrameOf(h.addr))
+		}
+		e.inj.held = nil
+	}
+}
+
+// handleFaulty is handleBatch's loop with fault injection.
+func (e *linkEndpoint) handleFaulty(descs []unix.XDPDesc) {
+	in := e.inj
+	r := e.s.region
+	mem := r.Bytes()
+	for _, d := range descs {
+		e.ageHeld()
+		frame := r.FrameOf(d.Addr)
+		if in.f.Drop > 0 && in.rng.Float64() < in.f.Drop {
+			in.dropped.Add(1)
+			e.free = append(e.free, frame)
+			continue
+		}
+		if in.f.Truncate > 0 && d.Len > ethHdrLen && in.rng.Float64() < in.f.Truncate {
+			d.Len = uint32(ethHdrLen + in.rng.IntN(int(d.Len)-ethHdrLen))
+			in.truncated.Add(1)
+		}
+		if in.f.Corrupt > 0 && in.rng.Float64() < in.f.Corrupt {
+			if in.corrupt(mem[d.Addr : d.Addr+uint64(d.Len)]) {
+				in.corrupted.Add(1)
+			}
+		}
+		if in.f.Dup > 0 && in.rng.Float64() < in.f.Dup {
+			var f [1]uint32
+			if r.Alloc(f[:]) == 1 {
+				addr := r.FrameAddr(f[0]) + (d.Addr - r.FrameAddr(frame))
+				copy(mem[addr:addr+uint64(d.Len)], mem[d.Addr:d.Addr+uint64(d.Len)])
+				in.held = append(in.held, heldFrame{addr: addr, n: uint64(d.Len), left: 0})
+				in.duplicated.Add(1)
+			}
+		}
+		if in.f.Reorder > 0 && in.rng.Float64() < in.f.Reorder {
+			in.held = append(in.held, heldFrame{addr: d.Addr, n: uint64(d.Len), left: 1 + in.rng.IntN(in.f.ReorderDepth)})
+			in.reordered.Add(1)
+			continue
+		}
+		e.handle(d)
+	}
+}
+
+// ageHeld delivers held frames whose wait is over.
+func (e *linkEndpoint) ageHeld() {
+	in := e.inj
+	k := 0
+	for _, h := range in.held {
+		if h.left <= 0 {
+			e.handle(unix.XDPDesc{Addr: h.addr, Len: uint32(h.n)})
+			continue
+		}
+		h.left--
+		in.held[k] = h
+		k++
+	}
+	in.held = in.held[:k]
+}
+
+// flushHeld delivers every held frame and returns them.
+func (e *linkEndpoint) flushHeld() {
+	for _, h := range e.inj.held {
+		e.handle(unix.XDPDesc{Addr: h.addr, Len: uint32(h.n)})
+	}
+	e.inj.held = e.inj.held[:0]
+	e.gro.Flush()
+	if len(e.free) > 0 {
+		e.s.region.Free(e.free...)
+		e.free = e.free[:0]
+	}
+	if len(e.unpin) > 0 {
+		e.s.region.Unpin(e.unpin...)
+		e.unpin = e.unpin[:0]
+	}
 }
 
 // rxLoop is the receive goroutine: refill, take a batch, split, deliver.
@@ -157,6 +242,10 @@ func (e *linkEndpoint) rxLoop() {
 	for !e.stopped.Load() {
 		e.sock.Refill()
 		n := e.sock.Receive(e.descs[:])
+		if n == 0 && e.inj != nil && len(e.inj.held) > 0 {
+			e.flushHeld() // the link went quiet: deliver what reordering held back
+			continue
+		}
 		if n == 0 {
 			timeout := 1000
 			if e.sock.Fill.Pending() == 0 {
@@ -174,8 +263,12 @@ func (e *linkEndpoint) rxLoop() {
 func (e *linkEndpoint) handleBatch(descs []unix.XDPDesc) {
 	r := e.s.region
 	e.s.cnt.rxFrames.Add(uint64(len(descs)))
-	for _, d := range descs {
-		e.handle(d)
+	if e.inj != nil {
+		e.handleFaulty(descs)
+	} else {
+		for _, d := range descs {
+			e.handle(d)
+		}
 	}
 	e.gro.Flush()
 	if len(e.free) > 0 {

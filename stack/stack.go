@@ -54,6 +54,9 @@ type Config struct {
 	RcvBuf int
 	// NoGRO disables coalescing consecutive segments before TCP.
 	NoGRO bool
+	// Faults injects seeded drops, duplicates, reordering, corruption and
+	// truncation into received frames (off by default).
+	Faults Faults
 }
 
 // Stack is an emulated devmem TCP stack: an AF_XDP socket and XDP program on
@@ -125,6 +128,9 @@ func New(cfg Config) (_ *Stack, err error) {
 	defer func() {
 		if err != nil {
 			s.Close()
+			if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+				err = fmt.Errorf("%w (AF_XDP and XDP need root, or CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF)", err)
+			}
 		}
 	}()
 	if s.region, err = umem.NewRegion(umem.RegionConfig{Size: cfg.RegionSize}); err != nil {
@@ -239,6 +245,9 @@ func (s *Stack) Stats() Stats {
 	}
 	if s.region != nil {
 		st.Frames = s.region.Snapshot()
+	}
+	if s.link != nil && s.link.inj != nil {
+		st.Faults = s.link.inj.stats()
 	}
 	return st
 }

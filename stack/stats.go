@@ -71,4 +71,6 @@ type Stats struct {
 	XSK umem.Stats
 	// Frames is the UMEM accounting.
 	Frames umem.Accounting
+	// Faults counts injected faults (Config.Faults).
+	Faults FaultStats
 }

@@ -110,3 +110,5 @@ func checkStats(t *testing.T, st stack.Stats) {
 }
 
 var _ = net.Dial
+
+func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 10*time.Second) }

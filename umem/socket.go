@@ -15,7 +15,7 @@ type SocketConfig struct {
 	// Queue is the interface RX queue to bind.
 	Queue int
 	// RingSize is the number of fill and RX descriptors (power of two);
-	// 0 means 2048 or the frame count, whichever is smaller.
+	// 0 means 2048 or half the frame count, whichever is smaller.
 	RingSize uint32
 	// TXRingSize is the number of TX and completion descriptors (power of
 	// two); 0 means 512.
@@ -86,7 +86,9 @@ type Socket struct {
 // namespace is the one the interface is looked up in.
 func NewSocket(region *Region, ifindex int, cfg SocketConfig) (_ *Socket, err error) {
 	if cfg.RingSize == 0 {
-		cfg.RingSize = min(2048, uint32(1)<<(31-bits.LeadingZeros32(region.nframes)))
+		// At most half the frames wait on the fill ring; the rest carry
+		// undelivered payload, outstanding tokens and TX.
+		cfg.RingSize = min(2048, uint32(1)<<(31-bits.LeadingZeros32(region.nframes/2)))
 	}
 	if cfg.TXRingSize == 0 {
 		cfg.TXRingSize = 512

@@ -22,35 +22,37 @@ import (
 const demoPrefix = "xdm"
 
 type demoSummary struct {
-	OK              bool    `json:"ok"`
-	Error           string  `json:"error,omitempty"`
-	Bytes           uint64  `json:"bytes"`
-	Seconds         float64 `json:"seconds"`
-	MBps            float64 `json:"mb_per_s"`
-	Gbps            float64 `json:"gbit_per_s"`
-	Frags           uint64  `json:"frags"`
-	DmabufBytes     uint64  `json:"dmabuf_bytes"`
-	LinearBytes     uint64  `json:"linear_bytes"`
-	TokensReturned  uint64  `json:"tokens_returned"`
-	TokensOut       int     `json:"tokens_outstanding"`
-	ValidationErrs  int     `json:"validation_errors"`
-	FramesFree      uint32  `json:"frames_free_after_close"`
-	Frames          uint32  `json:"frames"`
-	FramesRecycled  uint64  `json:"frames_recycled"`
-	DmabufCopied    uint64  `json:"dmabuf_bytes_copied"`
-	FillEmptyDrops  uint64  `json:"fill_ring_empty_drops"`
-	ChecksumDrops   uint64  `json:"checksum_drops"`
-	XDPMode         string  `json:"xdp_mode"`
-	Autorelease     bool    `json:"autorelease"`
-	KernelMBps      float64 `json:"kernel_tcp_mb_per_s,omitempty"`
-	KernelRatio     float64 `json:"devmem_to_kernel_ratio,omitempty"`
-	UMEMBytes       uint64  `json:"umem_bytes"`
-	MTU             int     `json:"mtu"`
-	ValidatePeriod  int     `json:"validate_period"`
-	PeerNamespace   string  `json:"peer_namespace"`
-	StackNamespace  string  `json:"stack_namespace"`
-	StackAddress    string  `json:"stack_address"`
-	ReceiveSyscalls uint64  `json:"recvmsg_calls"`
+	OK              bool             `json:"ok"`
+	Error           string           `json:"error,omitempty"`
+	Bytes           uint64           `json:"bytes"`
+	Seconds         float64          `json:"seconds"`
+	MBps            float64          `json:"mb_per_s"`
+	Gbps            float64          `json:"gbit_per_s"`
+	Frags           uint64           `json:"frags"`
+	DmabufBytes     uint64           `json:"dmabuf_bytes"`
+	LinearBytes     uint64           `json:"linear_bytes"`
+	TokensReturned  uint64           `json:"tokens_returned"`
+	TokensOut       int              `json:"tokens_outstanding"`
+	ValidationErrs  int              `json:"validation_errors"`
+	FramesFree      uint32           `json:"frames_free_after_close"`
+	Frames          uint32           `json:"frames"`
+	FramesRecycled  uint64           `json:"frames_recycled"`
+	DmabufCopied    uint64           `json:"dmabuf_bytes_copied"`
+	FillEmptyDrops  uint64           `json:"fill_ring_empty_drops"`
+	ChecksumDrops   uint64           `json:"checksum_drops"`
+	XDPMode         string           `json:"xdp_mode"`
+	Autorelease     bool             `json:"autorelease"`
+	KernelMBps      float64          `json:"kernel_tcp_mb_per_s,omitempty"`
+	KernelRatio     float64          `json:"devmem_to_kernel_ratio,omitempty"`
+	UMEMBytes       uint64           `json:"umem_bytes"`
+	MTU             int              `json:"mtu"`
+	ValidatePeriod  int              `json:"validate_period"`
+	PeerNamespace   string           `json:"peer_namespace"`
+	StackNamespace  string           `json:"stack_namespace"`
+	StackAddress    string           `json:"stack_address"`
+	ReceiveSyscalls uint64           `json:"recvmsg_calls"`
+	FaultSpec       string           `json:"faults,omitempty"`
+	Faults          stack.FaultStats `json:"faults_injected"`
 }
 
 func runDemo(args []string) error {
@@ -66,6 +68,8 @@ func runDemo(args []string) error {
 	compare := fs.Bool("compare", false, "also measure the kernel's own TCP receive over the same veth, side by side")
 	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
 	jsonOut := fs.Bool("json", false, "print the summary as JSON")
+	faultSpec := fs.String("faults", "", "inject faults into received frames, e.g. drop=0.05,reorder=0.1,dup=0.02,corrupt=0.01,truncate=0.001")
+	seed := fs.Uint64("seed", 1, "seed for --faults")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the transfer to FILE (go tool pprof FILE)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem demo [flags]\n\nBuilds two network namespaces joined by a veth pair, sends the ncdevmem -v pattern from a\nkernel TCP client, receives it through the emulated devmem path, validates every byte at\nthe fragment offsets in the dmabuf, returns every token, and removes everything it made.\n\n")
@@ -81,6 +85,10 @@ func runDemo(args []string) error {
 	if err != nil {
 		return err
 	}
+	faults, err := stack.ParseFaults(*faultSpec, *seed)
+	if err != nil {
+		return err
+	}
 	if err := requireRoot("demo"); err != nil {
 		return err
 	}
@@ -92,7 +100,7 @@ func runDemo(args []string) error {
 		Prefix:      demoPrefix,
 		MTU:         *mtu,
 		Autorelease: autoP,
-		Stack:       stack.Config{RegionSize: umemSize, HDSThresh: *hds, TrustChecksum: *trust},
+		Stack:       stack.Config{RegionSize: umemSize, HDSThresh: *hds, TrustChecksum: *trust, Faults: faults},
 	})
 	if err != nil {
 		return fmt.Errorf("set up: %w", err)
@@ -150,6 +158,10 @@ func runDemo(args []string) error {
 	sum.FillEmptyDrops = st.XSK.RxFillRingEmpty
 	sum.ChecksumDrops = st.DropBadIPChecksum + st.DropBadTCPChecksum
 	sum.ReceiveSyscalls = res.Calls
+	sum.Faults = st.Faults
+	if faults.Enabled() {
+		sum.FaultSpec = faults.String()
+	}
 	if res.Elapsed > 0 {
 		sum.Seconds = res.Elapsed.Seconds()
 		sum.MBps = float64(res.Bytes) / 1e6 / sum.Seconds
@@ -299,6 +311,11 @@ func printDemo(w io.Writer, s demoSummary) {
 	fmt.Fprintf(w, "  frames      %d of %d free after close, recycled %d times\n", s.FramesFree, s.Frames, s.FramesRecycled)
 	fmt.Fprintf(w, "  copies      %d payload bytes copied on the dmabuf path\n", s.DmabufCopied)
 	fmt.Fprintf(w, "  drops       %d fill-ring-empty, %d checksum\n", s.FillEmptyDrops, s.ChecksumDrops)
+	if s.FaultSpec != "" {
+		f := s.Faults
+		fmt.Fprintf(w, "  faults      %s: %d dropped, %d duplicated, %d reordered, %d corrupted, %d truncated\n",
+			s.FaultSpec, f.Dropped, f.Duplicated, f.Reordered, f.Corrupted, f.Truncated)
+	}
 	if s.Error != "" {
 		fmt.Fprintf(w, "  error       %s\n", s.Error)
 	}

@@ -62,6 +62,8 @@ func runServer(args []string) error {
 	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
 	jsonOut := fs.Bool("json", false, "print the summary as JSON (on stderr when -o - is used)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
+	faultSpec := fs.String("faults", "", "inject faults into received frames, e.g. drop=0.05,reorder=0.1,dup=0.02,corrupt=0.01,truncate=0.001")
+	seed := fs.Uint64("seed", 1, "seed for --faults")
 	backend := fs.String("backend", compat.BackendAuto, "auto (kernel devmem where the probe passes, else the emulation), kernel or emulated")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem server -f IFACE -s ADDR [flags]\n\nReceives one TCP connection through the emulated devmem path, like ncdevmem -l, then exits\n(0 on success). Run it in the network namespace of IFACE.\n\n")
@@ -97,6 +99,10 @@ func runServer(args []string) error {
 	if err != nil {
 		return err
 	}
+	faults, err := stack.ParseFaults(*faultSpec, *seed)
+	if err != nil {
+		return err
+	}
 	if err := requireRoot("server"); err != nil {
 		return err
 	}
@@ -108,7 +114,7 @@ func runServer(args []string) error {
 		Emulated: func() (devmemapi.Provider, error) {
 			return stack.New(stack.Config{
 				Ifname: *ifname, Addr: netip.PrefixFrom(addr, *prefixLen), RegionSize: umemSize,
-				Queue: *first, HDSThresh: *hds, TrustChecksum: *trust,
+				Queue: *first, HDSThresh: *hds, TrustChecksum: *trust, Faults: faults,
 			})
 		},
 	})

@@ -42,7 +42,7 @@ type World struct {
 }
 
 // New builds a World. On failure it removes everything it made.
-func New(opts Options) (w *World, err error) {
+func New(opts Options) (_ *World, err error) {
 	if opts.Port == 0 {
 		opts.Port = 5201
 	}
@@ -50,7 +50,7 @@ func New(opts Options) (w *World, err error) {
 	if err != nil {
 		return nil, err
 	}
-	w = &World{Pair: p, Port: opts.Port}
+	w := &World{Pair: p, Port: opts.Port}
 	defer func() {
 		if err != nil {
 			w.Close()
