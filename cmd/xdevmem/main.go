@@ -8,6 +8,7 @@
 //	xdevmem demo   [--size 1GiB] [--json]        build a namespace pair, send, receive, validate
 //	xdevmem server -f IFACE -s ADDR [-p PORT] [-v N] [-L] [-o FILE] [--json]
 //	xdevmem probe  -f IFACE [--json]              can this interface do real devmem?
+//	xdevmem soak   [--duration 1m] [--json]       full-rate receive, memory over time
 //
 // The server takes ncdevmem's flags (-l -s -c -p -f -v -L -t -q -a).
 package main
@@ -28,6 +29,7 @@ var commands = map[string]func(args []string) error{
 	"demo":   runDemo,
 	"server": runServer,
 	"probe":  runProbe,
+	"soak":   runSoak,
 }
 
 func usage() {
@@ -38,6 +40,7 @@ Commands:
            kernel TCP client, receive it through the emulated devmem path, validate it
   server   receive one connection on an interface, like ncdevmem -l
   probe    report whether an interface can do real (kernel) devmem, check by check
+  soak     receive at full rate for a duration and report memory over time
 
 Run 'xdevmem COMMAND -h' for a command's flags.
 `)
