@@ -986,7 +986,7 @@ const progKillHelperEnv = "XDEVMEM_PROG_KILL_HELPER"
 func TestProgramKillHelper(t *testing.T) {
 	ifname := os.Getenv(progKillHelperEnv)
 	if ifname == "" {
-		t.Skip("helper process only")
+		return // only meaningful when re-executed as a helper process
 	}
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {

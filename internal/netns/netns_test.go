@@ -501,7 +501,7 @@ const signalHelperEnv = "XDEVMEM_NETNS_SIGNAL_HELPER"
 func TestCloseOnSignalHelper(t *testing.T) {
 	prefix := os.Getenv(signalHelperEnv)
 	if prefix == "" {
-		t.Skip("helper process only")
+		return // only meaningful when re-executed as a helper process
 	}
 	p, err := netns.NewPair(netns.Options{Prefix: prefix})
 	if err != nil {

@@ -1,0 +1,191 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
+	"gvisor.dev/gvisor/pkg/tcpip/link/xdp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/xdevmem/xdevmem/stack"
+	"github.com/xdevmem/xdevmem/umem"
+)
+
+// runGVisor measures gVisor's own AF_XDP path: pkg/tcpip/link/xdp's
+// endpoint (which copies every frame out of its UMEM into a new view) under
+// a fifo qdisc as runsc configures it, steered by xdevmem's XDP program, and
+// reads through gonet (which copies the payload into the reader's buffer).
+// TCP options match xdevmem's stack (SACK, 1 MiB receive buffer without
+// auto-tuning) so the rows differ in the receive path only.
+//
+// The endpoint offers no way to unmap its UMEM and rings; each run leaves
+// about 2 MiB mapped in this process until it exits (the socket itself is
+// unbound when the veth is deleted).
+func (r *runner) runGVisor(row Row, m *Measurement, ab *aborter) error {
+	p, err := r.newPair(row)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	fd := -1
+	var ep gstack.LinkEndpoint
+	var prog *umem.Program
+	defer func() {
+		if prog != nil {
+			prog.Close()
+		}
+	}()
+	err = p.Emu.Do(func() error {
+		var err error
+		if fd, err = unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("socket(AF_XDP): %w", err)
+		}
+		if ep, err = xdp.New(&xdp.Options{
+			FD:             fd,
+			Address:        tcpip.LinkAddress(p.EmuMAC),
+			InterfaceIndex: p.EmuIndex,
+			Bind:           true,
+			QueueID:        0,
+		}); err != nil {
+			return fmt.Errorf("gvisor xdp endpoint: %w", err)
+		}
+		if prog, err = umem.LoadProgram(umem.ProgramConfig{IPv4: []netip.Addr{p.EmuAddr.Addr()}}); err != nil {
+			return err
+		}
+		if err = prog.SetSocket(0, fd); err != nil {
+			return err
+		}
+		return prog.Attach(p.EmuIndex)
+	})
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd) // no stack owns the endpoint yet
+		}
+		return err
+	}
+	s := gstack.New(gstack.Options{
+		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
+	})
+	defer func() {
+		s.Close()
+		s.Wait() // removes the NIC: the endpoint's dispatch loop ends
+		unix.Close(fd)
+	}()
+	sack := tcpip.TCPSACKEnabled(true)
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
+	rb := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: stack.DefaultRcvBuf, Max: stack.DefaultRcvBuf}
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &rb)
+	mod := tcpip.TCPModerateReceiveBufferOption(false)
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &mod)
+	qd := fifo.New(ep, runtime.GOMAXPROCS(0), 1000)
+	if terr := s.CreateNICWithOptions(1, ep, gstack.NICOptions{QDisc: qd}); terr != nil {
+		return fmt.Errorf("create NIC: %s", terr)
+	}
+	pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddrFrom4(p.EmuAddr.Addr().As4()).WithPrefix()}
+	pa.AddressWithPrefix.PrefixLen = p.EmuAddr.Bits()
+	if terr := s.AddProtocolAddress(1, pa, gstack.AddressProperties{}); terr != nil {
+		return fmt.Errorf("add address: %s", terr)
+	}
+	s.SetRouteTable([]tcpip.Route{{Destination: pa.AddressWithPrefix.Subnet(), NIC: 1}})
+	ln, err := gonet.ListenTCP(s, tcpip.FullAddress{NIC: 1, Addr: pa.AddressWithPrefix.Address, Port: benchPort}, ipv4.ProtocolNumber)
+	if err != nil {
+		return fmt.Errorf("gonet listen: %w", err)
+	}
+	defer ln.Close()
+	addr := netip.AddrPortFrom(p.EmuAddr.Addr(), benchPort)
+	snd, err := r.startSender(p, senderArgs("tcp", addr.String(), r.cfg.Size, 0))
+	if err != nil {
+		return err
+	}
+	defer snd.kill()
+	ab.onAbort(func() { snd.kill(); ln.Close() })
+	c, err := acceptNet(ln, snd)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ab.onAbort(func() { c.Close() })
+	if r.buf == nil {
+		r.buf = make([]byte, readBufSize)
+	}
+	s0 := takeSample()
+	var got uint64
+	for {
+		n, err := c.Read(r.buf)
+		got += uint64(n)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read after %d bytes: %w", got, err)
+		}
+	}
+	s1 := takeSample()
+	c.Close()
+	m.Bytes = got
+	m.addWindow(between(s0, s1))
+	// Two copies per payload byte by construction: the endpoint's
+	// UMEM-to-view copy of every frame and gonet's copy into the buffer.
+	m.Copied, m.CopiedMeasured = 2*got, false
+	if st, err := xskStatistics(fd); err == nil {
+		m.Drops = st.RxDropped + st.RxRingFull + st.RxFillRingEmptyDescs
+	}
+	rep, err := snd.wait(30 * time.Second)
+	if err != nil {
+		return err
+	}
+	m.addSender(rep)
+	if d, err := vethDrops(p); err == nil {
+		m.Drops += d
+	}
+	if got != r.cfg.Size {
+		return fmt.Errorf("received %d of %d bytes", got, r.cfg.Size)
+	}
+	return nil
+}
+
+// acceptNet is acceptDevmem for a net.Listener.
+func acceptNet(ln net.Listener, snd *sender) (net.Conn, error) {
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	ac := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		ac <- accepted{c, err}
+	}()
+	select {
+	case a := <-ac:
+		if a.err != nil {
+			return nil, fmt.Errorf("accept: %w", a.err)
+		}
+		return a.c, nil
+	case <-snd.exited():
+		ln.Close()
+		if a := <-ac; a.err == nil {
+			a.c.Close()
+		}
+		return nil, fmt.Errorf("sender exited before connecting: %v: %s", snd.waitErr, strings.TrimSpace(snd.err.String()))
+	case <-time.After(acceptTimeout):
+		ln.Close()
+		if a := <-ac; a.err == nil {
+			a.c.Close()
+		}
+		return nil, fmt.Errorf("no connection after %v", acceptTimeout)
+	}
+}

@@ -1,0 +1,88 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// readBufSize is the receive buffer of the copying rows: ncdevmem's 819200,
+// as harness.Receive uses for the devmem rows.
+const readBufSize = 819200
+
+// acceptTimeout bounds the wait for the sender's connection.
+const acceptTimeout = 30 * time.Second
+
+// runKernel measures the kernel's TCP receive: the emulated side's address
+// configured in the kernel (no XDP program), a listening socket, plain reads
+// into a buffer.
+func (r *runner) runKernel(row Row, m *Measurement, ab *aborter) error {
+	p, err := r.newPair(row)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	if out, err := p.Emu.Command("ip", "addr", "add", p.EmuAddr.String(), "dev", p.EmuIf).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip addr add %s: %v: %s", p.EmuAddr, err, strings.TrimSpace(string(out)))
+	}
+	addr := netip.AddrPortFrom(p.EmuAddr.Addr(), benchPort)
+	var ln *net.TCPListener
+	if err := p.Emu.Do(func() error {
+		l, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(addr))
+		ln = l
+		return err
+	}); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	snd, err := r.startSender(p, senderArgs("tcp", addr.String(), r.cfg.Size, 0))
+	if err != nil {
+		return err
+	}
+	defer snd.kill()
+	ab.onAbort(func() { snd.kill(); ln.Close() })
+	ln.SetDeadline(time.Now().Add(acceptTimeout))
+	c, err := ln.Accept()
+	if err != nil {
+		return fmt.Errorf("accept: %w (sender: %s)", err, strings.TrimSpace(snd.err.String()))
+	}
+	defer c.Close()
+	ab.onAbort(func() { c.Close() })
+	if r.buf == nil {
+		r.buf = make([]byte, readBufSize)
+	}
+	s0 := takeSample()
+	var got uint64
+	for {
+		n, err := c.Read(r.buf)
+		got += uint64(n)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read after %d bytes: %w", got, err)
+		}
+	}
+	s1 := takeSample()
+	c.Close()
+	m.Bytes = got
+	m.addWindow(between(s0, s1))
+	// recvmsg copies every payload byte once, from the skb into the buffer.
+	m.Copied, m.CopiedMeasured = got, false
+	rep, err := snd.wait(30 * time.Second)
+	if err != nil {
+		return err
+	}
+	m.addSender(rep)
+	if d, err := vethDrops(p); err == nil {
+		m.Drops += d
+	}
+	if got != r.cfg.Size {
+		return fmt.Errorf("received %d of %d bytes", got, r.cfg.Size)
+	}
+	return nil
+}

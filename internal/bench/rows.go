@@ -1,0 +1,107 @@
+package bench
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Kind is what receives in a row.
+type Kind string
+
+// The receivers a row can measure.
+const (
+	// KindKernel is the kernel's TCP: a plain socket read into a buffer.
+	KindKernel Kind = "kernel-tcp"
+	// KindGVisor is gVisor's stock AF_XDP link endpoint
+	// (gvisor.dev/gvisor/pkg/tcpip/link/xdp, fifo qdisc) with reads through
+	// gonet: the copying path.
+	KindGVisor Kind = "gvisor-xdp"
+	// KindDevmem is xdevmem's emulated devmem RX: recvmsg(MSG_SOCK_DEVMEM),
+	// tokens returned with DONTNEED, payload left in the UMEM.
+	KindDevmem Kind = "devmem"
+	// KindAFXDP is a bare AF_XDP receive loop under a UDP flood: refill,
+	// receive, count, free. The ceiling of any AF_XDP receiver on the link.
+	KindAFXDP Kind = "afxdp-bare"
+)
+
+// Row is one configuration the bench measures.
+type Row struct {
+	// ID names the row on the command line (--rows) and in the output.
+	ID string `json:"id"`
+	// Title says what the row measures, in a few words.
+	Title string `json:"title"`
+	// Kind is the receiver.
+	Kind Kind `json:"kind"`
+	// MTU of the veth pair.
+	MTU int `json:"mtu"`
+	// DefaultOffloads leaves the veth's offloads as the kernel sets them up
+	// (TSO, GSO, peer transmit checksum offload on). Otherwise both ends get
+	// "ethtool -K IF tx off tso off gso off gro off", which is what an
+	// attached XDP program forces on the peer anyway.
+	DefaultOffloads bool `json:"default_offloads"`
+	// Autorelease is the devmem binding's token mode (devmem rows).
+	Autorelease bool `json:"autorelease,omitempty"`
+	// TrustChecksum skips the devmem path's software checksum check.
+	TrustChecksum bool `json:"trust_checksum,omitempty"`
+}
+
+// Rows is every row the bench knows, in the order it runs them.
+var Rows = []Row{
+	{ID: "kernel-off", Title: "kernel TCP, offloads off", Kind: KindKernel, MTU: 1500},
+	{ID: "kernel-default", Title: "kernel TCP, default veth offloads", Kind: KindKernel, MTU: 1500, DefaultOffloads: true},
+	{ID: "gvisor-xdp", Title: "gVisor stock AF_XDP + gonet (copying)", Kind: KindGVisor, MTU: 1500},
+	{ID: "devmem-a0", Title: "xdevmem devmem RX, autorelease 0", Kind: KindDevmem, MTU: 1500},
+	{ID: "devmem-a1", Title: "xdevmem devmem RX, autorelease 1", Kind: KindDevmem, MTU: 1500, Autorelease: true},
+	{ID: "devmem-a0-trust", Title: "devmem RX, autorelease 0, checksum trusted", Kind: KindDevmem, MTU: 1500, TrustChecksum: true},
+	{ID: "kernel-off-3500", Title: "kernel TCP, offloads off, MTU 3500", Kind: KindKernel, MTU: 3500},
+	{ID: "devmem-a0-3500", Title: "xdevmem devmem RX, autorelease 0, MTU 3500", Kind: KindDevmem, MTU: 3500},
+	{ID: "afxdp-bare", Title: "bare AF_XDP receive loop, UDP flood (ceiling)", Kind: KindAFXDP, MTU: 1500},
+}
+
+// DefaultRows are the rows run when none are named: every row but the
+// diagnostic trusted-checksum one.
+var DefaultRows = []string{"kernel-off", "kernel-default", "gvisor-xdp", "devmem-a0", "devmem-a1", "kernel-off-3500", "devmem-a0-3500", "afxdp-bare"}
+
+// LookupRows resolves row IDs ("all" names every row). An empty list gives
+// DefaultRows.
+func LookupRows(ids []string) ([]Row, error) {
+	if len(ids) == 0 {
+		ids = DefaultRows
+	}
+	if len(ids) == 1 && ids[0] == "all" {
+		return append([]Row(nil), Rows...), nil
+	}
+	var out []Row
+	seen := map[string]bool{}
+	for _, id := range ids {
+		id = strings.TrimSpace(id)
+		if id == "" || seen[id] {
+			continue
+		}
+		seen[id] = true
+		found := false
+		for _, r := range Rows {
+			if r.ID == id {
+				out = append(out, r)
+				found = true
+				break
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown row %q (known: %s, all)", id, strings.Join(RowIDs(), ", "))
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no rows selected")
+	}
+	return out, nil
+}
+
+// RowIDs lists every row's ID.
+func RowIDs() []string {
+	ids := make([]string, len(Rows))
+	for i, r := range Rows {
+		ids[i] = r.ID
+	}
+	return ids
+}

@@ -1,0 +1,404 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xdevmem/xdevmem/internal/netns"
+)
+
+// DefaultPrefix names the bench's namespaces; leftovers of a killed run are
+// removed at the next start.
+const DefaultPrefix = "xdb"
+
+// benchPort is the port every receiver listens on.
+const benchPort = 5201
+
+// Config configures Run.
+type Config struct {
+	// Rows to measure, in order (see LookupRows).
+	Rows []Row
+	// Runs is how many times each row runs (default 5). Rows alternate:
+	// round 1 runs every row once, then round 2, and so on, so that slow
+	// drift of the machine spreads over all rows alike.
+	Runs int
+	// Size is the payload of each TCP transfer (default 1 GiB).
+	Size uint64
+	// UDPDuration is how long the UDP flood of the bare AF_XDP row lasts
+	// (default 2s).
+	UDPDuration time.Duration
+	// Prefix names the namespaces (default DefaultPrefix).
+	Prefix string
+	// SenderExe is a binary with the bench-send subcommand (default: this
+	// process's executable).
+	SenderExe string
+	// RunTimeout bounds one run, set-up to tear-down (default 2 minutes
+	// plus 1 s per 50 MB).
+	RunTimeout time.Duration
+	// Log, if set, gets one progress line per run.
+	Log io.Writer
+}
+
+func (c *Config) fill() error {
+	if c.Runs <= 0 {
+		c.Runs = 5
+	}
+	if c.Size == 0 {
+		c.Size = 1 << 30
+	}
+	if c.UDPDuration <= 0 {
+		c.UDPDuration = 2 * time.Second
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.RunTimeout <= 0 {
+		c.RunTimeout = 2*time.Minute + time.Duration(c.Size/50e6)*time.Second
+	}
+	if len(c.Rows) == 0 {
+		rows, err := LookupRows(nil)
+		if err != nil {
+			return err
+		}
+		c.Rows = rows
+	}
+	if c.SenderExe == "" {
+		exe, err := selfExecutable()
+		if err != nil {
+			return err
+		}
+		c.SenderExe = exe
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	return nil
+}
+
+// Machine describes where the bench ran.
+type Machine struct {
+	Kernel     string `json:"kernel"`
+	CPU        string `json:"cpu"`
+	CPUs       int    `json:"cpus"`
+	GoVersion  string `json:"go"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+}
+
+// RowReport is one row's runs and figures.
+type RowReport struct {
+	Row
+	// Runs are the row's measurements in round order, failed ones too.
+	Runs []Measurement `json:"runs"`
+	// Figures summarize the successful runs.
+	Figures Figures `json:"figures"`
+}
+
+// Report is the result of Run.
+type Report struct {
+	Started time.Time `json:"started"`
+	Machine Machine   `json:"machine"`
+	// Runs, Size and UDPSeconds echo the configuration.
+	Runs       int     `json:"runs_per_row"`
+	Size       uint64  `json:"tcp_bytes_per_run"`
+	UDPSeconds float64 `json:"udp_seconds_per_run"`
+	// CPUAccounting says how receiver CPU is measured.
+	CPUAccounting string      `json:"cpu_accounting"`
+	Rows          []RowReport `json:"rows"`
+	// Goals are the issue's targets checked against the rows present.
+	Goals []Goal `json:"goals"`
+}
+
+// cpuAccounting is the one-line statement of how CPU is measured.
+const cpuAccounting = "receiver CPU = getrusage(RUSAGE_SELF) user+sys of the bench process (all its threads) over the transfer window; " +
+	"the sender is a separate process in the peer namespace and reports its own getrusage; " +
+	"machine CPU = /proc/stat busy time of all CPUs over the window (includes softirq work charged to no process)"
+
+// Run measures every row cfg.Runs times, alternating rows, building a fresh
+// namespace pair for every run and removing it afterwards. A failed run is
+// recorded in its row and does not stop the others. Run needs root.
+func Run(cfg Config) (*Report, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	if err := netns.Cleanup(cfg.Prefix); err != nil {
+		fmt.Fprintf(cfg.Log, "bench: removing leftovers of an earlier run: %v\n", err)
+	}
+	rep := &Report{
+		Started: time.Now().UTC(), Machine: machine(),
+		Runs: cfg.Runs, Size: cfg.Size, UDPSeconds: cfg.UDPDuration.Seconds(),
+		CPUAccounting: cpuAccounting,
+	}
+	rep.Rows = make([]RowReport, len(cfg.Rows))
+	for i, r := range cfg.Rows {
+		rep.Rows[i].Row = r
+	}
+	r := &runner{cfg: cfg}
+	for round := 0; round < cfg.Runs; round++ {
+		for i := range rep.Rows {
+			row := rep.Rows[i].Row
+			m := r.runOnce(row)
+			m.Round = round
+			rep.Rows[i].Runs = append(rep.Rows[i].Runs, m)
+			logRun(cfg.Log, round, cfg.Runs, row, m)
+		}
+	}
+	for i := range rep.Rows {
+		rep.Rows[i].Figures = summarize(rep.Rows[i].Runs)
+	}
+	rep.Goals = checkGoals(rep)
+	return rep, nil
+}
+
+func logRun(w io.Writer, round, runs int, row Row, m Measurement) {
+	if m.Error != "" {
+		fmt.Fprintf(w, "[%d/%d] %-16s FAILED: %s\n", round+1, runs, row.ID, m.Error)
+		return
+	}
+	fmt.Fprintf(w, "[%d/%d] %-16s %8.1f MB/s  recv %.2f s/GB  machine %.2f s/GB  (%.0f MB in %.2f s)\n",
+		round+1, runs, row.ID, float64(m.Bytes)/1e6/m.Seconds,
+		m.perGB(m.RecvUser+m.RecvSys), m.perGB(m.MachineBusy), float64(m.Bytes)/1e6, m.Seconds)
+}
+
+// runner runs single measurements.
+type runner struct {
+	cfg Config
+	buf []byte // receive buffer of the copying rows
+}
+
+// runOnce runs one row once, within the run timeout.
+func (r *runner) runOnce(row Row) (m Measurement) {
+	var err error
+	ab := &aborter{}
+	timer := time.AfterFunc(r.cfg.RunTimeout, func() { ab.abort(fmt.Errorf("run timed out after %v", r.cfg.RunTimeout)) })
+	defer timer.Stop()
+	switch row.Kind {
+	case KindKernel:
+		err = r.runKernel(row, &m, ab)
+	case KindDevmem:
+		err = r.runDevmem(row, &m, ab)
+	case KindGVisor:
+		err = r.runGVisor(row, &m, ab)
+	case KindAFXDP:
+		err = r.runAFXDP(row, &m, ab)
+	default:
+		err = fmt.Errorf("unknown row kind %q", row.Kind)
+	}
+	if aerr := ab.err(); aerr != nil {
+		err = errors.Join(aerr, err)
+	}
+	if err == nil && m.Bytes == 0 {
+		err = errors.New("no payload received")
+	}
+	if err != nil {
+		m.Error = err.Error()
+	}
+	return m
+}
+
+// aborter lets a timeout unblock a run: the run registers what to close.
+type aborter struct {
+	mu      sync.Mutex
+	fns     []func()
+	aborted error
+}
+
+func (a *aborter) onAbort(fn func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.aborted != nil {
+		go fn()
+		return
+	}
+	a.fns = append(a.fns, fn)
+}
+
+func (a *aborter) abort(err error) {
+	a.mu.Lock()
+	if a.aborted != nil {
+		a.mu.Unlock()
+		return
+	}
+	a.aborted = err
+	fns := a.fns
+	a.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+}
+
+func (a *aborter) err() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.aborted
+}
+
+// newPair builds a run's namespace pair with the row's MTU and offloads.
+func (r *runner) newPair(row Row) (*netns.Pair, error) {
+	p, err := netns.NewPair(netns.Options{Prefix: r.cfg.Prefix, MTU: row.MTU, KeepPeerTxOffload: row.DefaultOffloads})
+	if err != nil {
+		return nil, err
+	}
+	if !row.DefaultOffloads {
+		if err := offloadsOff(p); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// offloadsOff turns off checksum, segmentation and receive offloads on both
+// ends of the pair.
+func offloadsOff(p *netns.Pair) error {
+	for _, end := range []struct {
+		ns *netns.NS
+		If string
+	}{{p.Peer, p.PeerIf}, {p.Emu, p.EmuIf}} {
+		out, err := end.ns.Command("ethtool", "-K", end.If, "tx", "off", "tso", "off", "gso", "off", "gro", "off").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ethtool -K %s offloads off: %v: %s", end.If, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// sender is a running bench-send process in the peer namespace.
+type sender struct {
+	cmd      *exec.Cmd
+	out, err bytes.Buffer
+	done     chan struct{}
+	waitErr  error
+}
+
+// startSender runs "ip netns exec PEER exe bench-send ..." for the row.
+func (r *runner) startSender(p *netns.Pair, args []string) (*sender, error) {
+	s := &sender{done: make(chan struct{})}
+	s.cmd = p.Peer.Command(r.cfg.SenderExe, args...)
+	s.cmd.Stdout, s.cmd.Stderr = &s.out, &s.err
+	// The sender dies with us, whatever happens to us.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start sender: %w", err)
+	}
+	go func() {
+		s.waitErr = s.cmd.Wait()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+// exited is closed when the sender has exited.
+func (s *sender) exited() <-chan struct{} { return s.done }
+
+func (s *sender) kill() {
+	if s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+	}
+}
+
+// wait waits up to d for the sender and parses its report.
+func (s *sender) wait(d time.Duration) (SenderReport, error) {
+	select {
+	case <-s.done:
+	case <-time.After(d):
+		s.kill()
+		<-s.done
+		return SenderReport{}, fmt.Errorf("sender still running after %v", d)
+	}
+	if s.waitErr != nil {
+		return SenderReport{}, fmt.Errorf("sender: %v: %s", s.waitErr, strings.TrimSpace(s.err.String()))
+	}
+	var rep SenderReport
+	if err := json.Unmarshal(s.out.Bytes(), &rep); err != nil {
+		return rep, fmt.Errorf("sender report %q: %w", s.out.String(), err)
+	}
+	return rep, nil
+}
+
+// finish fills the sender's part of m.
+func (m *Measurement) addSender(rep SenderReport) {
+	m.SendUser, m.SendSys = rep.UserSeconds, rep.SysSeconds
+	m.Retrans = rep.Retrans
+	if m.Packets == 0 {
+		m.Packets = rep.Packets
+	}
+}
+
+// addWindow fills the receiver's part of m from a window.
+func (m *Measurement) addWindow(w window) {
+	m.Seconds = w.seconds
+	m.RecvUser, m.RecvSys = w.user, w.sys
+	m.MachineBusy, m.MachineSoftirq = w.busy, w.softirq
+	m.Allocs = w.allocs
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0)}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// linkStats is the part of "ip -j -s link show" the bench reads.
+type linkStats []struct {
+	Stats64 struct {
+		RX struct {
+			Packets uint64 `json:"packets"`
+			Dropped uint64 `json:"dropped"`
+		} `json:"rx"`
+		TX struct {
+			Packets uint64 `json:"packets"`
+			Dropped uint64 `json:"dropped"`
+		} `json:"tx"`
+	} `json:"stats64"`
+}
+
+// vethDrops is what the veth pair itself dropped on the way to the
+// receiver: the peer's transmit drops (a full receive ring of the emulated
+// end) and the emulated end's receive drops. The pair is fresh, so the
+// counters cover the run.
+func vethDrops(p *netns.Pair) (uint64, error) {
+	var total uint64
+	for _, end := range []struct {
+		ns *netns.NS
+		If string
+		tx bool
+	}{{p.Peer, p.PeerIf, true}, {p.Emu, p.EmuIf, false}} {
+		out, err := exec.Command("ip", "-n", end.ns.Name, "-j", "-s", "link", "show", "dev", end.If).Output()
+		if err != nil {
+			return 0, fmt.Errorf("ip -s link show %s: %w", end.If, err)
+		}
+		var ls linkStats
+		if err := json.Unmarshal(out, &ls); err != nil || len(ls) != 1 {
+			return 0, fmt.Errorf("parse ip -s link show %s: %v", end.If, err)
+		}
+		if end.tx {
+			total += ls[0].Stats64.TX.Dropped
+		} else {
+			total += ls[0].Stats64.RX.Dropped
+		}
+	}
+	return total, nil
+}

@@ -1,0 +1,211 @@
+package bench
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+
+	"github.com/xdevmem/xdevmem/internal/pattern"
+)
+
+// SenderCommand is the hidden subcommand of the xdevmem binary that runs the
+// sending side of a measurement in the peer namespace ("ip netns exec PEER
+// xdevmem bench-send ..."). Keeping the sender in its own process keeps its
+// CPU time out of the receiver's getrusage.
+const SenderCommand = "bench-send"
+
+// SenderReport is what the sender prints on its standard output, as one JSON
+// object, when it is done.
+type SenderReport struct {
+	// Bytes is the payload the sender handed to the kernel (TCP) or that
+	// left in datagrams (UDP).
+	Bytes uint64 `json:"bytes"`
+	// Packets is TCP_INFO's tcpi_data_segs_out (retransmissions included)
+	// or the number of datagrams sent.
+	Packets uint64 `json:"packets"`
+	// Retrans is TCP_INFO's tcpi_total_retrans (0 for UDP).
+	Retrans uint64 `json:"retrans"`
+	// UserSeconds and SysSeconds are the sender's getrusage(RUSAGE_SELF)
+	// from connect to the end of the transfer.
+	UserSeconds float64 `json:"user_s"`
+	SysSeconds  float64 `json:"sys_s"`
+	// Seconds is the sender's wall time over the same span.
+	Seconds float64 `json:"seconds"`
+}
+
+// SenderMain runs the hidden bench-send subcommand:
+//
+//	bench-send tcp -addr IP:PORT -size BYTES [-buf BYTES]
+//	bench-send udp -addr IP:PORT -duration D [-len BYTES] [-batch N]
+//
+// tcp connects, writes size bytes, shuts its write side down, waits for the
+// receiver to close and reports TCP_INFO counters. udp sends datagrams of
+// len bytes in sendmmsg batches for the duration. Both print a
+// [SenderReport] as JSON on out.
+func SenderMain(args []string, out io.Writer) error {
+	if len(args) == 0 || (args[0] != "tcp" && args[0] != "udp") {
+		return errors.New("bench-send: want tcp or udp as the first argument")
+	}
+	mode := args[0]
+	fs := flag.NewFlagSet(SenderCommand+" "+mode, flag.ContinueOnError)
+	addr := fs.String("addr", "", "receiver address IP:PORT")
+	size := fs.Uint64("size", 1<<30, "tcp: bytes to send")
+	bufSize := fs.Int("buf", 1<<20, "tcp: bytes per write")
+	dur := fs.Duration("duration", 2*time.Second, "udp: how long to send")
+	dlen := fs.Int("len", 1472, "udp: payload bytes per datagram")
+	batch := fs.Int("batch", 64, "udp: datagrams per sendmmsg")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *addr == "" {
+		return errors.New("bench-send: -addr is required")
+	}
+	var rep SenderReport
+	var err error
+	if mode == "tcp" {
+		rep, err = sendTCP(*addr, *size, *bufSize)
+	} else {
+		rep, err = sendUDP(*addr, *dur, *dlen, *batch)
+	}
+	if err != nil {
+		return fmt.Errorf("bench-send %s: %w", mode, err)
+	}
+	return json.NewEncoder(out).Encode(rep)
+}
+
+// cpuNow is the process's user and system time so far.
+func cpuNow() (user, sys float64) {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return tvSeconds(ru.Utime), tvSeconds(ru.Stime)
+}
+
+func tvSeconds(tv unix.Timeval) float64 { return float64(tv.Sec) + float64(tv.Usec)/1e6 }
+
+func sendTCP(addr string, size uint64, bufSize int) (SenderReport, error) {
+	var c net.Conn
+	var err error
+	// The receiver listens before the sender starts; a stack that has to
+	// answer ARP first may need a moment.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return SenderReport{}, err
+	}
+	defer c.Close()
+	tc := c.(*net.TCPConn)
+	buf := make([]byte, bufSize)
+	pattern.Fill(7, 0, buf)
+	u0, s0 := cpuNow()
+	t0 := time.Now()
+	var sent uint64
+	for sent < size {
+		n := min(uint64(len(buf)), size-sent)
+		w, err := tc.Write(buf[:n])
+		sent += uint64(w)
+		if err != nil {
+			return SenderReport{}, fmt.Errorf("write after %d bytes: %w", sent, err)
+		}
+	}
+	if err := tc.CloseWrite(); err != nil {
+		return SenderReport{}, fmt.Errorf("shutdown: %w", err)
+	}
+	// The receiver closes after it has read everything: then every byte is
+	// acknowledged and TCP_INFO is final.
+	tc.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	if _, err := io.Copy(io.Discard, tc); err != nil {
+		return SenderReport{}, fmt.Errorf("wait for the receiver to close: %w", err)
+	}
+	rep := SenderReport{Bytes: sent, Seconds: time.Since(t0).Seconds()}
+	u1, s1 := cpuNow()
+	rep.UserSeconds, rep.SysSeconds = u1-u0, s1-s0
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return rep, err
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil {
+		return rep, err
+	}
+	if ierr != nil {
+		return rep, fmt.Errorf("TCP_INFO: %w", ierr)
+	}
+	rep.Packets = uint64(info.Data_segs_out)
+	rep.Retrans = uint64(info.Total_retrans)
+	return rep, nil
+}
+
+func sendUDP(addr string, d time.Duration, dlen, batch int) (SenderReport, error) {
+	c, err := net.Dial("udp4", addr)
+	if err != nil {
+		return SenderReport{}, err
+	}
+	defer c.Close()
+	uc := c.(*net.UDPConn)
+	_ = uc.SetWriteBuffer(4 << 20)
+	pc := ipv4.NewPacketConn(uc)
+	payload := make([]byte, dlen)
+	pattern.Fill(7, 0, payload)
+	msgs := make([]ipv4.Message, batch)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{payload}
+	}
+	u0, s0 := cpuNow()
+	t0 := time.Now()
+	end := t0.Add(d)
+	var rep SenderReport
+	for i := 0; ; i++ {
+		if i&15 == 0 && time.Now().After(end) {
+			break
+		}
+		n, err := pc.WriteBatch(msgs, 0)
+		if err != nil {
+			// A full device queue (ENOBUFS) is part of flooding.
+			if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EAGAIN) || strings.Contains(err.Error(), "no buffer space") {
+				continue
+			}
+			return rep, fmt.Errorf("sendmmsg: %w", err)
+		}
+		rep.Packets += uint64(n)
+	}
+	rep.Bytes = rep.Packets * uint64(dlen)
+	rep.Seconds = time.Since(t0).Seconds()
+	u1, s1 := cpuNow()
+	rep.UserSeconds, rep.SysSeconds = u1-u0, s1-s0
+	return rep, nil
+}
+
+// senderArgs builds the bench-send command line.
+func senderArgs(kind string, addr string, size uint64, udpDur time.Duration) []string {
+	if kind == "udp" {
+		return []string{SenderCommand, "udp", "-addr", addr, "-duration", udpDur.String()}
+	}
+	return []string{SenderCommand, "tcp", "-addr", addr, "-size", fmt.Sprint(size)}
+}
+
+// selfExecutable is the binary that has the bench-send subcommand.
+func selfExecutable() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own executable for the sender: %w", err)
+	}
+	return exe, nil
+}

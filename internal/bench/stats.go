@@ -1,0 +1,166 @@
+package bench
+
+import (
+	"math"
+	"slices"
+)
+
+// Measurement is one run of one row: what the receiver and the sender saw
+// over the transfer window (from accept, or the first datagram, to the end
+// of the stream).
+type Measurement struct {
+	// Round is the index of the round (A B C … A B C …) the run belongs to.
+	Round int `json:"round"`
+	// Error is set when the run failed; its figures are then not used.
+	Error string `json:"error,omitempty"`
+
+	// Bytes is the payload the receiver got; Seconds the window.
+	Bytes   uint64  `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+	// Packets is the sender's count of data segments (tcpi_data_segs_out,
+	// retransmissions included) or, for UDP, the datagrams received.
+	Packets uint64 `json:"packets"`
+
+	// RecvUser and RecvSys are getrusage(RUSAGE_SELF) deltas of the bench
+	// process over the window: every thread of the receiving side, nothing
+	// of the sender.
+	RecvUser float64 `json:"recv_user_s"`
+	RecvSys  float64 `json:"recv_sys_s"`
+	// SendUser and SendSys are the sender process's own getrusage over its
+	// transfer. Softirq work the kernel does for the receiver (veth
+	// delivery, XDP, the copy into the UMEM, TCP input) mostly lands here or
+	// in ksoftirqd, not in RecvUser/RecvSys.
+	SendUser float64 `json:"send_user_s"`
+	SendSys  float64 `json:"send_sys_s"`
+	// MachineBusy and MachineSoftirq are whole-machine CPU seconds from
+	// /proc/stat over the window (all CPUs, all processes).
+	MachineBusy    float64 `json:"machine_busy_s"`
+	MachineSoftirq float64 `json:"machine_softirq_s"`
+
+	// Copied is the payload bytes the receiver copied after the data
+	// reached its memory (UMEM or skb); CopiedMeasured says whether it was
+	// counted (xdevmem's counters) or follows from the code path.
+	Copied         uint64 `json:"copied_bytes"`
+	CopiedMeasured bool   `json:"copied_measured"`
+	// Tokens is the number of devmem tokens returned with DONTNEED.
+	Tokens uint64 `json:"tokens"`
+	// Allocs is Go heap allocations of the bench process in the window.
+	Allocs uint64 `json:"allocs"`
+	// Retrans is the sender's tcpi_total_retrans.
+	Retrans uint64 `json:"retrans"`
+	// Drops counts packets lost on the receive side: AF_XDP socket drops
+	// (rx_dropped + rx_ring_full + rx_fill_ring_empty_descs) and stack
+	// drops where there is a stack, datagrams sent but not received for
+	// UDP.
+	Drops uint64 `json:"drops"`
+}
+
+// per1e9 scales a total to "per GB received".
+func (m Measurement) perGB(v float64) float64 {
+	if m.Bytes == 0 {
+		return math.NaN()
+	}
+	return v / (float64(m.Bytes) / 1e9)
+}
+
+func (m Measurement) ok() bool { return m.Error == "" && m.Bytes > 0 && m.Seconds > 0 }
+
+// Figure is one figure over a row's successful runs.
+type Figure struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	// N is the number of runs the figure is taken over.
+	N int `json:"n"`
+}
+
+// Valid reports whether the figure has at least one value.
+func (f Figure) Valid() bool { return f.N > 0 && !math.IsNaN(f.Median) }
+
+// figureOf summarizes vs; NaN values are skipped.
+func figureOf(vs []float64) Figure {
+	var xs []float64
+	for _, v := range vs {
+		if !math.IsNaN(v) && !math.IsInf(v, 0) {
+			xs = append(xs, v)
+		}
+	}
+	if len(xs) == 0 {
+		return Figure{Median: math.NaN(), Min: math.NaN(), Max: math.NaN()}
+	}
+	slices.Sort(xs)
+	med := xs[len(xs)/2]
+	if len(xs)%2 == 0 {
+		med = (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	return Figure{Median: med, Min: xs[0], Max: xs[len(xs)-1], N: len(xs)}
+}
+
+// Figures are a row's summarized figures.
+type Figures struct {
+	// MBps and Gbps are goodput: payload bytes the receiver got per second
+	// of the window (MB = 10^6 bytes).
+	MBps Figure `json:"mb_per_s"`
+	Gbps Figure `json:"gbit_per_s"`
+	// Mpps is packets per second (millions).
+	Mpps Figure `json:"mpps"`
+	// RecvCPUPerGB is the receiver's user+sys CPU seconds per GB
+	// (getrusage RUSAGE_SELF of the bench process); RecvUserPerGB and
+	// RecvSysPerGB its parts.
+	RecvCPUPerGB  Figure `json:"recv_cpu_s_per_gb"`
+	RecvUserPerGB Figure `json:"recv_user_s_per_gb"`
+	RecvSysPerGB  Figure `json:"recv_sys_s_per_gb"`
+	// SendCPUPerGB is the sender process's user+sys per GB.
+	SendCPUPerGB Figure `json:"send_cpu_s_per_gb"`
+	// MachineCPUPerGB and SoftirqPerGB are whole-machine CPU seconds per GB
+	// from /proc/stat.
+	MachineCPUPerGB Figure `json:"machine_cpu_s_per_gb"`
+	SoftirqPerGB    Figure `json:"softirq_s_per_gb"`
+	// CopiedPerByte is payload bytes copied per byte received after the
+	// data reached the receiver's memory.
+	CopiedPerByte Figure `json:"copied_per_byte"`
+	// TokensPerSec is devmem tokens returned per second.
+	TokensPerSec Figure `json:"tokens_per_s"`
+	// AllocsPerPacket is Go heap allocations of the receiver per packet.
+	AllocsPerPacket Figure `json:"allocs_per_packet"`
+	// Retrans and Drops are per-run counts.
+	Retrans Figure `json:"retrans"`
+	Drops   Figure `json:"drops"`
+}
+
+func summarize(ms []Measurement) Figures {
+	var good []Measurement
+	for _, m := range ms {
+		if m.ok() {
+			good = append(good, m)
+		}
+	}
+	col := func(f func(m Measurement) float64) Figure {
+		vs := make([]float64, len(good))
+		for i, m := range good {
+			vs[i] = f(m)
+		}
+		return figureOf(vs)
+	}
+	return Figures{
+		MBps:            col(func(m Measurement) float64 { return float64(m.Bytes) / 1e6 / m.Seconds }),
+		Gbps:            col(func(m Measurement) float64 { return float64(m.Bytes) * 8 / 1e9 / m.Seconds }),
+		Mpps:            col(func(m Measurement) float64 { return float64(m.Packets) / 1e6 / m.Seconds }),
+		RecvCPUPerGB:    col(func(m Measurement) float64 { return m.perGB(m.RecvUser + m.RecvSys) }),
+		RecvUserPerGB:   col(func(m Measurement) float64 { return m.perGB(m.RecvUser) }),
+		RecvSysPerGB:    col(func(m Measurement) float64 { return m.perGB(m.RecvSys) }),
+		SendCPUPerGB:    col(func(m Measurement) float64 { return m.perGB(m.SendUser + m.SendSys) }),
+		MachineCPUPerGB: col(func(m Measurement) float64 { return m.perGB(m.MachineBusy) }),
+		SoftirqPerGB:    col(func(m Measurement) float64 { return m.perGB(m.MachineSoftirq) }),
+		CopiedPerByte:   col(func(m Measurement) float64 { return float64(m.Copied) / float64(m.Bytes) }),
+		TokensPerSec:    col(func(m Measurement) float64 { return float64(m.Tokens) / m.Seconds }),
+		AllocsPerPacket: col(func(m Measurement) float64 {
+			if m.Packets == 0 {
+				return math.NaN()
+			}
+			return float64(m.Allocs) / float64(m.Packets)
+		}),
+		Retrans: col(func(m Measurement) float64 { return float64(m.Retrans) }),
+		Drops:   col(func(m Measurement) float64 { return float64(m.Drops) }),
+	}
+}
