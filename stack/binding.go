@@ -50,19 +50,22 @@ func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 			return nil, fmt.Errorf("bind rx queue %d: rx queue index out of range (the stack runs queue %d): %w", q, s.cfg.Queue, unix.ERANGE)
 		}
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkBindRings(); err != nil {
+		return nil, err
+	}
+	if cur := s.active.Load(); cur != nil {
+		return nil, fmt.Errorf("bind rx queue %d: queue already has a memory provider (dmabuf %d): %w", cfg.Queues[0], cur.id, unix.EEXIST)
+	}
 	mode, err := tokens.Default.Acquire(cfg.Autorelease)
 	if err != nil {
 		return nil, fmt.Errorf("bind rx: %w", err)
 	}
 	b := &rxBinding{s: s, id: nextBindingID.Add(1), queues: append([]uint32(nil), cfg.Queues...)}
 	b.tb = tokens.NewBinding(b.id, s.region, int(s.region.Frames()), mode)
-	if !s.active.CompareAndSwap(nil, b) {
-		tokens.Default.Release()
-		return nil, fmt.Errorf("bind rx queue %d: queue already bound to dmabuf %d: %w", cfg.Queues[0], s.active.Load().id, unix.EEXIST)
-	}
-	s.mu.Lock()
+	s.active.Store(b)
 	s.bindings[b] = struct{}{}
-	s.mu.Unlock()
 	return b, nil
 }
 

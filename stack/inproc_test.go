@@ -57,6 +57,7 @@ func newInproc(t testing.TB, cfg Config) *inproc {
 		bindings:  map[*rxBinding]struct{}{},
 		listeners: map[*Listener]struct{}{},
 		conns:     map[*Conn]struct{}{},
+		rings:     Rings{TCPDataSplit: true},
 	}
 	s.flows.init()
 	s.flows.window = s.window

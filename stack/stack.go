@@ -44,8 +44,12 @@ type Config struct {
 	RegionSize uint64
 	// Queue is the RX queue the AF_XDP socket binds (default 0).
 	Queue int
-	// HDSThresh is the header-split threshold: TCP payloads shorter than it
-	// stay linear (copied, SCM_DEVMEM_LINEAR). 0 splits every payload.
+	// HDSThresh is the emulated device's header-split threshold: TCP
+	// payloads shorter than it stay in the header buffer and are delivered
+	// linear (copied, SCM_DEVMEM_LINEAR). 0 splits every payload. It models
+	// the device, not the ethtool setting of the same name (see Rings,
+	// whose bind-rx checks it does not trigger), so applications can
+	// exercise their linear-data handling.
 	HDSThresh int
 	// TrustChecksum skips software checksum verification (benchmarks only;
 	// corrupted frames would then reach the application).
@@ -79,6 +83,7 @@ type Stack struct {
 	closing atomic.Bool
 
 	mu        sync.Mutex
+	rings     Rings // guarded by mu
 	bindings  map[*rxBinding]struct{}
 	listeners map[*Listener]struct{}
 	conns     map[*Conn]struct{}
@@ -122,6 +127,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		bindings:  map[*rxBinding]struct{}{},
 		listeners: map[*Listener]struct{}{},
 		conns:     map[*Conn]struct{}{},
+		rings:     Rings{TCPDataSplit: true},
 	}
 	s.flows.init()
 	s.flows.window = s.window
