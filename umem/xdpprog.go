@@ -34,12 +34,33 @@ type ProgramConfig struct {
 	// packets whose target protocol address is one of them and IPv4 packets
 	// whose destination is one of them. At least one is required.
 	IPv4 []netip.Addr
+	// IPv6 are the stack's IPv6 addresses: the program steers IPv6 packets
+	// whose destination is one of them or its solicited-node multicast
+	// address (neighbour solicitations for it).
+	IPv6 []netip.Addr
 	// Queues is the number of RX queues, the size of the XSKMAP
 	// (default 1).
 	Queues int
 
-	// Later: IPv6 and neighbour discovery, per-flow rules in a map,
-	// multi-buffer frames (BPF_F_XDP_HAS_FRAGS).
+	// Later: per-flow rules in a map, multi-buffer frames
+	// (BPF_F_XDP_HAS_FRAGS).
+}
+
+// progIPv6Targets returns the 16-byte destinations the program steers for
+// the IPv6 addresses: each address and its solicited-node multicast group.
+func progIPv6Targets(addrs []netip.Addr) [][16]byte {
+	var out [][16]byte
+	for _, a := range addrs {
+		b := a.As16()
+		if !slices.Contains(out, b) {
+			out = append(out, b)
+		}
+		sn := [16]byte{0xff, 0x02, 10: 0, 11: 0x01, 12: 0xff, 13: b[13], 14: b[14], 15: b[15]}
+		if !slices.Contains(out, sn) {
+			out = append(out, sn)
+		}
+	}
+	return out
 }
 
 // Program is the XDP program that steers the stack's traffic into AF_XDP
@@ -131,7 +152,7 @@ func progLoad(cfg ProgramConfig, v progVerdicts) (*Program, error) {
 		Name:         progProgramName,
 		Type:         ebpf.XDP,
 		License:      progLicense,
-		Instructions: progInstructions(addrs, xsks.FD(), v),
+		Instructions: progInstructions(addrs, progIPv6Targets(cfg.IPv6), xsks.FD(), v),
 	})
 	if err != nil {
 		xsks.Close()
@@ -160,7 +181,12 @@ func (cfg ProgramConfig) progCheck() ([]netip.Addr, int, error) {
 			addrs = append(addrs, a)
 		}
 	}
-	if len(addrs) == 0 {
+	for _, a := range cfg.IPv6 {
+		if !a.Is6() || a.Is4In6() {
+			return nil, 0, fmt.Errorf("%v is not an IPv6 address", a)
+		}
+	}
+	if len(addrs) == 0 && len(cfg.IPv6) == 0 {
 		return nil, 0, errors.New("no IPv4 address to steer")
 	}
 	if len(addrs) > MaxProgramIPv4 {
@@ -201,7 +227,7 @@ func progNet32(b [4]byte) int32 { return int32(binary.NativeEndian.Uint32(b[:]))
 //	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 //
 // VLAN-tagged frames have another ethertype and pass.
-func progInstructions(addrs []netip.Addr, xsksFD int, v progVerdicts) asm.Instructions {
+func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD int, v progVerdicts) asm.Instructions {
 	const (
 		ctx  = asm.R6 // struct xdp_md *, kept across the helper call
 		data = asm.R2
@@ -240,8 +266,11 @@ func progInstructions(addrs []netip.Addr, xsksFD int, v progVerdicts) asm.Instru
 	insns = append(insns,
 		asm.LoadMem(val, data, progEthTypeOff, asm.Half),
 		asm.JEq.Imm(val, progNet16(progEthTypeARP), "arp"),
-		asm.JNE.Imm(val, progNet16(progEthTypeIPv4), "pass"),
 	)
+	if len(v6) > 0 {
+		insns = append(insns, asm.JEq.Imm(val, progNet16(0x86dd), "ipv6"))
+	}
+	insns = append(insns, asm.JNE.Imm(val, progNet16(progEthTypeIPv4), "pass"))
 
 	// IPv4: version 4, a header of at least 20 bytes, all of it in bounds.
 	insns = append(insns, bounds(progIPv4MinLen)...)
@@ -270,6 +299,39 @@ func progInstructions(addrs []netip.Addr, xsksFD int, v progVerdicts) asm.Instru
 		asm.LoadMem(val, data, progARPTPAOff, asm.Word),
 	)
 	insns = append(insns, ours(matchARP)...)
+
+	// IPv6: version 6, the fixed header in bounds, the destination (at
+	// 14+24) one of ours or a solicited-node group of ours.
+	if len(v6) > 0 {
+		const w0, w1, w2 = asm.R7, asm.R8, asm.R9
+		ip6 := bounds(14 + 40)
+		ip6[0] = ip6[0].WithSymbol("ipv6")
+		insns = append(insns, ip6...)
+		insns = append(insns,
+			asm.LoadMem(val, data, progEthHdrLen, asm.Byte),
+			asm.RSh.Imm(val, 4),
+			asm.JNE.Imm(val, 6, "pass"),
+			asm.LoadMem(w0, data, 38, asm.Word),
+			asm.LoadMem(w1, data, 42, asm.Word),
+			asm.LoadMem(w2, data, 46, asm.Word),
+			asm.LoadMem(val, data, 50, asm.Word),
+		)
+		word := func(t [16]byte, i int) int32 { return progNet32([4]byte(t[4*i : 4*i+4])) }
+		for i, t := range v6 {
+			next := fmt.Sprintf("v6_%d", i+1)
+			first := asm.JNE.Imm32(w0, word(t, 0), next)
+			if i > 0 {
+				first = first.WithSymbol(fmt.Sprintf("v6_%d", i))
+			}
+			insns = append(insns,
+				first,
+				asm.JNE.Imm32(w1, word(t, 1), next),
+				asm.JNE.Imm32(w2, word(t, 2), next),
+				asm.JEq.Imm32(val, word(t, 3), matchIPv4),
+			)
+		}
+		insns = append(insns, asm.Ja.Label("pass").WithSymbol(fmt.Sprintf("v6_%d", len(v6))))
+	}
 
 	if v.set {
 		insns = append(insns,
