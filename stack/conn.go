@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
@@ -21,13 +22,12 @@ import (
 	"github.com/xdevmem/xdevmem/tokens"
 )
 
-// Listener is a listening TCP socket of the emulated stack. It implements
+// Listener is a listening TCP socket of the emulated stack: one gVisor
+// endpoint per address family it listens on. It implements
 // devmemapi.Listener.
 type Listener struct {
 	s      *Stack
-	ep     tcpip.Endpoint
-	wq     waiter.Queue
-	we     waiter.Entry
+	eps    []*listenEP
 	ch     chan struct{}
 	port   uint16
 	addr   net.Addr
@@ -35,37 +35,78 @@ type Listener struct {
 	once   sync.Once
 }
 
+type listenEP struct {
+	ep tcpip.Endpoint
+	wq waiter.Queue
+	we waiter.Entry
+}
+
 var _ devmemapi.Listener = (*Listener)(nil)
 
-// Listen implements devmemapi.Provider. The address must be the stack's
-// address or unspecified.
+// Listen implements devmemapi.Provider. The address must be one of the
+// stack's addresses or unspecified (then every family the stack has
+// listens on the port).
 func (s *Stack) Listen(addr netip.AddrPort) (devmemapi.Listener, error) {
 	if s.closing.Load() {
 		return nil, fmt.Errorf("listen %v: %w", addr, devmemapi.ErrClosed)
 	}
-	if a := addr.Addr(); a.IsValid() && !a.IsUnspecified() && a.Unmap() != s.Addr() {
-		return nil, fmt.Errorf("listen %v: the stack's address is %v: %w", addr, s.Addr(), unix.EADDRNOTAVAIL)
+	var want []netip.Addr
+	a := addr.Addr().Unmap()
+	for _, p := range s.prefixes {
+		if !a.IsValid() || a.IsUnspecified() || p.Addr() == a {
+			want = append(want, p.Addr())
+		}
 	}
-	l := &Listener{s: s, port: addr.Port(), closed: make(chan struct{})}
-	l.we, l.ch = waiter.NewChannelEntry(waiter.EventIn | waiter.EventHUp | waiter.EventErr)
-	ep, terr := s.ns.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &l.wq)
-	if terr != nil {
-		return nil, fmt.Errorf("listen %v: %w", addr, tcpipErr(terr))
+	if len(want) == 0 {
+		return nil, fmt.Errorf("listen %v: not one of the stack's addresses %v: %w", addr, s.prefixes, unix.EADDRNOTAVAIL)
 	}
-	if terr := ep.Bind(tcpip.FullAddress{Port: addr.Port()}); terr != nil {
-		ep.Close()
-		return nil, fmt.Errorf("listen %v: bind: %w", addr, tcpipErr(terr))
+	l := &Listener{s: s, port: addr.Port(), closed: make(chan struct{}), ch: make(chan struct{}, 1)}
+	fail := func(err error) (devmemapi.Listener, error) {
+		for _, e := range l.eps {
+			e.wq.EventUnregister(&e.we)
+			e.ep.Close()
+		}
+		return nil, err
 	}
-	if terr := ep.Listen(128); terr != nil {
-		ep.Close()
-		return nil, fmt.Errorf("listen %v: %w", addr, tcpipErr(terr))
+	for _, local := range want {
+		e := &listenEP{}
+		proto := ipv4.ProtocolNumber
+		if local.Is6() {
+			proto = ipv6.ProtocolNumber
+		}
+		ep, terr := s.ns.NewEndpoint(tcp.ProtocolNumber, proto, &e.wq)
+		if terr != nil {
+			return fail(fmt.Errorf("listen %v: %w", addr, tcpipErr(terr)))
+		}
+		e.ep = ep
+		if local.Is6() {
+			ep.SocketOptions().SetV6Only(true)
+		}
+		fa := tcpip.FullAddress{Port: l.port}
+		if a.IsValid() && !a.IsUnspecified() {
+			fa.Addr = tcpip.AddrFromSlice(local.AsSlice())
+		}
+		if terr := ep.Bind(fa); terr != nil {
+			ep.Close()
+			return fail(fmt.Errorf("listen %v: bind: %w", addr, tcpipErr(terr)))
+		}
+		if terr := ep.Listen(128); terr != nil {
+			ep.Close()
+			return fail(fmt.Errorf("listen %v: %w", addr, tcpipErr(terr)))
+		}
+		if la, terr := ep.GetLocalAddress(); terr == nil {
+			l.port = la.Port // an ephemeral port is shared by the families
+		}
+		e.we = waiter.NewFunctionEntry(waiter.EventIn|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) {
+			select {
+			case l.ch <- struct{}{}:
+			default:
+			}
+		})
+		e.wq.EventRegister(&e.we)
+		l.eps = append(l.eps, e)
 	}
-	if la, terr := ep.GetLocalAddress(); terr == nil {
-		l.port = la.Port
-	}
-	l.ep = ep
-	l.addr = &net.TCPAddr{IP: s.Addr().AsSlice(), Port: int(l.port)}
-	l.wq.EventRegister(&l.we)
+	l.addr = &net.TCPAddr{IP: want[0].AsSlice(), Port: int(l.port)}
 	s.mu.Lock()
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
@@ -78,23 +119,25 @@ func (l *Listener) Addr() net.Addr { return l.addr }
 // Accept implements devmemapi.Listener.
 func (l *Listener) Accept() (devmemapi.Conn, error) {
 	for {
-		var ra tcpip.FullAddress
-		ep, wq, terr := l.ep.Accept(&ra)
-		if terr == nil {
-			c, err := l.s.newConn(ep, wq, ra)
-			if err != nil {
-				ep.Close()
-				continue
+		for _, e := range l.eps {
+			var ra tcpip.FullAddress
+			ep, wq, terr := e.ep.Accept(&ra)
+			if terr == nil {
+				c, err := l.s.newConn(ep, wq, ra)
+				if err != nil {
+					ep.Close()
+					continue
+				}
+				return c, nil
 			}
-			return c, nil
-		}
-		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
-			select {
-			case <-l.closed:
-				return nil, fmt.Errorf("accept: %w", devmemapi.ErrClosed)
-			default:
+			if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+				select {
+				case <-l.closed:
+					return nil, fmt.Errorf("accept: %w", devmemapi.ErrClosed)
+				default:
+				}
+				return nil, fmt.Errorf("accept: %w", tcpipErr(terr))
 			}
-			return nil, fmt.Errorf("accept: %w", tcpipErr(terr))
 		}
 		select {
 		case <-l.ch:
@@ -108,8 +151,10 @@ func (l *Listener) Accept() (devmemapi.Conn, error) {
 func (l *Listener) Close() error {
 	l.once.Do(func() {
 		close(l.closed)
-		l.wq.EventUnregister(&l.we)
-		l.ep.Close()
+		for _, e := range l.eps {
+			e.wq.EventUnregister(&e.we)
+			e.ep.Close()
+		}
 		l.s.flows.removeUnaccepted(l.port, l.s.region)
 		l.s.mu.Lock()
 		delete(l.s.listeners, l)
@@ -148,7 +193,8 @@ func (s *Stack) newConn(ep tcpip.Endpoint, wq *waiter.Queue, ra tcpip.FullAddres
 	if terr != nil {
 		return nil, tcpipErr(terr)
 	}
-	key := flowKey{raddr: ra.Addr.As4(), rport: ra.Port, lport: la.Port}
+	rip, _ := netip.AddrFromSlice(ra.Addr.AsSlice())
+	key := flowKey{raddr: rip.As16(), rport: ra.Port, lport: la.Port}
 	fl := s.flows.attach(key)
 	if fl == nil {
 		s.cnt.flowsRefused.Add(1)

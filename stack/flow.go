@@ -9,7 +9,7 @@ import (
 
 // flowKey names a connection to the stack's single address.
 type flowKey struct {
-	raddr        [4]byte
+	raddr        [16]byte // IPv4 in IPv4-mapped form
 	rport, lport uint16
 }
 

@@ -52,7 +52,7 @@ func newInproc(t testing.TB, cfg Config) *inproc {
 		t.Fatal(err)
 	}
 	s := &Stack{
-		cfg: cfg, mac: macEmu, addr: ipStack, region: r,
+		cfg: cfg, mac: macEmu, region: r,
 		window:    2*uint64(cfg.RcvBuf) + 256<<10,
 		bindings:  map[*rxBinding]struct{}{},
 		listeners: map[*Listener]struct{}{},
@@ -61,6 +61,7 @@ func newInproc(t testing.TB, cfg Config) *inproc {
 	}
 	s.flows.init()
 	s.flows.window = s.window
+	s.setPrefixes([]netip.Prefix{cfg.Addr})
 	s.link = newLinkEndpoint(s)
 	ip := &inproc{t: t, s: s, ack: make(chan []byte, 1024)}
 	s.link.txHook = func(f []byte) {

@@ -292,7 +292,7 @@ func (e *linkEndpoint) handle(d unix.XDPDesc) {
 	case v == VerdictTCP:
 	case v == VerdictOther:
 		s.cnt.rxOther.Add(1)
-		if sp.EtherType == etherTypeARP || (sp.EtherType == etherTypeIPv4 && sp.FrameLen > 0) {
+		if sp.EtherType == etherTypeARP || sp.FrameLen > 0 {
 			e.deliverCopy(b, sp)
 		}
 		e.free = append(e.free, frame)
@@ -303,7 +303,7 @@ func (e *linkEndpoint) handle(d unix.XDPDesc) {
 		return
 	}
 	s.cnt.rxTCP.Add(1)
-	if sp.Dst != s.addr {
+	if !s.isOurs(sp.Dst) {
 		s.cnt.dropNotOurs.Add(1)
 		e.free = append(e.free, frame)
 		return
@@ -364,7 +364,7 @@ func (e *linkEndpoint) deliverCopy(b []byte, sp Split) {
 	}
 	e.s.cnt.frameCopyBytes.Add(uint64(n))
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(b[:n])})
-	e.dispatch(pkt, sp.EtherType, sp.EtherType == etherTypeIPv4 && sp.TCPOff > 0 && !e.s.cfg.TrustChecksum)
+	e.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !e.s.cfg.TrustChecksum)
 }
 
 // deliverSplit hands gVisor the headers (copied) and a placeholder payload.
@@ -376,7 +376,7 @@ func (e *linkEndpoint) deliverSplit(b []byte, sp Split) {
 	buf := buffer.MakeWithView(pl)
 	buf.Prepend(hdr)
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buf})
-	e.dispatch(pkt, etherTypeIPv4, true)
+	e.dispatch(pkt, sp.EtherType, true)
 }
 
 func (e *linkEndpoint) dispatch(pkt *gstack.PacketBuffer, etherType uint16, csumOK bool) {
@@ -387,7 +387,7 @@ func (e *linkEndpoint) dispatch(pkt *gstack.PacketBuffer, etherType uint16, csum
 	proto := tcpip.NetworkProtocolNumber(etherType)
 	pkt.NetworkProtocolNumber = proto
 	pkt.RXChecksumValidated = csumOK
-	if proto == header.IPv4ProtocolNumber {
+	if proto == header.IPv4ProtocolNumber || proto == header.IPv6ProtocolNumber {
 		e.gro.Enqueue(pkt)
 		return
 	}

@@ -38,10 +38,15 @@ const (
 	VerdictBadIPChecksum
 	// VerdictBadTCPChecksum is a TCP segment with a wrong checksum.
 	VerdictBadTCPChecksum
+	// VerdictUnsupported is TCP the split does not take apart: carried in
+	// IPv4 fragments or behind IPv6 extension headers. It is dropped
+	// (counted) rather than handed to TCP as a copy the fragment queue could
+	// not map.
+	VerdictUnsupported
 	numVerdicts
 )
 
-var verdictNames = [numVerdicts]string{"tcp", "other", "malformed", "bad-ip-checksum", "bad-tcp-checksum"}
+var verdictNames = [numVerdicts]string{"tcp", "other", "malformed", "bad-ip-checksum", "bad-tcp-checksum", "unsupported"}
 
 // String names the verdict.
 func (v Verdict) String() string {
@@ -61,8 +66,9 @@ type Split struct {
 	// PayloadOff is the offset of the TCP payload; PayloadLen its length
 	// (bounded by the IP total length, so Ethernet padding is excluded).
 	PayloadOff, PayloadLen int
-	// Src and Dst are the IPv4 addresses.
-	Src, Dst [4]byte
+	// Src and Dst are the IP addresses, IPv4 ones in their IPv4-mapped
+	// IPv6 form (::ffff:a.b.c.d).
+	Src, Dst [16]byte
 	// SrcPort and DstPort are the TCP ports.
 	SrcPort, DstPort uint16
 	// Seq is the TCP sequence number.
@@ -74,7 +80,7 @@ type Split struct {
 }
 
 // SplitFrame parses an Ethernet frame as a NIC's header split would:
-// Ethernet, IPv4 (with options), TCP (with options). With verify set it
+// Ethernet, IPv4 (with options) or IPv6, TCP (with options). With verify set it
 // checks the IPv4 header checksum and the TCP checksum over the payload,
 // reading the payload once, as RX checksum offload does. It never copies and
 // never allocates.
@@ -83,9 +89,16 @@ func SplitFrame(b []byte, s *Split, verify bool) Verdict {
 		return VerdictMalformed
 	}
 	s.EtherType = binary.BigEndian.Uint16(b[12:])
-	if s.EtherType != etherTypeIPv4 {
-		return VerdictOther
+	switch s.EtherType {
+	case etherTypeIPv4:
+		return splitIPv4(b, s, verify)
+	case etherTypeIPv6:
+		return splitIPv6(b, s, verify)
 	}
+	return VerdictOther
+}
+
+func splitIPv4(b []byte, s *Split, verify bool) Verdict {
 	ip := b[ethHdrLen:]
 	if len(ip) < 20 {
 		return VerdictMalformed
@@ -103,13 +116,88 @@ func SplitFrame(b []byte, s *Split, verify bool) Verdict {
 	}
 	s.IPOff = ethHdrLen
 	s.FrameLen = ethHdrLen + total
-	copy(s.Src[:], ip[12:16])
-	copy(s.Dst[:], ip[16:20])
-	fragField := binary.BigEndian.Uint16(ip[6:])
-	if ip[9] != ipProtoTCP || fragField&0x3fff != 0 { // MF set or offset != 0
+	s.Src = [16]byte{10: 0xff, 11: 0xff}
+	s.Dst = s.Src
+	copy(s.Src[12:], ip[12:16])
+	copy(s.Dst[12:], ip[16:20])
+	if ip[9] != ipProtoTCP {
 		return VerdictOther
 	}
-	tcp := ip[ihl:total]
+	if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 { // MF set or offset != 0
+		return VerdictUnsupported
+	}
+	var ph [12]byte
+	if verify {
+		// Pseudo-header: src, dst, zero, protocol, TCP length.
+		copy(ph[0:8], ip[12:20])
+		ph[9] = ipProtoTCP
+		binary.BigEndian.PutUint16(ph[10:], uint16(total-ihl))
+	}
+	return splitTCP(ip[ihl:total], ethHdrLen+ihl, s, verify, ph[:])
+}
+
+const (
+	ipv6HdrLen       = 40
+	ipv6HopByHop     = 0
+	ipv6Routing      = 43
+	ipv6Fragment     = 44
+	ipv6DestOpts     = 60
+	ipv6NoNextHeader = 59
+)
+
+func splitIPv6(b []byte, s *Split, verify bool) Verdict {
+	ip := b[ethHdrLen:]
+	if len(ip) < ipv6HdrLen || ip[0]>>4 != 6 {
+		return VerdictMalformed
+	}
+	plen := int(binary.BigEndian.Uint16(ip[4:]))
+	if ipv6HdrLen+plen > len(ip) {
+		return VerdictMalformed
+	}
+	s.IPOff = ethHdrLen
+	s.FrameLen = ethHdrLen + ipv6HdrLen + plen
+	copy(s.Src[:], ip[8:24])
+	copy(s.Dst[:], ip[24:40])
+	nh := ip[6]
+	if nh != ipProtoTCP {
+		// Walk extension headers to tell TCP behind them (not split) from
+		// everything else (ICMPv6 and neighbour discovery: to the stack).
+		ext := ip[ipv6HdrLen : ipv6HdrLen+plen]
+		for i := 0; i < 8; i++ {
+			switch nh {
+			case ipProtoTCP:
+				return VerdictUnsupported
+			case ipv6HopByHop, ipv6Routing, ipv6DestOpts, ipv6Fragment:
+				if len(ext) < 8 {
+					return VerdictMalformed
+				}
+				n := 8
+				if nh != ipv6Fragment {
+					n = (int(ext[1]) + 1) * 8
+				}
+				if n > len(ext) {
+					return VerdictMalformed
+				}
+				nh, ext = ext[0], ext[n:]
+			default:
+				return VerdictOther
+			}
+		}
+		return VerdictOther
+	}
+	var ph [40]byte
+	if verify {
+		// Pseudo-header: src, dst, upper-layer length, zeros, next header.
+		copy(ph[0:32], ip[8:40])
+		binary.BigEndian.PutUint32(ph[32:], uint32(plen))
+		ph[39] = ipProtoTCP
+	}
+	return splitTCP(ip[ipv6HdrLen:ipv6HdrLen+plen], ethHdrLen+ipv6HdrLen, s, verify, ph[:])
+}
+
+// splitTCP parses the TCP header at tcp (starting at frame offset off) and
+// verifies the checksum against the pseudo-header ph.
+func splitTCP(tcp []byte, off int, s *Split, verify bool, ph []byte) Verdict {
 	if len(tcp) < tcpMinHdrLen {
 		return VerdictMalformed
 	}
@@ -117,18 +205,11 @@ func SplitFrame(b []byte, s *Split, verify bool) Verdict {
 	if doff < tcpMinHdrLen || doff > len(tcp) {
 		return VerdictMalformed
 	}
-	if verify {
-		// Pseudo-header: src, dst, zero, protocol, TCP length.
-		var ph [12]byte
-		copy(ph[0:8], ip[12:20])
-		ph[9] = ipProtoTCP
-		binary.BigEndian.PutUint16(ph[10:], uint16(len(tcp)))
-		if checksum.Checksum(tcp, checksum.Checksum(ph[:], 0)) != 0xffff {
-			return VerdictBadTCPChecksum
-		}
+	if verify && checksum.Checksum(tcp, checksum.Checksum(ph, 0)) != 0xffff {
+		return VerdictBadTCPChecksum
 	}
-	s.TCPOff = ethHdrLen + ihl
-	s.PayloadOff = s.TCPOff + doff
+	s.TCPOff = off
+	s.PayloadOff = off + doff
 	s.PayloadLen = len(tcp) - doff
 	s.SrcPort = binary.BigEndian.Uint16(tcp[0:])
 	s.DstPort = binary.BigEndian.Uint16(tcp[2:])

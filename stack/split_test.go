@@ -71,7 +71,7 @@ func TestSplitFrame(t *testing.T) {
 		{"tcp data offset too small", good, func(b []byte) { b[14+20+12] = 0x40 }, VerdictMalformed, 0, 0},
 		{"tcp data offset past end", good, func(b []byte) { b[14+20+12] = 0xf0 }, VerdictMalformed, 0, 0},
 		{"arp", good, func(b []byte) { binary.BigEndian.PutUint16(b[12:], etherTypeARP) }, VerdictOther, 0, 0},
-		{"ipv6", good, func(b []byte) { binary.BigEndian.PutUint16(b[12:], etherTypeIPv6) }, VerdictOther, 0, 0},
+		{"ipv4 bytes under the ipv6 ethertype", good, func(b []byte) { binary.BigEndian.PutUint16(b[12:], etherTypeIPv6) }, VerdictMalformed, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -88,7 +88,7 @@ func TestSplitFrame(t *testing.T) {
 				if s.PayloadLen != tt.payload || s.PayloadOff != tt.off {
 					t.Fatalf("payload at %d len %d, want %d len %d", s.PayloadOff, s.PayloadLen, tt.off, tt.payload)
 				}
-				if s.SrcPort != 40000 || s.DstPort != 5201 || s.Src != [4]byte{10, 0, 0, 1} || s.Dst != [4]byte{10, 0, 0, 2} {
+				if s.SrcPort != 40000 || s.DstPort != 5201 || s.Src != [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 1} || s.Dst != [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 2} {
 					t.Fatalf("bad addressing %+v", s)
 				}
 			}
@@ -96,14 +96,14 @@ func TestSplitFrame(t *testing.T) {
 	}
 }
 
-func TestSplitFrameFragmentIsOther(t *testing.T) {
+func TestSplitFrameFragmentIsUnsupported(t *testing.T) {
 	b := buildFrame(nil, nil, []byte("x"), 1, tcpFlagAck)
 	binary.BigEndian.PutUint16(b[14+6:], 0x2000) // MF
 	b[14+10], b[14+11] = 0, 0
 	binary.BigEndian.PutUint16(b[14+10:], ^checksum.Checksum(b[14:34], 0))
 	var s Split
-	if v := SplitFrame(b, &s, true); v != VerdictOther {
-		t.Fatalf("IP fragment: verdict %v, want other", v)
+	if v := SplitFrame(b, &s, true); v != VerdictUnsupported {
+		t.Fatalf("TCP in an IP fragment: verdict %v, want unsupported", v)
 	}
 }
 
@@ -120,6 +120,7 @@ func FuzzSplitFrame(f *testing.F) {
 	f.Add(buildFrame(nil, nil, []byte("seed"), 1, tcpFlagAck))
 	f.Add(buildFrame([]byte{1, 1, 1, 0}, []byte{2, 4, 5, 180}, make([]byte, 1448), 99, tcpFlagAck|tcpFlagFin))
 	f.Add(buildFrame(nil, nil, nil, 0, tcpFlagSyn))
+	f.Add(buildFrame6(ipProtoTCP, nil, []byte("v6 seed"), 3))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var s Split
@@ -173,4 +174,67 @@ func itoa(n int) string {
 		d = append([]byte{byte('0' + n%10)}, d...)
 	}
 	return string(d)
+}
+
+// buildFrame6 makes an Ethernet/IPv6/TCP frame with a valid checksum, with
+// optional extension headers (already encoded, first next-header in ext[0]
+// position handled by nh).
+func buildFrame6(nh byte, ext, payload []byte, seq uint32) []byte {
+	b := make([]byte, 14+40+len(ext)+20+len(payload))
+	binary.BigEndian.PutUint16(b[12:], etherTypeIPv6)
+	ip := b[14:]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(ext)+20+len(payload)))
+	ip[6] = nh
+	ip[7] = 64
+	src := [16]byte{0xfd, 0, 2, 0x11, 15: 1}
+	dst := [16]byte{0xfd, 0, 2, 0x11, 15: 2}
+	copy(ip[8:], src[:])
+	copy(ip[24:], dst[:])
+	copy(ip[40:], ext)
+	tcp := ip[40+len(ext):]
+	binary.BigEndian.PutUint16(tcp[0:], 40000)
+	binary.BigEndian.PutUint16(tcp[2:], 5201)
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	tcp[12] = 5 << 4
+	tcp[13] = tcpFlagAck
+	copy(tcp[20:], payload)
+	var ph [40]byte
+	copy(ph[:32], ip[8:40])
+	binary.BigEndian.PutUint32(ph[32:], uint32(20+len(payload)))
+	ph[39] = ipProtoTCP
+	binary.BigEndian.PutUint16(tcp[16:], ^checksum.Checksum(tcp[:20+len(payload)], checksum.Checksum(ph[:], 0)))
+	return b
+}
+
+func TestSplitFrameIPv6(t *testing.T) {
+	payload := []byte("over ipv6")
+	b := buildFrame6(ipProtoTCP, nil, payload, 77)
+	var s Split
+	if v := SplitFrame(b, &s, true); v != VerdictTCP {
+		t.Fatalf("verdict %v", v)
+	}
+	if s.PayloadOff != 14+40+20 || s.PayloadLen != len(payload) || s.Seq != 77 || s.Dst[15] != 2 || s.Src[0] != 0xfd {
+		t.Fatalf("split %+v", s)
+	}
+	b[len(b)-1] ^= 1
+	if v := SplitFrame(b, &s, true); v != VerdictBadTCPChecksum {
+		t.Fatalf("corrupted: %v", v)
+	}
+	// TCP behind a destination-options header is not split.
+	ext := []byte{ipProtoTCP, 0, 1, 4, 0, 0, 0, 0}
+	if v := SplitFrame(buildFrame6(ipv6DestOpts, ext, payload, 1), &s, true); v != VerdictUnsupported {
+		t.Fatalf("extension header: %v", v)
+	}
+	// ICMPv6 (neighbour discovery) goes to the stack whole.
+	icmp := buildFrame6(58, nil, nil, 0)
+	if v := SplitFrame(icmp, &s, true); v != VerdictOther {
+		t.Fatalf("icmpv6: %v", v)
+	}
+	// Payload length past the frame.
+	bad := buildFrame6(ipProtoTCP, nil, payload, 1)
+	binary.BigEndian.PutUint16(bad[14+4:], 2000)
+	if v := SplitFrame(bad, &s, true); v != VerdictMalformed {
+		t.Fatalf("long payload length: %v", v)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
@@ -32,10 +33,12 @@ type Config struct {
 	// Ifname names the interface; it must exist in the calling thread's
 	// network namespace.
 	Ifname string
-	// Addr is the stack's IPv4 address and prefix. It must not be
-	// configured on the kernel side of the interface: the XDP program steals
-	// its ARP and IPv4 traffic.
+	// Addr is the stack's address and prefix, IPv4 or IPv6. It must not be
+	// configured on the kernel side of the interface: the XDP program takes
+	// its ARP, IPv4 and IPv6 traffic (including neighbour solicitations).
 	Addr netip.Prefix
+	// Addr6 optionally adds an IPv6 address to an IPv4 Addr (dual stack).
+	Addr6 netip.Prefix
 	// Gateway, if valid, is the default route's next hop.
 	Gateway netip.Addr
 	// MTU defaults to the interface's MTU.
@@ -67,20 +70,21 @@ type Config struct {
 // one interface, gVisor's TCP on top, and the devmem receive path. It
 // implements devmemapi.Provider.
 type Stack struct {
-	cfg     Config
-	ifindex int
-	mac     net.HardwareAddr
-	addr    [4]byte
-	ns      *gstack.Stack
-	region  *umem.Region
-	sock    *umem.Socket
-	prog    *umem.Program
-	link    *linkEndpoint
-	cnt     counters
-	window  uint64
-	active  atomic.Pointer[rxBinding]
-	flows   flowTable
-	closing atomic.Bool
+	cfg      Config
+	ifindex  int
+	mac      net.HardwareAddr
+	prefixes []netip.Prefix // the stack's addresses: Addr, then Addr6
+	ours     [][16]byte     // the same, 16-byte (IPv4-mapped) for the split's check
+	ns       *gstack.Stack
+	region   *umem.Region
+	sock     *umem.Socket
+	prog     *umem.Program
+	link     *linkEndpoint
+	cnt      counters
+	window   uint64
+	active   atomic.Pointer[rxBinding]
+	flows    flowTable
+	closing  atomic.Bool
 
 	mu        sync.Mutex
 	rings     Rings // guarded by mu
@@ -95,8 +99,9 @@ var _ devmemapi.Provider = (*Stack)(nil)
 // netstack. Call it from a thread in the interface's network namespace; the
 // stack works from any goroutine afterwards.
 func New(cfg Config) (_ *Stack, err error) {
-	if !cfg.Addr.IsValid() || !cfg.Addr.Addr().Is4() {
-		return nil, fmt.Errorf("xdevmem stack: address %v: need an IPv4 prefix: %w", cfg.Addr, unix.EINVAL)
+	prefixes, err := cfg.prefixes()
+	if err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 	ifc, err := net.InterfaceByName(cfg.Ifname)
 	if err != nil {
@@ -122,7 +127,6 @@ func New(cfg Config) (_ *Stack, err error) {
 		cfg:       cfg,
 		ifindex:   ifc.Index,
 		mac:       ifc.HardwareAddr,
-		addr:      cfg.Addr.Addr().As4(),
 		window:    2*uint64(cfg.RcvBuf) + 256<<10,
 		bindings:  map[*rxBinding]struct{}{},
 		listeners: map[*Listener]struct{}{},
@@ -131,6 +135,7 @@ func New(cfg Config) (_ *Stack, err error) {
 	}
 	s.flows.init()
 	s.flows.window = s.window
+	s.setPrefixes(prefixes)
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -145,7 +150,15 @@ func New(cfg Config) (_ *Stack, err error) {
 	if s.sock, err = umem.NewSocket(s.region, s.ifindex, umem.SocketConfig{Queue: cfg.Queue}); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
-	if s.prog, err = umem.LoadProgram(umem.ProgramConfig{IPv4: []netip.Addr{cfg.Addr.Addr()}, Queues: cfg.Queue + 1}); err != nil {
+	pc := umem.ProgramConfig{Queues: cfg.Queue + 1}
+	for _, p := range prefixes {
+		if p.Addr().Is4() {
+			pc.IPv4 = append(pc.IPv4, p.Addr())
+		} else {
+			pc.IPv6 = append(pc.IPv6, p.Addr())
+		}
+	}
+	if s.prog, err = umem.LoadProgram(pc); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 	if err = s.prog.SetSocket(cfg.Queue, s.sock.FD()); err != nil {
@@ -166,7 +179,10 @@ func New(cfg Config) (_ *Stack, err error) {
 func (s *Stack) initNetstack() error {
 	cfg := s.cfg
 	s.ns = gstack.New(gstack.Options{
-		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		NetworkProtocols: []gstack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol,
+			// No duplicate address detection: the address is usable at once,
+			// as it is on the kernel side with nodad.
+			ipv6.NewProtocolWithOptions(ipv6.Options{DADConfigs: gstack.DADConfigurations{DupAddrDetectTransmits: 0}})},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
 	})
 	sack := tcpip.TCPSACKEnabled(true)
@@ -179,19 +195,22 @@ func (s *Stack) initNetstack() error {
 	if terr := s.ns.CreateNIC(1, s.link); terr != nil {
 		return fmt.Errorf("xdevmem stack: create NIC: %s", terr)
 	}
-	pa := tcpip.ProtocolAddress{
-		Protocol:          ipv4.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddrFrom4(s.addr).WithPrefix(),
+	var routes []tcpip.Route
+	for _, p := range s.prefixes {
+		proto, addr := ipv4.ProtocolNumber, tcpip.AddrFromSlice(p.Addr().AsSlice())
+		if p.Addr().Is6() {
+			proto = ipv6.ProtocolNumber
+		}
+		pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: tcpip.AddressWithPrefix{Address: addr, PrefixLen: p.Bits()}}
+		if terr := s.ns.AddProtocolAddress(1, pa, gstack.AddressProperties{}); terr != nil {
+			return fmt.Errorf("xdevmem stack: add address %v: %s", p, terr)
+		}
+		routes = append(routes, tcpip.Route{Destination: pa.AddressWithPrefix.Subnet(), NIC: 1})
 	}
-	pa.AddressWithPrefix.PrefixLen = cfg.Addr.Bits()
-	if terr := s.ns.AddProtocolAddress(1, pa, gstack.AddressProperties{}); terr != nil {
-		return fmt.Errorf("xdevmem stack: add address %v: %s", cfg.Addr, terr)
-	}
-	routes := []tcpip.Route{{Destination: pa.AddressWithPrefix.Subnet(), NIC: 1}}
 	if cfg.Gateway.IsValid() {
-		zero := tcpip.AddrFrom4([4]byte{})
+		zero := tcpip.AddrFromSlice(make([]byte, len(cfg.Gateway.AsSlice())))
 		sn, _ := tcpip.NewSubnet(zero, tcpip.MaskFromBytes(zero.AsSlice()))
-		routes = append(routes, tcpip.Route{Destination: sn, Gateway: tcpip.AddrFrom4(cfg.Gateway.As4()), NIC: 1})
+		routes = append(routes, tcpip.Route{Destination: sn, Gateway: tcpip.AddrFromSlice(cfg.Gateway.AsSlice()), NIC: 1})
 	}
 	s.ns.SetRouteTable(routes)
 	return nil
@@ -205,8 +224,49 @@ func (s *Stack) Name() string { return "emulated" }
 // Ifindex is the interface's index.
 func (s *Stack) Ifindex() int { return s.ifindex }
 
-// Addr is the stack's IPv4 address.
-func (s *Stack) Addr() netip.Addr { return netip.AddrFrom4(s.addr) }
+// Addr is the stack's address (Config.Addr).
+func (s *Stack) Addr() netip.Addr { return s.prefixes[0].Addr() }
+
+// Addrs are all the stack's addresses (Config.Addr, then Config.Addr6).
+func (s *Stack) Addrs() []netip.Prefix { return append([]netip.Prefix(nil), s.prefixes...) }
+
+// prefixes validates and lists the configured addresses.
+func (cfg *Config) prefixes() ([]netip.Prefix, error) {
+	if !cfg.Addr.IsValid() {
+		return nil, fmt.Errorf("address %v: need an IPv4 or IPv6 prefix: %w", cfg.Addr, unix.EINVAL)
+	}
+	ps := []netip.Prefix{netip.PrefixFrom(cfg.Addr.Addr().Unmap(), cfg.Addr.Bits())}
+	if ps[0].Addr().Is4() && ps[0].Bits() > 32 {
+		ps[0] = netip.PrefixFrom(ps[0].Addr(), 32)
+	}
+	if cfg.Addr6.IsValid() {
+		if !cfg.Addr6.Addr().Is6() || cfg.Addr6.Addr().Is4In6() || !ps[0].Addr().Is4() {
+			return nil, fmt.Errorf("address %v: Addr6 must be IPv6, beside an IPv4 Addr: %w", cfg.Addr6, unix.EINVAL)
+		}
+		ps = append(ps, cfg.Addr6)
+	}
+	return ps, nil
+}
+
+// setPrefixes records the stack's addresses.
+func (s *Stack) setPrefixes(ps []netip.Prefix) {
+	s.prefixes = ps
+	s.ours = s.ours[:0]
+	for _, p := range ps {
+		s.ours = append(s.ours, p.Addr().As16())
+	}
+}
+
+// isOurs reports whether dst (16-byte form) is one of the stack's
+// addresses.
+func (s *Stack) isOurs(dst [16]byte) bool {
+	for _, a := range s.ours {
+		if a == dst {
+			return true
+		}
+	}
+	return false
+}
 
 // Region is the UMEM: the emulated dmabuf.
 func (s *Stack) Region() *umem.Region { return s.region }

@@ -65,6 +65,7 @@ func runDemo(args []string) error {
 	period := fs.Int("v", 7, "validation pattern period, as ncdevmem -v")
 	auto := fs.Int("a", -1, "autorelease mode: 0 (tokens per binding) or 1 (per socket); default: the binding's default")
 	hds := fs.Int("hds-thresh", 0, "header-split threshold: smaller payloads arrive linear")
+	ipv6 := fs.Bool("ipv6", false, "use IPv6 addresses (neighbour discovery instead of ARP)")
 	compare := fs.Bool("compare", false, "also measure the kernel's own TCP receive over the same veth, side by side")
 	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
 	jsonOut := fs.Bool("json", false, "print the summary as JSON")
@@ -99,6 +100,7 @@ func runDemo(args []string) error {
 	w, err := harness.New(harness.Options{
 		Prefix:      demoPrefix,
 		MTU:         *mtu,
+		IPv6:        *ipv6,
 		Autorelease: autoP,
 		Stack:       stack.Config{RegionSize: umemSize, HDSThresh: *hds, TrustChecksum: *trust, Faults: faults},
 	})

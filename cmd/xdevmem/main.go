@@ -30,6 +30,7 @@ var commands = map[string]func(args []string) error{
 	"server": runServer,
 	"probe":  runProbe,
 	"soak":   runSoak,
+	"bench":  runBench,
 }
 
 func usage() {

@@ -5,6 +5,7 @@
 package harness
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -30,6 +31,9 @@ type Options struct {
 	Autorelease *bool
 	// Port is the listening port (default 5201).
 	Port uint16
+	// IPv6 gives both ends IPv6 addresses (a random fd00::/8 /64) instead
+	// of IPv4 ones.
+	IPv6 bool
 }
 
 // World is a running pair of namespaces with the stack listening.
@@ -46,7 +50,17 @@ func New(opts Options) (_ *World, err error) {
 	if opts.Port == 0 {
 		opts.Port = 5201
 	}
-	p, err := netns.NewPair(netns.Options{Prefix: opts.Prefix, MTU: opts.MTU})
+	po := netns.Options{Prefix: opts.Prefix, MTU: opts.MTU}
+	if opts.IPv6 {
+		var r [2]byte
+		rand.Read(r[:])
+		net := [16]byte{0xfd, 0x00, 0x02, 0x11, r[0], r[1]}
+		peer, emu := net, net
+		peer[15], emu[15] = 1, 2
+		po.PeerAddr = netip.PrefixFrom(netip.AddrFrom16(peer), 64)
+		po.EmuAddr = netip.PrefixFrom(netip.AddrFrom16(emu), 64)
+	}
+	p, err := netns.NewPair(po)
 	if err != nil {
 		return nil, err
 	}
