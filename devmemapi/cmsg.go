@@ -101,10 +101,12 @@ func ParseTokens(dst []DmabufToken, optval []byte) ([]DmabufToken, error) {
 	return dst, nil
 }
 
-// CheckDontNeedLen applies the kernel's optlen rule for SO_DEVMEM_DONTNEED:
-// a multiple of SizeofDmabufToken and at most MaxDontNeedTokens entries.
+// CheckDontNeedLen applies the kernel's optlen rules for SO_DEVMEM_DONTNEED:
+// sk_setsockopt refuses anything shorter than an int (so an empty array
+// too), and sock_devmem_dontneed wants a multiple of SizeofDmabufToken and
+// at most MaxDontNeedTokens entries. Each violation is EINVAL.
 func CheckDontNeedLen(optlen int) error {
-	if optlen < 0 || optlen%SizeofDmabufToken != 0 || optlen > SizeofDmabufToken*MaxDontNeedTokens {
+	if optlen < 4 || optlen%SizeofDmabufToken != 0 || optlen > SizeofDmabufToken*MaxDontNeedTokens {
 		return syscall.EINVAL
 	}
 	return nil

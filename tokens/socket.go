@@ -289,7 +289,8 @@ func (s *Socket) DontNeed(toks []devmemapi.DmabufToken) (int, error) {
 	if s.closed.Load() {
 		return 0, errClosed
 	}
-	if len(toks) > devmemapi.MaxDontNeedTokens {
+	if len(toks) == 0 || len(toks) > devmemapi.MaxDontNeedTokens {
+		// 0: the kernel's sk_setsockopt refuses an optlen below an int.
 		return 0, fmt.Errorf("dontneed: %d tokens: %w", len(toks), unix.EINVAL)
 	}
 	return s.dontNeed(toks)
