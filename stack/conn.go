@@ -241,6 +241,21 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
+// Queued reports how many received payload bytes wait in the connection's
+// fragment queue (undelivered, including any not yet in order).
+func (c *Conn) Queued() int {
+	c.fl.mu.Lock()
+	defer c.fl.mu.Unlock()
+	n := 0
+	for i := 0; ; i++ {
+		f := c.fl.fq.at(i)
+		if f == nil {
+			return n
+		}
+		n += int(f.n)
+	}
+}
+
 // Tokens exposes the connection's token state (for tests and statistics).
 func (c *Conn) Tokens() *tokens.Socket { return c.ts }
 

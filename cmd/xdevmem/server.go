@@ -54,6 +54,7 @@ func runServer(args []string) error {
 	first := fs.Int("t", 0, "first RX queue to bind")
 	nq := fs.Int("q", 1, "number of RX queues to bind")
 	auto := fs.Int("a", -1, "autorelease mode 0 or 1 (default: the binding's default)")
+	unbindWhen := fs.Int("U", 0, "unbind the dmabuf: 0 at exit, 1 before the first recvmsg (which then fails with ENODEV), 2 after the last recvmsg, before closing the socket")
 	out := fs.String("o", "", "write the received stream to FILE (- for stdout), read from the dmabuf at the fragment offsets")
 	prefixLen := fs.Int("prefix-len", 24, "prefix length of -s")
 	umemSize := uint64(stack.DefaultRegionSize)
@@ -213,6 +214,20 @@ func runServer(args []string) error {
 			}
 		}()
 	}
+	if *unbindWhen < 0 || *unbindWhen > 2 {
+		return fmt.Errorf("-U %d: want 0, 1 or 2", *unbindWhen)
+	}
+	if *unbindWhen == 1 {
+		// Let data arrive into the dmabuf first, as ncdevmem's peer has
+		// sent by then; then unbind and receive.
+		if c, ok := conn.(interface{ Queued() int }); ok {
+			for deadline := time.Now().Add(5 * time.Second); c.Queued() == 0 && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		b.Close()
+		fmt.Fprintln(os.Stderr, "xdevmem server: unbound before recvmsg (-U 1)")
+	}
 	var linearErr error
 	res, rerr := harness.Receive(conn, b, harness.ReceiveOptions{
 		OnFrag: func(f devmemapi.Frag) {
@@ -236,6 +251,10 @@ func runServer(args []string) error {
 		},
 	})
 	close(done)
+	if *unbindWhen == 2 {
+		b.Close()
+		fmt.Fprintln(os.Stderr, "xdevmem server: unbound after recvmsg, before closing the socket (-U 2)")
+	}
 	conn.Close()
 	if w != nil {
 		if err := w.Flush(); err != nil && rerr == nil {
