@@ -40,6 +40,10 @@ type linkEndpoint struct {
 
 	gro gro.GRO
 
+	// kickc asks the kicker goroutine to wake the kernel's TX; kdone stops
+	// it (kickc is never closed: WritePackets may still send).
+	kickc, kdone chan struct{}
+
 	// inj injects faults (nil: none); receive goroutine only.
 	inj *injector
 
@@ -125,8 +129,11 @@ func (e *linkEndpoint) Attach(d gstack.NetworkDispatcher) {
 	if e.sock == nil {
 		return // in-process tests feed frames with handleBatch
 	}
-	e.wg.Add(1)
+	e.kickc = make(chan struct{}, 1)
+	e.kdone = make(chan struct{})
+	e.wg.Add(2)
 	go e.rxLoop()
+	go e.kicker()
 }
 
 // IsAttached implements gstack.LinkEndpoint.
@@ -150,6 +157,9 @@ func (e *linkEndpoint) stop() {
 	e.stopped.Store(true)
 	if e.sock != nil {
 		e.sock.Wake()
+	}
+	if e.kdone != nil {
+		close(e.kdone)
 	}
 	e.wg.Wait()
 	if e.inj != nil {
@@ -230,6 +240,21 @@ func (e *linkEndpoint) flushHeld() {
 	if len(e.unpin) > 0 {
 		e.s.region.Unpin(e.unpin...)
 		e.unpin = e.unpin[:0]
+	}
+}
+
+// kicker wakes the kernel's TX for WritePackets until stop.
+func (e *linkEndpoint) kicker() {
+	defer e.wg.Done()
+	for {
+		select {
+		case <-e.kickc:
+			if err := e.sock.Kick(); err != nil {
+				e.s.cnt.kickErrors.Add(1)
+			}
+		case <-e.kdone:
+			return
+		}
 	}
 }
 
@@ -415,8 +440,14 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		e.s.cnt.txBytes.Add(uint64(off))
 		n++
 	}
-	if err := e.sock.TXFlush(); err != nil && n == 0 {
-		return 0, &tcpip.ErrClosedForSend{}
+	if e.sock.TXPublish() {
+		// The kick runs the transmit (and the peer's receive) inside the
+		// syscall; a dedicated goroutine does it so that TCP processing
+		// goes on meanwhile.
+		select {
+		case e.kickc <- struct{}{}:
+		default: // a kick is pending already and will send these too
+		}
 	}
 	if n == 0 && pkts.Len() > 0 {
 		return 0, &tcpip.ErrNoBufferSpace{}

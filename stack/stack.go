@@ -23,8 +23,8 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultRegionSize = 16 << 20
-	DefaultRcvBuf     = 1 << 20
+	DefaultRegionSize = 64 << 20
+	DefaultRcvBuf     = 1 << 20 // the in-process tests' window
 	DefaultMTU        = 1500
 )
 
@@ -43,7 +43,7 @@ type Config struct {
 	Gateway netip.Addr
 	// MTU defaults to the interface's MTU.
 	MTU int
-	// RegionSize is the UMEM (dmabuf) size; 0 means 16 MiB.
+	// RegionSize is the UMEM (dmabuf) size; 0 means 64 MiB.
 	RegionSize uint64
 	// Queue is the RX queue the AF_XDP socket binds (default 0).
 	Queue int
@@ -57,7 +57,10 @@ type Config struct {
 	// TrustChecksum skips software checksum verification (benchmarks only;
 	// corrupted frames would then reach the application).
 	TrustChecksum bool
-	// RcvBuf is each connection's TCP receive buffer; 0 means 1 MiB.
+	// RcvBuf is each connection's TCP receive buffer (its window); 0 sizes
+	// it from the UMEM: MSS-sized payload for half the frames, 1 to 8 MiB.
+	// The window bounds throughput more than anything else on veth; the UMEM
+	// bounds the window (each segment pins a frame until delivered).
 	RcvBuf int
 	// NoGRO disables coalescing consecutive segments before TCP.
 	NoGRO bool
@@ -114,7 +117,8 @@ func New(cfg Config) (_ *Stack, err error) {
 		cfg.RegionSize = DefaultRegionSize
 	}
 	if cfg.RcvBuf == 0 {
-		cfg.RcvBuf = DefaultRcvBuf
+		frames := cfg.RegionSize / umem.DefaultFrameSize
+		cfg.RcvBuf = int(min(max(frames/2*1400, 1<<20), 8<<20))
 	}
 	if cfg.HDSThresh < 0 {
 		return nil, fmt.Errorf("xdevmem stack: hds-thresh %d: %w", cfg.HDSThresh, unix.EINVAL)
@@ -314,6 +318,9 @@ func (s *Stack) Stats() Stats {
 	}
 	if s.link != nil && s.link.inj != nil {
 		st.Faults = s.link.inj.stats()
+	}
+	if s.ns != nil {
+		st.TCPSegments = s.ns.Stats().TCP.ValidSegmentsReceived.Value()
 	}
 	return st
 }

@@ -19,6 +19,7 @@ type counters struct {
 	frags, tokensOut                        atomic.Uint64
 	unmapped                                atomic.Uint64
 	txFrames, txBytes                       atomic.Uint64
+	kickErrors                              atomic.Uint64
 	recvCalls, etoosmall, efault, enodev    atomic.Uint64
 	flowsCreated, flowsClosed, flowsRefused atomic.Uint64
 }
@@ -53,6 +54,9 @@ type Stats struct {
 	// HeaderBytesCopied counts header bytes copied into the stack by the
 	// split; FrameBytesCopied whole non-payload frames.
 	HeaderBytesCopied, FrameBytesCopied uint64
+	// TCPSegments counts segments gVisor's TCP processed after GRO; with
+	// RxTCP it shows how much coalescing saved.
+	TCPSegments uint64
 	// Frags counts dmabuf fragments delivered (one token each).
 	Frags uint64
 	// Unmapped counts stream bytes the stack delivered that the fragment

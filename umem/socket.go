@@ -78,6 +78,8 @@ type Socket struct {
 	compBuf   []uint64
 	txDrops   uint64
 
+	noNeedWakeup bool
+
 	closeOnce sync.Once
 }
 
@@ -191,6 +193,7 @@ func NewSocket(region *Region, ifindex int, cfg SocketConfig) (_ *Socket, err er
 	if !cfg.NoNeedWakeup {
 		flags |= unix.XDP_USE_NEED_WAKEUP
 	}
+	s.noNeedWakeup = cfg.NoNeedWakeup
 	sa := &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(ifindex), QueueID: uint32(cfg.Queue)}
 	deadline := time.Now().Add(cfg.BindRetry)
 	for {
@@ -318,10 +321,22 @@ func (s *Socket) TXQueue(addr uint64, length int) {
 // needs it. Frames that find the ring full are dropped (and counted), as a
 // NIC drops on a full TX queue; TCP retransmits.
 func (s *Socket) TXFlush() error {
+	if s.TXPublish() {
+		return s.Kick()
+	}
+	return nil
+}
+
+// TXPublish publishes queued frames on the TX ring without waking the
+// kernel and reports whether a Kick is needed for them to go out. It lets a
+// caller move the kick, which in copy mode runs the whole transmit (and on
+// veth the peer's receive) inside the syscall, off a latency-critical
+// goroutine.
+func (s *Socket) TXPublish() (needKick bool) {
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
 	if len(s.txPending) == 0 {
-		return nil
+		return false
 	}
 	s.reclaimLocked()
 	n := s.tx.Produce(s.txPending)
@@ -331,10 +346,14 @@ func (s *Socket) TXFlush() error {
 	}
 	s.txPending = s.txPending[:0]
 	s.tx.Publish()
-	if s.tx.needWakeup() || true {
-		if err := kickTX(s.fd); err != nil {
-			return fmt.Errorf("xsk: kick tx: %w", err)
-		}
+	return n > 0 && (s.noNeedWakeup || s.tx.needWakeup())
+}
+
+// Kick wakes the kernel to send what the TX ring holds. Safe to call from
+// any goroutine, without locks held.
+func (s *Socket) Kick() error {
+	if err := kickTX(s.fd); err != nil {
+		return fmt.Errorf("xsk: kick tx: %w", err)
 	}
 	return nil
 }

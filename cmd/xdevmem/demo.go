@@ -51,6 +51,9 @@ type demoSummary struct {
 	StackNamespace  string           `json:"stack_namespace"`
 	StackAddress    string           `json:"stack_address"`
 	ReceiveSyscalls uint64           `json:"recvmsg_calls"`
+	RxFrames        uint64           `json:"rx_frames"`
+	TCPSegments     uint64           `json:"tcp_segments_after_gro"`
+	TxFrames        uint64           `json:"tx_frames"`
 	FaultSpec       string           `json:"faults,omitempty"`
 	Faults          stack.FaultStats `json:"faults_injected"`
 }
@@ -65,6 +68,9 @@ func runDemo(args []string) error {
 	period := fs.Int("v", 7, "validation pattern period, as ncdevmem -v")
 	auto := fs.Int("a", -1, "autorelease mode: 0 (tokens per binding) or 1 (per socket); default: the binding's default")
 	hds := fs.Int("hds-thresh", 0, "header-split threshold: smaller payloads arrive linear")
+	rcvbuf := uint64(0)
+	fs.Var(sizeValue{&rcvbuf}, "rcvbuf", "TCP receive buffer (window) of the stack's connection (default: sized from the UMEM)")
+	noGRO := fs.Bool("no-gro", false, "do not coalesce segments before TCP")
 	ipv6 := fs.Bool("ipv6", false, "use IPv6 addresses (neighbour discovery instead of ARP)")
 	compare := fs.Bool("compare", false, "also measure the kernel's own TCP receive over the same veth, side by side")
 	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
@@ -102,7 +108,8 @@ func runDemo(args []string) error {
 		MTU:         *mtu,
 		IPv6:        *ipv6,
 		Autorelease: autoP,
-		Stack:       stack.Config{RegionSize: umemSize, HDSThresh: *hds, TrustChecksum: *trust, Faults: faults},
+		Stack: stack.Config{RegionSize: umemSize, HDSThresh: *hds, TrustChecksum: *trust, Faults: faults,
+			RcvBuf: int(rcvbuf), NoGRO: *noGRO},
 	})
 	if err != nil {
 		return fmt.Errorf("set up: %w", err)
@@ -160,6 +167,7 @@ func runDemo(args []string) error {
 	sum.FillEmptyDrops = st.XSK.RxFillRingEmpty
 	sum.ChecksumDrops = st.DropBadIPChecksum + st.DropBadTCPChecksum
 	sum.ReceiveSyscalls = res.Calls
+	sum.RxFrames, sum.TCPSegments, sum.TxFrames = st.RxFrames, st.TCPSegments, st.TxFrames
 	sum.Faults = st.Faults
 	if faults.Enabled() {
 		sum.FaultSpec = faults.String()
@@ -310,6 +318,7 @@ func printDemo(w io.Writer, s demoSummary) {
 	fmt.Fprintf(w, "  validated   pattern -v %d, %d errors, read from the dmabuf at the fragment offsets\n", s.ValidatePeriod, s.ValidationErrs)
 	fmt.Fprintf(w, "  frags       %d dmabuf frags (%d bytes), %d linear bytes, %d recvmsg calls\n", s.Frags, s.DmabufBytes, s.LinearBytes, s.ReceiveSyscalls)
 	fmt.Fprintf(w, "  tokens      %d returned, %d outstanding\n", s.TokensReturned, s.TokensOut)
+	fmt.Fprintf(w, "  packets     %d frames in, %d TCP segments after GRO, %d frames out (ACKs)\n", s.RxFrames, s.TCPSegments, s.TxFrames)
 	fmt.Fprintf(w, "  frames      %d of %d free after close, recycled %d times\n", s.FramesFree, s.Frames, s.FramesRecycled)
 	fmt.Fprintf(w, "  copies      %d payload bytes copied on the dmabuf path\n", s.DmabufCopied)
 	fmt.Fprintf(w, "  drops       %d fill-ring-empty, %d checksum\n", s.FillEmptyDrops, s.ChecksumDrops)
