@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/compat/devmemerr"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/devmemapi"
 )
 

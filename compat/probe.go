@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/compat/devmemerr"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/ethnl"
 	"github.com/xdevmem/xdevmem/compat/netdev"
 	"github.com/xdevmem/xdevmem/devmemapi"

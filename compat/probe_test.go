@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/compat"
-	"github.com/xdevmem/xdevmem/compat/devmemerr"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/ethnl"
 	"github.com/xdevmem/xdevmem/compat/netdev"
 	"github.com/xdevmem/xdevmem/compat/netdevtest"

@@ -5,9 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/tokens"
 )
 
@@ -40,14 +39,14 @@ func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 		return nil, fmt.Errorf("bind rx: %w", devmemapi.ErrClosed)
 	}
 	if cfg.Ifindex != 0 && cfg.Ifindex != s.ifindex {
-		return nil, fmt.Errorf("bind rx: ifindex %d: this stack runs on ifindex %d: %w", cfg.Ifindex, s.ifindex, unix.ENODEV)
+		return nil, fmt.Errorf("bind rx: ifindex %d: this stack runs on ifindex %d: %w", cfg.Ifindex, s.ifindex, devmemerr.BindRXNoDevice.Err())
 	}
 	if len(cfg.Queues) == 0 {
-		return nil, fmt.Errorf("bind rx: no queues: %w", unix.EINVAL)
+		return nil, fmt.Errorf("bind rx: no queues: %w", devmemerr.BindRXMissingAttr.Err())
 	}
 	for _, q := range cfg.Queues {
 		if int(q) != s.cfg.Queue {
-			return nil, fmt.Errorf("bind rx queue %d: rx queue index out of range (the stack runs queue %d): %w", q, s.cfg.Queue, unix.ERANGE)
+			return nil, fmt.Errorf("bind rx queue %d (the stack runs queue %d): %w", q, s.cfg.Queue, devmemerr.BindRXQueueRange.Err())
 		}
 	}
 	s.mu.Lock()
@@ -56,7 +55,7 @@ func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 		return nil, err
 	}
 	if cur := s.active.Load(); cur != nil {
-		return nil, fmt.Errorf("bind rx queue %d: queue already has a memory provider (dmabuf %d): %w", cfg.Queues[0], cur.id, unix.EEXIST)
+		return nil, fmt.Errorf("bind rx queue %d (bound to dmabuf %d): %w", cfg.Queues[0], cur.id, devmemerr.BindRXQueueBound.Err())
 	}
 	mode, err := tokens.Default.Acquire(cfg.Autorelease)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/tokens"
 )
 
@@ -356,7 +357,7 @@ func (c *Conn) tryRecv(p, oob []byte, devmem bool) (n, oobn int, err error, agai
 	if kind == kindDmabuf {
 		if !devmem {
 			s.cnt.efault.Add(1)
-			return 0, 0, fmt.Errorf("recvmsg: dmabuf data without MSG_SOCK_DEVMEM: %w", unix.EFAULT), false
+			return 0, 0, fmt.Errorf("recvmsg: dmabuf data without MSG_SOCK_DEVMEM: %w", devmemerr.RecvMsgNoDevmemFlag.Err()), false
 		}
 		if err := c.deliverable(f.bind); err != nil {
 			return 0, 0, err, false
@@ -365,7 +366,7 @@ func (c *Conn) tryRecv(p, oob []byte, devmem bool) (n, oobn int, err error, agai
 	slots := len(oob) / devmemapi.CmsgSpaceDmabuf
 	if devmem && kind != kindPlain && slots == 0 {
 		s.cnt.etoosmall.Add(1)
-		return 0, 0, fmt.Errorf("recvmsg: control buffer of %d bytes holds no dmabuf_cmsg: %w", len(oob), devmemapi.ETOOSMALL), false
+		return 0, 0, fmt.Errorf("recvmsg: control buffer of %d bytes holds no dmabuf_cmsg: %w", len(oob), devmemerr.RecvMsgCmsgSpace.Err()), false
 	}
 	if len(p) == 0 {
 		return 0, 0, nil, false
@@ -451,11 +452,11 @@ func (c *Conn) tryRecv(p, oob []byte, devmem bool) (n, oobn int, err error, agai
 func (c *Conn) deliverable(b *rxBinding) error {
 	if b.closed.Load() || b.tb.Unbound() {
 		c.s.cnt.enodev.Add(1)
-		return fmt.Errorf("recvmsg: dmabuf %d was unbound: %w", b.id, unix.ENODEV)
+		return fmt.Errorf("recvmsg: dmabuf %d was unbound: %w", b.id, devmemerr.RecvMsgUnbound.Err())
 	}
 	if tb := c.ts.Binding(); tb != nil && tb != b.tb {
 		c.s.cnt.efault.Add(1)
-		return fmt.Errorf("recvmsg: fragment of dmabuf %d on a socket tied to dmabuf %d: %w", b.id, tb.ID(), unix.EFAULT)
+		return fmt.Errorf("recvmsg: fragment of dmabuf %d on a socket tied to dmabuf %d: %w", b.id, tb.ID(), devmemerr.RecvMsgOtherBinding.Err())
 	}
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // Rings are the emulated ethtool ring settings that devmem depends on
@@ -50,10 +52,10 @@ func (s *Stack) SetRings(r Rings) error {
 // checkBindRings applies bind-rx's header-split checks (s.mu held).
 func (s *Stack) checkBindRings() error {
 	if !s.rings.TCPDataSplit {
-		return fmt.Errorf("bind rx: tcp-data-split is disabled: %w", unix.EINVAL)
+		return fmt.Errorf("bind rx: %w", devmemerr.BindRXHDSDisabled.Err())
 	}
 	if s.rings.HDSThresh != 0 {
-		return fmt.Errorf("bind rx: hds-thresh is not zero: %w", unix.EINVAL)
+		return fmt.Errorf("bind rx: %w", devmemerr.BindRXHDSThresh.Err())
 	}
 	return nil
 }

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"sync"
 
-	"golang.org/x/sys/unix"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // Registry is the system-wide autorelease mode of the v7+ form of the
@@ -38,8 +38,11 @@ func (e *ModeConflictError) Error() string {
 	return fmt.Sprintf("System already configured with autorelease=%d", b2i(e.Current))
 }
 
-// Unwrap returns unix.EBUSY.
-func (e *ModeConflictError) Unwrap() error { return unix.EBUSY }
+// Unwrap returns the error table's bind-rx/autorelease-mismatch row (EBUSY,
+// the same message), so errors.Is(err, unix.EBUSY) and devmemerr.Match hold.
+func (e *ModeConflictError) Unwrap() error {
+	return devmemerr.BindRXAutoreleaseMismatch.Err(b2i(e.Current))
+}
 
 func b2i(b bool) int {
 	if b {

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // batchLen is the number of frames DONTNEED and close collect before one
@@ -289,9 +290,12 @@ func (s *Socket) DontNeed(toks []devmemapi.DmabufToken) (int, error) {
 	if s.closed.Load() {
 		return 0, errClosed
 	}
-	if len(toks) == 0 || len(toks) > devmemapi.MaxDontNeedTokens {
-		// 0: the kernel's sk_setsockopt refuses an optlen below an int.
-		return 0, fmt.Errorf("dontneed: %d tokens: %w", len(toks), unix.EINVAL)
+	if len(toks) == 0 {
+		// The kernel's sk_setsockopt refuses an optlen below an int.
+		return 0, fmt.Errorf("dontneed: no tokens: %w", devmemerr.DontNeedShortOptlen.Err())
+	}
+	if len(toks) > devmemapi.MaxDontNeedTokens {
+		return 0, fmt.Errorf("dontneed: %d tokens: %w", len(toks), devmemerr.DontNeedTooManyTokens.Err())
 	}
 	return s.dontNeed(toks)
 }
@@ -305,7 +309,14 @@ func (s *Socket) DontNeedOpt(optval []byte) (int, error) {
 		return 0, errClosed
 	}
 	if err := devmemapi.CheckDontNeedLen(len(optval)); err != nil {
-		return 0, fmt.Errorf("dontneed: optlen %d: %w", len(optval), err)
+		c := devmemerr.DontNeedBadOptlen
+		switch {
+		case len(optval) < 4:
+			c = devmemerr.DontNeedShortOptlen
+		case len(optval) > devmemapi.SizeofDmabufToken*devmemapi.MaxDontNeedTokens && len(optval)%devmemapi.SizeofDmabufToken == 0:
+			c = devmemerr.DontNeedTooManyTokens
+		}
+		return 0, fmt.Errorf("dontneed: optlen %d: %w", len(optval), c.Err())
 	}
 	// Decode on the stack (1 KiB at most), as the kernel copies optval in.
 	var buf [devmemapi.MaxDontNeedTokens]devmemapi.DmabufToken
@@ -380,7 +391,7 @@ outer:
 func (s *Socket) dontNeedManual(toks []devmemapi.DmabufToken) (int, error) {
 	b := s.binding.Load()
 	if b == nil {
-		return 0, fmt.Errorf("dontneed: no binding: %w", unix.EINVAL)
+		return 0, fmt.Errorf("dontneed: no binding: %w", devmemerr.DontNeedNoBinding.Err())
 	}
 	nframes := uint64(len(b.urefs))
 	urefs := b.urefs

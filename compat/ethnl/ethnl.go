@@ -20,7 +20,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/compat/devmemerr"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/internal/genl"
 )
 

@@ -9,7 +9,7 @@ import (
 	"github.com/mdlayher/netlink/nlenc"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/compat/devmemerr"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/netdev"
 )
 

@@ -11,7 +11,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/compat/devmemerr"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // Family is a generic netlink family as the controller (nlctrl) reports it.

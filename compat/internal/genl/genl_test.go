@@ -8,7 +8,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/compat/devmemerr"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // TestFamilyRoundTrip proves the controller attributes the fake encodes
