@@ -20,8 +20,8 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/internal/genl"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // The family.

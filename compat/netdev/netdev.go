@@ -31,8 +31,8 @@ import (
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
 
-	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/internal/genl"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // Family is a resolved generic netlink family with its operations.

@@ -9,10 +9,10 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/ethnl"
 	"github.com/xdevmem/xdevmem/compat/netdev"
 	"github.com/xdevmem/xdevmem/compat/netdevtest"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // nic is a fake devmem-capable NIC: 4 RX queues, header split on,

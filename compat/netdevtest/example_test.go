@@ -6,10 +6,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/ethnl"
 	"github.com/xdevmem/xdevmem/compat/netdev"
 	"github.com/xdevmem/xdevmem/compat/netdevtest"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // A fake NIC with header split off refuses bind-rx as Linux does, without

@@ -9,8 +9,8 @@ import (
 	"github.com/mdlayher/netlink/nlenc"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/netdev"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // attrs is a decoded attribute set: the last value of each single

@@ -35,10 +35,10 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/compat/ethnl"
 	"github.com/xdevmem/xdevmem/compat/internal/genl"
 	"github.com/xdevmem/xdevmem/compat/netdev"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // Family ids the fake controller hands out.

@@ -8,8 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // TestTable pins the table: every row, its errno and its kernel text. A
