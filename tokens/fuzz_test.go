@@ -111,7 +111,7 @@ func (ms *mSocket) dontNeed(toks []devmemapi.DmabufToken) (int, unix.Errno) {
 	if ms.closed {
 		return 0, unix.EBADF
 	}
-	if len(toks) > 128 {
+	if len(toks) == 0 || len(toks) > 128 { // optlen 0 fails in sk_setsockopt
 		return 0, unix.EINVAL
 	}
 	freed, frags := 0, 0
