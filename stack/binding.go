@@ -44,9 +44,12 @@ func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 	if len(cfg.Queues) == 0 {
 		return nil, fmt.Errorf("bind rx: no queues: %w", devmemerr.BindRXMissingAttr.Err())
 	}
+	s.steer.mu.Lock()
+	channels := s.steer.channels
+	defer s.steer.mu.Unlock()
 	for _, q := range cfg.Queues {
-		if int(q) != s.cfg.Queue {
-			return nil, fmt.Errorf("bind rx queue %d (the stack runs queue %d): %w", q, s.cfg.Queue, devmemerr.BindRXQueueRange.Err())
+		if int(q) >= channels {
+			return nil, fmt.Errorf("bind rx queue %d (%d channels): %w", q, channels, devmemerr.BindRXQueueRange.Err())
 		}
 	}
 	s.mu.Lock()
@@ -54,8 +57,10 @@ func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 	if err := s.checkBindRings(); err != nil {
 		return nil, err
 	}
-	if cur := s.active.Load(); cur != nil {
-		return nil, fmt.Errorf("bind rx queue %d (bound to dmabuf %d): %w", cfg.Queues[0], cur.id, devmemerr.BindRXQueueBound.Err())
+	for _, q := range cfg.Queues {
+		if cur := s.bound[q].Load(); cur != nil {
+			return nil, fmt.Errorf("bind rx queue %d (bound to dmabuf %d): %w", q, cur.id, devmemerr.BindRXQueueBound.Err())
+		}
 	}
 	mode, err := tokens.Default.Acquire(cfg.Autorelease)
 	if err != nil {
@@ -63,7 +68,9 @@ func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 	}
 	b := &rxBinding{s: s, id: nextBindingID.Add(1), queues: append([]uint32(nil), cfg.Queues...)}
 	b.tb = tokens.NewBinding(b.id, s.region, int(s.region.Frames()), mode)
-	s.active.Store(b)
+	for _, q := range cfg.Queues {
+		s.bound[q].Store(b)
+	}
 	s.bindings[b] = struct{}{}
 	return b, nil
 }
@@ -93,7 +100,9 @@ func (b *rxBinding) Bytes() []byte { return b.s.region.Bytes() }
 func (b *rxBinding) Close() error {
 	b.once.Do(func() {
 		b.closed.Store(true)
-		b.s.active.CompareAndSwap(b, nil)
+		for _, q := range b.queues {
+			b.s.bound[q].CompareAndSwap(b, nil)
+		}
 		b.tb.Unbind()
 		tokens.Default.Release()
 		b.s.mu.Lock()

@@ -202,7 +202,7 @@ func (s *Stack) newConn(ep tcpip.Endpoint, wq *waiter.Queue, ra tcpip.FullAddres
 		return nil, fmt.Errorf("accept: no fragment queue for %v:%d: %w", ra.Addr, ra.Port, unix.ECONNABORTED)
 	}
 	mode := false
-	if b := s.active.Load(); b != nil {
+	if b := s.bindingFor(s.steer.queueOf(fl)); b != nil {
 		mode = b.tb.Autorelease()
 	}
 	c := &Conn{

@@ -21,6 +21,11 @@ type flow struct {
 	fq       fragQueue
 	attached bool        // accepted by a Conn
 	dead     atomic.Bool // removed from the table
+
+	// steered caches the logical queue the flow is steered to, valid while
+	// steerGen matches the steering table's generation.
+	steered  atomic.Int32
+	steerGen atomic.Uint64
 }
 
 // flowTable maps connections to their fragment queues. Entries are made when
@@ -30,10 +35,6 @@ type flowTable struct {
 	mu     sync.RWMutex
 	m      map[flowKey]*flow
 	window uint64
-
-	// lastKey/last cache the previous lookup; receive goroutine only.
-	lastKey flowKey
-	last    *flow
 }
 
 func (t *flowTable) init() { t.m = map[flowKey]*flow{} }
@@ -61,17 +62,11 @@ func (t *flowTable) syn(key flowKey, base uint32, unpin []uint32, c *counters) [
 	return unpin
 }
 
-// lookup finds a flow. Receive goroutine only (it uses the cache).
-func (t *flowTable) lookup(key flowKey) *flow {
-	if t.last != nil && t.lastKey == key && !t.last.dead.Load() {
-		return t.last
-	}
+// get finds a flow.
+func (t *flowTable) get(key flowKey) *flow {
 	t.mu.RLock()
 	f := t.m[key]
 	t.mu.RUnlock()
-	if f != nil {
-		t.lastKey, t.last = key, f
-	}
 	return f
 }
 

@@ -62,6 +62,7 @@ func newInproc(t testing.TB, cfg Config) *inproc {
 	s.flows.init()
 	s.flows.window = s.window
 	s.setPrefixes([]netip.Prefix{cfg.Addr})
+	s.steer.init(max(cfg.Channels, 1))
 	s.link = newLinkEndpoint(s)
 	ip := &inproc{t: t, s: s, ack: make(chan []byte, 1024)}
 	s.link.txHook = func(f []byte) {
@@ -129,7 +130,7 @@ func (ip *inproc) inject(frames ...[]byte) {
 			copy(ip.s.region.Bytes()[addr:], frames[i])
 			descs[i] = unix.XDPDesc{Addr: addr, Len: uint32(len(frames[i]))}
 		}
-		ip.s.link.handleBatch(descs[:n])
+		ip.s.link.queues[0].handleBatch(descs[:n])
 		frames = frames[n:]
 	}
 }

@@ -1,12 +1,14 @@
 package stack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -45,8 +47,14 @@ type Config struct {
 	MTU int
 	// RegionSize is the UMEM (dmabuf) size; 0 means 64 MiB.
 	RegionSize uint64
-	// Queue is the RX queue the AF_XDP socket binds (default 0).
-	Queue int
+	// Queues is how many of the interface's RX queues (0 to Queues-1) get
+	// an AF_XDP socket and a receive goroutine, all sharing the UMEM; 0
+	// means every RX queue the interface has. Traffic arriving on a queue
+	// without a socket goes to the kernel, so run all of them.
+	Queues int
+	// Channels is the number of logical RX queues that bindings, flow rules
+	// and the RSS spread refer to (see steer.go); 0 means Queues.
+	Channels int
 	// HDSThresh is the emulated device's header-split threshold: TCP
 	// payloads shorter than it stay in the header buffer and are delivered
 	// linear (copied, SCM_DEVMEM_LINEAR). 0 splits every payload. It models
@@ -67,6 +75,10 @@ type Config struct {
 	// Faults injects seeded drops, duplicates, reordering, corruption and
 	// truncation into received frames (off by default).
 	Faults Faults
+	// TXCopy makes devmem TX copy payload into TX frames instead of
+	// chaining descriptors that point into the TX dmabuf (tx.go; for
+	// comparison and for kernels without multi-buffer AF_XDP TX).
+	TXCopy bool
 }
 
 // Stack is an emulated devmem TCP stack: an AF_XDP socket and XDP program on
@@ -85,9 +97,12 @@ type Stack struct {
 	link     *linkEndpoint
 	cnt      counters
 	window   uint64
-	active   atomic.Pointer[rxBinding]
+	socks    []*umem.Socket                         // one per RX queue; socks[0] also transmits
+	bound    [maxChannels]atomic.Pointer[rxBinding] // logical queue → binding
+	steer    steering
 	flows    flowTable
 	closing  atomic.Bool
+	tx       txState // devmem TX (tx.go)
 
 	mu        sync.Mutex
 	rings     Rings // guarded by mu
@@ -116,6 +131,15 @@ func New(cfg Config) (_ *Stack, err error) {
 	if cfg.RegionSize == 0 {
 		cfg.RegionSize = DefaultRegionSize
 	}
+	if cfg.Queues == 0 {
+		cfg.Queues = RXQueueCount(cfg.Ifname)
+	}
+	if cfg.Channels == 0 {
+		cfg.Channels = cfg.Queues
+	}
+	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > maxChannels {
+		return nil, fmt.Errorf("xdevmem stack: %d queues, %d channels (1 to %d): %w", cfg.Queues, cfg.Channels, maxChannels, unix.EINVAL)
+	}
 	if cfg.RcvBuf == 0 {
 		frames := cfg.RegionSize / umem.DefaultFrameSize
 		cfg.RcvBuf = int(min(max(frames/2*1400, 1<<20), 8<<20))
@@ -140,6 +164,7 @@ func New(cfg Config) (_ *Stack, err error) {
 	s.flows.init()
 	s.flows.window = s.window
 	s.setPrefixes(prefixes)
+	s.steer.init(cfg.Channels)
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -151,10 +176,20 @@ func New(cfg Config) (_ *Stack, err error) {
 	if s.region, err = umem.NewRegion(umem.RegionConfig{Size: cfg.RegionSize}); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
-	if s.sock, err = umem.NewSocket(s.region, s.ifindex, umem.SocketConfig{Queue: cfg.Queue}); err != nil {
-		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	for q := 0; q < cfg.Queues; q++ {
+		sc := umem.SocketConfig{Queue: q}
+		if q > 0 {
+			sc.Shared = s.socks[0]
+			sc.TXFrames = 1 // only socks[0] transmits
+		}
+		sock, err := umem.NewSocket(s.region, s.ifindex, sc)
+		if err != nil {
+			return nil, fmt.Errorf("xdevmem stack: rx queue %d: %w", q, err)
+		}
+		s.socks = append(s.socks, sock)
 	}
-	pc := umem.ProgramConfig{Queues: cfg.Queue + 1}
+	s.sock = s.socks[0]
+	pc := umem.ProgramConfig{Queues: cfg.Queues}
 	for _, p := range prefixes {
 		if p.Addr().Is4() {
 			pc.IPv4 = append(pc.IPv4, p.Addr())
@@ -165,8 +200,10 @@ func New(cfg Config) (_ *Stack, err error) {
 	if s.prog, err = umem.LoadProgram(pc); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
-	if err = s.prog.SetSocket(cfg.Queue, s.sock.FD()); err != nil {
-		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	for q, sock := range s.socks {
+		if err = s.prog.SetSocket(q, sock.FD()); err != nil {
+			return nil, fmt.Errorf("xdevmem stack: %w", err)
+		}
 	}
 	if err = s.attach(); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
@@ -196,7 +233,8 @@ func (s *Stack) initNetstack() error {
 	mod := tcpip.TCPModerateReceiveBufferOption(false)
 	s.ns.SetTransportProtocolOption(tcp.ProtocolNumber, &mod)
 
-	if terr := s.ns.CreateNIC(1, s.link); terr != nil {
+	// The NIC gets the link endpoint wrapped by the devmem TX engine (tx.go).
+	if terr := s.ns.CreateNIC(1, s.nicEndpoint()); terr != nil {
 		return fmt.Errorf("xdevmem stack: create NIC: %s", terr)
 	}
 	var routes []tcpip.Route
@@ -221,6 +259,57 @@ func (s *Stack) initNetstack() error {
 }
 
 func (s *Stack) attach() error { return s.prog.Attach(s.ifindex) }
+
+// maxChannels bounds the logical RX queues.
+const maxChannels = 64
+
+// RXQueueCount is the number of RX queues the interface has (rtnetlink's
+// IFLA_NUM_RX_QUEUES, read in the calling thread's network namespace, which
+// sysfs may not show), at least 1.
+func RXQueueCount(ifname string) int {
+	ifc, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return 1
+	}
+	n, err := numRXQueues(ifc.Index)
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
+}
+
+// numRXQueues dumps the links over rtnetlink and returns ifindex's
+// IFLA_NUM_RX_QUEUES.
+func numRXQueues(ifindex int) (int, error) {
+	const iflaNumRXQueues = 32
+	rib, err := syscall.NetlinkRIB(unix.RTM_GETLINK, unix.AF_UNSPEC)
+	if err != nil {
+		return 0, err
+	}
+	msgs, err := syscall.ParseNetlinkMessage(rib)
+	if err != nil {
+		return 0, err
+	}
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Header.Type != unix.RTM_NEWLINK || len(m.Data) < syscall.SizeofIfInfomsg {
+			continue
+		}
+		if idx := int32(binary.NativeEndian.Uint32(m.Data[4:8])); int(idx) != ifindex {
+			continue
+		}
+		attrs, err := syscall.ParseNetlinkRouteAttr(m)
+		if err != nil {
+			return 0, err
+		}
+		for _, a := range attrs {
+			if a.Attr.Type == iflaNumRXQueues && len(a.Value) >= 4 {
+				return int(binary.NativeEndian.Uint32(a.Value)), nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("ifindex %d: no IFLA_NUM_RX_QUEUES: %w", ifindex, unix.ENOENT)
+}
 
 // Name implements devmemapi.Provider.
 func (s *Stack) Name() string { return "emulated" }
@@ -309,15 +398,32 @@ func (s *Stack) Stats() Stats {
 		FlowsCreated:       c.flowsCreated.Load(),
 		FlowsClosed:        c.flowsClosed.Load(),
 	}
+	for _, sock := range s.socks {
+		x, _ := sock.Stats()
+		st.XSK.RxDropped += x.RxDropped
+		st.XSK.RxInvalidDescs += x.RxInvalidDescs
+		st.XSK.TxInvalidDescs += x.TxInvalidDescs
+		st.XSK.RxRingFull += x.RxRingFull
+		st.XSK.RxFillRingEmpty += x.RxFillRingEmpty
+		st.XSK.TxRingEmpty += x.TxRingEmpty
+	}
 	if s.sock != nil {
-		st.XSK, _ = s.sock.Stats()
 		st.TxDrops = s.sock.TXDrops()
 	}
 	if s.region != nil {
 		st.Frames = s.region.Snapshot()
 	}
-	if s.link != nil && s.link.inj != nil {
-		st.Faults = s.link.inj.stats()
+	if s.link != nil {
+		for _, q := range s.link.queues {
+			if q.inj != nil {
+				f := q.inj.stats()
+				st.Faults.Dropped += f.Dropped
+				st.Faults.Duplicated += f.Duplicated
+				st.Faults.Reordered += f.Reordered
+				st.Faults.Corrupted += f.Corrupted
+				st.Faults.Truncated += f.Truncated
+			}
+		}
 	}
 	if s.ns != nil {
 		st.TCPSegments = s.ns.Stats().TCP.ValidSegmentsReceived.Value()
@@ -353,6 +459,7 @@ func (s *Stack) Close() error {
 	for _, l := range lns {
 		l.Close()
 	}
+	s.closeTX() // devmem TX connections and bindings (tx.go)
 	if s.prog != nil {
 		if err := s.prog.Close(); err != nil {
 			errs = append(errs, err)
@@ -369,8 +476,8 @@ func (s *Stack) Close() error {
 	for _, b := range bs {
 		b.Close()
 	}
-	if s.sock != nil {
-		if err := s.sock.Close(); err != nil {
+	for i := len(s.socks) - 1; i >= 0; i-- { // sharers first, the UMEM's owner last
+		if err := s.socks[i].Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -130,32 +130,14 @@ func TestNcdevmemAutoreleaseCases(t *testing.T) {
 	run := func(t *testing.T, args ...string) (string, error) {
 		t.Helper()
 		srv := p.Emu.Command(bin, append([]string{"server", "--backend", "emulated", "-l", "-f", p.EmuIf, "-s", addr, "-p", "5320", "-v", "7", "--quiet"}, args...)...)
-		stderr, _ := srv.StderrPipe()
-		var out strings.Builder
+		out := newWatchWriter("listening on")
+		srv.Stderr = out
 		if err := srv.Start(); err != nil {
 			t.Fatal(err)
 		}
 		defer srv.Process.Kill()
-		lines := make(chan struct{})
-		go func() {
-			buf := make([]byte, 4096)
-			for {
-				n, err := stderr.Read(buf)
-				out.Write(buf[:n])
-				if strings.Contains(out.String(), "listening on") {
-					select {
-					case <-lines:
-					default:
-						close(lines)
-					}
-				}
-				if err != nil {
-					return
-				}
-			}
-		}()
 		select {
-		case <-lines:
+		case <-out.seen:
 		case <-time.After(30 * time.Second):
 			t.Fatalf("server did not start: %s", out.String())
 		}
@@ -171,7 +153,6 @@ func TestNcdevmemAutoreleaseCases(t *testing.T) {
 			t.Fatalf("client: %v", err)
 		}
 		werr := waitCmd(srv, 30*time.Second)
-		time.Sleep(50 * time.Millisecond)
 		return out.String(), werr
 	}
 	for _, mode := range []string{"0", "1"} {

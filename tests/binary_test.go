@@ -65,3 +65,36 @@ func waitLine(t *testing.T, r io.Reader, want string, timeout time.Duration) {
 		t.Fatalf("no %q line within %v", want, timeout)
 	}
 }
+
+// watchWriter collects a command's output (set as its Stdout or Stderr,
+// so that exec copies everything before Wait returns) and closes seen once
+// the output contains want.
+type watchWriter struct {
+	mu   sync.Mutex
+	buf  strings.Builder
+	want string
+	seen chan struct{}
+}
+
+func newWatchWriter(want string) *watchWriter {
+	return &watchWriter{want: want, seen: make(chan struct{})}
+}
+
+// Write implements io.Writer.
+func (w *watchWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	before := strings.Contains(w.buf.String(), w.want)
+	w.buf.Write(p)
+	if !before && strings.Contains(w.buf.String(), w.want) {
+		close(w.seen)
+	}
+	return len(p), nil
+}
+
+// String returns everything written so far.
+func (w *watchWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}

@@ -14,6 +14,11 @@ import (
 type SocketConfig struct {
 	// Queue is the interface RX queue to bind.
 	Queue int
+	// Shared, if set, is a socket already bound on the same interface whose
+	// UMEM registration this socket shares (XDP_SHARED_UMEM): one region,
+	// one frame space, and each socket with its own fill and completion
+	// rings, as for one socket per RX queue.
+	Shared *Socket
 	// RingSize is the number of fill and RX descriptors (power of two);
 	// 0 means 2048 or half the frame count, whichever is smaller.
 	RingSize uint32
@@ -120,7 +125,11 @@ func NewSocket(region *Region, ifindex int, cfg SocketConfig) (_ *Socket, err er
 	if s.efd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("xsk: eventfd: %w", err)
 	}
-	if err = registerUMEM(s.fd, region.mem, region.frameSize, 0); err != nil {
+	if cfg.Shared != nil {
+		if cfg.Shared.region != region {
+			return nil, fmt.Errorf("xsk: shared umem of another region: %w", unix.EINVAL)
+		}
+	} else if err = registerUMEM(s.fd, region.mem, region.frameSize, 0); err != nil {
 		return nil, fmt.Errorf("xsk: register umem (%d bytes): %w", len(region.mem), err)
 	}
 	for _, o := range []struct {
@@ -195,6 +204,12 @@ func NewSocket(region *Region, ifindex int, cfg SocketConfig) (_ *Socket, err er
 	}
 	s.noNeedWakeup = cfg.NoNeedWakeup
 	sa := &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(ifindex), QueueID: uint32(cfg.Queue)}
+	if cfg.Shared != nil {
+		// Mode flags are inherited from the socket that registered the
+		// UMEM; only the sharing flag may be given.
+		sa.Flags = unix.XDP_SHARED_UMEM
+		sa.SharedUmemFD = uint32(cfg.Shared.fd)
+	}
 	deadline := time.Now().Add(cfg.BindRetry)
 	for {
 		err = unix.Bind(s.fd, sa)

@@ -33,6 +33,7 @@ func runBench(args []string) error {
 	jsonOut := fs.Bool("json", false, "print the report as JSON instead of tables")
 	plotFile := fs.String("plot", "", "write a bar chart of goodput and CPU/GB per row to this PNG file")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole bench process (the receiving side) to FILE; use with --rows to profile one row")
+	memprofile := fs.String("memprofile", "", "write an allocation profile of the whole bench process to FILE at the end (go tool pprof -sample_index=alloc_objects FILE)")
 	quiet := fs.Bool("q", false, "no per-run progress on stderr")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem bench [flags]\n\nMeasures kernel TCP, gVisor's stock AF_XDP path, xdevmem's devmem RX and a bare AF_XDP loop on\nfresh veth pairs, each row --runs times, alternating rows. The sender runs as a separate process\nin the peer namespace; receiver CPU is this process's getrusage.\n\n")
@@ -105,6 +106,19 @@ func runBench(args []string) error {
 	rep, err := bench.Run(cfg)
 	if err != nil {
 		return err
+	}
+	if *memprofile != "" {
+		f, err := os.Create(*memprofile)
+		if err != nil {
+			return err
+		}
+		err = pprof.Lookup("allocs").WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("memprofile: %w", err)
+		}
 	}
 	var out io.Writer = os.Stdout
 	if *jsonOut {

@@ -8,6 +8,7 @@
 //	xdevmem demo   [--size 1GiB] [--json]        build a namespace pair, send, receive, validate
 //	xdevmem server -f IFACE -s ADDR [-p PORT] [-v N] [-L] [-o FILE] [--json]
 //	xdevmem probe  -f IFACE [--json]              can this interface do real devmem?
+//	xdevmem client -f IFACE -s SERVER -c CLIENT [-p PORT] [-z N] [--size N -v N]   send from a TX dmabuf
 //	xdevmem soak   [--duration 1m] [--json]       full-rate receive, memory over time
 //
 // The server takes ncdevmem's flags (-l -s -c -p -f -v -L -t -q -a).
@@ -31,6 +32,7 @@ var commands = map[string]func(args []string) error{
 	"probe":  runProbe,
 	"soak":   runSoak,
 	"bench":  runBench,
+	"client": runClient, // client.go: devmem TX, like ncdevmem's client mode
 }
 
 func usage() {
@@ -41,6 +43,7 @@ Commands:
            kernel TCP client, receive it through the emulated devmem path, validate it
   server   receive one connection on an interface, like ncdevmem -l
   probe    report whether an interface can do real (kernel) devmem, check by check
+  client   send stdin (or a pattern) from a TX dmabuf, like ncdevmem's client mode
   soak     receive at full rate for a duration and report memory over time
 
 Run 'xdevmem COMMAND -h' for a command's flags.

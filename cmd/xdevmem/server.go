@@ -115,7 +115,7 @@ func runServer(args []string) error {
 		Emulated: func() (devmemapi.Provider, error) {
 			return stack.New(stack.Config{
 				Ifname: *ifname, Addr: netip.PrefixFrom(addr, *prefixLen), RegionSize: umemSize,
-				Queue: *first, HDSThresh: *hds, TrustChecksum: *trust, Faults: faults,
+				Channels: max(*first+*nq, stack.RXQueueCount(*ifname)), HDSThresh: *hds, TrustChecksum: *trust, Faults: faults,
 			})
 		},
 	})

@@ -112,7 +112,11 @@ func (r *runner) runAFXDP(row Row, m *Measurement, ab *aborter) error {
 		return <-done
 	}
 	addr := netip.AddrPortFrom(p.EmuAddr.Addr(), 9) // discard
-	snd, err := r.startSender(p, senderArgs("udp", addr.String(), 0, r.cfg.UDPDuration))
+	args := senderArgs("udp", addr.String(), 0, r.cfg.UDPDuration)
+	if !r.cfg.UDPSocket {
+		args = senderArgs("xsk", p.PeerIf+","+p.EmuMAC.String()+","+addr.String(), 0, r.cfg.UDPDuration)
+	}
+	snd, err := r.startSender(p, args)
 	if err != nil {
 		stopLoop()
 		return err

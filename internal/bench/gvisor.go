@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"reflect"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -76,13 +78,15 @@ func (r *runner) runGVisor(row Row, m *Measurement, ab *aborter) error {
 		}
 		return err
 	}
+	sep := &stockEndpoint{LinkEndpoint: ep, fd: fd}
 	s := gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
 	})
 	defer func() {
 		s.Close()
-		s.Wait() // removes the NIC: the endpoint's dispatch loop ends
+		s.Wait() // removes the NIC, which stops the endpoint
+		sep.stop()
 		unix.Close(fd)
 	}()
 	sack := tcpip.TCPSACKEnabled(true)
@@ -92,7 +96,7 @@ func (r *runner) runGVisor(row Row, m *Measurement, ab *aborter) error {
 	mod := tcpip.TCPModerateReceiveBufferOption(false)
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &mod)
 	qd := fifo.New(ep, runtime.GOMAXPROCS(0), 1000)
-	if terr := s.CreateNICWithOptions(1, ep, gstack.NICOptions{QDisc: qd}); terr != nil {
+	if terr := s.CreateNICWithOptions(1, sep, gstack.NICOptions{QDisc: qd}); terr != nil {
 		return fmt.Errorf("create NIC: %s", terr)
 	}
 	pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddrFrom4(p.EmuAddr.Addr().As4()).WithPrefix()}
@@ -188,4 +192,64 @@ func acceptNet(ln net.Listener, snd *sender) (net.Conn, error) {
 		}
 		return nil, fmt.Errorf("no connection after %v", acceptTimeout)
 	}
+}
+
+// stockEndpoint passes everything to gVisor's stock AF_XDP endpoint except
+// its detach (Attach(nil)), which would deadlock: it calls IsAttached, which
+// read-locks the mutex Attach holds. Even undeadlocked, its dispatch loop
+// treats a stop as "continue" and would spin on the signalled stop
+// eventfd. No per-packet work goes through the wrapper: the endpoint hands
+// received packets to the NIC directly, and the qdisc writes to the
+// endpoint itself.
+type stockEndpoint struct {
+	gstack.LinkEndpoint
+	fd   int
+	once sync.Once
+}
+
+// Attach implements gstack.LinkEndpoint.
+func (e *stockEndpoint) Attach(d gstack.NetworkDispatcher) {
+	if d == nil {
+		e.stop()
+		return
+	}
+	e.LinkEndpoint.Attach(d)
+}
+
+// stop ends the endpoint's dispatch goroutine: the socket's descriptor is
+// replaced by a pipe whose writer is closed (poll then reports POLLHUP, which
+// the loop treats as an error and returns on), and the stop eventfd wakes a
+// poll already blocked on the socket.
+func (e *stockEndpoint) stop() {
+	e.once.Do(func() {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err == nil {
+			unix.Close(p[1])
+			unix.Dup3(p[0], e.fd, unix.O_CLOEXEC)
+			unix.Close(p[0])
+		}
+		efd := -1
+		if v := reflect.ValueOf(e.LinkEndpoint); v.Kind() == reflect.Pointer {
+			if f := v.Elem().FieldByName("stopFD"); f.IsValid() {
+				if g := f.FieldByName("EFD"); g.IsValid() && g.CanInt() {
+					efd = int(g.Int())
+				}
+			}
+		}
+		if efd >= 0 {
+			unix.Write(efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		}
+		done := make(chan struct{})
+		go func() {
+			e.LinkEndpoint.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+			if efd >= 0 {
+				unix.Close(efd) // the endpoint never closes it
+			}
+		case <-time.After(5 * time.Second):
+		}
+	})
 }

@@ -39,6 +39,11 @@ type Config struct {
 	// UDPDuration is how long the UDP flood of the bare AF_XDP row lasts
 	// (default 2s).
 	UDPDuration time.Duration
+	// UDPSocket makes the flood's sender use a UDP socket (sendmmsg)
+	// instead of an AF_XDP socket on the peer's veth end. The socket path
+	// spends most of the sender's CPU in its own UDP/IP stack and saturates
+	// well below what the receive loop can take.
+	UDPSocket bool
 	// Prefix names the namespaces (default DefaultPrefix).
 	Prefix string
 	// SenderExe is a binary with the bench-send subcommand (default: this

@@ -1,12 +1,14 @@
 package bench
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/internal/pattern"
+	"github.com/xdevmem/xdevmem/umem"
 )
 
 // SenderCommand is the hidden subcommand of the xdevmem binary that runs the
@@ -62,7 +65,9 @@ func SenderMain(args []string, out io.Writer) error {
 	bufSize := fs.Int("buf", 1<<20, "tcp: bytes per write")
 	dur := fs.Duration("duration", 2*time.Second, "udp: how long to send")
 	dlen := fs.Int("len", 1472, "udp: payload bytes per datagram")
-	batch := fs.Int("batch", 64, "udp: datagrams per sendmmsg")
+	batch := fs.Int("batch", 64, "udp: datagrams per sendmmsg or per AF_XDP kick")
+	xskIf := fs.String("xsk", "", "udp: send prebuilt frames through an AF_XDP socket on this interface instead of a UDP socket")
+	dstMAC := fs.String("dst-mac", "", "udp with -xsk: the receiver's MAC address")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -73,6 +78,8 @@ func SenderMain(args []string, out io.Writer) error {
 	var err error
 	if mode == "tcp" {
 		rep, err = sendTCP(*addr, *size, *bufSize)
+	} else if *xskIf != "" {
+		rep, err = sendXSK(*xskIf, *dstMAC, *addr, *dur, *dlen, *batch)
 	} else {
 		rep, err = sendUDP(*addr, *dur, *dlen, *batch)
 	}
@@ -198,7 +205,120 @@ func senderArgs(kind string, addr string, size uint64, udpDur time.Duration) []s
 	if kind == "udp" {
 		return []string{SenderCommand, "udp", "-addr", addr, "-duration", udpDur.String()}
 	}
+	if kind == "xsk" {
+		// addr is "IFNAME,DSTMAC,IP:PORT".
+		f := strings.SplitN(addr, ",", 3)
+		return []string{SenderCommand, "udp", "-xsk", f[0], "-dst-mac", f[1], "-addr", f[2], "-duration", udpDur.String()}
+	}
 	return []string{SenderCommand, "tcp", "-addr", addr, "-size", fmt.Sprint(size)}
+}
+
+// sendXSK floods UDP datagrams through an AF_XDP socket bound to ifname
+// (copy mode: the kernel builds an skb per frame and transmits it on the
+// veth). It skips the sender's UDP/IP stack, so the flood reaches rates a
+// UDP socket on this machine cannot; the receive side is unchanged.
+func sendXSK(ifname, dstMAC, addr string, d time.Duration, dlen, batch int) (SenderReport, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return SenderReport{}, err
+	}
+	dmac, err := net.ParseMAC(dstMAC)
+	if err != nil {
+		return SenderReport{}, err
+	}
+	dst, err := netip.ParseAddrPort(addr)
+	if err != nil || !dst.Addr().Is4() {
+		return SenderReport{}, fmt.Errorf("address %q: want IPv4:port", addr)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return SenderReport{}, err
+	}
+	var src netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() {
+			src = p.Addr()
+			break
+		}
+	}
+	if !src.IsValid() {
+		return SenderReport{}, fmt.Errorf("%s has no IPv4 address", ifname)
+	}
+	frame := udpFrame(ifi.HardwareAddr, dmac, src, dst, dlen)
+	region, err := umem.NewRegion(umem.RegionConfig{Size: 16 << 20})
+	if err != nil {
+		return SenderReport{}, err
+	}
+	defer region.Close()
+	sock, err := umem.NewSocket(region, ifi.Index, umem.SocketConfig{Queue: 0, RingSize: 64, TXRingSize: 2048, TXFrames: 2048})
+	if err != nil {
+		return SenderReport{}, err
+	}
+	defer sock.Close()
+	u0, s0 := cpuNow()
+	t0 := time.Now()
+	end := t0.Add(d)
+	var queued, noBuffer uint64
+	for i := 0; ; i++ {
+		if i&15 == 0 && time.Now().After(end) {
+			break
+		}
+		for j := 0; j < batch; j++ {
+			a, buf, ok := sock.TXBuffer()
+			if !ok {
+				noBuffer++
+				break
+			}
+			copy(buf, frame)
+			sock.TXQueue(a, len(frame))
+			queued++
+		}
+		if err := sock.TXFlush(); err != nil {
+			return SenderReport{}, err
+		}
+	}
+	// Let the last kicks finish before counting.
+	time.Sleep(10 * time.Millisecond)
+	sock.TXFlush()
+	var rep SenderReport
+	rep.Packets = queued - min(queued, sock.TXDrops()-noBuffer)
+	rep.Bytes = rep.Packets * uint64(dlen)
+	rep.Seconds = time.Since(t0).Seconds()
+	u1, s1 := cpuNow()
+	rep.UserSeconds, rep.SysSeconds = u1-u0, s1-s0
+	return rep, nil
+}
+
+// udpFrame builds an Ethernet/IPv4/UDP frame with a dlen-byte payload, a
+// valid IPv4 header checksum and no UDP checksum (0, allowed over IPv4).
+func udpFrame(smac, dmac net.HardwareAddr, src netip.Addr, dst netip.AddrPort, dlen int) []byte {
+	b := make([]byte, udpOverhead+dlen)
+	copy(b[0:6], dmac)
+	copy(b[6:12], smac)
+	binary.BigEndian.PutUint16(b[12:], 0x0800)
+	ip := b[14:34]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+dlen))
+	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
+	ip[8] = 64
+	ip[9] = 17
+	s4, d4 := src.As4(), dst.Addr().As4()
+	copy(ip[12:16], s4[:])
+	copy(ip[16:20], d4[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	udp := b[34:42]
+	binary.BigEndian.PutUint16(udp[0:], 40000)
+	binary.BigEndian.PutUint16(udp[2:], dst.Port())
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+dlen))
+	pattern.Fill(7, 0, b[42:])
+	return b
 }
 
 // selfExecutable is the binary that has the bench-send subcommand.

@@ -31,6 +31,11 @@ type Options struct {
 	Autorelease *bool
 	// Port is the listening port (default 5201).
 	Port uint16
+	// Queues is the veth's RX/TX queue count (default 1); the stack runs a
+	// socket on each.
+	Queues int
+	// BindQueues are the logical queues to bind (default: all of them).
+	BindQueues []uint32
 	// IPv6 gives both ends IPv6 addresses (a random fd00::/8 /64) instead
 	// of IPv4 ones.
 	IPv6 bool
@@ -50,7 +55,7 @@ func New(opts Options) (_ *World, err error) {
 	if opts.Port == 0 {
 		opts.Port = 5201
 	}
-	po := netns.Options{Prefix: opts.Prefix, MTU: opts.MTU}
+	po := netns.Options{Prefix: opts.Prefix, MTU: opts.MTU, RxQueues: opts.Queues, TxQueues: opts.Queues}
 	if opts.IPv6 {
 		var r [2]byte
 		rand.Read(r[:])
@@ -85,7 +90,13 @@ func New(opts Options) (_ *World, err error) {
 		return nil, err
 	}
 	if !opts.NoBind {
-		if w.Binding, err = w.Stack.BindRX(devmemapi.BindRXConfig{Ifindex: p.EmuIndex, Queues: []uint32{uint32(cfg.Queue)}, Autorelease: opts.Autorelease}); err != nil {
+		qs := opts.BindQueues
+		if qs == nil {
+			for q := 0; q < w.Stack.Channels(); q++ {
+				qs = append(qs, uint32(q))
+			}
+		}
+		if w.Binding, err = w.Stack.BindRX(devmemapi.BindRXConfig{Ifindex: p.EmuIndex, Queues: qs, Autorelease: opts.Autorelease}); err != nil {
 			return nil, err
 		}
 	}

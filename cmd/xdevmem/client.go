@@ -1,0 +1,338 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/internal/pattern"
+	"github.com/xdevmem/xdevmem/stack"
+)
+
+// clientSummary is the client's report (--json).
+type clientSummary struct {
+	OK            bool    `json:"ok"`
+	Error         string  `json:"error,omitempty"`
+	Server        string  `json:"server"`
+	Bytes         uint64  `json:"bytes"`
+	Seconds       float64 `json:"seconds"`
+	MBps          float64 `json:"mb_per_s"`
+	Sends         uint64  `json:"sends"`
+	Completed     uint64  `json:"completed"`
+	Notifications uint64  `json:"notifications"`
+	CoverOnce     bool    `json:"completions_cover_every_send_once"`
+	DmabufID      uint32  `json:"dmabuf_id"`
+	TXBytes       uint64  `json:"tx_dmabuf_bytes"`
+	Mode          string  `json:"tx_mode"`
+	PayloadSent   uint64  `json:"payload_bytes_on_wire"`
+	PayloadCopied uint64  `json:"payload_bytes_copied"`
+	CopiedPerByte float64 `json:"bytes_copied_per_byte_sent"`
+	Segments      uint64  `json:"segments"`
+	PayloadDescs  uint64  `json:"payload_descriptors"`
+	Unmapped      uint64  `json:"unmapped_segments"`
+	XDPMode       string  `json:"xdp_mode"`
+	FramesFree    uint32  `json:"frames_free_after_close"`
+	Frames        uint32  `json:"frames"`
+}
+
+// runClient is ncdevmem's client mode on the emulated stack: it binds a TX
+// dmabuf (a span of the UMEM), connects to the server, and sends stdin (or
+// --size bytes of the -v pattern) from the dmabuf with sendmsg(MSG_ZEROCOPY,
+// SCM_DEVMEM_DMABUF), waiting for every completion before it exits.
+func runClient(args []string) error {
+	fs := flag.NewFlagSet("client", flag.ContinueOnError)
+	ifname := fs.String("f", "", "interface")
+	serverIP := fs.String("s", "", "server IPv4 address")
+	clientIP := fs.String("c", "", "the stack's (client's) address, not configured in the kernel: the XDP program takes its traffic")
+	port := fs.Int("p", 5201, "server TCP port")
+	maxChunk := fs.Uint64("z", 0, "max bytes per iovec (ncdevmem -z; check_tx_chunks uses 3); 0: one iovec per send")
+	period := fs.Int("v", 0, "with --size: send the ncdevmem validation pattern of this period (default 7)")
+	var size uint64
+	fs.Var(sizeValue{&size}, "size", "send this many pattern bytes instead of stdin")
+	sendSize := uint64(1 << 20)
+	fs.Var(sizeValue{&sendSize}, "send-size", "bytes per send call (one dmabuf slot)")
+	txSize := uint64(8 << 20)
+	fs.Var(sizeValue{&txSize}, "tx-size", "TX dmabuf size: the slots sends use in turn; a slot is refilled only after its send completed")
+	var umemSize uint64
+	fs.Var(sizeValue{&umemSize}, "umem", "UMEM size (default 16MiB + --tx-size)")
+	prefixLen := fs.Int("prefix-len", 24, "prefix length of -c")
+	txCopy := fs.Bool("tx-copy", false, "copy payload into TX frames instead of multi-buffer descriptors (for comparison)")
+	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for the connection and for the last completions")
+	jsonOut := fs.Bool("json", false, "print the summary as JSON on stdout")
+	verbose := fs.Bool("verbose", false, "print sendmsg_ret and every tx complete range, as ncdevmem does")
+	quiet := fs.Bool("quiet", false, "no progress lines")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: xdevmem client -f IFACE -s SERVER -c CLIENT [-p PORT] [-z N] [--size N -v N] [flags]\n\n"+
+			"Sends stdin (or --size bytes of the -v pattern) over the emulated devmem TX path, like ncdevmem's\n"+
+			"client mode: the data is written into a TX dmabuf and sent from there with MSG_ZEROCOPY; the\n"+
+			"client exits after every send's completion arrived (0 on success). Run it in IFACE's namespace.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitError{2}
+	}
+	if *ifname == "" || *serverIP == "" || *clientIP == "" {
+		fs.Usage()
+		return fmt.Errorf("-f IFACE, -s SERVER and -c CLIENT are required")
+	}
+	server, err := netip.ParseAddr(*serverIP)
+	if err != nil {
+		return fmt.Errorf("-s %q: %v", *serverIP, err)
+	}
+	client, err := netip.ParseAddr(*clientIP)
+	if err != nil || client.Is4() != server.Is4() {
+		return fmt.Errorf("-c %q: need an address of the server's family", *clientIP)
+	}
+	if *port <= 0 || *port > 65535 {
+		return fmt.Errorf("-p %d: not a port", *port)
+	}
+	if size > 0 && *period == 0 {
+		*period = 7
+	}
+	if *period != 0 && (*period < 2 || *period > 256) {
+		return fmt.Errorf("-v %d: the period must be 2 to 256", *period)
+	}
+	if sendSize == 0 || txSize < sendSize {
+		return fmt.Errorf("--send-size %d must be positive and at most --tx-size %d", sendSize, txSize)
+	}
+	if umemSize == 0 {
+		umemSize = 16<<20 + txSize
+	}
+	if err := requireRoot("client"); err != nil {
+		return err
+	}
+
+	sum := clientSummary{Server: netip.AddrPortFrom(server, uint16(*port)).String()}
+	report := func(err error) error {
+		if err != nil {
+			sum.Error = err.Error()
+		}
+		sum.OK = err == nil
+		if *jsonOut {
+			writeJSON(os.Stdout, sum)
+		} else {
+			fmt.Fprintf(os.Stderr, "xdevmem client: %d bytes to %s in %.3f s (%.1f MB/s): %d sends, %d completed in %d notifications, %s TX, %.3f bytes copied per byte sent\n",
+				sum.Bytes, sum.Server, sum.Seconds, sum.MBps, sum.Sends, sum.Completed, sum.Notifications, sum.Mode, sum.CopiedPerByte)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "xdevmem client: FAILED: %v\n", err)
+			return exitError{1}
+		}
+		if !*jsonOut {
+			fmt.Fprintln(os.Stderr, "ncdevmem: ok")
+		}
+		return nil
+	}
+
+	st, err := stack.New(stack.Config{Ifname: *ifname, Addr: netip.PrefixFrom(client, *prefixLen), RegionSize: umemSize, TXCopy: *txCopy})
+	if err != nil {
+		return report(err)
+	}
+	defer st.Close()
+	sum.XDPMode = st.XDPMode()
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigc
+		fmt.Fprintf(os.Stderr, "xdevmem client: %v: unbinding and exiting\n", s)
+		st.Close()
+		os.Exit(130)
+	}()
+	ifc, err := net.InterfaceByName(*ifname)
+	if err != nil {
+		return report(err)
+	}
+	b, err := st.BindTX(devmemapi.BindTXConfig{Ifindex: ifc.Index, Size: txSize})
+	if err != nil {
+		return report(err)
+	}
+	defer b.Close()
+	sum.DmabufID, sum.TXBytes = b.ID(), b.Size()
+	mem := b.(interface{ Bytes() []byte }).Bytes()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	conn, err := st.Dial(ctx, netip.AddrPortFrom(server, uint16(*port)))
+	cancel()
+	if err != nil {
+		return report(err)
+	}
+	defer conn.Close()
+	if err := conn.SetZeroCopy(true); err != nil { // SO_ZEROCOPY
+		return report(err)
+	}
+	fmt.Fprintf(os.Stderr, "xdevmem client: connected %v -> %v (%s, TX dmabuf id %d, %s, %s TX)\n",
+		conn.LocalAddr(), conn.RemoteAddr(), *ifname, b.ID(), humanBytes(b.Size()), st.TXStats().Mode)
+
+	src := io.Reader(os.Stdin)
+	if size > 0 {
+		src = pattern.NewReader(*period, size)
+	}
+	var tr devmemapi.ZerocopyTracker
+	var ranges []devmemapi.ZerocopyRange
+	drain := func() error {
+		var err error
+		n := len(ranges)
+		if ranges, err = devmemapi.RecvCompletions(conn, ranges); err != nil {
+			return err
+		}
+		for _, r := range ranges[n:] {
+			if *verbose {
+				fmt.Fprintf(os.Stderr, "tx complete %v\n", r)
+			}
+			if err := tr.Add(r); err != nil {
+				return err
+			}
+		}
+		ranges = ranges[:0]
+		return nil
+	}
+	waitFor := func(id uint64) error { // until send id completed
+		deadline := time.Now().Add(*timeout)
+		for !tr.IsDone(uint32(id)) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("did not receive tx completion of send %d within %v (%d of %d completed)", id, *timeout, tr.Completed(), sum.Sends)
+			}
+			if _, err := conn.PollErrQueue(100 * time.Millisecond); err != nil {
+				return err
+			}
+			if err := drain(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	slots := txSize / sendSize
+	done := make(chan struct{})
+	if !*quiet {
+		go func() {
+			tk := time.NewTicker(2 * time.Second)
+			defer tk.Stop()
+			for {
+				select {
+				case <-tk.C:
+					fmt.Fprintf(os.Stderr, "xdevmem client: %s sent\n", humanMB(sum.Bytes))
+				case <-done:
+					return
+				}
+			}
+		}()
+	}
+	defer close(done)
+	var iov []devmemapi.Iovec
+	var start time.Time
+	for {
+		slot := sum.Sends % slots
+		if sum.Sends >= slots {
+			// The slot's previous send must be complete before the
+			// slot is written again.
+			if err := waitFor(sum.Sends - slots); err != nil {
+				return report(err)
+			}
+		}
+		buf := mem[slot*sendSize : (slot+1)*sendSize]
+		n, rerr := io.ReadFull(src, buf) // the application's copy to the device
+		if n > 0 {
+			iov = iov[:0]
+			if *maxChunk == 0 {
+				iov = append(iov, devmemapi.Iovec{Base: slot * sendSize, Len: uint64(n)})
+			} else {
+				for off := uint64(0); off < uint64(n); off += *maxChunk {
+					iov = append(iov, devmemapi.Iovec{Base: slot*sendSize + off, Len: min(*maxChunk, uint64(n)-off)})
+				}
+			}
+			if start.IsZero() {
+				start = time.Now()
+			}
+			k, err := devmemapi.SendDmabuf(conn, b.ID(), iov, 0)
+			if err != nil {
+				return report(fmt.Errorf("sendmsg: %w", err))
+			}
+			if *verbose {
+				fmt.Fprintf(os.Stderr, "sendmsg_ret=%d\n", k)
+			}
+			if k != n {
+				return report(fmt.Errorf("did not send all bytes %d vs %d", k, n))
+			}
+			sum.Sends++
+			sum.Bytes += uint64(n)
+			if err := drain(); err != nil {
+				return report(err)
+			}
+		}
+		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			break
+		}
+		if rerr != nil {
+			return report(fmt.Errorf("read input: %w", rerr))
+		}
+	}
+	if sum.Sends > 0 {
+		if err := waitFor(sum.Sends - 1); err != nil {
+			return report(err)
+		}
+		for i := uint64(0); i < sum.Sends; i++ { // every one, not just the last
+			if !tr.IsDone(uint32(i)) {
+				if err := waitFor(i); err != nil {
+					return report(err)
+				}
+			}
+		}
+	}
+	if !start.IsZero() {
+		sum.Seconds = time.Since(start).Seconds()
+		sum.MBps = float64(sum.Bytes) / 1e6 / sum.Seconds
+	}
+	// Nothing may arrive twice, nothing beyond the sends made.
+	time.Sleep(10 * time.Millisecond)
+	if err := drain(); err != nil {
+		return report(err)
+	}
+	sum.Completed = tr.Completed()
+	sum.CoverOnce = tr.Covers(sum.Sends) && sum.Completed == sum.Sends
+	if cerr := conn.CloseWrite(); cerr != nil {
+		return report(cerr)
+	}
+	ts := st.TXStats()
+	sum.Mode, sum.Notifications = ts.Mode, ts.Notifications
+	sum.PayloadSent, sum.PayloadCopied = ts.DmabufBytes, ts.DmabufBytesCopied
+	sum.Segments, sum.PayloadDescs, sum.Unmapped = ts.Segments, ts.PayloadDescs, ts.Unmapped
+	if ts.DmabufBytes > 0 {
+		sum.CopiedPerByte = float64(ts.DmabufBytesCopied) / float64(ts.DmabufBytes)
+	}
+	// Let the FIN go out and the server close before tearing down.
+	eof := make(chan struct{})
+	go func() {
+		var sink [4096]byte
+		for {
+			if _, err := conn.Read(sink[:]); err != nil {
+				close(eof)
+				return
+			}
+		}
+	}()
+	select {
+	case <-eof:
+	case <-time.After(2 * time.Second):
+	}
+	conn.Close()
+	b.Close()
+	st.Close()
+	acct := st.Region().Snapshot()
+	sum.FramesFree, sum.Frames = acct.Free, acct.Frames
+	if !sum.CoverOnce {
+		return report(fmt.Errorf("completions cover %d of %d sends", sum.Completed, sum.Sends))
+	}
+	if ts.Unmapped != 0 {
+		return report(fmt.Errorf("%d segments could not be mapped to the dmabuf", ts.Unmapped))
+	}
+	return report(nil)
+}

@@ -1,0 +1,292 @@
+package stack
+
+import (
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
+
+	"github.com/xdevmem/xdevmem/umem"
+)
+
+// rxQueue is one RX queue's receive path: its AF_XDP socket, its goroutine
+// and that goroutine's scratch, GRO state, fault injector and flow cache.
+// Everything but the counters it updates belongs to its goroutine.
+type rxQueue struct {
+	e    *linkEndpoint
+	s    *Stack
+	id   int          // the interface's RX queue
+	sock *umem.Socket // nil in in-process tests
+
+	gro gro.GRO
+	inj *injector
+
+	descs [rxBatch]unix.XDPDesc
+	free  []uint32
+	unpin []uint32
+
+	lastKey  flowKey
+	lastFlow *flow
+}
+
+func newRXQueue(e *linkEndpoint, id int, sock *umem.Socket) *rxQueue {
+	q := &rxQueue{e: e, s: e.s, id: id, sock: sock}
+	if f := e.s.cfg.Faults; f.Enabled() {
+		f.Seed += uint64(id) // one reproducible stream per queue
+		q.inj = newInjector(f)
+	}
+	q.free = make([]uint32, 0, rxBatch)
+	q.unpin = make([]uint32, 0, 64)
+	return q
+}
+
+// lookup finds a flow, through a one-entry cache.
+func (q *rxQueue) lookup(key flowKey) *flow {
+	if q.lastFlow != nil && q.lastKey == key && !q.lastFlow.dead.Load() {
+		return q.lastFlow
+	}
+	f := q.s.flows.get(key)
+	if f != nil {
+		q.lastKey, q.lastFlow = key, f
+	}
+	return f
+}
+
+// bindingFor is the binding of the logical queue fl is steered to (nil:
+// an unbound queue, whose payload is delivered as ordinary bytes).
+func (q *rxQueue) bindingFor(fl *flow) *rxBinding {
+	return q.s.bindingFor(q.s.steer.queueOf(fl))
+}
+
+// rxLoop is the receive goroutine: refill, take a batch, split, deliver.
+func (q *rxQueue) rxLoop() {
+	defer q.e.wg.Done()
+	for !q.e.stopped.Load() {
+		q.sock.Refill()
+		n := q.sock.Receive(q.descs[:])
+		if n == 0 && q.inj != nil && len(q.inj.held) > 0 {
+			q.flushHeld() // the link went quiet: deliver what reordering held back
+			continue
+		}
+		if n == 0 {
+			timeout := 1000
+			if q.sock.Fill.Pending() == 0 {
+				timeout = 10 // starved: frames come back through tokens
+			}
+			q.sock.Wait(timeout)
+			continue
+		}
+		q.handleBatch(q.descs[:n])
+	}
+}
+
+// handleBatch splits and delivers a batch of received descriptors, then
+// returns the frames nobody kept.
+func (q *rxQueue) handleBatch(descs []unix.XDPDesc) {
+	r := q.s.region
+	q.s.cnt.rxFrames.Add(uint64(len(descs)))
+	if q.inj != nil {
+		q.handleFaulty(descs)
+	} else {
+		for _, d := range descs {
+			q.handle(d)
+		}
+	}
+	q.gro.Flush()
+	if len(q.free) > 0 {
+		r.Free(q.free...)
+		q.free = q.free[:0]
+	}
+	if len(q.unpin) > 0 {
+		r.Unpin(q.unpin...)
+		q.unpin = q.unpin[:0]
+	}
+}
+
+// handleFaulty is handleBatch's loop with fault injection.
+func (q *rxQueue) handleFaulty(descs []unix.XDPDesc) {
+	in := q.inj
+	r := q.s.region
+	mem := r.Bytes()
+	for _, d := range descs {
+		q.ageHeld()
+		frame := r.FrameOf(d.Addr)
+		if in.f.Drop > 0 && in.rng.Float64() < in.f.Drop {
+			in.dropped.Add(1)
+			q.free = append(q.free, frame)
+			continue
+		}
+		if in.f.Truncate > 0 && d.Len > ethHdrLen && in.rng.Float64() < in.f.Truncate {
+			d.Len = uint32(ethHdrLen + in.rng.IntN(int(d.Len)-ethHdrLen))
+			in.truncated.Add(1)
+		}
+		if in.f.Corrupt > 0 && in.rng.Float64() < in.f.Corrupt {
+			if in.corrupt(mem[d.Addr : d.Addr+uint64(d.Len)]) {
+				in.corrupted.Add(1)
+			}
+		}
+		if in.f.Dup > 0 && in.rng.Float64() < in.f.Dup {
+			var f [1]uint32
+			if r.Alloc(f[:]) == 1 {
+				addr := r.FrameAddr(f[0]) + (d.Addr - r.FrameAddr(frame))
+				copy(mem[addr:addr+uint64(d.Len)], mem[d.Addr:d.Addr+uint64(d.Len)])
+				in.held = append(in.held, heldFrame{addr: addr, n: uint64(d.Len), left: 0})
+				in.duplicated.Add(1)
+			}
+		}
+		if in.f.Reorder > 0 && in.rng.Float64() < in.f.Reorder {
+			in.held = append(in.held, heldFrame{addr: d.Addr, n: uint64(d.Len), left: 1 + in.rng.IntN(in.f.ReorderDepth)})
+			in.reordered.Add(1)
+			continue
+		}
+		q.handle(d)
+	}
+}
+
+// ageHeld delivers held frames whose wait is over.
+func (q *rxQueue) ageHeld() {
+	in := q.inj
+	k := 0
+	for _, h := range in.held {
+		if h.left <= 0 {
+			q.handle(unix.XDPDesc{Addr: h.addr, Len: uint32(h.n)})
+			continue
+		}
+		h.left--
+		in.held[k] = h
+		k++
+	}
+	in.held = in.held[:k]
+}
+
+// flushHeld delivers every held frame and returns them.
+func (q *rxQueue) flushHeld() {
+	for _, h := range q.inj.held {
+		q.handle(unix.XDPDesc{Addr: h.addr, Len: uint32(h.n)})
+	}
+	q.inj.held = q.inj.held[:0]
+	q.gro.Flush()
+	if len(q.free) > 0 {
+		q.s.region.Free(q.free...)
+		q.free = q.free[:0]
+	}
+	if len(q.unpin) > 0 {
+		q.s.region.Unpin(q.unpin...)
+		q.unpin = q.unpin[:0]
+	}
+}
+
+// handle splits one received frame and hands it to gVisor.
+func (q *rxQueue) handle(d unix.XDPDesc) {
+	s := q.s
+	frame := s.region.FrameOf(d.Addr)
+	b := s.region.Bytes()[d.Addr : d.Addr+uint64(d.Len)]
+	var sp Split
+	v := SplitFrame(b, &sp, !s.cfg.TrustChecksum)
+	switch {
+	case v == VerdictTCP:
+	case v == VerdictOther:
+		s.cnt.rxOther.Add(1)
+		if sp.EtherType == etherTypeARP || sp.FrameLen > 0 {
+			q.deliverCopy(b, sp)
+		}
+		q.free = append(q.free, frame)
+		return
+	default:
+		s.cnt.verdicts[v].Add(1)
+		q.free = append(q.free, frame)
+		return
+	}
+	s.cnt.rxTCP.Add(1)
+	if !s.isOurs(sp.Dst) {
+		s.cnt.dropNotOurs.Add(1)
+		q.free = append(q.free, frame)
+		return
+	}
+	key := flowKey{raddr: sp.Src, rport: sp.SrcPort, lport: sp.DstPort}
+	if sp.Flags&tcpFlagSyn != 0 {
+		if sp.Flags&tcpFlagAck == 0 {
+			q.unpin = s.flows.syn(key, sp.Seq+1, q.unpin, &s.cnt)
+		}
+		q.deliverCopy(b, sp)
+		q.free = append(q.free, frame)
+		return
+	}
+	if sp.PayloadLen == 0 {
+		q.deliverCopy(b, sp)
+		q.free = append(q.free, frame)
+		return
+	}
+	fl := q.lookup(key)
+	if fl == nil {
+		s.cnt.noFlow.Add(1)
+		q.deliverCopy(b, sp)
+		q.free = append(q.free, frame)
+		return
+	}
+	kind := kindPlain
+	bnd := q.bindingFor(fl)
+	if bnd != nil {
+		kind = kindDmabuf
+		if sp.PayloadLen < s.cfg.HDSThresh {
+			kind = kindLinear
+		}
+	}
+	fl.mu.Lock()
+	k := fl.fq.insert(sp.Seq, sp.PayloadLen, d.Addr+uint64(sp.PayloadOff), frame, kind, bnd)
+	fl.mu.Unlock()
+	if k < 0 {
+		s.cnt.dropOutOfWindow.Add(1)
+		q.free = append(q.free, frame)
+		return
+	}
+	if k == 0 {
+		s.cnt.retransmitBytes.Add(uint64(sp.PayloadLen))
+		q.free = append(q.free, frame)
+	}
+	for i := 0; i < k; i++ {
+		s.region.Pin(frame)
+	}
+	q.deliverSplit(b, sp)
+}
+
+// deliverCopy hands a whole frame to gVisor as a copy (frames without
+// payload, ARP, and segments of unknown flows).
+func (q *rxQueue) deliverCopy(b []byte, sp Split) {
+	n := len(b)
+	if sp.FrameLen > 0 && sp.FrameLen < n {
+		n = sp.FrameLen // strip Ethernet padding
+	}
+	q.s.cnt.frameCopyBytes.Add(uint64(n))
+	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(b[:n])})
+	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.TrustChecksum)
+}
+
+// deliverSplit hands gVisor the headers (copied) and a placeholder payload.
+func (q *rxQueue) deliverSplit(b []byte, sp Split) {
+	q.s.cnt.headerCopyBytes.Add(uint64(sp.PayloadOff))
+	hdr := buffer.NewViewWithData(b[:sp.PayloadOff])
+	pl := q.e.placeholder.Clone()
+	pl.CapLength(sp.PayloadLen)
+	buf := buffer.MakeWithView(pl)
+	buf.Prepend(hdr)
+	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buf})
+	q.dispatch(pkt, sp.EtherType, true)
+}
+
+func (q *rxQueue) dispatch(pkt *gstack.PacketBuffer, etherType uint16, csumOK bool) {
+	defer pkt.DecRef()
+	if !q.e.ParseHeader(pkt) {
+		return
+	}
+	proto := tcpip.NetworkProtocolNumber(etherType)
+	pkt.NetworkProtocolNumber = proto
+	pkt.RXChecksumValidated = csumOK
+	if proto == header.IPv4ProtocolNumber || proto == header.IPv6ProtocolNumber {
+		q.gro.Enqueue(pkt)
+		return
+	}
+	q.gro.Dispatcher.DeliverNetworkPacket(proto, pkt)
+}

@@ -1,0 +1,941 @@
+package stack
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/umem"
+)
+
+// Devmem TX
+//
+// A TX binding (BindTX) is a span of UMEM frames the application writes
+// payload into. TXConn.SendMsg takes (offset, length) ranges of it; gVisor
+// gets a placeholder of the same length (zero-filled chunks it allocates
+// itself, nothing is copied into them), and the connection records which
+// stream bytes live at which UMEM address. When gVisor transmits a segment
+// of such a connection, the TX engine maps the segment's sequence range
+// back to UMEM addresses, writes the headers into a TX frame and points the
+// following descriptors of a multi-buffer chain at the payload in the span;
+// the TCP checksum is computed over the real payload, as a NIC's TX
+// checksum offload would (the link advertises the offload once the engine
+// runs). Where the kernel refuses chains, or a segment would need more
+// descriptors than an skb has frags, the payload is copied into the TX
+// frame and counted. Retransmissions map by sequence number to the same
+// bytes.
+//
+// Completions: each send call takes the next zerocopy number; it completes
+// once the peer's cumulative ACK (read off received segments as they are
+// handed to gVisor) passes the call's last byte and every chain that
+// carried bytes of it has come back on the completion ring.
+//
+// Once installed (the first BindTX or Dial), the engine carries every frame
+// the stack transmits, so that it alone consumes the completion ring.
+
+const (
+	// txFlushDescs is how many descriptors writePackets queues before it
+	// submits them (the TX ring holds 512).
+	txFlushDescs = 256
+	// txGSOMaxSize is the largest GSO packet the engine takes from gVisor.
+	txGSOMaxSize = 1 << 16
+	// txMaxPayloadDescs bounds the payload descriptors of one chain: copy
+	// mode joins them as skb frags (MAX_SKB_FRAGS is 17) and drops longer
+	// chains.
+	txMaxPayloadDescs = 16
+	// txProbeEtherType marks the multi-buffer probe frame (IEEE 802 local
+	// experimental EtherType 1); peers drop it.
+	txProbeEtherType = 0x88b5
+)
+
+// txState is the stack's TX state; the zero value is "no engine yet".
+type txState struct {
+	mu  sync.Mutex // serializes install and teardown
+	eng atomic.Pointer[txEngine]
+}
+
+// txKey names a connection by its peer and ports; the address is in
+// 16-byte form (IPv4-mapped for IPv4).
+type txKey struct {
+	raddr        [16]byte
+	rport, lport uint16
+}
+
+// txChain records, per TX header frame in flight, which connection's
+// segment it starts and where in that connection's stream.
+type txChain struct {
+	c     *TXConn
+	start uint64
+}
+
+// txPiece is a run of payload at a UMEM address.
+type txPiece struct {
+	addr uint64
+	n    uint32
+	b    *txBinding
+}
+
+// txPkt is one packet of a batch, for undoing what was not queued.
+type txPkt struct {
+	addr       uint64 // header TX frame
+	first, end int    // its descriptors
+	chain      bool   // a chain record was made
+	refs, refe int    // its payload descriptors' bindings in txScratch.refs
+}
+
+type txScratch struct {
+	hdr    [256]byte // a packet's headers
+	avail  []uint64  // TX frames taken, not used yet
+	descs  []unix.XDPDesc
+	pkts   []txPkt
+	pieces []txPiece
+	refs   []*txBinding
+}
+
+// txDevice is where the engine's frames go: the AF_XDP socket, or the
+// in-process hook of the tests.
+type txDevice interface {
+	acquire(dst []uint64) int
+	frame(addr uint64) []byte
+	release(addrs ...uint64)
+	submit(descs []unix.XDPDesc) (int, error)
+	reclaim()
+	close()
+}
+
+// txEngine is the devmem TX path of one stack.
+type txEngine struct {
+	s     *Stack
+	dev   txDevice
+	mb    bool
+	mask  uint64 // frame size - 1
+	shift uint   // log2(frame size)
+
+	owner  []atomic.Pointer[txBinding] // region frame → binding whose span holds it
+	chains []txChain                   // region frame → chain it heads; under the device's TX lock
+
+	connsMu sync.RWMutex
+	conns   map[txKey]*TXConn
+	nconns  atomic.Int32
+
+	bmu      sync.Mutex
+	bindings map[*txBinding]struct{}
+
+	scratch sync.Pool
+	cnt     txCounters
+}
+
+// txCounters are the engine's live counters; TXStats is their snapshot.
+type txCounters struct {
+	calls, completed, notifications     atomic.Uint64
+	dmabufBytes, dmabufCopied, segments atomic.Uint64
+	mbPackets, copyPackets, descs       atomic.Uint64
+	stale, unmapped, plainPackets       atomic.Uint64
+	einval, efault, enodev              atomic.Uint64
+}
+
+// TXStats is a snapshot of the devmem TX counters.
+type TXStats struct {
+	// Mode is "multi-buffer" (payload descriptors point into the TX
+	// dmabuf), "copy" (payload copied into TX frames) or "" (no TX yet).
+	Mode string
+	// Calls counts send calls that queued data; Completed the send numbers
+	// completed and Notifications the ranges queued for MSG_ERRQUEUE.
+	Calls, Completed, Notifications uint64
+	// DmabufBytes counts payload bytes sent from TX dmabufs (retransmits
+	// included); DmabufBytesCopied those the stack copied into TX frames.
+	DmabufBytes, DmabufBytesCopied uint64
+	// Segments counts devmem data segments; MultiBufferPackets and
+	// CopiedPackets split them by path; PayloadDescs counts descriptors
+	// pointing into TX dmabufs.
+	Segments, MultiBufferPackets, CopiedPackets, PayloadDescs uint64
+	// StaleDrops counts segments dropped because the peer had already
+	// acknowledged all of them (a retransmission racing the ACK).
+	StaleDrops uint64
+	// Unmapped counts segments whose bytes no send recorded; anything but
+	// 0 is a bug.
+	Unmapped uint64
+	// PlainPackets counts other frames the engine sent (ACKs, SYNs, ...).
+	PlainPackets uint64
+	// EINVAL, EFAULT and ENODEV count failed send calls.
+	EINVAL, EFAULT, ENODEV uint64
+}
+
+// TXStats takes a snapshot of the devmem TX counters.
+func (s *Stack) TXStats() TXStats {
+	t := s.tx.eng.Load()
+	if t == nil {
+		return TXStats{}
+	}
+	c := &t.cnt
+	st := TXStats{
+		Mode:  "copy",
+		Calls: c.calls.Load(), Completed: c.completed.Load(), Notifications: c.notifications.Load(),
+		DmabufBytes: c.dmabufBytes.Load(), DmabufBytesCopied: c.dmabufCopied.Load(),
+		Segments: c.segments.Load(), MultiBufferPackets: c.mbPackets.Load(), CopiedPackets: c.copyPackets.Load(),
+		PayloadDescs: c.descs.Load(), StaleDrops: c.stale.Load(), Unmapped: c.unmapped.Load(),
+		PlainPackets: c.plainPackets.Load(),
+		EINVAL:       c.einval.Load(), EFAULT: c.efault.Load(), ENODEV: c.enodev.Load(),
+	}
+	if t.mb {
+		st.Mode = "multi-buffer"
+	}
+	return st
+}
+
+// txLink is the link endpoint gVisor's NIC sees: the receive path of
+// link.go plus the TX engine, which takes over WritePackets (and claims TX
+// checksum offload) once installed, and a tap on delivered packets that
+// reads the ACKs of devmem TX connections.
+type txLink struct {
+	*linkEndpoint
+	s *Stack
+}
+
+var (
+	_ gstack.LinkEndpoint = (*txLink)(nil)
+	_ gstack.GSOEndpoint  = (*txLink)(nil)
+)
+
+// nicEndpoint is the endpoint handed to gVisor's CreateNIC.
+func (s *Stack) nicEndpoint() gstack.LinkEndpoint { return &txLink{linkEndpoint: s.link, s: s} }
+
+// Capabilities implements gstack.LinkEndpoint: the TX engine computes every
+// TCP checksum itself (it must: gVisor holds placeholders, not payload).
+func (l *txLink) Capabilities() gstack.LinkEndpointCapabilities {
+	c := l.linkEndpoint.Capabilities()
+	if l.s.tx.eng.Load() != nil {
+		c |= gstack.CapabilityTXChecksumOffload
+	}
+	return c
+}
+
+// WritePackets implements gstack.LinkEndpoint.
+func (l *txLink) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
+	if t := l.s.tx.eng.Load(); t != nil {
+		return t.writePackets(pkts)
+	}
+	return l.linkEndpoint.WritePackets(pkts)
+}
+
+// SupportedGSO implements gstack.GSOEndpoint: with the engine running the
+// link cuts GSO packets itself (TSO), so gVisor's per-segment work is done
+// once per 64 KiB. Connections made before the engine keep their setting.
+func (l *txLink) SupportedGSO() gstack.SupportedGSO {
+	if l.s.tx.eng.Load() != nil {
+		return gstack.HostGSOSupported
+	}
+	if g, ok := any(l.linkEndpoint).(gstack.GSOEndpoint); ok {
+		return g.SupportedGSO()
+	}
+	return gstack.GSONotSupported
+}
+
+// GSOMaxSize implements gstack.GSOEndpoint.
+func (l *txLink) GSOMaxSize() uint32 {
+	if l.s.tx.eng.Load() == nil {
+		if g, ok := any(l.linkEndpoint).(gstack.GSOEndpoint); ok {
+			return g.GSOMaxSize()
+		}
+	}
+	return txGSOMaxSize
+}
+
+// Attach implements gstack.LinkEndpoint, inserting the ACK tap.
+func (l *txLink) Attach(d gstack.NetworkDispatcher) {
+	if d != nil {
+		d = &txTap{d: d, s: l.s}
+	}
+	l.linkEndpoint.Attach(d)
+}
+
+// txTap passes received packets to gVisor, reading on the way the ACK
+// numbers of devmem TX connections.
+type txTap struct {
+	d gstack.NetworkDispatcher
+	s *Stack
+}
+
+// DeliverNetworkPacket implements gstack.NetworkDispatcher.
+func (p *txTap) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *gstack.PacketBuffer) {
+	if t := p.s.tx.eng.Load(); t != nil && t.nconns.Load() > 0 {
+		t.observe(proto, pkt)
+	}
+	p.d.DeliverNetworkPacket(proto, pkt)
+}
+
+// DeliverLinkPacket implements gstack.NetworkDispatcher.
+func (p *txTap) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *gstack.PacketBuffer) {
+	p.d.DeliverLinkPacket(proto, pkt)
+}
+
+// engine returns the TX engine, installing it on first use: on a socket it
+// probes whether the kernel takes multi-buffer chains (Config.TXCopy skips
+// the probe and copies).
+func (s *Stack) engine() (*txEngine, error) {
+	if t := s.tx.eng.Load(); t != nil {
+		return t, nil
+	}
+	s.tx.mu.Lock()
+	defer s.tx.mu.Unlock()
+	if t := s.tx.eng.Load(); t != nil {
+		return t, nil
+	}
+	if s.closing.Load() {
+		return nil, devmemapi.ErrClosed
+	}
+	r := s.region
+	t := &txEngine{
+		s:        s,
+		mask:     uint64(r.FrameSize() - 1),
+		shift:    uint(bits.TrailingZeros32(r.FrameSize())),
+		owner:    make([]atomic.Pointer[txBinding], r.Frames()),
+		chains:   make([]txChain, r.Frames()),
+		conns:    map[txKey]*TXConn{},
+		bindings: map[*txBinding]struct{}{},
+	}
+	t.scratch.New = func() any { return &txScratch{} }
+	if s.sock != nil {
+		t.dev = newSockDevice(s.sock, t.claim)
+		// Let one kick send a whole ring (the kernel's default is 32
+		// descriptors); older kernels lack the option.
+		_ = s.sock.SetTXBudget(0)
+		if !s.cfg.TXCopy {
+			ok, err := s.sock.TXProbeMultiBuffer(probeFrame(s.mac), time.Second)
+			if err != nil {
+				return nil, fmt.Errorf("tx engine: %w", err)
+			}
+			t.mb = ok
+		}
+	} else {
+		hd, err := newHookDevice(t, 64)
+		if err != nil {
+			return nil, err
+		}
+		t.dev = hd
+		t.mb = !s.cfg.TXCopy
+	}
+	s.tx.eng.Store(t)
+	return t, nil
+}
+
+// probeFrame is the frame of the multi-buffer probe: to and from the
+// stack's own MAC, a local experimental EtherType, padded to 60 bytes.
+func probeFrame(mac net.HardwareAddr) []byte {
+	f := make([]byte, 60)
+	copy(f[0:6], mac)
+	copy(f[6:12], mac)
+	binary.BigEndian.PutUint16(f[12:], txProbeEtherType)
+	copy(f[14:], "xdevmem multi-buffer TX probe")
+	return f
+}
+
+// closeTX tears the TX side down at Stack.Close: connections are
+// forgotten, pending sends are dropped and every span goes back to the
+// region.
+func (s *Stack) closeTX() {
+	s.tx.mu.Lock()
+	defer s.tx.mu.Unlock()
+	t := s.tx.eng.Load()
+	if t == nil {
+		return
+	}
+	t.connsMu.Lock()
+	conns := make([]*TXConn, 0, len(t.conns))
+	for _, c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.connsMu.Unlock()
+	for _, c := range conns {
+		c.Close()
+		c.abort()
+		t.unregister(c)
+	}
+	t.bmu.Lock()
+	bs := make([]*txBinding, 0, len(t.bindings))
+	for b := range t.bindings {
+		bs = append(bs, b)
+	}
+	t.bmu.Unlock()
+	for _, b := range bs {
+		b.Close()
+		b.release()
+	}
+	t.dev.close()
+}
+
+// register makes c's segments go through the devmem path.
+func (t *txEngine) register(c *TXConn) error {
+	t.connsMu.Lock()
+	defer t.connsMu.Unlock()
+	if _, ok := t.conns[c.key]; ok {
+		return fmt.Errorf("tx: connection %v:%d from port %d exists: %w", net.IP(c.key.raddr[:]), c.key.rport, c.key.lport, unix.EADDRINUSE)
+	}
+	t.conns[c.key] = c
+	t.nconns.Add(1)
+	return nil
+}
+
+func (t *txEngine) unregister(c *TXConn) {
+	t.connsMu.Lock()
+	if t.conns[c.key] == c {
+		delete(t.conns, c.key)
+		t.nconns.Add(-1)
+	}
+	t.connsMu.Unlock()
+}
+
+func (t *txEngine) lookup(k txKey) *TXConn {
+	t.connsMu.RLock()
+	c := t.conns[k]
+	t.connsMu.RUnlock()
+	return c
+}
+
+// claim is the engine's umem.TXClaim: payload addresses in a span are the
+// engine's; a TX frame that heads a chain tells its connection the chain
+// is done. It runs with the device's TX lock held.
+func (t *txEngine) claim(addr uint64) bool {
+	f := t.s.region.FrameOf(addr)
+	if int(f) >= len(t.owner) {
+		return false
+	}
+	if b := t.owner[f].Load(); b != nil {
+		b.put()
+		return true
+	}
+	if ch := t.chains[f]; ch.c != nil {
+		t.chains[f] = txChain{}
+		ch.c.chainDone(ch.start)
+	}
+	return false
+}
+
+// observe reads the ACK of a received TCP segment of a devmem TX
+// connection.
+func (t *txEngine) observe(proto tcpip.NetworkProtocolNumber, pkt *gstack.PacketBuffer) {
+	var k txKey
+	var tcp []byte
+	switch proto {
+	case header.IPv4ProtocolNumber:
+		h, ok := pkt.Data().PullUp(header.IPv4MinimumSize)
+		if !ok {
+			return
+		}
+		ip := header.IPv4(h)
+		ihl := int(ip.HeaderLength())
+		if ip.Protocol() != uint8(header.TCPProtocolNumber) || ip.FragmentOffset() != 0 || ip.More() || ihl < header.IPv4MinimumSize {
+			return
+		}
+		if h, ok = pkt.Data().PullUp(ihl + header.TCPMinimumSize); !ok {
+			return
+		}
+		k.raddr = netipFrom4(h[12:16])
+		tcp = h[ihl:]
+	case header.IPv6ProtocolNumber:
+		h, ok := pkt.Data().PullUp(header.IPv6MinimumSize + header.TCPMinimumSize)
+		if !ok || h[6] != uint8(header.TCPProtocolNumber) {
+			return
+		}
+		copy(k.raddr[:], h[8:24])
+		tcp = h[header.IPv6MinimumSize:]
+	default:
+		return
+	}
+	th := header.TCP(tcp)
+	k.rport, k.lport = th.SourcePort(), th.DestinationPort()
+	c := t.lookup(k)
+	if c == nil {
+		return
+	}
+	flags := th.Flags()
+	switch {
+	case flags&header.TCPFlagRst != 0:
+		c.peerReset()
+	case flags&header.TCPFlagAck != 0:
+		c.onAck(th.AckNumber())
+	}
+}
+
+func netipFrom4(b []byte) [16]byte {
+	var a [16]byte
+	a[10], a[11] = 0xff, 0xff
+	copy(a[12:], b)
+	return a
+}
+
+// writePackets transmits a batch: every frame goes through a TX frame;
+// devmem segments get their payload from the span. A GSO packet (the
+// engine offers host GSO, as a TSO NIC does) is cut into MSS-sized frames
+// here.
+func (t *txEngine) writePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
+	list := pkts.AsSlice()
+	sc := t.scratch.Get().(*txScratch)
+	defer t.scratch.Put(sc)
+	sc.descs, sc.pkts, sc.refs, sc.avail = sc.descs[:0], sc.pkts[:0], sc.refs[:0], sc.avail[:0]
+	done := 0
+	ok := true
+	for _, pkt := range list {
+		if !t.take(sc, framesFor(pkt)) {
+			break
+		}
+		t.build(pkt, sc)
+		done++
+		if len(sc.descs) >= txFlushDescs {
+			if ok = t.flush(sc); !ok {
+				break
+			}
+		}
+	}
+	if ok {
+		t.flush(sc)
+	}
+	if len(sc.avail) > 0 {
+		t.dev.release(sc.avail...)
+		sc.avail = sc.avail[:0]
+	}
+	if done == 0 && len(list) > 0 {
+		return 0, &tcpip.ErrNoBufferSpace{}
+	}
+	return done, nil
+}
+
+// framesFor is the number of frames pkt becomes.
+func framesFor(pkt *gstack.PacketBuffer) int {
+	g := pkt.GSOOptions
+	dl := pkt.Data().Size()
+	if (g.Type == gstack.GSOTCPv4 || g.Type == gstack.GSOTCPv6) && g.MSS > 0 && dl > int(g.MSS) {
+		return (dl + int(g.MSS) - 1) / int(g.MSS)
+	}
+	return 1
+}
+
+// take makes sure sc holds n free TX frames.
+func (t *txEngine) take(sc *txScratch, n int) bool {
+	for len(sc.avail) < n {
+		want := max(n-len(sc.avail), 16)
+		if cap(sc.avail)-len(sc.avail) < want {
+			sc.avail = append(make([]uint64, 0, len(sc.avail)+want), sc.avail...)
+		}
+		got := t.dev.acquire(sc.avail[len(sc.avail) : len(sc.avail)+want])
+		if got == 0 {
+			return false
+		}
+		sc.avail = sc.avail[:len(sc.avail)+got]
+	}
+	return true
+}
+
+// flush submits what build queued and undoes what the device refused.
+func (t *txEngine) flush(sc *txScratch) bool {
+	if len(sc.descs) == 0 {
+		return true
+	}
+	n, err := t.dev.submit(sc.descs)
+	all := n == len(sc.descs) && err == nil
+	if n < len(sc.descs) {
+		t.undo(sc, n)
+	}
+	sc.descs, sc.pkts, sc.refs = sc.descs[:0], sc.pkts[:0], sc.refs[:0]
+	return all
+}
+
+// undo gives back what submit did not queue (descriptors from index n on,
+// whole packets).
+func (t *txEngine) undo(sc *txScratch, n int) {
+	for i := range sc.pkts {
+		p := &sc.pkts[i]
+		if p.end <= n {
+			continue
+		}
+		for _, b := range sc.refs[p.refs:p.refe] {
+			b.put()
+		}
+		if p.chain {
+			f := t.s.region.FrameOf(p.addr)
+			if ch := t.chains[f]; ch.c != nil {
+				t.chains[f] = txChain{}
+				ch.c.chainDone(ch.start)
+			}
+		}
+		t.dev.release(p.addr)
+	}
+}
+
+// build turns one gVisor packet into frames (descriptors appended to
+// sc.descs), taking its TX frames from sc.avail.
+func (t *txEngine) build(pkt *gstack.PacketBuffer, sc *txScratch) {
+	nseg := framesFor(pkt)
+	hl := pkt.HeaderSize()
+	dl := pkt.Data().Size()
+	mss := dl
+	if nseg > 1 {
+		mss = int(pkt.GSOOptions.MSS)
+	}
+	fs := int(t.mask + 1)
+	if hl > len(sc.hdr) || hl+mss > fs {
+		// Larger than a frame: cannot happen at the MTUs the stack takes.
+		return
+	}
+	hdr := sc.hdr[:hl]
+	copyPacket(hdr, pkt, 0, hl)
+	ipHdr, tcpHdr := tcpHeaders(hdr)
+	var c *TXConn
+	if tcpHdr != nil && t.nconns.Load() > 0 {
+		th := header.TCP(tcpHdr)
+		k := txKey{rport: th.DestinationPort(), lport: th.SourcePort()}
+		if ipHdr[0]>>4 == 6 {
+			copy(k.raddr[:], ipHdr[24:40])
+		} else {
+			k.raddr = netipFrom4(ipHdr[16:20])
+		}
+		if c = t.lookup(k); c != nil && th.Flags()&header.TCPFlagSyn != 0 {
+			c.setISS(th.SequenceNumber())
+		}
+	}
+	ipOff, tcpOff := 0, 0
+	if tcpHdr != nil {
+		ipOff, tcpOff = len(hdr)-len(ipHdr)-len(tcpHdr), len(hdr)-len(tcpHdr)
+	}
+	for i := 0; i < nseg; i++ {
+		addr := sc.avail[len(sc.avail)-1]
+		sc.avail = sc.avail[:len(sc.avail)-1]
+		f := t.dev.frame(addr)
+		copy(f, hdr)
+		segOff := i * mss
+		segLen := min(mss, dl-segOff)
+		var ip, tcp []byte
+		if tcpHdr != nil {
+			ip, tcp = f[ipOff:tcpOff], f[tcpOff:hl]
+			if nseg > 1 {
+				cutSegment(ip, tcp, i, nseg, segOff, segLen)
+			}
+		}
+		p := txPkt{addr: addr, first: len(sc.descs)}
+		if c != nil && segLen > 0 {
+			t.buildDevmem(c, addr, f, hl, segLen, ip, tcp, &p, sc)
+			continue
+		}
+		// An ordinary frame: copy it whole, finish the TCP checksum.
+		copyPacket(f[hl:], pkt, hl+segOff, segLen)
+		if tcp != nil {
+			var ck checksum.Checksumer
+			ck.Add(f[hl : hl+segLen])
+			finishTCPChecksum(ip, tcp, segLen, ck.Checksum())
+		}
+		t.cnt.plainPackets.Add(1)
+		sc.descs = append(sc.descs, unix.XDPDesc{Addr: addr, Len: uint32(hl + segLen)})
+		p.end = len(sc.descs)
+		sc.pkts = append(sc.pkts, p)
+	}
+}
+
+// cutSegment turns the copied headers of a GSO packet into those of its
+// segment i of nseg (segLen payload bytes at offset segOff), as TSO does:
+// sequence number advanced, IP length (and IPv4 id and header checksum)
+// set, FIN and PSH only on the last segment, CWR only on the first.
+func cutSegment(ip, tcp []byte, i, nseg, segOff, segLen int) {
+	th := header.TCP(tcp)
+	th.SetSequenceNumber(th.SequenceNumber() + uint32(segOff))
+	flags := th.Flags()
+	if i < nseg-1 {
+		flags &^= header.TCPFlagFin | header.TCPFlagPsh
+	}
+	if i > 0 {
+		flags &^= header.TCPFlagCwr
+	}
+	th.SetFlags(uint8(flags))
+	if ip[0]>>4 == 4 {
+		h := header.IPv4(ip)
+		h.SetTotalLength(uint16(len(ip) + len(tcp) + segLen))
+		h.SetID(h.ID() + uint16(i))
+		h.SetChecksum(0)
+		h.SetChecksum(^h.CalculateChecksum())
+		return
+	}
+	header.IPv6(ip).SetPayloadLength(uint16(len(ip) - header.IPv6MinimumSize + len(tcp) + segLen))
+}
+
+// buildDevmem builds a data segment of a devmem TX connection: dl payload
+// bytes whose headers (with the sequence number) are in f already.
+func (t *txEngine) buildDevmem(c *TXConn, addr uint64, f []byte, hl, dl int, ipHdr, tcpHdr []byte, p *txPkt, sc *txScratch) {
+	th := header.TCP(tcpHdr)
+	pieces, start, res := c.mapSegment(th.SequenceNumber(), dl, sc.pieces[:0])
+	sc.pieces = pieces[:0]
+	switch res {
+	case mapStale:
+		t.cnt.stale.Add(1)
+		t.dev.release(addr)
+		return
+	case mapUnmapped:
+		t.cnt.unmapped.Add(1)
+		t.dev.release(addr)
+		return
+	}
+	// The chain is in flight from here until its header frame completes.
+	t.chains[t.s.region.FrameOf(addr)] = txChain{c: c, start: start}
+	p.chain = true
+
+	mem := t.s.region.Bytes()
+	var ck checksum.Checksumer
+	ndesc := 0
+	for _, pc := range pieces {
+		ck.Add(mem[pc.addr : pc.addr+uint64(pc.n)])
+		ndesc += int((pc.addr+uint64(pc.n)-1)>>t.shift-pc.addr>>t.shift) + 1
+	}
+	finishTCPChecksum(ipHdr, tcpHdr, dl, ck.Checksum())
+	t.cnt.segments.Add(1)
+	t.cnt.dmabufBytes.Add(uint64(dl))
+
+	if t.mb && ndesc <= txMaxPayloadDescs {
+		sc.descs = append(sc.descs, unix.XDPDesc{Addr: addr, Len: uint32(hl), Options: unix.XDP_PKT_CONTD})
+		p.refs = len(sc.refs)
+		for _, pc := range pieces {
+			a, end := pc.addr, pc.addr+uint64(pc.n)
+			for a < end {
+				next := min(end, (a|t.mask)+1) // descriptors stay inside a frame
+				sc.descs = append(sc.descs, unix.XDPDesc{Addr: a, Len: uint32(next - a), Options: unix.XDP_PKT_CONTD})
+				pc.b.get()
+				sc.refs = append(sc.refs, pc.b)
+				a = next
+			}
+		}
+		sc.descs[len(sc.descs)-1].Options = 0
+		p.refe = len(sc.refs)
+		t.cnt.mbPackets.Add(1)
+		t.cnt.descs.Add(uint64(p.refe - p.refs))
+	} else {
+		off := hl
+		for _, pc := range pieces {
+			off += copy(f[off:], mem[pc.addr:pc.addr+uint64(pc.n)])
+		}
+		sc.descs = append(sc.descs, unix.XDPDesc{Addr: addr, Len: uint32(hl + dl)})
+		t.cnt.copyPackets.Add(1)
+		t.cnt.dmabufCopied.Add(uint64(dl))
+	}
+	p.end = len(sc.descs)
+	sc.pkts = append(sc.pkts, *p)
+}
+
+// copyPacket copies n bytes of pkt starting at byte off into dst.
+func copyPacket(dst []byte, pkt *gstack.PacketBuffer, off, n int) {
+	if n == 0 {
+		return
+	}
+	w := 0
+	for _, sl := range pkt.AsSlices() {
+		if off >= len(sl) {
+			off -= len(sl)
+			continue
+		}
+		sl = sl[off:]
+		off = 0
+		w += copy(dst[w:n], sl)
+		if w == n {
+			return
+		}
+	}
+}
+
+// tcpHeaders locates the IP and TCP headers of an Ethernet frame's header
+// bytes; tcp is nil for anything but a TCP segment whose headers are all
+// there.
+func tcpHeaders(f []byte) (ip, tcp []byte) {
+	if len(f) < ethHdrLen {
+		return nil, nil
+	}
+	switch binary.BigEndian.Uint16(f[12:]) {
+	case etherTypeIPv4:
+		ip = f[ethHdrLen:]
+		if len(ip) < header.IPv4MinimumSize || ip[9] != ipProtoTCP {
+			return nil, nil
+		}
+		ihl := int(ip[0]&0x0f) * 4
+		if ihl < header.IPv4MinimumSize || len(ip) < ihl+header.TCPMinimumSize {
+			return nil, nil
+		}
+		return ip[:ihl], ip[ihl:]
+	case etherTypeIPv6:
+		ip = f[ethHdrLen:]
+		if len(ip) < header.IPv6MinimumSize+header.TCPMinimumSize || ip[6] != ipProtoTCP {
+			return nil, nil
+		}
+		return ip[:header.IPv6MinimumSize], ip[header.IPv6MinimumSize:]
+	}
+	return nil, nil
+}
+
+// finishTCPChecksum writes the TCP checksum: pseudo-header, the TCP header
+// (all of tcp) and a payload of dl bytes whose sum is paySum.
+func finishTCPChecksum(ip, tcp []byte, dl int, paySum uint16) {
+	th := header.TCP(tcp)
+	th.SetChecksum(0)
+	tcpLen := len(tcp) + dl
+	var ph [40]byte
+	var n int
+	if ip[0]>>4 == 4 {
+		copy(ph[0:8], ip[12:20])
+		ph[9] = ipProtoTCP
+		binary.BigEndian.PutUint16(ph[10:], uint16(tcpLen))
+		n = 12
+	} else {
+		copy(ph[0:32], ip[8:40])
+		binary.BigEndian.PutUint32(ph[32:], uint32(tcpLen))
+		ph[39] = ipProtoTCP
+		n = 40
+	}
+	sum := checksum.Checksum(ph[:n], 0)
+	sum = checksum.Checksum(tcp, sum)
+	sum = checksum.Combine(sum, paySum)
+	th.SetChecksum(^sum)
+}
+
+// sockDevice is the AF_XDP socket as a txDevice. Its kicker goroutine
+// wakes the kernel for what submit queued, so that the kick (in copy mode
+// the whole transmit and the veth peer's receive) runs beside gVisor rather
+// than inside its send path; after close, submit kicks itself.
+type sockDevice struct {
+	sock  *umem.Socket
+	claim umem.TXClaim
+	kickc chan struct{}
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	async atomic.Bool
+	kicks atomic.Uint64
+}
+
+func newSockDevice(sock *umem.Socket, claim umem.TXClaim) *sockDevice {
+	d := &sockDevice{sock: sock, claim: claim, kickc: make(chan struct{}, 1), stop: make(chan struct{})}
+	d.async.Store(true)
+	d.wg.Add(1)
+	go d.kicker()
+	return d
+}
+
+func (d *sockDevice) kicker() {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.kickc:
+			d.kicks.Add(1)
+			d.sock.TXKick(d.claim)
+		case <-d.stop:
+			return
+		}
+	}
+}
+
+func (d *sockDevice) acquire(dst []uint64) int              { return d.sock.TXAcquire(dst, d.claim) }
+func (d *sockDevice) frame(addr uint64) []byte              { return d.sock.TXFrame(addr) }
+func (d *sockDevice) release(addrs ...uint64)               { d.sock.TXRelease(addrs...) }
+func (d *sockDevice) reclaim()                              { d.sock.TXReclaim(d.claim) }
+func (d *sockDevice) close()                                {}
+func (d *sockDevice) submit(ds []unix.XDPDesc) (int, error) { return d.sock.TXSubmit(ds, d.claim) }
+
+// hookDevice stands in for the socket in the in-process harness: a chain
+// is joined into one frame and handed to the link's txHook, and completes
+// at once.
+type hookDevice struct {
+	t      *txEngine
+	mu     sync.Mutex // the TX lock: guards free, done and the engine's chains
+	frames []uint32
+	free   []uint64
+	done   []uint64
+}
+
+var hookBufs = sync.Pool{New: func() any { return new([1 << 16]byte) }}
+
+func newHookDevice(t *txEngine, n int) (*hookDevice, error) {
+	d := &hookDevice{t: t, frames: make([]uint32, n)}
+	if got := t.s.region.Alloc(d.frames); got != n {
+		t.s.region.Free(d.frames[:got]...)
+		return nil, fmt.Errorf("tx engine: %d of %d TX frames: %w", got, n, unix.ENOMEM)
+	}
+	for _, f := range d.frames {
+		d.free = append(d.free, t.s.region.FrameAddr(f))
+	}
+	return d, nil
+}
+
+func (d *hookDevice) acquire(dst []uint64) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.free) < len(dst) {
+		d.reclaimLocked()
+	}
+	n := min(len(dst), len(d.free))
+	copy(dst, d.free[len(d.free)-n:])
+	d.free = d.free[:len(d.free)-n]
+	return n
+}
+
+func (d *hookDevice) frame(addr uint64) []byte {
+	fs := uint64(d.t.s.region.FrameSize())
+	return d.t.s.region.Bytes()[addr : addr+fs]
+}
+
+func (d *hookDevice) release(addrs ...uint64) {
+	d.mu.Lock()
+	for _, a := range addrs {
+		d.free = append(d.free, a&^d.t.mask)
+	}
+	d.mu.Unlock()
+}
+
+func (d *hookDevice) submit(descs []unix.XDPDesc) (int, error) {
+	mem := d.t.s.region.Bytes()
+	hook := d.t.s.link.txHook
+	bp := hookBufs.Get().(*[1 << 16]byte)
+	defer hookBufs.Put(bp)
+	buf := bp[:]
+	n := 0
+	for i, ds := range descs {
+		n += copy(buf[n:], mem[ds.Addr:ds.Addr+uint64(ds.Len)])
+		if ds.Options&unix.XDP_PKT_CONTD != 0 {
+			continue
+		}
+		if hook != nil {
+			hook(buf[:n]) // without the lock: the hook may inject replies
+		}
+		n = 0
+		d.mu.Lock()
+		for j := i; j >= 0 && (j == i || descs[j].Options&unix.XDP_PKT_CONTD != 0); j-- {
+			d.done = append(d.done, descs[j].Addr)
+		}
+		d.mu.Unlock()
+	}
+	return len(descs), nil
+}
+
+func (d *hookDevice) reclaim() {
+	d.mu.Lock()
+	d.reclaimLocked()
+	d.mu.Unlock()
+}
+
+func (d *hookDevice) reclaimLocked() {
+	for _, a := range d.done {
+		if d.t.claim(a) {
+			continue
+		}
+		d.free = append(d.free, a&^d.t.mask)
+	}
+	d.done = d.done[:0]
+}
+
+func (d *hookDevice) close() {
+	d.reclaim()
+	d.t.s.region.Free(d.frames...)
+	d.frames = nil
+}

@@ -1,0 +1,436 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/internal/harness"
+	"github.com/xdevmem/xdevmem/internal/netns"
+	"github.com/xdevmem/xdevmem/internal/pattern"
+	"github.com/xdevmem/xdevmem/internal/testutil"
+	"github.com/xdevmem/xdevmem/stack"
+)
+
+// The devmem TX tests: the emulated stack sends from a TX dmabuf (a span of
+// its UMEM) to the kernel's TCP in the peer namespace.
+
+// peerSink listens in the peer namespace and reads one connection to the
+// end, validating the period-n pattern (n = 0: keep the bytes instead).
+type peerSink struct {
+	ln   net.Listener
+	port int
+	res  chan sinkResult
+}
+
+type sinkResult struct {
+	bytes uint64
+	data  []byte
+	err   error
+}
+
+func newPeerSink(t *testing.T, w *harness.World, period int) *peerSink {
+	t.Helper()
+	s := &peerSink{res: make(chan sinkResult, 1)}
+	err := w.Pair.Peer.Do(func() error {
+		var err error
+		s.ln, err = net.Listen("tcp", netip.AddrPortFrom(w.Pair.PeerAddr.Addr(), 0).String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.ln.Close() })
+	s.port = s.ln.Addr().(*net.TCPAddr).Port
+	go func() {
+		c, err := s.ln.Accept()
+		if err != nil {
+			s.res <- sinkResult{err: err}
+			return
+		}
+		defer c.Close()
+		var r sinkResult
+		var v *pattern.Validator
+		if period > 0 {
+			v = pattern.NewValidator(period)
+		}
+		buf := make([]byte, 1<<20)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				r.bytes += uint64(n)
+				if v != nil {
+					if verr := v.Check(buf[:n]); verr != nil && r.err == nil {
+						r.err = verr
+					}
+				} else {
+					r.data = append(r.data, buf[:n]...)
+				}
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				r.err = err
+				break
+			}
+		}
+		s.res <- r
+	}()
+	return s
+}
+
+func (s *peerSink) wait(t *testing.T, d time.Duration) sinkResult {
+	t.Helper()
+	select {
+	case r := <-s.res:
+		return r
+	case <-time.After(d):
+		t.Fatalf("peer sink: no end of stream within %v", d)
+		return sinkResult{}
+	}
+}
+
+// txWorld builds a world whose stack has room for a TX binding of txSize
+// bytes next to its RX frames, binds it and dials the peer sink.
+func txWorld(t *testing.T, cfg stack.Config, txSize uint64, period int) (*harness.World, devmemapi.TXBinding, devmemapi.TXConn, *peerSink) {
+	t.Helper()
+	if cfg.RegionSize == 0 {
+		cfg.RegionSize = 16<<20 + txSize
+	}
+	w := newWorld(t, harness.Options{Stack: cfg, NoBind: true})
+	sink := newPeerSink(t, w, period)
+	b, err := w.Stack.BindTX(devmemapi.BindTXConfig{Ifindex: w.Pair.EmuIndex, Size: txSize})
+	if err != nil {
+		t.Fatalf("bind tx: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := w.Stack.Dial(ctx, netip.AddrPortFrom(w.Pair.PeerAddr.Addr(), uint16(sink.port)))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.SetZeroCopy(true); err != nil {
+		t.Fatal(err)
+	}
+	return w, b, c, sink
+}
+
+// drainCompletions reads every queued notification into tr.
+func drainCompletions(t *testing.T, c devmemapi.Sender, tr *devmemapi.ZerocopyTracker) {
+	t.Helper()
+	rs, err := devmemapi.RecvCompletions(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if err := tr.Add(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// awaitCompleted waits until sends 0..n-1 have completed.
+func awaitCompleted(t *testing.T, c devmemapi.Sender, tr *devmemapi.ZerocopyTracker, n uint64, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !tr.Covers(n) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d sends completed after %v", tr.Completed(), n, d)
+		}
+		if _, err := c.PollErrQueue(50 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		drainCompletions(t, c, tr)
+	}
+}
+
+// TestTX1GiB: the emulated client sends 1 GiB from a 7 MiB TX dmabuf,
+// reusing each 1 MiB slot only after its send completed, to the kernel's
+// TCP in the peer namespace: byte-exact, every send completed exactly once,
+// the dmabuf unchanged, and (multi-buffer) no payload byte copied by the
+// stack.
+func TestTX1GiB(t *testing.T) {
+	testutil.Watchdog(t, 3*time.Minute)
+	const (
+		size  = 1 << 30
+		chunk = 1 << 20
+		slots = 7 // 7 MiB: a whole number of pattern periods
+	)
+	w, b, c, sink := txWorld(t, stack.Config{}, slots*chunk, 7)
+	mem := b.(interface{ Bytes() []byte }).Bytes()
+	pattern.Fill(7, 0, mem)
+	before := sha256.Sum256(mem)
+
+	var tr devmemapi.ZerocopyTracker
+	start := time.Now()
+	var sends uint64
+	for off := uint64(0); off < size; off += chunk {
+		if sends >= slots {
+			awaitCompleted(t, c, &tr, sends-slots+1, 30*time.Second) // the slot is free again
+		}
+		slot := (sends % slots) * chunk
+		n, err := devmemapi.SendDmabuf(c, b.ID(), []devmemapi.Iovec{{Base: slot, Len: chunk}}, 0)
+		if err != nil || n != chunk {
+			t.Fatalf("send %d: %d %v", sends, n, err)
+		}
+		sends++
+		drainCompletions(t, c, &tr)
+	}
+	awaitCompleted(t, c, &tr, sends, 30*time.Second)
+	elapsed := time.Since(start)
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	r := sink.wait(t, 30*time.Second)
+	if r.err != nil || r.bytes != size {
+		t.Fatalf("peer received %d of %d bytes: %v", r.bytes, size, r.err)
+	}
+	if tr.Completed() != sends {
+		t.Fatalf("%d completions for %d sends", tr.Completed(), sends)
+	}
+	if after := sha256.Sum256(mem); after != before {
+		t.Fatal("the TX dmabuf changed while sending")
+	}
+	st := w.Stack.TXStats()
+	if st.Unmapped != 0 {
+		t.Fatalf("%d segments could not be mapped", st.Unmapped)
+	}
+	if st.Mode == "multi-buffer" && st.DmabufBytesCopied != 0 {
+		t.Fatalf("multi-buffer mode copied %d payload bytes", st.DmabufBytesCopied)
+	}
+	t.Logf("1 GiB in %v: %.0f MB/s, mode %s, %d sends in %d notifications, %.3f bytes copied per byte sent, %d segments, %d retransmitted bytes, %d stale drops",
+		elapsed, float64(size)/1e6/elapsed.Seconds(), st.Mode, sends, st.Notifications,
+		float64(st.DmabufBytesCopied)/float64(st.DmabufBytes), st.Segments, st.DmabufBytes-size, st.StaleDrops)
+}
+
+// TestTXCopyMode: the same path with Config.TXCopy: byte-exact, and every
+// payload byte counted as copied.
+func TestTXCopyMode(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	const size, chunk = 64 << 20, 1 << 20
+	w, b, c, sink := txWorld(t, stack.Config{TXCopy: true}, 7*chunk, 7)
+	pattern.Fill(7, 0, b.(interface{ Bytes() []byte }).Bytes())
+	var tr devmemapi.ZerocopyTracker
+	var sends uint64
+	for off := uint64(0); off < size; off += chunk {
+		if sends >= 7 {
+			awaitCompleted(t, c, &tr, sends-6, 30*time.Second)
+		}
+		if n, err := devmemapi.SendDmabuf(c, b.ID(), []devmemapi.Iovec{{Base: (sends % 7) * chunk, Len: chunk}}, 0); err != nil || n != chunk {
+			t.Fatalf("send: %d %v", n, err)
+		}
+		sends++
+	}
+	awaitCompleted(t, c, &tr, sends, 30*time.Second)
+	c.CloseWrite()
+	if r := sink.wait(t, 30*time.Second); r.err != nil || r.bytes != size {
+		t.Fatalf("peer received %d of %d: %v", r.bytes, size, r.err)
+	}
+	st := w.Stack.TXStats()
+	if st.Mode != "copy" || st.DmabufBytesCopied != st.DmabufBytes || st.MultiBufferPackets != 0 {
+		t.Fatalf("copy mode stats %+v", st)
+	}
+}
+
+// TestTXErrors: bad id, out-of-range offset, missing MSG_ZEROCOPY and
+// SO_ZEROCOPY fail with the kernel's errnos, and nothing reaches the peer.
+func TestTXErrors(t *testing.T) {
+	testutil.Watchdog(t, time.Minute)
+	w, b, c, sink := txWorld(t, stack.Config{}, 1<<20, 0)
+	rx, err := w.Stack.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	size := b.Size()
+	one := []devmemapi.Iovec{{Base: 0, Len: 100}}
+	for _, tc := range []struct {
+		name  string
+		id    uint32
+		iov   []devmemapi.Iovec
+		flags int
+		zc    bool
+		want  unix.Errno
+	}{
+		{"unknown dmabuf id", b.ID() + 1000, one, devmemapi.MSG_ZEROCOPY, true, unix.EINVAL},
+		{"rx dmabuf id", rx.ID(), one, devmemapi.MSG_ZEROCOPY, true, unix.EINVAL},
+		{"offset out of range", b.ID(), []devmemapi.Iovec{{Base: size, Len: 1}}, devmemapi.MSG_ZEROCOPY, true, unix.EFAULT},
+		{"length out of range", b.ID(), []devmemapi.Iovec{{Base: size - 10, Len: 11}}, devmemapi.MSG_ZEROCOPY, true, unix.EFAULT},
+		{"second iovec out of range", b.ID(), []devmemapi.Iovec{{Base: 0, Len: 10}, {Base: size + 5, Len: 10}}, devmemapi.MSG_ZEROCOPY, true, unix.EFAULT},
+		{"no MSG_ZEROCOPY", b.ID(), one, 0, true, unix.EINVAL},
+		{"no SO_ZEROCOPY", b.ID(), one, devmemapi.MSG_ZEROCOPY, false, unix.EINVAL},
+	} {
+		c.SetZeroCopy(tc.zc)
+		n, err := c.SendMsg(tc.iov, devmemapi.AppendDmabufTxCmsg(nil, tc.id), tc.flags)
+		var errno unix.Errno
+		if n != 0 || !errors.As(err, &errno) || errno != tc.want {
+			t.Errorf("%s: sendmsg = %d, %v; want %v", tc.name, n, err, tc.want)
+		}
+	}
+	c.SetZeroCopy(true)
+	time.Sleep(100 * time.Millisecond)
+	if _, _, err := c.RecvErrQueue(make([]byte, devmemapi.CmsgSpaceZerocopy), 0); !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("a failed send queued a completion: %v", err)
+	}
+	// Nothing was sent: the first good send is number 0 and the peer
+	// sees only its bytes.
+	mem := b.(interface{ Bytes() []byte }).Bytes()
+	copy(mem, "hello devmem tx")
+	if n, err := devmemapi.SendDmabuf(c, b.ID(), []devmemapi.Iovec{{Base: 0, Len: 15}}, 0); n != 15 || err != nil {
+		t.Fatalf("good send: %d %v", n, err)
+	}
+	var tr devmemapi.ZerocopyTracker
+	awaitCompleted(t, c, &tr, 1, 10*time.Second)
+	c.CloseWrite()
+	r := sink.wait(t, 10*time.Second)
+	if r.err != nil || string(r.data) != "hello devmem tx" {
+		t.Fatalf("peer received %q (%v)", r.data, r.err)
+	}
+}
+
+// clientSummary is the JSON the client command prints.
+type clientSummary struct {
+	OK            bool    `json:"ok"`
+	Bytes         uint64  `json:"bytes"`
+	Sends         uint64  `json:"sends"`
+	Completed     uint64  `json:"completed"`
+	Notifications uint64  `json:"notifications"`
+	CoverOnce     bool    `json:"completions_cover_every_send_once"`
+	Mode          string  `json:"tx_mode"`
+	CopiedPerByte float64 `json:"bytes_copied_per_byte_sent"`
+	MBps          float64 `json:"mb_per_s"`
+	Error         string  `json:"error"`
+}
+
+// runClient runs `xdevmem client` in the emulated namespace against a
+// socat server in the peer namespace and returns what socat wrote and the
+// client's summary.
+func runClient(t *testing.T, p *netns.Pair, stdin []byte, args ...string) ([]byte, clientSummary) {
+	t.Helper()
+	testutil.RequireTools(t, "socat")
+	bin := xdevmemBinary(t)
+	out := filepath.Join(t.TempDir(), "received.bin")
+	port := "5400"
+	srv := p.Peer.Command("socat", "-u", "TCP-LISTEN:"+port+",bind="+p.PeerAddr.Addr().String()+",reuseaddr", "CREATE:"+out)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	// Wait for socat to listen.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var c net.Conn
+		err := p.Peer.Do(func() (err error) {
+			c, err = net.DialTimeout("tcp", net.JoinHostPort(p.PeerAddr.Addr().String(), port), time.Second)
+			return err
+		})
+		if err == nil {
+			c.Close() // socat -u serves one connection: restart it
+			srv.Wait()
+			srv = p.Peer.Command("socat", "-u", "TCP-LISTEN:"+port+",bind="+p.PeerAddr.Addr().String()+",reuseaddr", "CREATE:"+out)
+			if err := srv.Start(); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("socat does not listen: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	full := append([]string{"client", "-f", p.EmuIf, "-s", p.PeerAddr.Addr().String(), "-c", p.EmuAddr.Addr().String(),
+		"-p", port, "--json"}, args...)
+	cmd := p.Emu.Command(bin, full...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	t.Logf("client stderr:\n%s", lastLines(stderr.String(), 15))
+	var sum clientSummary
+	if jerr := json.Unmarshal(stdout.Bytes(), &sum); jerr != nil {
+		t.Fatalf("client %v: output %q: %v", err, stdout.String(), jerr)
+	}
+	if err != nil {
+		t.Fatalf("client: %v (%s)", err, sum.Error)
+	}
+	werr := make(chan error, 1)
+	go func() { werr <- srv.Wait() }()
+	select {
+	case err := <-werr:
+		if err != nil {
+			t.Fatalf("socat: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("socat did not finish")
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got, sum
+}
+
+func lastLines(s string, n int) string {
+	lines := bytes.Split([]byte(s), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return string(bytes.Join(lines, []byte("\n")))
+}
+
+// TestClientChunks3 is devmem.py's check_tx_chunks: `xdevmem client -z 3`
+// (iovecs of at most 3 bytes) against socat: byte-exact, and the
+// completions cover every send exactly once.
+func TestClientChunks3(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	p := testutil.NewPair(t, netns.Options{Prefix: "xdt"})
+	const size = 3 << 20
+	got, sum := runClient(t, p, nil, "-z", "3", "--size", strconv.Itoa(size), "-v", "7")
+	if uint64(len(got)) != size {
+		t.Fatalf("socat wrote %d bytes, want %d", len(got), size)
+	}
+	v := pattern.NewValidator(7)
+	if err := v.Check(got); err != nil {
+		t.Fatal(err)
+	}
+	if !sum.OK || !sum.CoverOnce || sum.Completed != sum.Sends || sum.Sends == 0 {
+		t.Fatalf("summary %+v", sum)
+	}
+	t.Logf("-z 3: %d sends, %d notifications, mode %s, %.3f copied/B, %.0f MB/s", sum.Sends, sum.Notifications, sum.Mode, sum.CopiedPerByte, sum.MBps)
+}
+
+// TestClientStdinSHA256: `xdevmem client` sends a random file from stdin;
+// socat writes exactly the same bytes.
+func TestClientStdinSHA256(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	p := testutil.NewPair(t, netns.Options{Prefix: "xdt"})
+	data := make([]byte, 40<<20+4321)
+	rand.Read(data)
+	got, sum := runClient(t, p, data)
+	if sha256.Sum256(got) != sha256.Sum256(data) {
+		t.Fatalf("socat wrote %d bytes that differ from the %d sent", len(got), len(data))
+	}
+	if !sum.OK || !sum.CoverOnce || sum.Bytes != uint64(len(data)) {
+		t.Fatalf("summary %+v", sum)
+	}
+	t.Logf("stdin: %s", fmt.Sprintf("%d bytes, %d sends, %.0f MB/s, mode %s, %.3f copied/B", sum.Bytes, sum.Sends, sum.MBps, sum.Mode, sum.CopiedPerByte))
+}

@@ -1,0 +1,372 @@
+package umem
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// This file holds the multi-buffer transmit path and the contiguous spans
+// that back emulated TX dmabufs.
+//
+// # Spans
+//
+// A devmem TX binding is a span of contiguous frames taken off the free
+// list (ReserveSpan): the application writes payload there and the stack
+// sends it by UMEM address, so the span must be part of the UMEM the socket
+// registered. Spans count as TX frames in Snapshot until ReleaseSpan.
+//
+// # Multi-buffer transmit
+//
+// One packet may be a chain of descriptors: every descriptor but the last
+// carries XDP_PKT_CONTD, and the kernel joins them into one frame. The
+// stack puts the headers in a TX frame and points the following
+// descriptors at payload in a span, so no payload byte is copied in user
+// space (in copy mode the kernel still copies each descriptor into the skb,
+// as it copies single-buffer frames). Each descriptor's address comes back
+// on the completion ring; addresses that are not TX frames belong to the
+// caller, which says so through a TXClaim.
+//
+// The methods here replace TXBuffer, TXQueue and TXFlush for a caller that
+// sends chains: those methods would take a completed span address for a
+// TX frame. A caller uses one family or the other for the socket's
+// lifetime (the stack switches to this one when a TX binding appears and
+// never switches back).
+
+// TXClaim is called, with the socket's TX lock held, for every address that
+// comes back on the completion ring. It returns true when the address is
+// the caller's (a payload descriptor in a span); otherwise the address is a
+// TX frame and goes back to the socket's free TX frames. It must not call
+// the socket's TX methods.
+type TXClaim func(addr uint64) bool
+
+// maxKicks bounds the sendto calls one TXSubmit makes while the kernel
+// drains the ring (copy mode sends at most max_tx_budget, 32 by default,
+// descriptors per call).
+const maxKicks = 4096
+
+// ReserveSpan takes n contiguous frames off the free list and returns the
+// first. It prefers the highest-numbered run (the frames a fresh socket's
+// fill ring did not take). ENOMEM means no run of n free frames exists.
+func (r *Region) ReserveSpan(n uint32) (first uint32, err error) {
+	if n == 0 || n > r.nframes {
+		return 0, fmt.Errorf("umem span of %d frames (region has %d): %w", n, r.nframes, unix.EINVAL)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	free := make([]bool, r.nframes)
+	for _, f := range r.free {
+		free[f] = true
+	}
+	found := false
+	run := uint32(0)
+	for f := int64(r.nframes) - 1; f >= 0; f-- {
+		if !free[f] {
+			run = 0
+			continue
+		}
+		if run++; run == n {
+			first, found = uint32(f), true
+			break
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("umem span: no %d contiguous free frames (%d free of %d): %w", n, len(r.free), r.nframes, unix.ENOMEM)
+	}
+	kept := r.free[:0]
+	for _, f := range r.free {
+		if f < first || f >= first+n {
+			kept = append(kept, f)
+		}
+	}
+	r.free = kept
+	r.tx.Add(int64(n))
+	return first, nil
+}
+
+// ReleaseSpan returns a span from ReserveSpan to the free list. Nothing may
+// still be queued for sending from it.
+func (r *Region) ReleaseSpan(first, n uint32) {
+	fs := make([]uint32, n)
+	for i := range fs {
+		fs[i] = first + uint32(i)
+	}
+	r.tx.Add(-int64(n))
+	r.putFree(fs)
+}
+
+// SetTXBudget sets how many descriptors one kick may send
+// (XDP_MAX_TX_SKB_BUDGET, Linux 6.17+; the default is 32); 0 means the TX
+// ring's size.
+func (s *Socket) SetTXBudget(n int) error {
+	if n == 0 {
+		n = int(s.tx.size)
+	}
+	if err := unix.SetsockoptInt(s.fd, unix.SOL_XDP, unix.XDP_MAX_TX_SKB_BUDGET, n); err != nil {
+		return fmt.Errorf("xsk: tx budget %d: %w", n, err)
+	}
+	return nil
+}
+
+// TXAcquire takes up to len(dst) free TX frames (their UMEM addresses),
+// reclaiming completions first when none are free, and returns how many it
+// took. Each must be submitted with TXSubmit or given back with TXRelease.
+func (s *Socket) TXAcquire(dst []uint64, claim TXClaim) int {
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	if len(s.txFree) < len(dst) {
+		s.reclaimClaimLocked(claim)
+	}
+	n := min(len(dst), len(s.txFree))
+	if n == 0 {
+		s.txDrops++
+		return 0
+	}
+	copy(dst, s.txFree[len(s.txFree)-n:])
+	s.txFree = s.txFree[:len(s.txFree)-n]
+	return n
+}
+
+// TXFrame returns the bytes of the TX frame at addr.
+func (s *Socket) TXFrame(addr uint64) []byte {
+	return s.region.mem[addr : addr+uint64(s.region.frameSize)]
+}
+
+// TXRelease gives TX frames from TXAcquire back unsent.
+func (s *Socket) TXRelease(addrs ...uint64) {
+	s.txMu.Lock()
+	for _, a := range addrs {
+		s.txFree = append(s.txFree, a&^uint64(s.region.frameSize-1))
+	}
+	s.txMu.Unlock()
+}
+
+// TXReclaim takes what the completion ring holds, passing each address to
+// claim first, and returns how many addresses it took.
+func (s *Socket) TXReclaim(claim TXClaim) int {
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	return s.reclaimClaimLocked(claim)
+}
+
+func (s *Socket) reclaimClaimLocked(claim TXClaim) int {
+	total := 0
+	for {
+		n := s.comp.Consume(s.compBuf)
+		for _, a := range s.compBuf[:n] {
+			if claim != nil && claim(a) {
+				continue
+			}
+			s.txFree = append(s.txFree, a&^uint64(s.region.frameSize-1))
+		}
+		total += n
+		if n < len(s.compBuf) {
+			return total
+		}
+	}
+}
+
+// TXSubmit queues descs (TXProduce) and kicks the kernel until it has
+// taken them (TXKick).
+func (s *Socket) TXSubmit(descs []unix.XDPDesc, claim TXClaim) (int, error) {
+	n, err := s.TXProduce(descs, claim)
+	if n > 0 {
+		if kerr := s.TXKick(claim); kerr != nil && err == nil {
+			err = kerr
+		}
+	}
+	return n, err
+}
+
+// TXProduce queues descs, whole packets only (a packet ends at a
+// descriptor without XDP_PKT_CONTD), and publishes them without waking the
+// kernel, unless the ring lacks room: then it kicks to make some. It
+// returns how many descriptors it queued: fewer than len(descs) when the
+// ring stayed full, and always a whole number of packets. The caller owns
+// what was not queued and must TXKick for the rest to go out. A packet with
+// more descriptors than the ring holds, or descs ending inside a packet,
+// fails with EMSGSIZE / EINVAL.
+func (s *Socket) TXProduce(descs []unix.XDPDesc, claim TXClaim) (int, error) {
+	if len(descs) > 0 && descs[len(descs)-1].Options&unix.XDP_PKT_CONTD != 0 {
+		return 0, fmt.Errorf("xsk tx: the last descriptor continues a packet: %w", unix.EINVAL)
+	}
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	done := 0
+	stuck := 0
+	var err error
+	for done < len(descs) && stuck < 3 {
+		room := int(s.tx.prodFree(uint32(len(descs) - done)))
+		k := wholePackets(descs[done:], room)
+		if k == 0 {
+			if room == int(s.tx.size) {
+				return done, fmt.Errorf("xsk tx: a packet of more than %d descriptors: %w", room, unix.EMSGSIZE)
+			}
+			if kerr := s.kickDrainLocked(claim); kerr != nil {
+				err = fmt.Errorf("xsk tx: kick: %w", kerr)
+				break
+			}
+			if int(s.tx.prodFree(s.tx.size)) == room {
+				stuck++
+			}
+			continue
+		}
+		stuck = 0
+		s.tx.Produce(descs[done : done+k])
+		s.tx.Publish()
+		done += k
+	}
+	if done < len(descs) {
+		s.txDrops += uint64(len(descs) - done)
+	}
+	return done, err
+}
+
+// TXKick wakes the kernel until it has taken everything queued so far or
+// stops making progress, then reclaims completions. In copy mode the kick
+// runs the transmit (and on veth the peer's receive) inside the syscall;
+// it takes no lock meanwhile, so others may queue more. Safe from any
+// goroutine.
+func (s *Socket) TXKick(claim TXClaim) error {
+	s.txMu.Lock()
+	target := s.tx.cachedProd
+	s.txMu.Unlock()
+	var err error
+	idle := 0
+	for i := 0; i < maxKicks && idle < 2; i++ {
+		before := s.tx.consumer.Load()
+		if int32(target-before) <= 0 {
+			break
+		}
+		if err = kickTX(s.fd); err != nil {
+			err = fmt.Errorf("xsk tx: kick: %w", err)
+			break
+		}
+		if s.tx.consumer.Load() == before {
+			// The completion ring may be full: reclaim and retry once.
+			s.TXReclaim(claim)
+			idle++
+		} else {
+			idle = 0
+		}
+	}
+	s.TXReclaim(claim)
+	return err
+}
+
+// wholePackets returns how many of descs, at most room and ending on a
+// packet boundary, may be queued.
+func wholePackets(descs []unix.XDPDesc, room int) int {
+	k := 0
+	for i := 0; i < len(descs) && i < room; i++ {
+		if descs[i].Options&unix.XDP_PKT_CONTD == 0 {
+			k = i + 1
+		}
+	}
+	return k
+}
+
+// kickDrainLocked kicks until the kernel has consumed every queued
+// descriptor or stops making progress, reclaiming completions in between
+// (the kernel stops when the completion ring is full).
+func (s *Socket) kickDrainLocked(claim TXClaim) error {
+	idle := 0
+	for i := 0; i < maxKicks && idle < 2; i++ {
+		before := s.tx.consumer.Load()
+		if before == s.tx.cachedProd {
+			return nil
+		}
+		if err := kickTX(s.fd); err != nil {
+			return err
+		}
+		s.reclaimClaimLocked(claim)
+		if s.tx.consumer.Load() == before {
+			idle++ // the completion ring may have been full: retry once
+		} else {
+			idle = 0
+		}
+	}
+	return nil
+}
+
+// TXProbeMultiBuffer sends frame (a complete Ethernet frame of at least 60
+// bytes) as a two-descriptor chain in one TX frame and reports whether the
+// kernel accepted the chain: both addresses completed and no descriptor was
+// counted invalid. It is meant for one call before a caller starts sending
+// chains; completions of earlier single-buffer frames are reclaimed on the
+// way. A kernel without multi-buffer TX drops the chain as invalid.
+func (s *Socket) TXProbeMultiBuffer(frame []byte, timeout time.Duration) (bool, error) {
+	half := s.region.frameSize / 2
+	if len(frame) < 60 || len(frame) > int(half) {
+		return false, fmt.Errorf("xsk tx probe: frame of %d bytes (want 60 to %d): %w", len(frame), half, unix.EINVAL)
+	}
+	before, err := s.Stats()
+	if err != nil {
+		return false, err
+	}
+	var addr [1]uint64
+	if s.TXAcquire(addr[:], nil) == 0 {
+		return false, fmt.Errorf("xsk tx probe: no free TX frame: %w", unix.ENOBUFS)
+	}
+	a := addr[0]
+	mem := s.TXFrame(a)
+	// Header part at the frame start, the rest in the second half.
+	copy(mem, frame[:14])
+	copy(mem[half:], frame[14:])
+	chain := []unix.XDPDesc{
+		{Addr: a, Len: 14, Options: unix.XDP_PKT_CONTD},
+		{Addr: a + uint64(half), Len: uint32(len(frame) - 14)},
+	}
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
+	s.reclaimClaimLocked(nil)
+	if s.tx.prodFree(2) < 2 {
+		s.txFree = append(s.txFree, a)
+		return false, fmt.Errorf("xsk tx probe: ring full: %w", unix.ENOBUFS)
+	}
+	s.tx.Produce(chain)
+	s.tx.Publish()
+	seen := 0
+	claim := func(c uint64) bool {
+		if c == a || c == a+uint64(half) {
+			seen++
+			return true
+		}
+		return false
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		if err := kickTX(s.fd); err != nil {
+			return false, fmt.Errorf("xsk tx probe: kick: %w", err)
+		}
+		s.reclaimClaimLocked(claim)
+		if seen == 2 {
+			s.txFree = append(s.txFree, a)
+			after, err := s.Stats()
+			if err != nil {
+				return false, err
+			}
+			return after.TxInvalidDescs == before.TxInvalidDescs, nil
+		}
+		after, err := s.Stats()
+		if err != nil {
+			return false, err
+		}
+		if after.TxInvalidDescs > before.TxInvalidDescs && s.tx.consumer.Load() == s.tx.cachedProd {
+			// Rejected: the kernel released the descriptors without
+			// completing them, so the frame is ours again.
+			if seen == 0 {
+				s.txFree = append(s.txFree, a)
+			}
+			return false, nil
+		}
+		if time.Now().After(deadline) {
+			// Unknown: leave the frame out of the pool rather than
+			// reuse memory the kernel may still read.
+			return false, errors.New("xsk tx probe: no completion")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
