@@ -27,6 +27,13 @@ type rxQueue struct {
 	free  []uint32
 	unpin []uint32
 
+	// pkt gathers a multi-buffer packet's descriptors (XDP_PKT_CONTD on
+	// all but the last), possibly across batches; more and pins are
+	// handleMulti's scratch.
+	pkt  []unix.XDPDesc
+	more [][]byte
+	pins []int
+
 	lastKey  flowKey
 	lastFlow *flow
 }
@@ -91,6 +98,10 @@ func (q *rxQueue) handleBatch(descs []unix.XDPDesc) {
 		q.handleFaulty(descs)
 	} else {
 		for _, d := range descs {
+			if d.Options&unix.XDP_PKT_CONTD != 0 || len(q.pkt) > 0 {
+				q.gather(d)
+				continue
+			}
 			q.handle(d)
 		}
 	}
@@ -111,6 +122,10 @@ func (q *rxQueue) handleFaulty(descs []unix.XDPDesc) {
 	r := q.s.region
 	mem := r.Bytes()
 	for _, d := range descs {
+		if d.Options&unix.XDP_PKT_CONTD != 0 || len(q.pkt) > 0 {
+			q.gather(d) // multi-buffer packets pass the injector untouched
+			continue
+		}
 		q.ageHeld()
 		frame := r.FrameOf(d.Addr)
 		if in.f.Drop > 0 && in.rng.Float64() < in.f.Drop {
@@ -289,4 +304,153 @@ func (q *rxQueue) dispatch(pkt *gstack.PacketBuffer, etherType uint16, csumOK bo
 		return
 	}
 	q.gro.Dispatcher.DeliverNetworkPacket(proto, pkt)
+}
+
+// gather collects one descriptor of a multi-buffer packet and handles the
+// packet once its last descriptor arrives.
+func (q *rxQueue) gather(d unix.XDPDesc) {
+	q.pkt = append(q.pkt, d)
+	if d.Options&unix.XDP_PKT_CONTD != 0 {
+		if len(q.pkt) > 64 { // no such packet is sane: drop it
+			q.s.cnt.verdicts[VerdictMalformed].Add(1)
+			for _, d := range q.pkt {
+				q.free = append(q.free, q.s.region.FrameOf(d.Addr))
+			}
+			q.pkt = q.pkt[:0]
+		}
+		return
+	}
+	if len(q.pkt) == 1 {
+		q.handle(d)
+	} else {
+		q.handleMulti(q.pkt)
+	}
+	q.pkt = q.pkt[:0]
+}
+
+// handleMulti is handle for a packet that arrived in several UMEM frames
+// (jumbo frames with XDP multi-buffer): the headers come from the first
+// frame and the payload becomes one fragment per frame.
+func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
+	s := q.s
+	r := s.region
+	mem := r.Bytes()
+	b0 := mem[descs[0].Addr : descs[0].Addr+uint64(descs[0].Len)]
+	q.more = q.more[:0]
+	for _, d := range descs[1:] {
+		q.more = append(q.more, mem[d.Addr:d.Addr+uint64(d.Len)])
+	}
+	freeAll := func() {
+		for _, d := range descs {
+			q.free = append(q.free, r.FrameOf(d.Addr))
+		}
+	}
+	var sp Split
+	v := SplitFrames(b0, q.more, &sp, !s.cfg.TrustChecksum)
+	switch v {
+	case VerdictTCP:
+	case VerdictOther:
+		s.cnt.rxOther.Add(1)
+		q.deliverCopyMulti(b0, q.more, sp)
+		freeAll()
+		return
+	default:
+		s.cnt.verdicts[v].Add(1)
+		freeAll()
+		return
+	}
+	s.cnt.rxTCP.Add(1)
+	if !s.isOurs(sp.Dst) {
+		s.cnt.dropNotOurs.Add(1)
+		freeAll()
+		return
+	}
+	key := flowKey{raddr: sp.Src, rport: sp.SrcPort, lport: sp.DstPort}
+	fl := (*flow)(nil)
+	if sp.Flags&tcpFlagSyn == 0 && sp.PayloadLen > 0 {
+		fl = q.lookup(key)
+	}
+	if fl == nil {
+		if sp.PayloadLen > 0 && sp.Flags&tcpFlagSyn == 0 {
+			s.cnt.noFlow.Add(1)
+		}
+		q.deliverCopyMulti(b0, q.more, sp)
+		freeAll()
+		return
+	}
+	kind := kindPlain
+	bnd := q.bindingFor(fl)
+	if bnd != nil {
+		kind = kindDmabuf
+		if sp.PayloadLen < s.cfg.HDSThresh {
+			kind = kindLinear
+		}
+	}
+	// One piece per frame: the first frame's payload after the headers,
+	// then each further frame, up to the payload's end.
+	q.pins = q.pins[:0]
+	seq, left := sp.Seq, sp.PayloadLen
+	beyond := false
+	fl.mu.Lock()
+	for i, d := range descs {
+		off, n := uint64(0), int(d.Len)
+		if i == 0 {
+			off, n = uint64(sp.PayloadOff), max(int(d.Len)-sp.PayloadOff, 0)
+		}
+		n = min(n, left)
+		k := 0
+		if n > 0 && !beyond {
+			k = fl.fq.insert(seq, n, d.Addr+off, r.FrameOf(d.Addr), kind, bnd)
+			if k < 0 {
+				beyond, k = true, 0
+			}
+		}
+		q.pins = append(q.pins, k)
+		seq += uint32(n)
+		left -= n
+	}
+	fl.mu.Unlock()
+	pinned := 0
+	for i, d := range descs {
+		f := r.FrameOf(d.Addr)
+		for j := 0; j < q.pins[i]; j++ {
+			r.Pin(f)
+		}
+		if q.pins[i] == 0 {
+			q.free = append(q.free, f)
+		}
+		pinned += q.pins[i]
+	}
+	if beyond {
+		// Part of the payload lies past the window: gVisor must not take
+		// bytes the queue could not record.
+		s.cnt.dropOutOfWindow.Add(1)
+		return
+	}
+	if pinned == 0 {
+		s.cnt.retransmitBytes.Add(uint64(sp.PayloadLen))
+	}
+	q.deliverSplit(b0, sp)
+}
+
+// deliverCopyMulti hands a multi-buffer frame to gVisor as one copy.
+func (q *rxQueue) deliverCopyMulti(b0 []byte, more [][]byte, sp Split) {
+	if len(more) == 0 {
+		q.deliverCopy(b0, sp)
+		return
+	}
+	n := len(b0) + moreLen(more)
+	if sp.FrameLen > 0 && sp.FrameLen < n {
+		n = sp.FrameLen
+	}
+	v := buffer.NewView(n)
+	left := n
+	for _, p := range append([][]byte{b0}, more...) {
+		p = p[:min(len(p), left)]
+		v.Write(p)
+		left -= len(p)
+	}
+	q.s.cnt.frameCopyBytes.Add(uint64(n))
+	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.TrustChecksum)
 }

@@ -85,20 +85,37 @@ type Split struct {
 // reading the payload once, as RX checksum offload does. It never copies and
 // never allocates.
 func SplitFrame(b []byte, s *Split, verify bool) Verdict {
+	return SplitFrames(b, nil, s, verify)
+}
+
+// SplitFrames is SplitFrame for a frame that arrived in several buffers
+// (XDP multi-buffer: jumbo frames): b is the first buffer, which must hold
+// every header, and more are the rest, in order. Offsets in s count from
+// the start of b across the buffers; the payload runs on into more.
+func SplitFrames(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 	if len(b) < ethHdrLen {
 		return VerdictMalformed
 	}
 	s.EtherType = binary.BigEndian.Uint16(b[12:])
 	switch s.EtherType {
 	case etherTypeIPv4:
-		return splitIPv4(b, s, verify)
+		return splitIPv4(b, more, s, verify)
 	case etherTypeIPv6:
-		return splitIPv6(b, s, verify)
+		return splitIPv6(b, more, s, verify)
 	}
 	return VerdictOther
 }
 
-func splitIPv4(b []byte, s *Split, verify bool) Verdict {
+// moreLen is the number of bytes in the continuation buffers.
+func moreLen(more [][]byte) int {
+	n := 0
+	for _, m := range more {
+		n += len(m)
+	}
+	return n
+}
+
+func splitIPv4(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 	ip := b[ethHdrLen:]
 	if len(ip) < 20 {
 		return VerdictMalformed
@@ -108,7 +125,7 @@ func splitIPv4(b []byte, s *Split, verify bool) Verdict {
 	}
 	ihl := int(ip[0]&0x0f) * 4
 	total := int(binary.BigEndian.Uint16(ip[2:]))
-	if ihl < 20 || total < ihl || total > len(ip) {
+	if ihl < 20 || total < ihl || total > len(ip)+moreLen(more) || ihl > len(ip) {
 		return VerdictMalformed
 	}
 	if verify && checksum.Checksum(ip[:ihl], 0) != 0xffff {
@@ -133,7 +150,7 @@ func splitIPv4(b []byte, s *Split, verify bool) Verdict {
 		ph[9] = ipProtoTCP
 		binary.BigEndian.PutUint16(ph[10:], uint16(total-ihl))
 	}
-	return splitTCP(ip[ihl:total], ethHdrLen+ihl, s, verify, ph[:])
+	return splitTCP(ip[ihl:min(total, len(ip))], total-ihl, more, ethHdrLen+ihl, s, verify, ph[:])
 }
 
 const (
@@ -145,15 +162,17 @@ const (
 	ipv6NoNextHeader = 59
 )
 
-func splitIPv6(b []byte, s *Split, verify bool) Verdict {
+func splitIPv6(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 	ip := b[ethHdrLen:]
 	if len(ip) < ipv6HdrLen || ip[0]>>4 != 6 {
 		return VerdictMalformed
 	}
 	plen := int(binary.BigEndian.Uint16(ip[4:]))
-	if ipv6HdrLen+plen > len(ip) {
+	if ipv6HdrLen+plen > len(ip)+moreLen(more) {
 		return VerdictMalformed
 	}
+	// Extension headers and TCP's header are read from the first buffer.
+	inFirst := min(ipv6HdrLen+plen, len(ip))
 	s.IPOff = ethHdrLen
 	s.FrameLen = ethHdrLen + ipv6HdrLen + plen
 	copy(s.Src[:], ip[8:24])
@@ -162,7 +181,7 @@ func splitIPv6(b []byte, s *Split, verify bool) Verdict {
 	if nh != ipProtoTCP {
 		// Walk extension headers to tell TCP behind them (not split) from
 		// everything else (ICMPv6 and neighbour discovery: to the stack).
-		ext := ip[ipv6HdrLen : ipv6HdrLen+plen]
+		ext := ip[ipv6HdrLen:inFirst]
 		for i := 0; i < 8; i++ {
 			switch nh {
 			case ipProtoTCP:
@@ -192,25 +211,45 @@ func splitIPv6(b []byte, s *Split, verify bool) Verdict {
 		binary.BigEndian.PutUint32(ph[32:], uint32(plen))
 		ph[39] = ipProtoTCP
 	}
-	return splitTCP(ip[ipv6HdrLen:ipv6HdrLen+plen], ethHdrLen+ipv6HdrLen, s, verify, ph[:])
+	return splitTCP(ip[ipv6HdrLen:inFirst], plen, more, ethHdrLen+ipv6HdrLen, s, verify, ph[:])
 }
 
 // splitTCP parses the TCP header at tcp (starting at frame offset off) and
-// verifies the checksum against the pseudo-header ph.
-func splitTCP(tcp []byte, off int, s *Split, verify bool, ph []byte) Verdict {
-	if len(tcp) < tcpMinHdrLen {
+// verifies the checksum against the pseudo-header ph. tcp holds what of the
+// segment is in the first buffer; segLen is the whole segment's length, the
+// rest of it in more.
+func splitTCP(tcp []byte, segLen int, more [][]byte, off int, s *Split, verify bool, ph []byte) Verdict {
+	if segLen < tcpMinHdrLen || len(tcp) < tcpMinHdrLen {
 		return VerdictMalformed
 	}
 	doff := int(tcp[12]>>4) * 4
-	if doff < tcpMinHdrLen || doff > len(tcp) {
+	if doff < tcpMinHdrLen || doff > segLen || doff > len(tcp) {
 		return VerdictMalformed
 	}
-	if verify && checksum.Checksum(tcp, checksum.Checksum(ph, 0)) != 0xffff {
-		return VerdictBadTCPChecksum
+	if verify {
+		var sum uint16
+		if len(more) == 0 {
+			sum = checksum.Checksum(tcp, checksum.Checksum(ph, 0))
+		} else {
+			var c checksum.Checksumer
+			c.Add(ph)
+			c.Add(tcp)
+			left := segLen - len(tcp)
+			for _, m := range more {
+				m = m[:min(len(m), left)]
+				c.Add(m)
+				left -= len(m)
+			}
+			sum = c.Checksum()
+		}
+		if sum != 0xffff {
+			return VerdictBadTCPChecksum
+		}
 	}
 	s.TCPOff = off
 	s.PayloadOff = off + doff
-	s.PayloadLen = len(tcp) - doff
+	s.PayloadLen = segLen - doff
+	s.FrameLen = off + segLen
 	s.SrcPort = binary.BigEndian.Uint16(tcp[0:])
 	s.DstPort = binary.BigEndian.Uint16(tcp[2:])
 	s.Seq = binary.BigEndian.Uint32(tcp[4:])

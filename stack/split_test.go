@@ -238,3 +238,46 @@ func TestSplitFrameIPv6(t *testing.T) {
 		t.Fatalf("long payload length: %v", v)
 	}
 }
+
+// TestSplitFramesMultiBuffer: a jumbo frame cut into several buffers, at odd
+// and even points after the headers, splits exactly as the whole frame does,
+// and corruption in any buffer is caught.
+func TestSplitFramesMultiBuffer(t *testing.T) {
+	payload := make([]byte, 8948)
+	for i := range payload {
+		payload[i] = byte(i*7 + 3)
+	}
+	for _, frame := range [][]byte{
+		buildFrame(nil, []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2}, payload, 12345, tcpFlagAck),
+		buildFrame6(ipProtoTCP, nil, payload, 999),
+	} {
+		var whole Split
+		if v := SplitFrame(frame, &whole, true); v != VerdictTCP {
+			t.Fatalf("whole frame: %v", v)
+		}
+		for _, cuts := range [][]int{{3840}, {3839, 7679}, {100, 101, 5000}, {whole.PayloadOff, whole.PayloadOff + 1}} {
+			var bufs [][]byte
+			prev := 0
+			for _, c := range cuts {
+				bufs = append(bufs, frame[prev:c])
+				prev = c
+			}
+			bufs = append(bufs, frame[prev:])
+			var s Split
+			if v := SplitFrames(bufs[0], bufs[1:], &s, true); v != VerdictTCP || s != whole {
+				t.Fatalf("cuts %v: verdict %v, split %+v, want %+v", cuts, v, s, whole)
+			}
+			last := bufs[len(bufs)-1]
+			last[len(last)-1] ^= 0x10
+			if v := SplitFrames(bufs[0], bufs[1:], &s, true); v != VerdictBadTCPChecksum {
+				t.Fatalf("cuts %v: corruption in the last buffer: %v", cuts, v)
+			}
+			last[len(last)-1] ^= 0x10
+		}
+		// Headers must be in the first buffer.
+		var s Split
+		if v := SplitFrames(frame[:30], [][]byte{frame[30:]}, &s, true); v != VerdictMalformed {
+			t.Fatalf("headers across buffers: %v", v)
+		}
+	}
+}

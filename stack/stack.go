@@ -147,10 +147,14 @@ func New(cfg Config) (_ *Stack, err error) {
 	if cfg.HDSThresh < 0 {
 		return nil, fmt.Errorf("xdevmem stack: hds-thresh %d: %w", cfg.HDSThresh, unix.EINVAL)
 	}
-	if max := umem.DefaultFrameSize - 256 - ethHdrLen; cfg.MTU > max {
-		return nil, fmt.Errorf("xdevmem stack: MTU %d of %s is too large for %d-byte frames (at most %d without multi-buffer): %w",
-			cfg.MTU, cfg.Ifname, umem.DefaultFrameSize, max, unix.EMSGSIZE)
+	if cfg.MTU > MaxMTU {
+		return nil, fmt.Errorf("xdevmem stack: MTU %d of %s is too large (at most %d, in up to %d frames of %d bytes with XDP multi-buffer): %w",
+			cfg.MTU, cfg.Ifname, MaxMTU, (MaxMTU+ethHdrLen+umem.DefaultFrameSize-1)/umem.DefaultFrameSize+1, umem.DefaultFrameSize, unix.EMSGSIZE)
 	}
+	// Above this MTU a frame may not fit one UMEM frame (and veth refuses
+	// single-buffer native XDP): use XDP multi-buffer, a packet in several
+	// frames.
+	multiBuffer := cfg.MTU > SingleBufferMTU
 	s := &Stack{
 		cfg:       cfg,
 		ifindex:   ifc.Index,
@@ -177,7 +181,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 	for q := 0; q < cfg.Queues; q++ {
-		sc := umem.SocketConfig{Queue: q}
+		sc := umem.SocketConfig{Queue: q, SG: multiBuffer}
 		if q > 0 {
 			sc.Shared = s.socks[0]
 			sc.TXFrames = 1 // only socks[0] transmits
@@ -189,7 +193,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		s.socks = append(s.socks, sock)
 	}
 	s.sock = s.socks[0]
-	pc := umem.ProgramConfig{Queues: cfg.Queues}
+	pc := umem.ProgramConfig{Queues: cfg.Queues, Frags: multiBuffer}
 	for _, p := range prefixes {
 		if p.Addr().Is4() {
 			pc.IPv4 = append(pc.IPv4, p.Addr())
@@ -259,6 +263,13 @@ func (s *Stack) initNetstack() error {
 }
 
 func (s *Stack) attach() error { return s.prog.Attach(s.ifindex) }
+
+// MTU limits: up to SingleBufferMTU every frame fits one UMEM frame; above
+// it, up to MaxMTU, frames arrive in several (XDP multi-buffer).
+const (
+	SingleBufferMTU = 3506
+	MaxMTU          = 9216
+)
 
 // maxChannels bounds the logical RX queues.
 const maxChannels = 64

@@ -50,15 +50,15 @@ func TestBenchQuick(t *testing.T) {
 		f := r.Figures
 		for name, fig := range map[string]bench.Figure{
 			"goodput MB/s": f.MBps, "Gbit/s": f.Gbps, "Mpps": f.Mpps,
-			"recv CPU/GB": f.RecvCPUPerGB, "send CPU/GB": f.SendCPUPerGB, "machine CPU/GB": f.MachineCPUPerGB,
+			"recv CPU/GB": f.LocalCPUPerGB, "send CPU/GB": f.PeerCPUPerGB, "machine CPU/GB": f.MachineCPUPerGB,
 			"copied B/B": f.CopiedPerByte, "allocs/pkt": f.AllocsPerPacket, "drops": f.Drops,
 		} {
 			if !fig.Valid() {
 				t.Errorf("row %s: no %s figure", r.ID, name)
 			}
 		}
-		if f.MBps.Median <= 0 || f.RecvCPUPerGB.Median <= 0 {
-			t.Errorf("row %s: goodput %v MB/s, receiver CPU %v s/GB", r.ID, f.MBps.Median, f.RecvCPUPerGB.Median)
+		if f.MBps.Median <= 0 || f.LocalCPUPerGB.Median <= 0 {
+			t.Errorf("row %s: goodput %v MB/s, receiver CPU %v s/GB", r.ID, f.MBps.Median, f.LocalCPUPerGB.Median)
 		}
 		if r.Kind == bench.KindDevmem && (!f.TokensPerSec.Valid() || f.TokensPerSec.Median <= 0) {
 			t.Errorf("row %s: no token rate", r.ID)

@@ -164,7 +164,14 @@ func TestBadSetup(t *testing.T) {
 	addr := p.EmuAddr.Addr().String()
 	run := func(args ...string) string {
 		t.Helper()
-		out, err := p.Emu.Command(bin, args...).CombinedOutput()
+		cmd := p.Emu.Command(bin, args...)
+		var buf strings.Builder
+		cmd.Stdout, cmd.Stderr = &buf, &buf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		err := waitCmd(cmd, 20*time.Second) // a server that wrongly starts is killed
+		out := buf.String()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() == 0 {
 			t.Fatalf("%v: want a failure, got %v: %s", args, err, out)
@@ -200,10 +207,10 @@ func TestBadSetup(t *testing.T) {
 	other.Close()
 
 	// MTU too large for a frame.
-	if out, err := p.Emu.Command("ip", "link", "set", "dev", p.EmuIf, "mtu", "4000").CombinedOutput(); err != nil {
+	if out, err := p.Emu.Command("ip", "link", "set", "dev", p.EmuIf, "mtu", "9500").CombinedOutput(); err != nil {
 		t.Fatalf("set mtu: %v: %s", err, out)
 	}
-	expect(run("server", "--backend", "emulated", "-f", p.EmuIf, "-s", addr), "MTU 4000", "too large")
+	expect(run("server", "--backend", "emulated", "-f", p.EmuIf, "-s", addr), "MTU 9500", "too large")
 
 	// Not root: the demo names the capabilities.
 	if _, err := exec.LookPath("setpriv"); err == nil {

@@ -33,6 +33,10 @@ type SocketConfig struct {
 	ZeroCopy bool
 	// NoNeedWakeup turns off XDP_USE_NEED_WAKEUP.
 	NoNeedWakeup bool
+	// SG binds with XDP_USE_SG: a packet larger than a frame arrives as
+	// several descriptors, all but the last flagged XDP_PKT_CONTD (jumbo
+	// frames; the XDP program must be multi-buffer capable).
+	SG bool
 	// BindRetry is how long a bind that fails with EBUSY (a previous socket
 	// on the queue is still being torn down) is retried; 0 means 2s.
 	BindRetry time.Duration
@@ -201,6 +205,9 @@ func NewSocket(region *Region, ifindex int, cfg SocketConfig) (_ *Socket, err er
 	}
 	if !cfg.NoNeedWakeup {
 		flags |= unix.XDP_USE_NEED_WAKEUP
+	}
+	if cfg.SG {
+		flags |= unix.XDP_USE_SG
 	}
 	s.noNeedWakeup = cfg.NoNeedWakeup
 	sa := &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(ifindex), QueueID: uint32(cfg.Queue)}

@@ -42,8 +42,18 @@ type ProgramConfig struct {
 	// (default 1).
 	Queues int
 
-	// Later: per-flow rules in a map, multi-buffer frames
-	// (BPF_F_XDP_HAS_FRAGS).
+	// Frags loads the program as multi-buffer capable (BPF_F_XDP_HAS_FRAGS):
+	// frames larger than one page, as jumbo MTUs need, reach it in pieces
+	// (it reads only the first piece's headers), and veth allows native
+	// XDP above MTU 3506 only with such a program.
+	Frags bool
+}
+
+func progFlags(cfg ProgramConfig) uint32 {
+	if cfg.Frags {
+		return unix.BPF_F_XDP_HAS_FRAGS
+	}
+	return 0
 }
 
 // progIPv6Targets returns the 16-byte destinations the program steers for
@@ -153,6 +163,7 @@ func progLoad(cfg ProgramConfig, v progVerdicts) (*Program, error) {
 		Type:         ebpf.XDP,
 		License:      progLicense,
 		Instructions: progInstructions(addrs, progIPv6Targets(cfg.IPv6), xsks.FD(), v),
+		Flags:        progFlags(cfg),
 	})
 	if err != nil {
 		xsks.Close()
