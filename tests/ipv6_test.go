@@ -16,19 +16,11 @@ func TestRXIPv6(t *testing.T) {
 	if !w.Pair.EmuAddr.Addr().Is6() {
 		t.Fatalf("stack address %v is not IPv6", w.Pair.EmuAddr)
 	}
-	connc := acceptOne(t, w)
 	const size = 128 << 20
-	errc := sendPattern(w, 7, size)
-	conn := <-connc
-	if conn == nil {
-		t.FailNow()
-	}
-	defer conn.Close()
-	res := receiveValidated(t, w, conn, 7, size)
-	waitErr(t, errc, "send")
+	res := transfer(t, w, 7, size)
 	if res.DmabufBytes != size || res.LinearBytes != 0 {
 		t.Fatalf("dmabuf %d, linear %d", res.DmabufBytes, res.LinearBytes)
 	}
-	t.Logf("IPv6 %v -> %v: %d bytes in %v, %d frags", conn.RemoteAddr(), conn.LocalAddr(), res.Bytes, res.Elapsed, res.Frags)
+	t.Logf("IPv6 to [%v]: %d bytes in %v, %d frags", w.Pair.EmuAddr.Addr(), res.Bytes, res.Elapsed, res.Frags)
 	checkStats(t, w.Stack.Stats())
 }

@@ -16,16 +16,8 @@ func TestJumbo1GiB(t *testing.T) {
 	if w.Stack.XDPMode() != "native" {
 		t.Fatalf("XDP mode %q: multi-buffer should keep native mode", w.Stack.XDPMode())
 	}
-	connc := acceptOne(t, w)
 	const size = 1 << 30
-	errc := sendPattern(w, 7, size)
-	conn := <-connc
-	if conn == nil {
-		t.FailNow()
-	}
-	defer conn.Close()
-	res := receiveValidated(t, w, conn, 7, size)
-	waitErr(t, errc, "send")
+	res := transfer(t, w, 7, size)
 	st := w.Stack.Stats()
 	if res.DmabufBytes != size {
 		t.Fatalf("dmabuf %d of %d", res.DmabufBytes, size)

@@ -7,12 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,16 +29,8 @@ import (
 func TestRX1GiB(t *testing.T) {
 	testutil.Watchdog(t, 5*time.Minute)
 	w := newWorld(t, harness.Options{Stack: stack.Config{RegionSize: 16 << 20}})
-	connc := acceptOne(t, w)
 	const size = 1 << 30
-	errc := sendPattern(w, 7, size)
-	conn := <-connc
-	if conn == nil {
-		t.FailNow()
-	}
-	defer conn.Close()
-	res := receiveValidated(t, w, conn, 7, size)
-	waitErr(t, errc, "send")
+	res := transfer(t, w, 7, size)
 	st := w.Stack.Stats()
 	if res.DmabufBytes != size || res.LinearBytes != 0 || res.Plain != 0 {
 		t.Fatalf("dmabuf %d linear %d plain calls %d: want all %d bytes as dmabuf frags", res.DmabufBytes, res.LinearBytes, res.Plain, size)
@@ -208,67 +198,7 @@ func TestHeaderSplitSegments(t *testing.T) {
 func TestConcurrentConnections(t *testing.T) {
 	testutil.Watchdog(t, 3*time.Minute)
 	w := newWorld(t, harness.Options{Stack: stack.Config{RegionSize: 64 << 20}})
-	const conns = 16
-	const size = 8 << 20
-	var wg sync.WaitGroup
-	errs := make(chan error, 2*conns)
-	for i := 0; i < conns; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := w.Listener.Accept()
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			// The client sends its period in the first byte.
-			var period int
-			v := (*pattern.Validator)(nil)
-			var got uint64
-			_, err = harness.Receive(c, w.Binding, harness.ReceiveOptions{Sink: func(b []byte) error {
-				if v == nil {
-					period = int(b[0])
-					v = pattern.NewValidator(period)
-					b = b[1:]
-					got++
-				}
-				got += uint64(len(b))
-				return v.Check(b)
-			}})
-			if err == nil && got != size+1 {
-				err = fmt.Errorf("period %d: got %d bytes, want %d", period, got, size+1)
-			}
-			if err != nil {
-				errs <- err
-			}
-		}()
-	}
-	for i := 0; i < conns; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := w.DialPeer()
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			period := 3 + i
-			if _, err := c.Write([]byte{byte(period)}); err != nil {
-				errs <- err
-				return
-			}
-			if _, err := io.Copy(c, pattern.NewReader(period, size)); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	runConns(t, w, 16, 8<<20)
 	checkStats(t, w.Stack.Stats())
 }
 

@@ -112,3 +112,19 @@ func checkStats(t *testing.T, st stack.Stats) {
 var _ = net.Dial
 
 func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 10*time.Second) }
+
+// transfer runs one connection: the peer sends size bytes of the period-n
+// pattern, the stack's side receives and validates them as a devmem app.
+func transfer(t *testing.T, w *harness.World, n int, size uint64) harness.Result {
+	t.Helper()
+	connc := acceptOne(t, w)
+	errc := sendPattern(w, n, size)
+	conn := <-connc
+	if conn == nil {
+		t.FailNow()
+	}
+	defer conn.Close()
+	res := receiveValidated(t, w, conn, n, size)
+	waitErr(t, errc, "send")
+	return res
+}
