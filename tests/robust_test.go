@@ -3,6 +3,7 @@ package tests
 import (
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -110,23 +111,27 @@ func TestServerSIGKILL(t *testing.T) {
 		return srv
 	}
 	srv := start()
-	// A long transfer in the background.
+	// A long transfer in the background; it is cut when the server dies.
+	var c net.Conn
+	if err := p.Peer.Do(func() error {
+		var err error
+		c, err = netDial(addr + ":5310")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	copied := make(chan struct{})
 	go func() {
-		p.Peer.Do(func() error {
-			c, err := netDial(addr + ":5310")
-			if err != nil {
-				return err
-			}
-			io.Copy(c, pattern.NewReader(7, 8<<30))
-			c.Close()
-			return nil
-		})
+		io.Copy(c, pattern.NewReader(7, 8<<30))
+		close(copied)
 	}()
 	time.Sleep(700 * time.Millisecond)
 	if err := srv.Process.Signal(unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	srv.Wait()
+	c.Close() // nothing answers any more: do not wait for TCP to give up
+	<-copied
 	out, err := p.Emu.Command("ip", "-d", "link", "show", "dev", p.EmuIf).CombinedOutput()
 	if err != nil {
 		t.Fatal(err)

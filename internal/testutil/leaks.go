@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,9 +28,37 @@ import (
 // test binaries of other packages running at the same time do not count.
 func CheckLeaks(m *testing.M) int {
 	xdpBefore, xdpErr := rootXDP()
+	fdsBefore, fdErr := openFDs()
+	goBefore := runtime.NumGoroutine()
 	code := m.Run()
 
 	var problems []string
+	// File descriptors and goroutines: give asynchronous closes a moment.
+	var newFDs []string
+	goAfter := 0
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		newFDs = newFDs[:0]
+		if after, err := openFDs(); err == nil && fdErr == nil {
+			for fd, target := range after {
+				if fdsBefore[fd] != target && !runtimeFD(target) {
+					newFDs = append(newFDs, fmt.Sprintf("%d -> %s", fd, target))
+				}
+			}
+		}
+		goAfter = runtime.NumGoroutine()
+		if (len(newFDs) == 0 && goAfter <= goBefore+goroutineSlack) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(newFDs) > 0 {
+		sort.Strings(newFDs)
+		problems = append(problems, fmt.Sprintf("file descriptors left open: %s", strings.Join(newFDs, ", ")))
+	}
+	if goAfter > goBefore+goroutineSlack {
+		buf := make([]byte, 1<<16)
+		buf = buf[:runtime.Stack(buf, true)]
+		problems = append(problems, fmt.Sprintf("%d goroutines left running (%d before the tests):\n%s", goAfter, goBefore, buf))
+	}
 	if left, err := netns.Leftovers(); err != nil {
 		problems = append(problems, fmt.Sprintf("list namespaces: %v", err))
 	} else if len(left) > 0 {
@@ -158,6 +188,11 @@ func openFDs() (map[int]string, error) {
 	}
 	return fds, nil
 }
+
+// goroutineSlack is how many more goroutines than before the tests may
+// remain (lazily started runtime and library workers, such as gVisor's
+// shared timers).
+const goroutineSlack = 8
 
 // runtimeFD reports descriptors the Go runtime opens lazily and keeps, such
 // as the network poller's, which are not a test's leak.
