@@ -32,10 +32,16 @@ type flow struct {
 // a SYN arrives (its sequence number fixes the stream's offsets) and removed
 // when the connection closes.
 type flowTable struct {
-	mu     sync.RWMutex
-	m      map[flowKey]*flow
-	window uint64
+	mu      sync.RWMutex
+	m       map[flowKey]*flow
+	window  uint64
+	pending int // flows not accepted yet; guarded by mu
 }
+
+// maxPendingFlows bounds flows that saw a SYN but were not accepted (a SYN
+// flood must not grow the table without bound); past it the oldest-looking
+// empty pending flows are evicted.
+const maxPendingFlows = 4096
 
 func (t *flowTable) init() { t.m = map[flowKey]*flow{} }
 
@@ -47,10 +53,14 @@ func (t *flowTable) syn(key flowKey, base uint32, unpin []uint32, c *counters) [
 	defer t.mu.Unlock()
 	f := t.m[key]
 	if f == nil {
+		if t.pending >= maxPendingFlows {
+			unpin = t.evictPendingLocked(unpin, c)
+		}
 		f = &flow{key: key}
 		f.fq.window = t.window
 		f.fq.base = base
 		t.m[key] = f
+		t.pending++
 		c.flowsCreated.Add(1)
 		return unpin
 	}
@@ -81,7 +91,30 @@ func (t *flowTable) attach(key flowKey) *flow {
 	f.mu.Lock()
 	f.attached = true
 	f.mu.Unlock()
+	t.pending--
 	return f
+}
+
+// evictPendingLocked drops up to 64 pending flows, preferring ones that
+// hold no payload (t.mu held).
+func (t *flowTable) evictPendingLocked(unpin []uint32, c *counters) []uint32 {
+	n := 0
+	for k, f := range t.m { // map order: arbitrary, which is all we need
+		if n == 64 {
+			break
+		}
+		f.mu.Lock()
+		if !f.attached && (f.fq.len() == 0 || t.pending-n > maxPendingFlows) {
+			unpin = f.fq.drain(unpin)
+			f.dead.Store(true)
+			delete(t.m, k)
+			n++
+			c.flowsEvicted.Add(1)
+		}
+		f.mu.Unlock()
+	}
+	t.pending -= n
+	return unpin
 }
 
 // remove deletes f and returns the frames its queue still pinned.
@@ -89,6 +122,9 @@ func (t *flowTable) remove(f *flow, unpin []uint32) []uint32 {
 	t.mu.Lock()
 	if t.m[f.key] == f {
 		delete(t.m, f.key)
+		if !f.attached {
+			t.pending--
+		}
 	}
 	t.mu.Unlock()
 	f.dead.Store(true)
@@ -106,6 +142,7 @@ func (t *flowTable) removeUnaccepted(lport uint16, r *umem.Region) {
 	for k, f := range t.m {
 		if k.lport == lport && !f.attached {
 			delete(t.m, k)
+			t.pending--
 			gone = append(gone, f)
 		}
 	}
@@ -126,6 +163,7 @@ func (t *flowTable) drainAll(r *umem.Region) {
 	t.mu.Lock()
 	all := t.m
 	t.m = map[flowKey]*flow{}
+	t.pending = 0
 	t.mu.Unlock()
 	var unpin []uint32
 	for _, f := range all {

@@ -408,6 +408,7 @@ func (s *Stack) Stats() Stats {
 		ENoDev:             c.enodev.Load(),
 		FlowsCreated:       c.flowsCreated.Load(),
 		FlowsClosed:        c.flowsClosed.Load(),
+		FlowsEvicted:       c.flowsEvicted.Load(),
 	}
 	for _, sock := range s.socks {
 		x, _ := sock.Stats()

@@ -22,6 +22,7 @@ type counters struct {
 	kickErrors                              atomic.Uint64
 	recvCalls, etoosmall, efault, enodev    atomic.Uint64
 	flowsCreated, flowsClosed, flowsRefused atomic.Uint64
+	flowsEvicted                            atomic.Uint64
 }
 
 // Stats is a snapshot of the stack's counters.
@@ -68,8 +69,9 @@ type Stats struct {
 	// RecvCalls counts RecvMsg calls; ETooSmall, EFault and ENoDev count
 	// their errors.
 	RecvCalls, ETooSmall, EFault, ENoDev uint64
-	// FlowsCreated and FlowsClosed count fragment queues.
-	FlowsCreated, FlowsClosed uint64
+	// FlowsCreated and FlowsClosed count fragment queues; FlowsEvicted
+	// those dropped unaccepted because too many were pending (SYN flood).
+	FlowsCreated, FlowsClosed, FlowsEvicted uint64
 	// XSK are the AF_XDP socket's kernel counters (RxFillRingEmpty counts
 	// the drops of an exhausted dmabuf).
 	XSK umem.Stats
