@@ -19,6 +19,24 @@ import (
 // (NETDEV_CMD_BIND_TX), sendmsg with the dmabuf id in a SOL_SOCKET /
 // SCM_DEVMEM_DMABUF control message and iov_base holding dmabuf offsets, and
 // the MSG_ZEROCOPY completion notifications read with recvmsg(MSG_ERRQUEUE).
+//
+// The errors of a devmem sendmsg, as Linux 6.18 returns them (and both
+// backends must):
+//
+//	control message malformed, SCM_DEVMEM_DMABUF     EINVAL  net/core/sock.c sock_cmsg_send,
+//	  cmsg_len != CMSG_LEN(4), other SOL_SOCKET type          __sock_cmsg_send
+//	dmabuf id of no TX binding (unknown, unbound,    EINVAL  net/core/devmem.c net_devmem_get_binding
+//	  an RX binding: no tx_vec)                               (!binding || !binding->tx_vec)
+//	binding of another device than the route's       ENODEV  net_devmem_get_binding (dst dev check)
+//	dmabuf id without MSG_ZEROCOPY or SO_ZEROCOPY    EINVAL  net/ipv4/tcp.c tcp_sendmsg_locked
+//	iovec offset or end outside the dmabuf           EFAULT  net/core/datagram.c
+//	                                                          zerocopy_fill_skb_from_devmem,
+//	                                                          net_devmem_get_niov_at
+//
+// A call that fails sends nothing and takes no zerocopy number (the kernel's
+// net_zcopy_put_abort gives the number back). A zero-length send returns 0
+// without looking the id up, but a dmabuf id without MSG_ZEROCOPY is EINVAL
+// even then.
 
 // Flags and constants of a devmem send and its completions
 // (include/uapi/linux/errqueue.h, include/linux/socket.h).

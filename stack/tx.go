@@ -92,6 +92,8 @@ type txPkt struct {
 	first, end int    // its descriptors
 	chain      bool   // a chain record was made
 	refs, refe int    // its payload descriptors' bindings in txScratch.refs
+	extras     int    // its further TX frames in txScratch.extras
+	extrae     int
 }
 
 type txScratch struct {
@@ -101,6 +103,14 @@ type txScratch struct {
 	pkts   []txPkt
 	pieces []txPiece
 	refs   []*txBinding
+	extras []uint64 // TX frames chained behind a header frame
+}
+
+// pop takes one of the TX frames take made sure of.
+func (sc *txScratch) pop() uint64 {
+	a := sc.avail[len(sc.avail)-1]
+	sc.avail = sc.avail[:len(sc.avail)-1]
+	return a
 }
 
 // txDevice is where the engine's frames go: the AF_XDP socket, or the
@@ -118,7 +128,8 @@ type txDevice interface {
 type txEngine struct {
 	s     *Stack
 	dev   txDevice
-	mb    bool
+	mb    bool   // payload descriptors point into the span
+	chain bool   // the device takes multi-buffer chains
 	mask  uint64 // frame size - 1
 	shift uint   // log2(frame size)
 
@@ -142,6 +153,7 @@ type txCounters struct {
 	dmabufBytes, dmabufCopied, segments atomic.Uint64
 	mbPackets, copyPackets, descs       atomic.Uint64
 	stale, unmapped, plainPackets       atomic.Uint64
+	oversize                            atomic.Uint64
 	einval, efault, enodev              atomic.Uint64
 }
 
@@ -168,6 +180,9 @@ type TXStats struct {
 	Unmapped uint64
 	// PlainPackets counts other frames the engine sent (ACKs, SYNs, ...).
 	PlainPackets uint64
+	// Oversize counts packets dropped for being larger than a UMEM frame
+	// on a kernel without multi-buffer TX.
+	Oversize uint64
 	// EINVAL, EFAULT and ENODEV count failed send calls.
 	EINVAL, EFAULT, ENODEV uint64
 }
@@ -185,8 +200,8 @@ func (s *Stack) TXStats() TXStats {
 		DmabufBytes: c.dmabufBytes.Load(), DmabufBytesCopied: c.dmabufCopied.Load(),
 		Segments: c.segments.Load(), MultiBufferPackets: c.mbPackets.Load(), CopiedPackets: c.copyPackets.Load(),
 		PayloadDescs: c.descs.Load(), StaleDrops: c.stale.Load(), Unmapped: c.unmapped.Load(),
-		PlainPackets: c.plainPackets.Load(),
-		EINVAL:       c.einval.Load(), EFAULT: c.efault.Load(), ENODEV: c.enodev.Load(),
+		PlainPackets: c.plainPackets.Load(), Oversize: c.oversize.Load(),
+		EINVAL: c.einval.Load(), EFAULT: c.efault.Load(), ENODEV: c.enodev.Load(),
 	}
 	if t.mb {
 		st.Mode = "multi-buffer"
@@ -281,8 +296,9 @@ func (p *txTap) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *gstack
 }
 
 // engine returns the TX engine, installing it on first use: on a socket it
-// probes whether the kernel takes multi-buffer chains (Config.TXCopy skips
-// the probe and copies).
+// probes whether the kernel takes multi-buffer chains. Payload descriptors
+// point into TX dmabufs when it does and Config.TXCopy is off; chains of TX
+// frames (for frames larger than a UMEM frame) need only the former.
 func (s *Stack) engine() (*txEngine, error) {
 	if t := s.tx.eng.Load(); t != nil {
 		return t, nil
@@ -307,23 +323,23 @@ func (s *Stack) engine() (*txEngine, error) {
 	}
 	t.scratch.New = func() any { return &txScratch{} }
 	if s.sock != nil {
-		t.dev = newSockDevice(s.sock, t.claim)
+		t.dev = &sockDevice{sock: s.sock, claim: t.claim}
 		// Let one kick send a whole ring (the kernel's default is 32
 		// descriptors); older kernels lack the option.
 		_ = s.sock.SetTXBudget(0)
-		if !s.cfg.TXCopy {
-			ok, err := s.sock.TXProbeMultiBuffer(probeFrame(s.mac), time.Second)
-			if err != nil {
-				return nil, fmt.Errorf("tx engine: %w", err)
-			}
-			t.mb = ok
+		ok, err := s.sock.TXProbeMultiBuffer(probeFrame(s.mac), time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("tx engine: %w", err)
 		}
+		t.chain = ok
+		t.mb = ok && !s.cfg.TXCopy
 	} else {
 		hd, err := newHookDevice(t, 64)
 		if err != nil {
 			return nil, err
 		}
 		t.dev = hd
+		t.chain = true
 		t.mb = !s.cfg.TXCopy
 	}
 	s.tx.eng.Store(t)
@@ -483,11 +499,11 @@ func (t *txEngine) writePackets(pkts gstack.PacketBufferList) (int, tcpip.Error)
 	list := pkts.AsSlice()
 	sc := t.scratch.Get().(*txScratch)
 	defer t.scratch.Put(sc)
-	sc.descs, sc.pkts, sc.refs, sc.avail = sc.descs[:0], sc.pkts[:0], sc.refs[:0], sc.avail[:0]
+	sc.descs, sc.pkts, sc.refs, sc.extras, sc.avail = sc.descs[:0], sc.pkts[:0], sc.refs[:0], sc.extras[:0], sc.avail[:0]
 	done := 0
 	ok := true
 	for _, pkt := range list {
-		if !t.take(sc, framesFor(pkt)) {
+		if !t.take(sc, t.framesFor(pkt)) {
 			break
 		}
 		t.build(pkt, sc)
@@ -511,14 +527,26 @@ func (t *txEngine) writePackets(pkts gstack.PacketBufferList) (int, tcpip.Error)
 	return done, nil
 }
 
-// framesFor is the number of frames pkt becomes.
-func framesFor(pkt *gstack.PacketBuffer) int {
+// segmentsOf is the number of frames pkt becomes: its GSO segments.
+func segmentsOf(pkt *gstack.PacketBuffer) int {
 	g := pkt.GSOOptions
 	dl := pkt.Data().Size()
 	if (g.Type == gstack.GSOTCPv4 || g.Type == gstack.GSOTCPv6) && g.MSS > 0 && dl > int(g.MSS) {
 		return (dl + int(g.MSS) - 1) / int(g.MSS)
 	}
 	return 1
+}
+
+// framesFor bounds the TX frames pkt needs: per segment, its headers and
+// payload spread over whole frames (only jumbo frames need more than one).
+func (t *txEngine) framesFor(pkt *gstack.PacketBuffer) int {
+	nseg := segmentsOf(pkt)
+	mss := pkt.Data().Size()
+	if nseg > 1 {
+		mss = int(pkt.GSOOptions.MSS)
+	}
+	fs := int(t.mask + 1)
+	return nseg * ((pkt.HeaderSize() + mss + fs - 1) / fs)
 }
 
 // take makes sure sc holds n free TX frames.
@@ -547,7 +575,7 @@ func (t *txEngine) flush(sc *txScratch) bool {
 	if n < len(sc.descs) {
 		t.undo(sc, n)
 	}
-	sc.descs, sc.pkts, sc.refs = sc.descs[:0], sc.pkts[:0], sc.refs[:0]
+	sc.descs, sc.pkts, sc.refs, sc.extras = sc.descs[:0], sc.pkts[:0], sc.refs[:0], sc.extras[:0]
 	return all
 }
 
@@ -570,22 +598,24 @@ func (t *txEngine) undo(sc *txScratch, n int) {
 			}
 		}
 		t.dev.release(p.addr)
+		t.dev.release(sc.extras[p.extras:p.extrae]...)
 	}
 }
 
 // build turns one gVisor packet into frames (descriptors appended to
 // sc.descs), taking its TX frames from sc.avail.
 func (t *txEngine) build(pkt *gstack.PacketBuffer, sc *txScratch) {
-	nseg := framesFor(pkt)
+	nseg := segmentsOf(pkt)
 	hl := pkt.HeaderSize()
 	dl := pkt.Data().Size()
 	mss := dl
 	if nseg > 1 {
 		mss = int(pkt.GSOOptions.MSS)
 	}
-	fs := int(t.mask + 1)
-	if hl > len(sc.hdr) || hl+mss > fs {
-		// Larger than a frame: cannot happen at the MTUs the stack takes.
+	if hl > len(sc.hdr) || (hl+mss > int(t.mask+1) && !t.chain) {
+		// Headers beyond any TCP/IP, or a frame larger than a UMEM
+		// frame on a kernel that cannot chain: cannot be sent.
+		t.cnt.oversize.Add(1)
 		return
 	}
 	hdr := sc.hdr[:hl]
@@ -609,8 +639,7 @@ func (t *txEngine) build(pkt *gstack.PacketBuffer, sc *txScratch) {
 		ipOff, tcpOff = len(hdr)-len(ipHdr)-len(tcpHdr), len(hdr)-len(tcpHdr)
 	}
 	for i := 0; i < nseg; i++ {
-		addr := sc.avail[len(sc.avail)-1]
-		sc.avail = sc.avail[:len(sc.avail)-1]
+		addr := sc.pop()
 		f := t.dev.frame(addr)
 		copy(f, hdr)
 		segOff := i * mss
@@ -622,22 +651,53 @@ func (t *txEngine) build(pkt *gstack.PacketBuffer, sc *txScratch) {
 				cutSegment(ip, tcp, i, nseg, segOff, segLen)
 			}
 		}
-		p := txPkt{addr: addr, first: len(sc.descs)}
+		p := txPkt{addr: addr, first: len(sc.descs), extras: len(sc.extras)}
+		t.s.cnt.txFrames.Add(1) // the stack's Stats count every frame
+		t.s.cnt.txBytes.Add(uint64(hl + segLen))
 		if c != nil && segLen > 0 {
 			t.buildDevmem(c, addr, f, hl, segLen, ip, tcp, &p, sc)
 			continue
 		}
 		// An ordinary frame: copy it whole, finish the TCP checksum.
-		copyPacket(f[hl:], pkt, hl+segOff, segLen)
+		var ck checksum.Checksumer
+		t.emitCopy(sc, &p, addr, f, hl, segLen, func(dst []byte, off int) {
+			copyPacket(dst, pkt, hl+segOff+off, len(dst))
+			ck.Add(dst)
+		})
 		if tcp != nil {
-			var ck checksum.Checksumer
-			ck.Add(f[hl : hl+segLen])
 			finishTCPChecksum(ip, tcp, segLen, ck.Checksum())
 		}
 		t.cnt.plainPackets.Add(1)
-		sc.descs = append(sc.descs, unix.XDPDesc{Addr: addr, Len: uint32(hl + segLen)})
-		p.end = len(sc.descs)
+		p.end, p.extrae = len(sc.descs), len(sc.extras)
 		sc.pkts = append(sc.pkts, p)
+	}
+}
+
+// emitCopy appends the descriptors of a frame whose hl header bytes are in
+// the TX frame at addr (f) and whose n payload bytes fill writes into the
+// rest of it and, for a frame larger than a UMEM frame, into more TX frames
+// chained behind it (fill gets consecutive pieces, with their offset into
+// the payload). The header frame's descriptor may be followed by others.
+func (t *txEngine) emitCopy(sc *txScratch, p *txPkt, addr uint64, f []byte, hl, n int, fill func(dst []byte, off int)) {
+	first := min(n, len(f)-hl)
+	fill(f[hl:hl+first], 0)
+	if first == n {
+		sc.descs = append(sc.descs, unix.XDPDesc{Addr: addr, Len: uint32(hl + n)})
+		return
+	}
+	sc.descs = append(sc.descs, unix.XDPDesc{Addr: addr, Len: uint32(len(f)), Options: unix.XDP_PKT_CONTD})
+	for off := first; off < n; {
+		a := sc.pop()
+		g := t.dev.frame(a)
+		k := min(n-off, len(g))
+		fill(g[:k], off)
+		off += k
+		d := unix.XDPDesc{Addr: a, Len: uint32(k)}
+		if off < n {
+			d.Options = unix.XDP_PKT_CONTD
+		}
+		sc.descs = append(sc.descs, d)
+		sc.extras = append(sc.extras, a)
 	}
 }
 
@@ -716,15 +776,22 @@ func (t *txEngine) buildDevmem(c *TXConn, addr uint64, f []byte, hl, dl int, ipH
 		t.cnt.mbPackets.Add(1)
 		t.cnt.descs.Add(uint64(p.refe - p.refs))
 	} else {
-		off := hl
-		for _, pc := range pieces {
-			off += copy(f[off:], mem[pc.addr:pc.addr+uint64(pc.n)])
-		}
-		sc.descs = append(sc.descs, unix.XDPDesc{Addr: addr, Len: uint32(hl + dl)})
+		// Copy the pieces into the TX frame (and more, for a jumbo frame).
+		pi, po := 0, 0 // piece, offset in it
+		t.emitCopy(sc, p, addr, f, hl, dl, func(dst []byte, _ int) {
+			for w := 0; w < len(dst); {
+				pc := pieces[pi]
+				k := copy(dst[w:], mem[pc.addr+uint64(po):pc.addr+uint64(pc.n)])
+				w, po = w+k, po+k
+				if po == int(pc.n) {
+					pi, po = pi+1, 0
+				}
+			}
+		})
 		t.cnt.copyPackets.Add(1)
 		t.cnt.dmabufCopied.Add(uint64(dl))
 	}
-	p.end = len(sc.descs)
+	p.end, p.extrae = len(sc.descs), len(sc.extras)
 	sc.pkts = append(sc.pkts, *p)
 }
 
@@ -801,47 +868,23 @@ func finishTCPChecksum(ip, tcp []byte, dl int, paySum uint16) {
 	th.SetChecksum(^sum)
 }
 
-// sockDevice is the AF_XDP socket as a txDevice. Its kicker goroutine
-// wakes the kernel for what submit queued, so that the kick (in copy mode
-// the whole transmit and the veth peer's receive) runs beside gVisor rather
-// than inside its send path; after close, submit kicks itself.
+// sockDevice is the AF_XDP socket as a txDevice. It kicks inline: a
+// kicker goroutine (as the receive path's link uses) measured slower here,
+// since with two cores both busy the handoff costs more than it overlaps.
 type sockDevice struct {
 	sock  *umem.Socket
 	claim umem.TXClaim
-	kickc chan struct{}
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	async atomic.Bool
-	kicks atomic.Uint64
 }
 
-func newSockDevice(sock *umem.Socket, claim umem.TXClaim) *sockDevice {
-	d := &sockDevice{sock: sock, claim: claim, kickc: make(chan struct{}, 1), stop: make(chan struct{})}
-	d.async.Store(true)
-	d.wg.Add(1)
-	go d.kicker()
-	return d
-}
+func (d *sockDevice) acquire(dst []uint64) int { return d.sock.TXAcquire(dst, d.claim) }
+func (d *sockDevice) frame(addr uint64) []byte { return d.sock.TXFrame(addr) }
+func (d *sockDevice) release(addrs ...uint64)  { d.sock.TXRelease(addrs...) }
+func (d *sockDevice) reclaim()                 { d.sock.TXReclaim(d.claim) }
+func (d *sockDevice) close()                   {}
 
-func (d *sockDevice) kicker() {
-	defer d.wg.Done()
-	for {
-		select {
-		case <-d.kickc:
-			d.kicks.Add(1)
-			d.sock.TXKick(d.claim)
-		case <-d.stop:
-			return
-		}
-	}
+func (d *sockDevice) submit(ds []unix.XDPDesc) (int, error) {
+	return d.sock.TXSubmit(ds, d.claim)
 }
-
-func (d *sockDevice) acquire(dst []uint64) int              { return d.sock.TXAcquire(dst, d.claim) }
-func (d *sockDevice) frame(addr uint64) []byte              { return d.sock.TXFrame(addr) }
-func (d *sockDevice) release(addrs ...uint64)               { d.sock.TXRelease(addrs...) }
-func (d *sockDevice) reclaim()                              { d.sock.TXReclaim(d.claim) }
-func (d *sockDevice) close()                                {}
-func (d *sockDevice) submit(ds []unix.XDPDesc) (int, error) { return d.sock.TXSubmit(ds, d.claim) }
 
 // hookDevice stands in for the socket in the in-process harness: a chain
 // is joined into one frame and handed to the link's txHook, and completes

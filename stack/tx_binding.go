@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 // DefaultTXSize is the size of a TX binding whose config names none.
@@ -51,7 +52,7 @@ func (s *Stack) BindTX(cfg devmemapi.BindTXConfig) (devmemapi.TXBinding, error) 
 		return nil, fmt.Errorf("bind tx: %w", devmemapi.ErrClosed)
 	}
 	if cfg.Ifindex != 0 && cfg.Ifindex != s.ifindex {
-		return nil, fmt.Errorf("bind tx: ifindex %d: this stack runs on ifindex %d: %w", cfg.Ifindex, s.ifindex, unix.ENODEV)
+		return nil, fmt.Errorf("bind tx: ifindex %d: this stack runs on ifindex %d: %w", cfg.Ifindex, s.ifindex, devmemerr.BindTXNoDevice.Err())
 	}
 	size := cfg.Size
 	if size == 0 {

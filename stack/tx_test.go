@@ -12,8 +12,11 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/internal/pattern"
 )
 
@@ -499,5 +502,167 @@ func BenchmarkTXPath(b *testing.B) {
 			st := ip.s.TXStats()
 			b.ReportMetric(float64(st.DmabufBytesCopied)/float64(st.DmabufBytes), "copied/B")
 		})
+	}
+}
+
+// TestTXSegmentGSO: a GSO packet of an ordinary connection is cut into
+// MSS-sized frames as TSO would cut it: sequence numbers, IP lengths, ids
+// and checksums per frame, FIN and PSH on the last frame only.
+func TestTXSegmentGSO(t *testing.T) {
+	ip := newInproc(t, Config{})
+	var frames [][]byte
+	var mu sync.Mutex
+	ip.s.link.txHook = func(f []byte) {
+		mu.Lock()
+		frames = append(frames, append([]byte(nil), f...))
+		mu.Unlock()
+	}
+	eng, err := ip.s.engine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := make([]byte, 5000)
+	for i := range payload {
+		payload[i] = byte(i * 13)
+	}
+	full := segment(40000, 80, 1000, 1, tcpFlagAck|0x08|tcpFlagFin, []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2}, payload)
+	hl := len(full) - len(payload)
+	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{ReserveHeaderBytes: hl, Payload: buffer.MakeWithData(payload)})
+	copy(pkt.LinkHeader().Push(hl), full[:hl])
+	pkt.GSOOptions = gstack.GSO{Type: gstack.GSOTCPv4, NeedsCsum: true, CsumOffset: 16, MSS: 1448, L3HdrLen: 20}
+	var list gstack.PacketBufferList
+	list.PushBack(pkt)
+	if n, terr := eng.writePackets(list); n != 1 || terr != nil {
+		t.Fatalf("writePackets: %d %v", n, terr)
+	}
+	pkt.DecRef()
+	if len(frames) != 4 {
+		t.Fatalf("%d frames, want 4", len(frames))
+	}
+	var got []byte
+	for i, f := range frames {
+		var sp Split
+		if v := SplitFrame(f, &sp, true); v != VerdictTCP {
+			t.Fatalf("frame %d: %v", i, v)
+		}
+		if want := uint32(1000 + 1448*i); sp.Seq != want {
+			t.Errorf("frame %d: seq %d, want %d", i, sp.Seq, want)
+		}
+		last := i == len(frames)-1
+		if (sp.Flags&(tcpFlagFin|0x08) != 0) != last {
+			t.Errorf("frame %d: flags %#x", i, sp.Flags)
+		}
+		if id := binary.BigEndian.Uint16(f[14+4:]); id != uint16(i) {
+			t.Errorf("frame %d: ip id %d", i, id)
+		}
+		got = append(got, f[sp.PayloadOff:sp.PayloadOff+sp.PayloadLen]...)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatal("segments do not join to the payload")
+	}
+}
+
+// nopDevice is a txDevice that never transmits (stream-map tests).
+type nopDevice struct{}
+
+func (nopDevice) acquire([]uint64) int               { return 0 }
+func (nopDevice) frame(uint64) []byte                { return nil }
+func (nopDevice) release(...uint64)                  {}
+func (nopDevice) submit([]unix.XDPDesc) (int, error) { return 0, nil }
+func (nopDevice) reclaim()                           {}
+func (nopDevice) close()                             {}
+
+// FuzzTXStreamMap checks the stream map against a model (one address per
+// stream byte): recorded sends with arbitrary iovecs, ACKs that trim it,
+// and segment lookups at arbitrary sequence numbers, across the 32-bit
+// sequence wrap.
+func FuzzTXStreamMap(f *testing.F) {
+	f.Add(uint32(0xfffff000), []byte{1, 200, 3, 7, 9, 1, 2, 3, 250, 4, 4, 4, 4})
+	f.Add(uint32(12345), []byte{0, 0, 0, 255, 255, 255, 17, 31, 77})
+	f.Fuzz(func(t *testing.T, iss uint32, ops []byte) {
+		b := &txBinding{id: 1, base: 1 << 20, size: 4096}
+		c := &TXConn{eng: &txEngine{dev: nopDevice{}}, errCh: make(chan struct{}, 1)}
+		c.setISS(iss)
+		var model []uint64 // stream offset → UMEM address
+		next := func() byte {
+			if len(ops) == 0 {
+				return 0
+			}
+			v := ops[0]
+			ops = ops[1:]
+			return v
+		}
+		for len(ops) > 0 {
+			switch next() % 4 {
+			case 0, 1: // a send of up to 4 iovecs
+				var iov []devmemapi.Iovec
+				for k := int(next() % 4); k >= 0; k-- {
+					off, n := uint64(next())*16, uint64(next()%64)
+					iov = append(iov, devmemapi.Iovec{Base: off, Len: n})
+					for i := uint64(0); i < n; i++ {
+						model = append(model, b.base+off+i)
+					}
+				}
+				c.mu.Lock()
+				c.recordLocked(c.recEnd, iov, b)
+				c.mu.Unlock()
+			case 2: // a segment lookup
+				c.mu.Lock()
+				recEnd, acked := c.recEnd, c.acked
+				c.mu.Unlock()
+				if recEnd == acked {
+					continue
+				}
+				off := acked + uint64(next())%(recEnd-acked)
+				n := 1 + int(uint64(next())%(recEnd-off))
+				pieces, start, res := c.mapSegment(iss+1+uint32(off), n, nil)
+				if res != mapOK || start != off {
+					t.Fatalf("map [%d,+%d) of [%d,%d): %v start %d", off, n, acked, recEnd, res, start)
+				}
+				pos := off
+				for _, p := range pieces {
+					for i := uint64(0); i < uint64(p.n); i++ {
+						if p.addr+i != model[pos] {
+							t.Fatalf("stream byte %d at %#x, want %#x", pos, p.addr+i, model[pos])
+						}
+						pos++
+					}
+				}
+				if pos != off+uint64(n) {
+					t.Fatalf("pieces cover %d of %d bytes", pos-off, n)
+				}
+				c.chainDone(start)
+			case 3: // an ACK
+				c.mu.Lock()
+				c.sndMax = c.recEnd
+				adv := uint64(next()) * 8
+				if c.acked+adv <= c.recEnd {
+					c.acked += adv
+					c.trimLocked()
+				}
+				c.mu.Unlock()
+			}
+		}
+		// Below the history kept, lookups are stale, never wrong.
+		c.mu.Lock()
+		acked := c.acked
+		c.mu.Unlock()
+		if acked > 0 {
+			if _, _, res := c.mapSegment(iss+1+uint32(acked-1), 1, nil); res != mapStale {
+				t.Fatalf("acknowledged byte maps: %v", res)
+			}
+		}
+	})
+}
+
+// TestTXBindErrnoTable: BindTX's errors are rows of the shared table.
+func TestTXBindErrnoTable(t *testing.T) {
+	ip := newInproc(t, Config{})
+	_, err := ip.s.BindTX(devmemapi.BindTXConfig{Ifindex: 12345})
+	if !devmemerr.Match(err, devmemerr.BindTXNoDevice) || !errors.Is(err, unix.ENODEV) {
+		t.Fatalf("bind tx on another ifindex: %v", err)
+	}
+	if _, err := ip.s.BindTX(devmemapi.BindTXConfig{Size: 1 << 40}); !errors.Is(err, unix.ENOMEM) {
+		t.Fatalf("bind tx larger than the UMEM: %v", err)
 	}
 }

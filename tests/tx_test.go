@@ -110,10 +110,17 @@ func (s *peerSink) wait(t *testing.T, d time.Duration) sinkResult {
 // bytes next to its RX frames, binds it and dials the peer sink.
 func txWorld(t *testing.T, cfg stack.Config, txSize uint64, period int) (*harness.World, devmemapi.TXBinding, devmemapi.TXConn, *peerSink) {
 	t.Helper()
-	if cfg.RegionSize == 0 {
-		cfg.RegionSize = 16<<20 + txSize
+	return txWorldOpts(t, harness.Options{Stack: cfg}, txSize, period)
+}
+
+// txWorldOpts is txWorld with the world's options.
+func txWorldOpts(t *testing.T, opts harness.Options, txSize uint64, period int) (*harness.World, devmemapi.TXBinding, devmemapi.TXConn, *peerSink) {
+	t.Helper()
+	if opts.Stack.RegionSize == 0 {
+		opts.Stack.RegionSize = 16<<20 + txSize
 	}
-	w := newWorld(t, harness.Options{Stack: cfg, NoBind: true})
+	opts.NoBind = true
+	w := newWorld(t, opts)
 	sink := newPeerSink(t, w, period)
 	b, err := w.Stack.BindTX(devmemapi.BindTXConfig{Ifindex: w.Pair.EmuIndex, Size: txSize})
 	if err != nil {
@@ -250,6 +257,44 @@ func TestTXCopyMode(t *testing.T) {
 	}
 }
 
+// TestTXJumbo: at MTU 9000 a segment spans several UMEM frames: its
+// payload descriptors (multi-buffer), or the TX frames its copy spills
+// into (copy mode), are chained behind the header frame.
+func TestTXJumbo(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	for _, copyMode := range []bool{false, true} {
+		t.Run(fmt.Sprintf("copy=%v", copyMode), func(t *testing.T) {
+			const size, chunk = 128 << 20, 1 << 20
+			w, b, c, sink := txWorldOpts(t, harness.Options{MTU: 9000, Stack: stack.Config{TXCopy: copyMode}}, 7*chunk, 7)
+			pattern.Fill(7, 0, b.(interface{ Bytes() []byte }).Bytes())
+			var tr devmemapi.ZerocopyTracker
+			var sends uint64
+			for off := uint64(0); off < size; off += chunk {
+				if sends >= 7 {
+					awaitCompleted(t, c, &tr, sends-6, 30*time.Second)
+				}
+				if n, err := devmemapi.SendDmabuf(c, b.ID(), []devmemapi.Iovec{{Base: (sends % 7) * chunk, Len: chunk}}, 0); err != nil || n != chunk {
+					t.Fatalf("send: %d %v", n, err)
+				}
+				sends++
+			}
+			awaitCompleted(t, c, &tr, sends, 30*time.Second)
+			c.CloseWrite()
+			if r := sink.wait(t, 30*time.Second); r.err != nil || r.bytes != size {
+				t.Fatalf("peer received %d of %d: %v", r.bytes, size, r.err)
+			}
+			st := w.Stack.TXStats()
+			if st.Unmapped != 0 || st.Oversize != 0 || st.Segments == 0 || size/st.Segments < 4096 {
+				t.Fatalf("stats %+v", st)
+			}
+			if copyMode != (st.DmabufBytesCopied == st.DmabufBytes) || (!copyMode && st.DmabufBytesCopied != 0) {
+				t.Fatalf("copy mode %v, stats %+v", copyMode, st)
+			}
+			t.Logf("MTU 9000: %d segments of %d bytes on average, %s", st.Segments, st.DmabufBytes/st.Segments, st.Mode)
+		})
+	}
+}
+
 // TestTXErrors: bad id, out-of-range offset, missing MSG_ZEROCOPY and
 // SO_ZEROCOPY fail with the kernel's errnos, and nothing reaches the peer.
 func TestTXErrors(t *testing.T) {
@@ -334,29 +379,20 @@ func runClient(t *testing.T, p *netns.Pair, stdin []byte, args ...string) ([]byt
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	// Wait for socat to listen.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var c net.Conn
-		err := p.Peer.Do(func() (err error) {
-			c, err = net.DialTimeout("tcp", net.JoinHostPort(p.PeerAddr.Addr().String(), port), time.Second)
-			return err
-		})
-		if err == nil {
-			c.Close() // socat -u serves one connection: restart it
-			srv.Wait()
-			srv = p.Peer.Command("socat", "-u", "TCP-LISTEN:"+port+",bind="+p.PeerAddr.Addr().String()+",reuseaddr", "CREATE:"+out)
-			if err := srv.Start(); err != nil {
-				t.Fatal(err)
-			}
+	// Wait for socat to listen (its socket in the peer namespace's
+	// /proc/net/tcp, state 0A).
+	listen := fmt.Sprintf(":%04X 00000000:0000 0A", 5400)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var tab []byte
+		p.Peer.Do(func() (err error) { tab, err = os.ReadFile("/proc/thread-self/net/tcp"); return err })
+		if bytes.Contains(tab, []byte(listen)) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("socat does not listen: %v", err)
+			t.Fatalf("socat does not listen on %s", port)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond)
 	full := append([]string{"client", "-f", p.EmuIf, "-s", p.PeerAddr.Addr().String(), "-c", p.EmuAddr.Addr().String(),
 		"-p", port, "--json"}, args...)
 	cmd := p.Emu.Command(bin, full...)
@@ -404,7 +440,7 @@ func TestClientChunks3(t *testing.T) {
 	testutil.Watchdog(t, 2*time.Minute)
 	p := testutil.NewPair(t, netns.Options{Prefix: "xdt"})
 	const size = 3 << 20
-	got, sum := runClient(t, p, nil, "-z", "3", "--size", strconv.Itoa(size), "-v", "7")
+	got, sum := runClient(t, p, nil, "-z", "3", "--size", strconv.Itoa(size), "-v", "7", "--send-size", "65536", "--tx-size", "256KiB")
 	if uint64(len(got)) != size {
 		t.Fatalf("socat wrote %d bytes, want %d", len(got), size)
 	}

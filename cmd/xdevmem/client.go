@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -70,6 +71,7 @@ func runClient(args []string) error {
 	jsonOut := fs.Bool("json", false, "print the summary as JSON on stdout")
 	verbose := fs.Bool("verbose", false, "print sendmsg_ret and every tx complete range, as ncdevmem does")
 	quiet := fs.Bool("quiet", false, "no progress lines")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the transfer to FILE")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem client -f IFACE -s SERVER -c CLIENT [-p PORT] [-z N] [--size N -v N] [flags]\n\n"+
 			"Sends stdin (or --size bytes of the -v pattern) over the emulated devmem TX path, like ncdevmem's\n"+
@@ -109,6 +111,17 @@ func runClient(args []string) error {
 	}
 	if err := requireRoot("client"); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 
 	sum := clientSummary{Server: netip.AddrPortFrom(server, uint16(*port)).String()}

@@ -33,6 +33,9 @@ var commands = map[string]func(args []string) error{
 	"soak":   runSoak,
 	"bench":  runBench,
 	"client": runClient, // client.go: devmem TX, like ncdevmem's client mode
+	// ncdevmem.go: the selftest's command line, unchanged; also run when
+	// invoked through a link named ncdevmem.
+	"ncdevmem": runNcdevmem,
 }
 
 func usage() {
@@ -45,6 +48,7 @@ Commands:
   probe    report whether an interface can do real (kernel) devmem, check by check
   client   send stdin (or a pattern) from a TX dmabuf, like ncdevmem's client mode
   soak     receive at full rate for a duration and report memory over time
+  ncdevmem the kernel selftest's ncdevmem, flags unchanged (also as a link named ncdevmem)
 
 Run 'xdevmem COMMAND -h' for a command's flags.
 `)
@@ -53,6 +57,9 @@ Run 'xdevmem COMMAND -h' for a command's flags.
 func main() {
 	args := os.Args[1:]
 	name := filepath.Base(os.Args[0])
+	if name == "ncdevmem" {
+		args = append([]string{"ncdevmem"}, args...)
+	}
 	if len(args) == 0 {
 		usage()
 		os.Exit(2)

@@ -23,7 +23,11 @@ type soakSample struct {
 	HeapAlloc  uint64  `json:"heap_alloc"`
 	Goroutines int     `json:"goroutines"`
 	FramesFree uint32  `json:"frames_free"`
+	Frames     string  `json:"frames"`
 	Conns      int     `json:"connections"`
+	FillEmpty  uint64  `json:"fill_ring_empty_drops"`
+	OutOfWin   uint64  `json:"out_of_window_drops"`
+	Retrans    uint64  `json:"retransmitted_bytes"`
 }
 
 type soakSummary struct {
@@ -83,8 +87,10 @@ func runSoak(args []string) error {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		el := time.Since(start).Seconds()
+		st := w.Stack.Stats()
 		return soakSample{T: el, Bytes: total, MBps: float64(total) / 1e6 / el, HeapInuse: ms.HeapInuse, HeapAlloc: ms.HeapAlloc,
-			Goroutines: runtime.NumGoroutine(), FramesFree: w.Stack.Region().Snapshot().Free, Conns: conns}
+			Goroutines: runtime.NumGoroutine(), FramesFree: st.Frames.Free, Frames: st.Frames.String(), Conns: conns,
+			FillEmpty: st.XSK.RxFillRingEmpty, OutOfWin: st.DropOutOfWindow, Retrans: st.RetransmitBytes}
 	}
 	ticker := time.NewTicker(*interval)
 	defer ticker.Stop()
@@ -121,8 +127,8 @@ func runSoak(args []string) error {
 					s := sample()
 					sum.Samples = append(sum.Samples, s)
 					if !*jsonOut {
-						fmt.Printf("  t=%5.1fs  %7.1f MB/s  heap in use %6.1f MiB  goroutines %3d  frames free %d  connections %d\n",
-							s.T, s.MBps, float64(s.HeapInuse)/(1<<20), s.Goroutines, s.FramesFree, s.Conns)
+						fmt.Printf("  t=%5.1fs  %7.1f MB/s  heap in use %6.1f MiB  goroutines %3d  connections %d  drops: fill-empty %d out-of-window %d  %s\n",
+							s.T, s.MBps, float64(s.HeapInuse)/(1<<20), s.Goroutines, s.Conns, s.FillEmpty, s.OutOfWin, s.Frames)
 					}
 				case <-done:
 					return

@@ -1,0 +1,450 @@
+package tests
+
+import (
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xdevmem/xdevmem/internal/netns"
+	"github.com/xdevmem/xdevmem/internal/pattern"
+	"github.com/xdevmem/xdevmem/internal/testutil"
+)
+
+// The kernel's devmem selftest (tools/testing/selftests/drivers/net/hw/
+// devmem.py with devmem_lib.py, and the autorelease series' devmem.py)
+// replayed against xdevmem invoked as "ncdevmem": the command lines below
+// are the ones devmem_lib.py builds, character for character, with
+// devmem.py's NetDrvEpEnv roles: the local interface (the emulated end,
+// cfg.ifname, with cfg.addr configured in the kernel as NetDrvEpEnv does)
+// and the remote (the peer namespace, cfg.remote_addr). Python's
+// "\x01...\x06" become the same raw bytes here.
+//
+// devmem_lib.py runs its pipelines with shell=True, i.e. /bin/sh, and relies
+// on "echo -e" (bash's /bin/sh on the distributions the selftests run on);
+// where /bin/sh is dash, echo prints "-e", so the pipelines run under bash.
+
+// ncEnv is devmem.py's cfg for one veth pair.
+type ncEnv struct {
+	p       *netns.Pair
+	bin     string // cfg.bin_local: a link named ncdevmem
+	ifname  string // cfg.ifname
+	addr    string // cfg.addr (and cfg.baddr: IPv4 needs no brackets)
+	remote  string // cfg.remote_addr (and cfg.remote_baddr)
+	ipver   string // cfg.addr_ipver
+	usedPts map[int]bool
+}
+
+// newNcEnv builds the link and the pair, and configures cfg.addr on the
+// local interface as devmem.py's environment has it.
+func newNcEnv(t *testing.T) *ncEnv {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	testutil.RequireTools(t, "socat", "bash", "ss", "dd", "yes", "head")
+	bin := xdevmemBinary(t)
+	link := filepath.Join(t.TempDir(), "ncdevmem")
+	if err := os.Symlink(bin, link); err != nil {
+		t.Fatal(err)
+	}
+	p := testutil.NewPair(t, netns.Options{Prefix: "xdt"})
+	if out, err := exec.Command("ip", "-n", p.Emu.Name, "addr", "add", p.EmuAddr.String(), "dev", p.EmuIf).CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v: %s", err, out)
+	}
+	return &ncEnv{p: p, bin: link, ifname: p.EmuIf, addr: p.EmuAddr.Addr().String(),
+		remote: p.PeerAddr.Addr().String(), ipver: "4", usedPts: map[int]bool{}}
+}
+
+// randPort is lib.py's rand_port (10000 to 65535), never twice: the peer
+// binds its source port to the same number, and a closed connection leaves
+// it in TIME_WAIT.
+func (e *ncEnv) randPort() int {
+	for {
+		p := 10000 + rand.IntN(55536)
+		if !e.usedPts[p] {
+			e.usedPts[p] = true
+			return p
+		}
+	}
+}
+
+// ncdevmemRx is devmem_lib.ncdevmem_rx for the non-netkit environment.
+func (e *ncEnv) ncdevmemRx(port int, verify, failOnLinear, flowSteer bool, rxBufSize int) string {
+	var extras []string
+	if flowSteer {
+		extras = append(extras, "-c "+e.remote)
+	}
+	if verify {
+		extras = append(extras, "-v 7")
+	}
+	if failOnLinear {
+		extras = append(extras, "-L")
+	}
+	if rxBufSize > 0 {
+		extras = append(extras, fmt.Sprintf("-b %d", rxBufSize))
+	}
+	parts := append([]string{e.bin, "-l", "-f " + e.ifname, "-s " + e.addr, fmt.Sprintf("-p %d", port)}, extras...)
+	return strings.Join(parts, " ")
+}
+
+// ncdevmemTx is devmem_lib.ncdevmem_tx.
+func (e *ncEnv) ncdevmemTx(port, chunk int) string {
+	var extras []string
+	if chunk != 0 {
+		extras = append(extras, fmt.Sprintf("-z %d", chunk))
+	}
+	parts := append([]string{e.bin, "-f " + e.ifname, "-s " + e.remote, fmt.Sprintf("-p %d", port)}, extras...)
+	return strings.Join(parts, " ")
+}
+
+// socatSend is devmem_lib.socat_send (note the two spaces without -b).
+func (e *ncEnv) socatSend(port, bufSize int) string {
+	suffix := fmt.Sprintf(",bind=%s:%d", e.remote, port)
+	buf := ""
+	if bufSize != 0 {
+		buf = fmt.Sprintf("-b %d", bufSize)
+		suffix += ",nodelay"
+	}
+	return fmt.Sprintf("socat %s -u - TCP%s:%s:%d%s", buf, e.ipver, e.addr, port, suffix)
+}
+
+// socatListen is devmem_lib.socat_listen.
+func (e *ncEnv) socatListen(port int) string {
+	return fmt.Sprintf("socat -U - TCP%s-LISTEN:%d", e.ipver, port)
+}
+
+// ncBkg is lib.py's bkg(..., exit_wait=True): a background shell command
+// whose exit status and output are collected at the end.
+type ncBkg struct {
+	cmd            *exec.Cmd
+	stdout, stderr *watchWriter
+	done           chan error
+}
+
+func ncStart(t *testing.T, ns *netns.NS, shell, cmdline string) *ncBkg {
+	t.Helper()
+	b := &ncBkg{cmd: ns.Command(shell, "-c", cmdline), stdout: newWatchWriter("Validated buffer"),
+		stderr: newWatchWriter("xdevmem ncdevmem: listening on"), done: make(chan error, 1)}
+	b.cmd.Stdout, b.cmd.Stderr = b.stdout, b.stderr
+	// The shell may fork the command: signal the whole process group, and
+	// do not wait for ever on output pipes a straggler holds.
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	b.cmd.WaitDelay = 2 * time.Second
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { b.done <- b.cmd.Wait() }()
+	t.Cleanup(func() {
+		pgid := b.cmd.Process.Pid
+		syscall.Kill(-pgid, syscall.SIGTERM) // ncdevmem unbinds and detaches XDP
+		select {
+		case err := <-b.done:
+			b.done <- err
+			return
+		case <-time.After(3 * time.Second):
+		}
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-b.done
+	})
+	return b
+}
+
+// wait is the end of the with-block: the command's exit status (ret).
+func (b *ncBkg) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case err := <-b.done:
+		b.done <- err
+		if err == nil {
+			return 0
+		}
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		t.Fatalf("%v", err)
+	case <-time.After(d):
+		t.Fatalf("still running after %v; stderr:\n%s", d, lastLines(b.stderr.String(), 20))
+	}
+	return -1
+}
+
+// ncCmd is lib.py's cmd(..., shell=True): run and fail on a non-zero exit.
+func ncCmd(t *testing.T, ns *netns.NS, shell, cmdline string) string {
+	t.Helper()
+	out, err := ns.Command(shell, "-c", cmdline).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", cmdline, err, out)
+	}
+	return string(out)
+}
+
+// waitPortListen is lib.py's wait_port_listen: cat /proc/net/tcp* in the
+// namespace until a row has ":PORT" and state 0A (LISTEN), 5 s at most.
+func waitPortListen(t *testing.T, ns *netns.NS, port int, bg *ncBkg) {
+	t.Helper()
+	re := regexp.MustCompile(fmt.Sprintf(":%04X .* 0A", port))
+	end := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := ns.Command("sh", "-c", "cat /proc/net/tcp*").Output()
+		for _, row := range strings.Split(string(out), "\n") {
+			if re.MatchString(row) {
+				return
+			}
+		}
+		if time.Now().After(end) {
+			msg := ""
+			if bg != nil {
+				msg = lastLines(bg.stderr.String(), 20)
+			}
+			t.Fatalf("Waiting for port listen timed out (port %d)\n%s", port, msg)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// ncExpectOK fails unless the ncdevmem run exited 0 (ksft_eq(ret, 0)).
+func ncExpectOK(t *testing.T, b *ncBkg, what string) {
+	t.Helper()
+	if ret := b.wait(t, 30*time.Second); ret != 0 {
+		t.Fatalf("%s: ncdevmem exited %d\nstderr:\n%s", what, ret, lastLines(b.stderr.String(), 25))
+	}
+}
+
+// totalReceived is the last total_received=N that ncdevmem printed.
+func totalReceived(stderr string) int {
+	m := regexp.MustCompile(`total_received=(\d+)\n`).FindAllStringSubmatch(stderr, -1)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[len(m)-1][1])
+	return n
+}
+
+// rxPipe is devmem_lib's data_pipe for run_rx / run_rx_large_niov.
+func rxPipe(size, socat string) string {
+	return "yes $(echo -e \x01\x02\x03\x04\x05\x06) | head -c " + size + " | " + socat
+}
+
+// TestNcdevmemDevmemPy replays devmem.py's cases (check_rx, check_tx,
+// check_tx_chunks, check_rx_hds, check_rx_large_niov), the autorelease
+// series' cases, and ncdevmem's probe, with the command lines devmem_lib.py
+// builds and socat peers, against xdevmem run through a link named
+// ncdevmem.
+func TestNcdevmemDevmemPy(t *testing.T) {
+	testutil.Watchdog(t, 3*time.Minute)
+	e := newNcEnv(t)
+	local, remote := e.p.Emu, e.p.Peer
+
+	// require_devmem: "{bin} -f {ifname}" must exit 0, and the probe must
+	// refuse lo, where neither the kernel nor the emulation can work.
+	t.Run("probe", func(t *testing.T) {
+		out, err := local.Command("sh", "-c", e.bin+" -f "+e.ifname).CombinedOutput()
+		if err != nil {
+			t.Fatalf("probe on %s: %v\n%s", e.ifname, err, out)
+		}
+		for _, want := range []string{"YNL failed: bind rx: no queues", "tcp-data-split is disabled", "got dmabuf id=", "queue 1 has a memory provider"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("probe output lacks %q:\n%s", want, out)
+			}
+		}
+		out, err = local.Command("sh", "-c", e.bin+" -f lo").CombinedOutput()
+		if err == nil {
+			t.Fatalf("probe on lo succeeded:\n%s", out)
+		}
+		for _, want := range []string{"not an Ethernet device", "EOPNOTSUPP"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("probe on lo: no reason %q:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("check_rx", func(t *testing.T) {
+		port := e.randPort()
+		socat := e.socatSend(port, 0)
+		listen := e.ncdevmemRx(port, true, false, true, 0)
+		b := ncStart(t, local, "sh", listen)
+		waitPortListen(t, local, port, b)
+		ncCmd(t, remote, "bash", rxPipe("1K", socat))
+		ncExpectOK(t, b, "check_rx")
+		se, so := b.stderr.String(), b.stdout.String()
+		if !strings.Contains(so, "Validated buffer") || !strings.Contains(se, "received frag_page=") ||
+			!strings.Contains(se, "ncdevmem: ok") || totalReceived(se) != 1024 {
+			t.Fatalf("stdout:\n%s\nstderr:\n%s", so, se)
+		}
+	})
+
+	// The stack's listener is in userspace; a kernel socket holds the port
+	// for ss and /proc/net/tcp. It must never see the stack's traffic: the
+	// kernel's TCP counters in the namespace stay still while a connection
+	// is served, and the socket's accept queue stays empty.
+	t.Run("readiness", func(t *testing.T) {
+		port := e.randPort()
+		b := ncStart(t, local, "sh", e.ncdevmemRx(port, true, false, true, 0))
+		waitPortListen(t, local, port, b)
+		select {
+		case <-b.stderr.seen:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no ready line on stderr: %q", b.stderr.String())
+		}
+		ss := ncCmd(t, local, "sh", fmt.Sprintf("ss -Hltn 'sport = :%d'", port))
+		if !strings.Contains(ss, fmt.Sprintf("%s:%d", e.addr, port)) {
+			t.Fatalf("ss -ltn does not show %s:%d: %q", e.addr, port, ss)
+		}
+		before := kernelTCP(t, local)
+		var c net.Conn
+		err := remote.Do(func() (err error) {
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(e.remote), Port: port}}
+			c, err = d.Dial("tcp", net.JoinHostPort(e.addr, strconv.Itoa(port)))
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(c, pattern.NewReader(7, 64<<10)); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); totalReceived(b.stderr.String()) < 64<<10; {
+			if time.Now().After(deadline) {
+				t.Fatalf("stack received %d of %d bytes", totalReceived(b.stderr.String()), 64<<10)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		after := kernelTCP(t, local)
+		ss = ncCmd(t, local, "sh", fmt.Sprintf("ss -Hltn 'sport = :%d'", port))
+		c.Close()
+		ncExpectOK(t, b, "readiness")
+		for _, k := range []string{"InSegs", "PassiveOpens", "OutRsts"} {
+			if before[k] != after[k] {
+				t.Errorf("kernel TCP %s went %d -> %d while the stack served the connection", k, before[k], after[k])
+			}
+		}
+		t.Logf("kernel TCP in %s while the stack served 64 KiB: InSegs %d -> %d, PassiveOpens %d -> %d; listener: %s",
+			local.Name, before["InSegs"], after["InSegs"], before["PassiveOpens"], after["PassiveOpens"], strings.TrimSpace(ss))
+		if f := strings.Fields(ss); len(f) < 2 || f[0] != "LISTEN" || f[1] != "0" {
+			t.Errorf("kernel socket's accept queue (Recv-Q) not empty: %q", ss)
+		}
+	})
+
+	for _, tc := range []struct {
+		name  string
+		chunk int
+	}{{"check_tx", 0}, {"check_tx_chunks", 3}} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := e.randPort()
+			tx := e.ncdevmemTx(port, tc.chunk)
+			socat := ncStart(t, remote, "sh", e.socatListen(port))
+			waitPortListen(t, remote, port, nil)
+			out, err := local.Command("sh", "-c", `bash -c 'echo -e "hello\\nworld" | `+tx+`'`).CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", tx, err, out)
+			}
+			if ret := socat.wait(t, 10*time.Second); ret != 0 {
+				t.Fatalf("socat exited %d", ret)
+			}
+			if got := strings.TrimSpace(socat.stdout.String()); got != "hello\nworld" {
+				t.Fatalf("socat received %q\nncdevmem:\n%s", got, out)
+			}
+		})
+	}
+
+	t.Run("check_rx_hds", func(t *testing.T) {
+		for _, size := range []int{1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192} {
+			port := e.randPort()
+			listen := e.ncdevmemRx(port, false, true, false, 0)
+			socat := e.socatSend(port, size)
+			b := ncStart(t, local, "sh", listen)
+			waitPortListen(t, local, port, b)
+			ncCmd(t, remote, "bash", fmt.Sprintf("dd if=/dev/zero bs=%d count=1 2>/dev/null | %s", size, socat))
+			ncExpectOK(t, b, fmt.Sprintf("HDS failed for payload size %d", size))
+			// -L passed, so every byte came as dmabuf frags; without -v
+			// ncdevmem prints them (zeros), and only them, on stdout.
+			data := b.stdout.String()
+			if got := totalReceived(b.stderr.String()); got != size || data != strings.Repeat("\x00", size) {
+				t.Fatalf("size %d: total_received=%d, %d bytes on stdout", size, got, len(data))
+			}
+		}
+	})
+
+	t.Run("check_rx_large_niov", func(t *testing.T) {
+		// require_devmem(cfg, rx_buf_size=16384)
+		if out, err := local.Command("sh", "-c", e.bin+" -f "+e.ifname+" -b 16384").CombinedOutput(); err != nil {
+			t.Fatalf("probe with -b 16384: %v\n%s", err, out)
+		}
+		for _, size := range []int{1024, 4096, 8192, 16384, 32768, 65536} {
+			port := e.randPort()
+			socat := e.socatSend(port, 0)
+			listen := e.ncdevmemRx(port, true, false, true, 16384)
+			b := ncStart(t, local, "sh", listen)
+			waitPortListen(t, local, port, b)
+			ncCmd(t, remote, "bash", rxPipe(strconv.Itoa(size), socat))
+			ncExpectOK(t, b, fmt.Sprintf("large-niov failed for payload size %d", size))
+			if got := totalReceived(b.stderr.String()); got != size {
+				t.Fatalf("size %d: total_received=%d", size, got)
+			}
+		}
+	})
+
+	// The autorelease series' devmem.py: its listen_cmd and pipeline strings
+	// keep the spaces of their Python line continuations.
+	for _, tc := range []struct{ name, extra string }{
+		{"check_rx", "-a 0"},
+		{"check_rx_autorelease", "-a 1"},
+		{"check_unbind_before_recv", "-a 0 -U 1"},
+		{"check_unbind_before_recv_autorelease", "-a 1 -U 1"},
+		{"check_unbind_after_recv", "-a 0 -U 2"},
+		{"check_unbind_after_recv_autorelease", "-a 1 -U 2"},
+	} {
+		t.Run("autorelease/"+tc.name, func(t *testing.T) {
+			port := e.randPort()
+			socat := fmt.Sprintf("socat -u - TCP%s:%s:%d,bind=%s:%d", e.ipver, e.addr, port, e.remote, port)
+			listen := fmt.Sprintf("%s -l -f %s -s %s -p %d                   -c %s -v 7 %s", e.bin, e.ifname, e.addr, port, e.remote, tc.extra)
+			b := ncStart(t, local, "sh", listen)
+			waitPortListen(t, local, port, b)
+			ncCmd(t, remote, "bash", "yes $(echo -e \x01\x02\x03\x04\x05\x06) |             head -c 1K | "+socat)
+			ncExpectOK(t, b, tc.name)
+			se := b.stderr.String()
+			if strings.Contains(tc.extra, "-U 1") {
+				if !strings.Contains(se, "no such device") || strings.Contains(se, "received frag_page=") {
+					t.Fatalf("-U 1: recvmsg did not fail with ENODEV before any fragment:\n%s", lastLines(se, 15))
+				}
+			} else if totalReceived(se) != 1024 || !strings.Contains(b.stdout.String(), "Validated buffer") {
+				t.Fatalf("received %d bytes:\n%s", totalReceived(se), lastLines(se, 15))
+			}
+		})
+	}
+}
+
+// kernelTCP reads the Tcp counters of /proc/net/snmp in ns.
+func kernelTCP(t *testing.T, ns *netns.NS) map[string]int64 {
+	t.Helper()
+	out, err := ns.Command("cat", "/proc/net/snmp").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names, vals []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if f, ok := strings.CutPrefix(l, "Tcp: "); ok {
+			if names == nil {
+				names = strings.Fields(f)
+			} else {
+				vals = strings.Fields(f)
+			}
+		}
+	}
+	m := map[string]int64{}
+	for i := range min(len(names), len(vals)) {
+		m[names[i]], _ = strconv.ParseInt(vals[i], 10, 64)
+	}
+	if len(m) == 0 {
+		t.Fatalf("no Tcp counters in /proc/net/snmp: %s", out)
+	}
+	return m
+}
