@@ -125,16 +125,24 @@ func New(cfg Config) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("xdevmem stack: interface %q: %w", cfg.Ifname, err)
 	}
+	if ifc.Flags&net.FlagLoopback != 0 || len(ifc.HardwareAddr) != 6 {
+		return nil, fmt.Errorf("xdevmem stack: interface %q is not an Ethernet device (the emulation needs Ethernet frames, XDP and AF_XDP): %w",
+			cfg.Ifname, devmemapi.ErrNotSupported)
+	}
 	if cfg.MTU == 0 {
 		cfg.MTU = ifc.MTU
 	}
 	if cfg.RegionSize == 0 {
 		cfg.RegionSize = DefaultRegionSize
 	}
-	if cfg.Queues == 0 {
+	autoQueues := cfg.Queues == 0
+	if autoQueues {
+		// An upper bound: the allocated queues. Only active ones can be
+		// bound; the socket loop below stops at the first that is not.
 		cfg.Queues = RXQueueCount(cfg.Ifname)
 	}
-	if cfg.Channels == 0 {
+	autoChannels := cfg.Channels == 0
+	if autoChannels {
 		cfg.Channels = cfg.Queues
 	}
 	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > maxChannels {
@@ -187,6 +195,16 @@ func New(cfg Config) (_ *Stack, err error) {
 			sc.TXFrames = 1 // only socks[0] transmits
 		}
 		sock, err := umem.NewSocket(s.region, s.ifindex, sc)
+		if err != nil && autoQueues && q > 0 && errors.Is(err, unix.EINVAL) {
+			// Queue q is allocated but not active (ethtool -L): the
+			// interface has q active RX queues.
+			cfg.Queues, s.cfg.Queues = q, q
+			if autoChannels {
+				cfg.Channels, s.cfg.Channels = q, q
+				s.steer.init(q)
+			}
+			break
+		}
 		if err != nil {
 			return nil, fmt.Errorf("xdevmem stack: rx queue %d: %w", q, err)
 		}

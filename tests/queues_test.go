@@ -9,6 +9,7 @@ import (
 
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/internal/harness"
+	"github.com/xdevmem/xdevmem/internal/netns"
 	"github.com/xdevmem/xdevmem/internal/pattern"
 	"github.com/xdevmem/xdevmem/internal/testutil"
 	"github.com/xdevmem/xdevmem/stack"
@@ -132,4 +133,27 @@ func TestUnboundQueueIsPlain(t *testing.T) {
 		}
 	}
 	waitErr(t, errc, "send")
+}
+
+// TestInactiveQueues: an interface with more RX queues allocated than
+// active (ethtool -L) gets a socket on each active queue only.
+func TestInactiveQueues(t *testing.T) {
+	testutil.Watchdog(t, time.Minute)
+	p := testutil.NewPair(t, netns.Options{Prefix: "xdt", RxQueues: 2, TxQueues: 2})
+	if out, err := p.Emu.Command("ethtool", "-L", p.EmuIf, "rx", "1", "tx", "1").CombinedOutput(); err != nil {
+		t.Fatalf("ethtool -L: %v: %s", err, out)
+	}
+	var st *stack.Stack
+	err := p.Emu.Do(func() error {
+		var err error
+		st, err = stack.New(stack.Config{Ifname: p.EmuIf, Addr: p.EmuAddr})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("stack on 1 of 2 queues: %v", err)
+	}
+	defer st.Close()
+	if st.Channels() != 1 {
+		t.Fatalf("channels %d, want 1", st.Channels())
+	}
 }
