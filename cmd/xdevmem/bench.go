@@ -19,7 +19,7 @@ import (
 // this binary in the peer namespace so its CPU time stays out of the
 // receiver's getrusage.
 func init() {
-	commands[bench.SenderCommand] = func(args []string) error { return bench.SenderMain(args, os.Stdout) }
+	commands[bench.PeerCommand] = func(args []string) error { return bench.PeerMain(args, os.Stdout) }
 }
 
 func runBench(args []string) error {
@@ -34,6 +34,9 @@ func runBench(args []string) error {
 	plotFile := fs.String("plot", "", "write a bar chart of goodput and CPU/GB per row to this PNG file")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole bench process (the receiving side) to FILE; use with --rows to profile one row")
 	memprofile := fs.String("memprofile", "", "write an allocation profile of the whole bench process to FILE at the end (go tool pprof -sample_index=alloc_objects FILE)")
+	udpSocket := fs.Bool("udp-socket", false, "flood the bare AF_XDP row from a UDP socket (sendmmsg) instead of an AF_XDP socket on the peer's end")
+	idle := fs.Duration("idle-wait", 0, "before each run, wait up to this long for the machine to be idle (other jobs skew the figures)")
+	from := fs.String("from", "", "render a report saved with --json from FILE (table, --json, --plot) instead of measuring")
 	quiet := fs.Bool("q", false, "no per-run progress on stderr")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem bench [flags]\n\nMeasures kernel TCP, gVisor's stock AF_XDP path, xdevmem's devmem RX and a bare AF_XDP loop on\nfresh veth pairs, each row --runs times, alternating rows. The sender runs as a separate process\nin the peer namespace; receiver CPU is this process's getrusage.\n\n")
@@ -45,7 +48,7 @@ func runBench(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	cfg := bench.Config{Runs: *runs, Size: size, UDPDuration: *udp, Prefix: bench.DefaultPrefix}
+	cfg := bench.Config{Runs: *runs, Size: size, UDPDuration: *udp, Prefix: bench.DefaultPrefix, IdleWait: *idle, UDPSocket: *udpSocket}
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -59,6 +62,18 @@ func runBench(args []string) error {
 			cfg.UDPDuration = 300 * time.Millisecond
 		}
 		cfg.RunTimeout = 45 * time.Second
+	}
+	if *from != "" {
+		f, err := os.Open(*from)
+		if err != nil {
+			return err
+		}
+		rep, err := bench.ReadReport(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", *from, err)
+		}
+		return writeBenchReport(rep, *jsonOut, *plotFile, *quiet)
 	}
 	var ids []string
 	if *rows != "" {
@@ -120,8 +135,15 @@ func runBench(args []string) error {
 			return fmt.Errorf("memprofile: %w", err)
 		}
 	}
+	return writeBenchReport(rep, *jsonOut, *plotFile, *quiet)
+}
+
+// writeBenchReport prints the report (tables or JSON), writes the plot and
+// fails when a row has no successful run.
+func writeBenchReport(rep *bench.Report, jsonOut bool, plotFile string, quiet bool) error {
 	var out io.Writer = os.Stdout
-	if *jsonOut {
+	var err error
+	if jsonOut {
 		err = rep.WriteJSON(out)
 	} else {
 		err = rep.WriteTable(out)
@@ -129,12 +151,12 @@ func runBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *plotFile != "" {
-		if err := rep.WritePlot(*plotFile); err != nil {
+	if plotFile != "" {
+		if err := rep.WritePlot(plotFile); err != nil {
 			return fmt.Errorf("plot: %w", err)
 		}
-		if !*quiet {
-			fmt.Fprintf(os.Stderr, "xdevmem bench: wrote %s\n", *plotFile)
+		if !quiet {
+			fmt.Fprintf(os.Stderr, "xdevmem bench: wrote %s\n", plotFile)
 		}
 	}
 	if failed := rep.Failed(); len(failed) > 0 {

@@ -112,11 +112,11 @@ func (r *runner) runAFXDP(row Row, m *Measurement, ab *aborter) error {
 		return <-done
 	}
 	addr := netip.AddrPortFrom(p.EmuAddr.Addr(), 9) // discard
-	args := senderArgs("udp", addr.String(), 0, r.cfg.UDPDuration)
+	args := peerArgs("udp", addr.String(), 0, r.cfg.UDPDuration)
 	if !r.cfg.UDPSocket {
-		args = senderArgs("xsk", p.PeerIf+","+p.EmuMAC.String()+","+addr.String(), 0, r.cfg.UDPDuration)
+		args = peerArgs("xsk", p.PeerIf+","+p.EmuMAC.String()+","+addr.String(), 0, r.cfg.UDPDuration)
 	}
-	snd, err := r.startSender(p, args)
+	snd, err := r.startPeer(p, args)
 	if err != nil {
 		stopLoop()
 		return err
@@ -135,7 +135,7 @@ func (r *runner) runAFXDP(row Row, m *Measurement, ab *aborter) error {
 	w.seconds = res.last.Sub(res.first).Seconds()
 	m.addWindow(w)
 	m.Bytes, m.Packets = res.bytes, res.pkts
-	m.addSender(rep)
+	m.addPeer(rep)
 	m.Packets = res.pkts
 	m.CopiedMeasured = true // the loop reads descriptors only
 	if rep.Packets > res.pkts {

@@ -34,7 +34,7 @@ func (r *runner) runDevmem(row Row, m *Measurement, ab *aborter) error {
 			return err
 		}
 	}
-	snd, err := r.startSender(w.Pair, senderArgs("tcp", w.StackAddr(), r.cfg.Size, 0))
+	snd, err := r.startPeer(w.Pair, peerArgs("tcp", w.StackAddr(), r.cfg.Size, 0))
 	if err != nil {
 		return err
 	}
@@ -66,7 +66,7 @@ func (r *runner) runDevmem(row Row, m *Measurement, ab *aborter) error {
 	if err != nil {
 		return err
 	}
-	m.addSender(rep)
+	m.addPeer(rep)
 	if d, err := vethDrops(w.Pair); err == nil {
 		m.Drops += d
 	}
@@ -87,7 +87,7 @@ func stackDrops(st stack.Stats) uint64 {
 
 // acceptDevmem waits for the sender's connection, giving up when the sender
 // exits first or after acceptTimeout.
-func acceptDevmem(ln devmemapi.Listener, snd *sender) (devmemapi.Conn, error) {
+func acceptDevmem(ln devmemapi.Listener, snd *peerProc) (devmemapi.Conn, error) {
 	type accepted struct {
 		c   devmemapi.Conn
 		err error

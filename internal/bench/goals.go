@@ -71,7 +71,7 @@ func checkGoals(rep *Report) []Goal {
 		}
 	}
 	if a0 != nil && a1 != nil {
-		c0, c1 := a0.Figures.RecvCPUPerGB.Median, a1.Figures.RecvCPUPerGB.Median
+		c0, c1 := a0.Figures.LocalCPUPerGB.Median, a1.Figures.LocalCPUPerGB.Median
 		v := (c1 - c0) / c1
 		goals = append(goals, Goal{
 			Name: "autorelease 0 CPU/GB saving over autorelease 1 (receiver)", Value: v, Target: ">= 0.10", Met: v >= 0.10,

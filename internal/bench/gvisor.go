@@ -6,8 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"runtime"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -111,7 +111,7 @@ func (r *runner) runGVisor(row Row, m *Measurement, ab *aborter) error {
 	}
 	defer ln.Close()
 	addr := netip.AddrPortFrom(p.EmuAddr.Addr(), benchPort)
-	snd, err := r.startSender(p, senderArgs("tcp", addr.String(), r.cfg.Size, 0))
+	snd, err := r.startPeer(p, peerArgs("tcp", addr.String(), r.cfg.Size, 0))
 	if err != nil {
 		return err
 	}
@@ -152,7 +152,7 @@ func (r *runner) runGVisor(row Row, m *Measurement, ab *aborter) error {
 	if err != nil {
 		return err
 	}
-	m.addSender(rep)
+	m.addPeer(rep)
 	if d, err := vethDrops(p); err == nil {
 		m.Drops += d
 	}
@@ -163,7 +163,7 @@ func (r *runner) runGVisor(row Row, m *Measurement, ab *aborter) error {
 }
 
 // acceptNet is acceptDevmem for a net.Listener.
-func acceptNet(ln net.Listener, snd *sender) (net.Conn, error) {
+func acceptNet(ln net.Listener, snd *peerProc) (net.Conn, error) {
 	type accepted struct {
 		c   net.Conn
 		err error

@@ -39,7 +39,7 @@ func (r *runner) runKernel(row Row, m *Measurement, ab *aborter) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	defer ln.Close()
-	snd, err := r.startSender(p, senderArgs("tcp", addr.String(), r.cfg.Size, 0))
+	snd, err := r.startPeer(p, peerArgs("tcp", addr.String(), r.cfg.Size, 0))
 	if err != nil {
 		return err
 	}
@@ -77,7 +77,7 @@ func (r *runner) runKernel(row Row, m *Measurement, ab *aborter) error {
 	if err != nil {
 		return err
 	}
-	m.addSender(rep)
+	m.addPeer(rep)
 	if d, err := vethDrops(p); err == nil {
 		m.Drops += d
 	}

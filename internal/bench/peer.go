@@ -20,46 +20,50 @@ import (
 	"github.com/xdevmem/xdevmem/umem"
 )
 
-// SenderCommand is the hidden subcommand of the xdevmem binary that runs the
-// sending side of a measurement in the peer namespace ("ip netns exec PEER
-// xdevmem bench-send ..."). Keeping the sender in its own process keeps its
-// CPU time out of the receiver's getrusage.
-const SenderCommand = "bench-send"
+// PeerCommand is the hidden subcommand of the xdevmem binary that runs the
+// kernel peer of a measurement in the peer namespace ("ip netns exec PEER
+// xdevmem bench-peer ..."): the TCP sender or UDP flood of RX rows, the TCP
+// receiver of TX rows. Keeping the peer in its own process keeps its CPU
+// time out of the measured side's getrusage.
+const PeerCommand = "bench-peer"
 
-// SenderReport is what the sender prints on its standard output, as one JSON
+// PeerReport is what the peer prints on its standard output, as one JSON
 // object, when it is done.
-type SenderReport struct {
-	// Bytes is the payload the sender handed to the kernel (TCP) or that
-	// left in datagrams (UDP).
+type PeerReport struct {
+	// Bytes is the payload the peer handed to the kernel (TCP send), that
+	// left in datagrams (UDP) or that it read (TCP receive).
 	Bytes uint64 `json:"bytes"`
 	// Packets is TCP_INFO's tcpi_data_segs_out (retransmissions included)
-	// or the number of datagrams sent.
+	// or the number of datagrams sent; 0 when receiving.
 	Packets uint64 `json:"packets"`
-	// Retrans is TCP_INFO's tcpi_total_retrans (0 for UDP).
+	// Retrans is TCP_INFO's tcpi_total_retrans (0 for UDP and receiving).
 	Retrans uint64 `json:"retrans"`
-	// UserSeconds and SysSeconds are the sender's getrusage(RUSAGE_SELF)
-	// from connect to the end of the transfer.
+	// UserSeconds and SysSeconds are the peer's getrusage(RUSAGE_SELF)
+	// from connect (or accept) to the end of the transfer.
 	UserSeconds float64 `json:"user_s"`
 	SysSeconds  float64 `json:"sys_s"`
-	// Seconds is the sender's wall time over the same span.
+	// Seconds is the peer's wall time over the same span.
 	Seconds float64 `json:"seconds"`
 }
 
-// SenderMain runs the hidden bench-send subcommand:
+// PeerMain runs the hidden bench-peer subcommand:
 //
-//	bench-send tcp -addr IP:PORT -size BYTES [-buf BYTES]
-//	bench-send udp -addr IP:PORT -duration D [-len BYTES] [-batch N]
+//	bench-peer tcp -addr IP:PORT -size BYTES [-buf BYTES]
+//	bench-peer udp -addr IP:PORT -duration D [-len BYTES] [-batch N] [-xsk IFNAME -dst-mac MAC]
+//	bench-peer tcp-recv -addr IP:PORT [-buf BYTES]
 //
 // tcp connects, writes size bytes, shuts its write side down, waits for the
 // receiver to close and reports TCP_INFO counters. udp sends datagrams of
-// len bytes in sendmmsg batches for the duration. Both print a
-// [SenderReport] as JSON on out.
-func SenderMain(args []string, out io.Writer) error {
-	if len(args) == 0 || (args[0] != "tcp" && args[0] != "udp") {
-		return errors.New("bench-send: want tcp or udp as the first argument")
+// len bytes for the duration, in sendmmsg batches or, with -xsk, as
+// prebuilt frames through an AF_XDP socket. tcp-recv listens, accepts one
+// connection, reads it to the end into a buffer and closes. Each prints a
+// [PeerReport] as JSON on out.
+func PeerMain(args []string, out io.Writer) error {
+	if len(args) == 0 || (args[0] != "tcp" && args[0] != "udp" && args[0] != "tcp-recv") {
+		return errors.New("bench-peer: want tcp, udp or tcp-recv as the first argument")
 	}
 	mode := args[0]
-	fs := flag.NewFlagSet(SenderCommand+" "+mode, flag.ContinueOnError)
+	fs := flag.NewFlagSet(PeerCommand+" "+mode, flag.ContinueOnError)
 	addr := fs.String("addr", "", "receiver address IP:PORT")
 	size := fs.Uint64("size", 1<<30, "tcp: bytes to send")
 	bufSize := fs.Int("buf", 1<<20, "tcp: bytes per write")
@@ -72,19 +76,21 @@ func SenderMain(args []string, out io.Writer) error {
 		return err
 	}
 	if *addr == "" {
-		return errors.New("bench-send: -addr is required")
+		return errors.New("bench-peer: -addr is required")
 	}
-	var rep SenderReport
+	var rep PeerReport
 	var err error
 	if mode == "tcp" {
 		rep, err = sendTCP(*addr, *size, *bufSize)
+	} else if mode == "tcp-recv" {
+		rep, err = recvTCP(*addr, *bufSize)
 	} else if *xskIf != "" {
 		rep, err = sendXSK(*xskIf, *dstMAC, *addr, *dur, *dlen, *batch)
 	} else {
 		rep, err = sendUDP(*addr, *dur, *dlen, *batch)
 	}
 	if err != nil {
-		return fmt.Errorf("bench-send %s: %w", mode, err)
+		return fmt.Errorf("bench-peer %s: %w", mode, err)
 	}
 	return json.NewEncoder(out).Encode(rep)
 }
@@ -98,7 +104,7 @@ func cpuNow() (user, sys float64) {
 
 func tvSeconds(tv unix.Timeval) float64 { return float64(tv.Sec) + float64(tv.Usec)/1e6 }
 
-func sendTCP(addr string, size uint64, bufSize int) (SenderReport, error) {
+func sendTCP(addr string, size uint64, bufSize int) (PeerReport, error) {
 	var c net.Conn
 	var err error
 	// The receiver listens before the sender starts; a stack that has to
@@ -112,7 +118,7 @@ func sendTCP(addr string, size uint64, bufSize int) (SenderReport, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
-		return SenderReport{}, err
+		return PeerReport{}, err
 	}
 	defer c.Close()
 	tc := c.(*net.TCPConn)
@@ -126,44 +132,69 @@ func sendTCP(addr string, size uint64, bufSize int) (SenderReport, error) {
 		w, err := tc.Write(buf[:n])
 		sent += uint64(w)
 		if err != nil {
-			return SenderReport{}, fmt.Errorf("write after %d bytes: %w", sent, err)
+			return PeerReport{}, fmt.Errorf("write after %d bytes: %w", sent, err)
 		}
 	}
 	if err := tc.CloseWrite(); err != nil {
-		return SenderReport{}, fmt.Errorf("shutdown: %w", err)
+		return PeerReport{}, fmt.Errorf("shutdown: %w", err)
 	}
 	// The receiver closes after it has read everything: then every byte is
 	// acknowledged and TCP_INFO is final.
 	tc.SetReadDeadline(time.Now().Add(2 * time.Minute))
 	if _, err := io.Copy(io.Discard, tc); err != nil {
-		return SenderReport{}, fmt.Errorf("wait for the receiver to close: %w", err)
+		return PeerReport{}, fmt.Errorf("wait for the receiver to close: %w", err)
 	}
-	rep := SenderReport{Bytes: sent, Seconds: time.Since(t0).Seconds()}
+	rep := PeerReport{Bytes: sent, Seconds: time.Since(t0).Seconds()}
 	u1, s1 := cpuNow()
 	rep.UserSeconds, rep.SysSeconds = u1-u0, s1-s0
-	rc, err := tc.SyscallConn()
+	info, err := tcpInfo(tc)
 	if err != nil {
-		return rep, err
-	}
-	var info *unix.TCPInfo
-	var ierr error
-	if err := rc.Control(func(fd uintptr) {
-		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	}); err != nil {
-		return rep, err
-	}
-	if ierr != nil {
-		return rep, fmt.Errorf("TCP_INFO: %w", ierr)
+		return rep, fmt.Errorf("TCP_INFO: %w", err)
 	}
 	rep.Packets = uint64(info.Data_segs_out)
 	rep.Retrans = uint64(info.Total_retrans)
 	return rep, nil
 }
 
-func sendUDP(addr string, d time.Duration, dlen, batch int) (SenderReport, error) {
+// recvTCP is the kernel receiver of TX rows: one connection, read into a
+// buffer to the end, then closed (which tells the sender everything
+// arrived).
+func recvTCP(addr string, bufSize int) (PeerReport, error) {
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return PeerReport{}, err
+	}
+	defer ln.Close()
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
+	c, err := ln.Accept()
+	if err != nil {
+		return PeerReport{}, err
+	}
+	defer c.Close()
+	buf := make([]byte, bufSize)
+	u0, s0 := cpuNow()
+	t0 := time.Now()
+	var rep PeerReport
+	for {
+		n, err := c.Read(buf)
+		rep.Bytes += uint64(n)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return rep, fmt.Errorf("read after %d bytes: %w", rep.Bytes, err)
+		}
+	}
+	rep.Seconds = time.Since(t0).Seconds()
+	u1, s1 := cpuNow()
+	rep.UserSeconds, rep.SysSeconds = u1-u0, s1-s0
+	return rep, nil
+}
+
+func sendUDP(addr string, d time.Duration, dlen, batch int) (PeerReport, error) {
 	c, err := net.Dial("udp4", addr)
 	if err != nil {
-		return SenderReport{}, err
+		return PeerReport{}, err
 	}
 	defer c.Close()
 	uc := c.(*net.UDPConn)
@@ -178,7 +209,7 @@ func sendUDP(addr string, d time.Duration, dlen, batch int) (SenderReport, error
 	u0, s0 := cpuNow()
 	t0 := time.Now()
 	end := t0.Add(d)
-	var rep SenderReport
+	var rep PeerReport
 	for i := 0; ; i++ {
 		if i&15 == 0 && time.Now().After(end) {
 			break
@@ -200,39 +231,42 @@ func sendUDP(addr string, d time.Duration, dlen, batch int) (SenderReport, error
 	return rep, nil
 }
 
-// senderArgs builds the bench-send command line.
-func senderArgs(kind string, addr string, size uint64, udpDur time.Duration) []string {
+// peerArgs builds the bench-peer command line.
+func peerArgs(kind string, addr string, size uint64, udpDur time.Duration) []string {
 	if kind == "udp" {
-		return []string{SenderCommand, "udp", "-addr", addr, "-duration", udpDur.String()}
+		return []string{PeerCommand, "udp", "-addr", addr, "-duration", udpDur.String()}
+	}
+	if kind == "tcp-recv" {
+		return []string{PeerCommand, "tcp-recv", "-addr", addr}
 	}
 	if kind == "xsk" {
 		// addr is "IFNAME,DSTMAC,IP:PORT".
 		f := strings.SplitN(addr, ",", 3)
-		return []string{SenderCommand, "udp", "-xsk", f[0], "-dst-mac", f[1], "-addr", f[2], "-duration", udpDur.String()}
+		return []string{PeerCommand, "udp", "-xsk", f[0], "-dst-mac", f[1], "-addr", f[2], "-duration", udpDur.String()}
 	}
-	return []string{SenderCommand, "tcp", "-addr", addr, "-size", fmt.Sprint(size)}
+	return []string{PeerCommand, "tcp", "-addr", addr, "-size", fmt.Sprint(size)}
 }
 
 // sendXSK floods UDP datagrams through an AF_XDP socket bound to ifname
 // (copy mode: the kernel builds an skb per frame and transmits it on the
 // veth). It skips the sender's UDP/IP stack, so the flood reaches rates a
 // UDP socket on this machine cannot; the receive side is unchanged.
-func sendXSK(ifname, dstMAC, addr string, d time.Duration, dlen, batch int) (SenderReport, error) {
+func sendXSK(ifname, dstMAC, addr string, d time.Duration, dlen, batch int) (PeerReport, error) {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
-		return SenderReport{}, err
+		return PeerReport{}, err
 	}
 	dmac, err := net.ParseMAC(dstMAC)
 	if err != nil {
-		return SenderReport{}, err
+		return PeerReport{}, err
 	}
 	dst, err := netip.ParseAddrPort(addr)
 	if err != nil || !dst.Addr().Is4() {
-		return SenderReport{}, fmt.Errorf("address %q: want IPv4:port", addr)
+		return PeerReport{}, fmt.Errorf("address %q: want IPv4:port", addr)
 	}
 	addrs, err := ifi.Addrs()
 	if err != nil {
-		return SenderReport{}, err
+		return PeerReport{}, err
 	}
 	var src netip.Addr
 	for _, a := range addrs {
@@ -242,17 +276,17 @@ func sendXSK(ifname, dstMAC, addr string, d time.Duration, dlen, batch int) (Sen
 		}
 	}
 	if !src.IsValid() {
-		return SenderReport{}, fmt.Errorf("%s has no IPv4 address", ifname)
+		return PeerReport{}, fmt.Errorf("%s has no IPv4 address", ifname)
 	}
 	frame := udpFrame(ifi.HardwareAddr, dmac, src, dst, dlen)
 	region, err := umem.NewRegion(umem.RegionConfig{Size: 16 << 20})
 	if err != nil {
-		return SenderReport{}, err
+		return PeerReport{}, err
 	}
 	defer region.Close()
 	sock, err := umem.NewSocket(region, ifi.Index, umem.SocketConfig{Queue: 0, RingSize: 64, TXRingSize: 2048, TXFrames: 2048})
 	if err != nil {
-		return SenderReport{}, err
+		return PeerReport{}, err
 	}
 	defer sock.Close()
 	u0, s0 := cpuNow()
@@ -274,13 +308,13 @@ func sendXSK(ifname, dstMAC, addr string, d time.Duration, dlen, batch int) (Sen
 			queued++
 		}
 		if err := sock.TXFlush(); err != nil {
-			return SenderReport{}, err
+			return PeerReport{}, err
 		}
 	}
 	// Let the last kicks finish before counting.
 	time.Sleep(10 * time.Millisecond)
 	sock.TXFlush()
-	var rep SenderReport
+	var rep PeerReport
 	rep.Packets = queued - min(queued, sock.TXDrops()-noBuffer)
 	rep.Bytes = rep.Packets * uint64(dlen)
 	rep.Seconds = time.Since(t0).Seconds()
@@ -321,11 +355,11 @@ func udpFrame(smac, dmac net.HardwareAddr, src netip.Addr, dst netip.AddrPort, d
 	return b
 }
 
-// selfExecutable is the binary that has the bench-send subcommand.
+// selfExecutable is the binary that has the bench-peer subcommand.
 func selfExecutable() (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return "", fmt.Errorf("find own executable for the sender: %w", err)
+		return "", fmt.Errorf("find own executable for the peer: %w", err)
 	}
 	return exe, nil
 }

@@ -22,7 +22,7 @@ var (
 )
 
 // WritePlot writes a PNG with two bar charts, one bar group per row: goodput
-// in Gbit/s, and CPU seconds per GB (the receiving process's and the whole
+// in Gbit/s, and CPU seconds per GB (the measured process's and the whole
 // machine's). Bars are medians; whiskers span min to max.
 func (rep *Report) WritePlot(path string) error {
 	f, err := os.Create(path)
@@ -52,15 +52,15 @@ func (rep *Report) writePlot(w io.Writer) error {
 	top := plot.New()
 	top.Title.Text = fmt.Sprintf("xdevmem bench: goodput (median of %d, whiskers min–max)", rep.Runs)
 	top.Y.Label.Text = "Gbit/s"
-	if err := addBars(top, pick(func(f Figures) Figure { return f.Gbps }), 0, colorGoodput, "goodput", 22); err != nil {
+	if err := addBars(top, pick(func(f Figures) Figure { return f.Gbps }), 0, colorGoodput, "", 22); err != nil {
 		return err
 	}
 	top.NominalX(names...)
 
 	bottom := plot.New()
-	bottom.Title.Text = "CPU seconds per GB received"
+	bottom.Title.Text = "CPU seconds per GB transferred"
 	bottom.Y.Label.Text = "CPU s/GB"
-	if err := addBars(bottom, pick(func(f Figures) Figure { return f.RecvCPUPerGB }), -0.18, colorRecv, "receiver (getrusage)", 14); err != nil {
+	if err := addBars(bottom, pick(func(f Figures) Figure { return f.LocalCPUPerGB }), -0.18, colorRecv, "measured side, this process (getrusage)", 14); err != nil {
 		return err
 	}
 	if err := addBars(bottom, pick(func(f Figures) Figure { return f.MachineCPUPerGB }), 0.18, colorMachine, "whole machine (/proc/stat)", 14); err != nil {
@@ -74,6 +74,7 @@ func (rep *Report) writePlot(w io.Writer) error {
 		p.X.Tick.Label.XAlign = draw.XRight
 		p.X.Tick.Label.YAlign = draw.YCenter
 		p.Y.Min = 0
+		p.Y.Max *= 1.12 // room for the value labels
 		p.Add(plotter.NewGrid())
 	}
 
@@ -110,7 +111,9 @@ func addBars(p *plot.Plot, fs []Figure, dx float64, c color.Color, label string,
 	bars.Color = c
 	bars.LineStyle.Width = 0
 	p.Add(bars)
-	p.Legend.Add(label, bars)
+	if label != "" {
+		p.Legend.Add(label, bars)
+	}
 	if len(pts) > 0 {
 		eb, err := plotter.NewYErrorBars(struct {
 			plotter.XYs
@@ -120,6 +123,21 @@ func addBars(p *plot.Plot, fs []Figure, dx float64, c color.Color, label string,
 			return err
 		}
 		p.Add(eb)
+		texts := make([]string, len(pts))
+		above := make(plotter.XYs, len(pts))
+		for i, pt := range pts {
+			texts[i] = fmt.Sprintf("%.2f", pt.Y)
+			above[i] = plotter.XY{X: pt.X, Y: pt.Y + errs[i].High}
+		}
+		labels, err := plotter.NewLabels(plotter.XYLabels{XYs: above, Labels: texts})
+		if err != nil {
+			return err
+		}
+		for i := range labels.TextStyle {
+			labels.TextStyle[i].XAlign = draw.XCenter
+			labels.TextStyle[i].YAlign = draw.YBottom
+		}
+		p.Add(labels)
 	}
 	return nil
 }

@@ -20,6 +20,15 @@ func (rep *Report) WriteJSON(w io.Writer) error {
 	return err
 }
 
+// ReadReport reads a report written by WriteJSON.
+func ReadReport(r io.Reader) (*Report, error) {
+	var rep Report
+	if err := json.NewDecoder(r).Decode(&rep); err != nil {
+		return nil, err
+	}
+	return &rep, nil
+}
+
 // MarshalJSON writes NaN as null, which encoding/json refuses to encode.
 func (f Figure) MarshalJSON() ([]byte, error) {
 	num := func(v float64) any {
@@ -74,22 +83,37 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	m := rep.Machine
 	fmt.Fprintf(&b, "xdevmem bench: %d run(s) per row, rows alternating (A B C … A B C …); %s per TCP transfer, %.1f s UDP flood\n",
 		rep.Runs, humanBytes(rep.Size), rep.UDPSeconds)
-	fmt.Fprintf(&b, "machine: Linux %s, %d CPUs (%s), %s, GOMAXPROCS %d\n", m.Kernel, m.CPUs, m.CPU, m.GoVersion, m.GOMAXPROCS)
-	fmt.Fprintf(&b, "figures: median (min–max). recv CPU: getrusage(RUSAGE_SELF) of the receiving process (user+sys, all threads);\n")
-	fmt.Fprintf(&b, "  send CPU: the separate sender process's own getrusage; machine CPU: /proc/stat busy time of all CPUs (softirq included).\n\n")
+	fmt.Fprintf(&b, "machine: Linux %s, %d CPUs (%s), %s, GOMAXPROCS %d; load average %.2f before, %.2f after\n",
+		m.Kernel, m.CPUs, m.CPU, m.GoVersion, m.GOMAXPROCS, rep.LoadStart, rep.LoadEnd)
+	var bgs []float64
+	for _, r := range rep.Rows {
+		for _, m := range r.Runs {
+			bgs = append(bgs, m.Background)
+		}
+	}
+	if bg := figureOf(bgs); bg.Valid() {
+		fmt.Fprintf(&b, "background: %s CPUs busy just before the runs (median (min–max)); machine CPU includes it\n", cell(bg, 2))
+	}
+	fmt.Fprintf(&b, "figures: median (min–max). local CPU: getrusage(RUSAGE_SELF) of this process, the measured side (the receiver of\n")
+	fmt.Fprintf(&b, "  RX rows, the sender of TX rows; user+sys, all threads); peer CPU: the kernel peer's own process (getrusage);\n")
+	fmt.Fprintf(&b, "  machine CPU: /proc/stat busy time of all CPUs, softirq included.\n\n")
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "row\tMTU\tgoodput MB/s\tGbit/s\tMpps\trecv CPU s/GB\tsend CPU s/GB\tmachine CPU s/GB\tsoftirq s/GB\t")
+	fmt.Fprintln(tw, "row\tdir\tMTU\tgoodput MB/s\tGbit/s\tMpps\tlocal CPU s/GB\tpeer CPU s/GB\tmachine CPU s/GB\tsoftirq s/GB\t")
 	for _, r := range rep.Rows {
 		f := r.Figures
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.ID, r.MTU,
+		dir := "rx"
+		if r.Kind.TX() {
+			dir = "tx"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.ID, dir, r.MTU,
 			cell(f.MBps, 1), cell(f.Gbps, 2), cell(f.Mpps, 3),
-			cell(f.RecvCPUPerGB, 3), cell(f.SendCPUPerGB, 3), cell(f.MachineCPUPerGB, 3), cell(f.SoftirqPerGB, 3))
+			cell(f.LocalCPUPerGB, 3), cell(f.PeerCPUPerGB, 3), cell(f.MachineCPUPerGB, 3), cell(f.SoftirqPerGB, 3))
 	}
 	tw.Flush()
 	b.WriteString("\n")
 	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "row\tcopied B/B after arrival\ttokens/s\tallocs/pkt\tretrans\tdrops\truns ok\t")
+	fmt.Fprintln(tw, "row\tpayload copied B/B\ttokens/s\tallocs/pkt\tretrans\tdrops\truns ok\t")
 	for _, r := range rep.Rows {
 		f := r.Figures
 		src := ""
@@ -100,13 +124,16 @@ func (rep *Report) WriteTable(w io.Writer) error {
 			}
 		}
 		tok := "-"
-		if r.Kind == KindDevmem {
+		if r.Kind == KindDevmem || r.Kind == KindDevmemTX {
 			tok = cell(f.TokensPerSec, 0)
 		}
 		fmt.Fprintf(tw, "%s\t%s%s\t%s\t%s\t%s\t%s\t%d/%d\t\n", r.ID, cell(f.CopiedPerByte, 2), src, tok,
 			cell(f.AllocsPerPacket, 4), cell(f.Retrans, 0), cell(f.Drops, 0), f.MBps.N, len(r.Runs))
 	}
 	tw.Flush()
+	b.WriteString("payload copied B/B: payload bytes copied per byte after it reached the receiver's memory (RX: UMEM or skb)\n" +
+		"  or on its way from the sender's buffer to the wire (TX); counted = xdevmem's counters, by construction = the code path.\n" +
+		"tokens/s: RX tokens returned with SO_DEVMEM_DONTNEED; TX sends completed through MSG_ERRQUEUE.\n")
 	for _, r := range rep.Rows {
 		for _, m := range r.Runs {
 			if m.Error != "" {

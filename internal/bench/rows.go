@@ -22,15 +22,26 @@ const (
 	// KindAFXDP is a bare AF_XDP receive loop under a UDP flood: refill,
 	// receive, count, free. The ceiling of any AF_XDP receiver on the link.
 	KindAFXDP Kind = "afxdp-bare"
+	// KindKernelTX is the kernel's TCP send: a plain socket writing from a
+	// buffer, to a kernel receiver in the peer namespace.
+	KindKernelTX Kind = "kernel-tcp-tx"
+	// KindDevmemTX is xdevmem's emulated devmem TX: sendmsg from a TX
+	// dmabuf with MSG_ZEROCOPY completions, to a kernel receiver.
+	KindDevmemTX Kind = "devmem-tx"
 )
 
-// Row is one configuration the bench measures.
+// TX reports whether the kind measures the sending side.
+func (k Kind) TX() bool { return k == KindKernelTX || k == KindDevmemTX }
+
+// Row is one configuration the bench measures. RX rows measure a receiver
+// in this process fed by a kernel sender in the peer namespace; TX rows
+// (Kind.TX) a sender in this process draining into a kernel receiver.
 type Row struct {
 	// ID names the row on the command line (--rows) and in the output.
 	ID string `json:"id"`
 	// Title says what the row measures, in a few words.
 	Title string `json:"title"`
-	// Kind is the receiver.
+	// Kind is what is measured.
 	Kind Kind `json:"kind"`
 	// MTU of the veth pair.
 	MTU int `json:"mtu"`
@@ -55,12 +66,21 @@ var Rows = []Row{
 	{ID: "devmem-a0-trust", Title: "devmem RX, autorelease 0, checksum trusted", Kind: KindDevmem, MTU: 1500, TrustChecksum: true},
 	{ID: "kernel-off-3500", Title: "kernel TCP, offloads off, MTU 3500", Kind: KindKernel, MTU: 3500},
 	{ID: "devmem-a0-3500", Title: "xdevmem devmem RX, autorelease 0, MTU 3500", Kind: KindDevmem, MTU: 3500},
+	{ID: "kernel-off-9000", Title: "kernel TCP, offloads off, MTU 9000", Kind: KindKernel, MTU: 9000},
+	{ID: "devmem-a0-9000", Title: "xdevmem devmem RX, autorelease 0, MTU 9000 (XDP multi-buffer)", Kind: KindDevmem, MTU: 9000},
 	{ID: "afxdp-bare", Title: "bare AF_XDP receive loop, UDP flood (ceiling)", Kind: KindAFXDP, MTU: 1500},
+	{ID: "kernel-tx-off", Title: "kernel TCP send, offloads off", Kind: KindKernelTX, MTU: 1500},
+	{ID: "devmem-tx", Title: "xdevmem devmem TX (sendmsg from the TX dmabuf, MSG_ZEROCOPY)", Kind: KindDevmemTX, MTU: 1500},
 }
 
-// DefaultRows are the rows run when none are named: every row but the
-// diagnostic trusted-checksum one.
-var DefaultRows = []string{"kernel-off", "kernel-default", "gvisor-xdp", "devmem-a0", "devmem-a1", "kernel-off-3500", "devmem-a0-3500", "afxdp-bare"}
+// DefaultRows are the rows run when none are named: all of them.
+// devmem-a0-trust is diagnostic: its distance to devmem-a0 is the cost of
+// the software checksum check.
+var DefaultRows = []string{
+	"kernel-off", "kernel-default", "gvisor-xdp", "devmem-a0", "devmem-a1", "devmem-a0-trust",
+	"kernel-off-3500", "devmem-a0-3500", "kernel-off-9000", "devmem-a0-9000", "afxdp-bare",
+	"kernel-tx-off", "devmem-tx",
+}
 
 // LookupRows resolves row IDs ("all" names every row). An empty list gives
 // DefaultRows.

@@ -46,12 +46,15 @@ type Config struct {
 	UDPSocket bool
 	// Prefix names the namespaces (default DefaultPrefix).
 	Prefix string
-	// SenderExe is a binary with the bench-send subcommand (default: this
+	// SenderExe is a binary with the bench-peer subcommand (default: this
 	// process's executable).
 	SenderExe string
 	// RunTimeout bounds one run, set-up to tear-down (default 2 minutes
 	// plus 1 s per 50 MB).
 	RunTimeout time.Duration
+	// IdleWait, if positive, makes each run wait up to this long for the
+	// machine to be idle (under idleBusy CPUs busy) before it starts.
+	IdleWait time.Duration
 	// Log, if set, gets one progress line per run.
 	Log io.Writer
 }
@@ -118,6 +121,12 @@ type Report struct {
 	Runs       int     `json:"runs_per_row"`
 	Size       uint64  `json:"tcp_bytes_per_run"`
 	UDPSeconds float64 `json:"udp_seconds_per_run"`
+	// LoadStart and LoadEnd are /proc/loadavg's 1-minute load before the
+	// first and after the last run: anything well above the bench's own
+	// two busy threads means other work shared the machine, and the
+	// machine-CPU figures include it.
+	LoadStart float64 `json:"loadavg1_start"`
+	LoadEnd   float64 `json:"loadavg1_end"`
 	// CPUAccounting says how receiver CPU is measured.
 	CPUAccounting string      `json:"cpu_accounting"`
 	Rows          []RowReport `json:"rows"`
@@ -126,8 +135,8 @@ type Report struct {
 }
 
 // cpuAccounting is the one-line statement of how CPU is measured.
-const cpuAccounting = "receiver CPU = getrusage(RUSAGE_SELF) user+sys of the bench process (all its threads) over the transfer window; " +
-	"the sender is a separate process in the peer namespace and reports its own getrusage; " +
+const cpuAccounting = "local CPU = getrusage(RUSAGE_SELF) user+sys of the bench process (all its threads: the receiver of RX rows, the sender of TX rows) over the transfer window; " +
+	"the kernel peer (sender of RX rows, receiver of TX rows) is a separate process in the peer namespace and reports its own getrusage; " +
 	"machine CPU = /proc/stat busy time of all CPUs over the window (includes softirq work charged to no process)"
 
 // Run measures every row cfg.Runs times, alternating rows, building a fresh
@@ -143,7 +152,7 @@ func Run(cfg Config) (*Report, error) {
 	rep := &Report{
 		Started: time.Now().UTC(), Machine: machine(),
 		Runs: cfg.Runs, Size: cfg.Size, UDPSeconds: cfg.UDPDuration.Seconds(),
-		CPUAccounting: cpuAccounting,
+		CPUAccounting: cpuAccounting, LoadStart: loadAvg1(),
 	}
 	rep.Rows = make([]RowReport, len(cfg.Rows))
 	for i, r := range cfg.Rows {
@@ -153,8 +162,10 @@ func Run(cfg Config) (*Report, error) {
 	for round := 0; round < cfg.Runs; round++ {
 		for i := range rep.Rows {
 			row := rep.Rows[i].Row
+			bg := waitIdle(cfg.IdleWait)
 			m := r.runOnce(row)
 			m.Round = round
+			m.Background = bg
 			rep.Rows[i].Runs = append(rep.Rows[i].Runs, m)
 			logRun(cfg.Log, round, cfg.Runs, row, m)
 		}
@@ -163,6 +174,7 @@ func Run(cfg Config) (*Report, error) {
 		rep.Rows[i].Figures = summarize(rep.Rows[i].Runs)
 	}
 	rep.Goals = checkGoals(rep)
+	rep.LoadEnd = loadAvg1()
 	return rep, nil
 }
 
@@ -171,9 +183,9 @@ func logRun(w io.Writer, round, runs int, row Row, m Measurement) {
 		fmt.Fprintf(w, "[%d/%d] %-16s FAILED: %s\n", round+1, runs, row.ID, m.Error)
 		return
 	}
-	fmt.Fprintf(w, "[%d/%d] %-16s %8.1f MB/s  recv %.2f s/GB  machine %.2f s/GB  (%.0f MB in %.2f s)\n",
+	fmt.Fprintf(w, "[%d/%d] %-16s %8.1f MB/s  local %.2f s/GB  machine %.2f s/GB  (%.0f MB in %.2f s)\n",
 		round+1, runs, row.ID, float64(m.Bytes)/1e6/m.Seconds,
-		m.perGB(m.RecvUser+m.RecvSys), m.perGB(m.MachineBusy), float64(m.Bytes)/1e6, m.Seconds)
+		m.perGB(m.LocalUser+m.LocalSys), m.perGB(m.MachineBusy), float64(m.Bytes)/1e6, m.Seconds)
 }
 
 // runner runs single measurements.
@@ -197,6 +209,10 @@ func (r *runner) runOnce(row Row) (m Measurement) {
 		err = r.runGVisor(row, &m, ab)
 	case KindAFXDP:
 		err = r.runAFXDP(row, &m, ab)
+	case KindKernelTX:
+		err = r.runKernelTX(row, &m, ab)
+	case KindDevmemTX:
+		err = r.runDevmemTX(row, &m, ab)
 	default:
 		err = fmt.Errorf("unknown row kind %q", row.Kind)
 	}
@@ -279,23 +295,23 @@ func offloadsOff(p *netns.Pair) error {
 	return nil
 }
 
-// sender is a running bench-send process in the peer namespace.
-type sender struct {
+// peerProc is a running bench-peer process in the peer namespace.
+type peerProc struct {
 	cmd      *exec.Cmd
 	out, err bytes.Buffer
 	done     chan struct{}
 	waitErr  error
 }
 
-// startSender runs "ip netns exec PEER exe bench-send ..." for the row.
-func (r *runner) startSender(p *netns.Pair, args []string) (*sender, error) {
-	s := &sender{done: make(chan struct{})}
+// startPeer runs "ip netns exec PEER exe bench-peer ..." for the row.
+func (r *runner) startPeer(p *netns.Pair, args []string) (*peerProc, error) {
+	s := &peerProc{done: make(chan struct{})}
 	s.cmd = p.Peer.Command(r.cfg.SenderExe, args...)
 	s.cmd.Stdout, s.cmd.Stderr = &s.out, &s.err
-	// The sender dies with us, whatever happens to us.
+	// The peer dies with us, whatever happens to us.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start sender: %w", err)
+		return nil, fmt.Errorf("start peer: %w", err)
 	}
 	go func() {
 		s.waitErr = s.cmd.Wait()
@@ -304,47 +320,47 @@ func (r *runner) startSender(p *netns.Pair, args []string) (*sender, error) {
 	return s, nil
 }
 
-// exited is closed when the sender has exited.
-func (s *sender) exited() <-chan struct{} { return s.done }
+// exited is closed when the peer has exited.
+func (s *peerProc) exited() <-chan struct{} { return s.done }
 
-func (s *sender) kill() {
+func (s *peerProc) kill() {
 	if s.cmd.Process != nil {
 		_ = s.cmd.Process.Kill()
 	}
 }
 
-// wait waits up to d for the sender and parses its report.
-func (s *sender) wait(d time.Duration) (SenderReport, error) {
+// wait waits up to d for the peer and parses its report.
+func (s *peerProc) wait(d time.Duration) (PeerReport, error) {
 	select {
 	case <-s.done:
 	case <-time.After(d):
 		s.kill()
 		<-s.done
-		return SenderReport{}, fmt.Errorf("sender still running after %v", d)
+		return PeerReport{}, fmt.Errorf("peer still running after %v", d)
 	}
 	if s.waitErr != nil {
-		return SenderReport{}, fmt.Errorf("sender: %v: %s", s.waitErr, strings.TrimSpace(s.err.String()))
+		return PeerReport{}, fmt.Errorf("peer: %v: %s", s.waitErr, strings.TrimSpace(s.err.String()))
 	}
-	var rep SenderReport
+	var rep PeerReport
 	if err := json.Unmarshal(s.out.Bytes(), &rep); err != nil {
-		return rep, fmt.Errorf("sender report %q: %w", s.out.String(), err)
+		return rep, fmt.Errorf("peer report %q: %w", s.out.String(), err)
 	}
 	return rep, nil
 }
 
-// finish fills the sender's part of m.
-func (m *Measurement) addSender(rep SenderReport) {
-	m.SendUser, m.SendSys = rep.UserSeconds, rep.SysSeconds
+// addPeer fills the peer's part of m.
+func (m *Measurement) addPeer(rep PeerReport) {
+	m.PeerUser, m.PeerSys = rep.UserSeconds, rep.SysSeconds
 	m.Retrans = rep.Retrans
 	if m.Packets == 0 {
 		m.Packets = rep.Packets
 	}
 }
 
-// addWindow fills the receiver's part of m from a window.
+// addWindow fills the measured side's part of m from a window.
 func (m *Measurement) addWindow(w window) {
 	m.Seconds = w.seconds
-	m.RecvUser, m.RecvSys = w.user, w.sys
+	m.LocalUser, m.LocalSys = w.user, w.sys
 	m.MachineBusy, m.MachineSoftirq = w.busy, w.softirq
 	m.Allocs = w.allocs
 }
@@ -406,4 +422,42 @@ func vethDrops(p *netns.Pair) (uint64, error) {
 		}
 	}
 	return total, nil
+}
+
+// loadAvg1 is the 1-minute load average, or -1.
+func loadAvg1() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	var v float64
+	if _, err := fmt.Sscan(string(b), &v); err != nil {
+		return -1
+	}
+	return v
+}
+
+// idleBusy is how many CPUs may be busy for the machine to count as idle.
+const idleBusy = 0.25
+
+// backgroundSample is how long waitIdle looks at /proc/stat.
+const backgroundSample = 300 * time.Millisecond
+
+// waitIdle samples how many CPUs are busy and, while that is above
+// idleBusy, samples again until d has passed. It returns the last sample.
+func waitIdle(d time.Duration) float64 {
+	deadline := time.Now().Add(d)
+	for {
+		b0, _, err0 := readProcStat()
+		t0 := time.Now()
+		time.Sleep(backgroundSample)
+		b1, _, err1 := readProcStat()
+		if err0 != nil || err1 != nil {
+			return -1
+		}
+		busy := (b1 - b0) / time.Since(t0).Seconds()
+		if busy < idleBusy || !time.Now().Before(deadline) {
+			return busy
+		}
+	}
 }

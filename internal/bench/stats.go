@@ -5,33 +5,41 @@ import (
 	"slices"
 )
 
-// Measurement is one run of one row: what the receiver and the sender saw
-// over the transfer window (from accept, or the first datagram, to the end
-// of the stream).
+// Measurement is one run of one row: what the measured side (this process)
+// and its peer saw over the transfer window: from accept to the end of the
+// stream (RX), from the first send to the last completion or the peer's
+// close (TX), or from the first to the last datagram (UDP).
 type Measurement struct {
 	// Round is the index of the round (A B C … A B C …) the run belongs to.
 	Round int `json:"round"`
 	// Error is set when the run failed; its figures are then not used.
 	Error string `json:"error,omitempty"`
+	// Background is how many CPUs were busy (from /proc/stat) in a short
+	// sample just before the run: other work on the machine, which the
+	// machine-CPU figures then include.
+	Background float64 `json:"background_cpus"`
 
-	// Bytes is the payload the receiver got; Seconds the window.
+	// Bytes is the payload that arrived; Seconds the window.
 	Bytes   uint64  `json:"bytes"`
 	Seconds float64 `json:"seconds"`
-	// Packets is the sender's count of data segments (tcpi_data_segs_out,
-	// retransmissions included) or, for UDP, the datagrams received.
+	// Packets counts data segments: the kernel sender's tcpi_data_segs_out
+	// (retransmissions included), the devmem TX engine's segments, or, for
+	// UDP, the datagrams received.
 	Packets uint64 `json:"packets"`
 
-	// RecvUser and RecvSys are getrusage(RUSAGE_SELF) deltas of the bench
-	// process over the window: every thread of the receiving side, nothing
-	// of the sender.
-	RecvUser float64 `json:"recv_user_s"`
-	RecvSys  float64 `json:"recv_sys_s"`
-	// SendUser and SendSys are the sender process's own getrusage over its
-	// transfer. Softirq work the kernel does for the receiver (veth
-	// delivery, XDP, the copy into the UMEM, TCP input) mostly lands here or
-	// in ksoftirqd, not in RecvUser/RecvSys.
-	SendUser float64 `json:"send_user_s"`
-	SendSys  float64 `json:"send_sys_s"`
+	// LocalUser and LocalSys are getrusage(RUSAGE_SELF) deltas of the bench
+	// process over the window: every thread of the measured side (the
+	// receiver of an RX row, the sender of a TX row), nothing of the peer.
+	LocalUser float64 `json:"local_user_s"`
+	LocalSys  float64 `json:"local_sys_s"`
+	// PeerUser and PeerSys are the peer process's own getrusage over its
+	// transfer (the kernel TCP sender of an RX row, the receiver of a TX
+	// row). The kernel's softirq work on veth (delivery, XDP, the copy into
+	// the UMEM, TCP input) runs on whatever CPU and task raised it and,
+	// with tick-based accounting, is charged to that task: mostly the peer
+	// for RX rows.
+	PeerUser float64 `json:"peer_user_s"`
+	PeerSys  float64 `json:"peer_sys_s"`
 	// MachineBusy and MachineSoftirq are whole-machine CPU seconds from
 	// /proc/stat over the window (all CPUs, all processes).
 	MachineBusy    float64 `json:"machine_busy_s"`
@@ -42,11 +50,13 @@ type Measurement struct {
 	// counted (xdevmem's counters) or follows from the code path.
 	Copied         uint64 `json:"copied_bytes"`
 	CopiedMeasured bool   `json:"copied_measured"`
-	// Tokens is the number of devmem tokens returned with DONTNEED.
+	// Tokens is the number of devmem tokens returned with DONTNEED (RX) or
+	// of sends completed through MSG_ERRQUEUE (TX).
 	Tokens uint64 `json:"tokens"`
 	// Allocs is Go heap allocations of the bench process in the window.
 	Allocs uint64 `json:"allocs"`
-	// Retrans is the sender's tcpi_total_retrans.
+	// Retrans is the kernel sender's tcpi_total_retrans, or for devmem TX
+	// the payload bytes sent more than once divided by the MSS.
 	Retrans uint64 `json:"retrans"`
 	// Drops counts packets lost on the receive side: AF_XDP socket drops
 	// (rx_dropped + rx_ring_full + rx_fill_ring_empty_descs) and stack
@@ -104,14 +114,14 @@ type Figures struct {
 	Gbps Figure `json:"gbit_per_s"`
 	// Mpps is packets per second (millions).
 	Mpps Figure `json:"mpps"`
-	// RecvCPUPerGB is the receiver's user+sys CPU seconds per GB
-	// (getrusage RUSAGE_SELF of the bench process); RecvUserPerGB and
-	// RecvSysPerGB its parts.
-	RecvCPUPerGB  Figure `json:"recv_cpu_s_per_gb"`
-	RecvUserPerGB Figure `json:"recv_user_s_per_gb"`
-	RecvSysPerGB  Figure `json:"recv_sys_s_per_gb"`
-	// SendCPUPerGB is the sender process's user+sys per GB.
-	SendCPUPerGB Figure `json:"send_cpu_s_per_gb"`
+	// LocalCPUPerGB is the measured side's user+sys CPU seconds per GB
+	// (getrusage RUSAGE_SELF of the bench process); LocalUserPerGB and
+	// LocalSysPerGB its parts.
+	LocalCPUPerGB  Figure `json:"local_cpu_s_per_gb"`
+	LocalUserPerGB Figure `json:"local_user_s_per_gb"`
+	LocalSysPerGB  Figure `json:"local_sys_s_per_gb"`
+	// PeerCPUPerGB is the peer process's user+sys per GB.
+	PeerCPUPerGB Figure `json:"peer_cpu_s_per_gb"`
 	// MachineCPUPerGB and SoftirqPerGB are whole-machine CPU seconds per GB
 	// from /proc/stat.
 	MachineCPUPerGB Figure `json:"machine_cpu_s_per_gb"`
@@ -119,9 +129,11 @@ type Figures struct {
 	// CopiedPerByte is payload bytes copied per byte received after the
 	// data reached the receiver's memory.
 	CopiedPerByte Figure `json:"copied_per_byte"`
-	// TokensPerSec is devmem tokens returned per second.
+	// TokensPerSec is devmem tokens returned (RX) or sends completed (TX)
+	// per second.
 	TokensPerSec Figure `json:"tokens_per_s"`
-	// AllocsPerPacket is Go heap allocations of the receiver per packet.
+	// AllocsPerPacket is Go heap allocations of the bench process per
+	// packet.
 	AllocsPerPacket Figure `json:"allocs_per_packet"`
 	// Retrans and Drops are per-run counts.
 	Retrans Figure `json:"retrans"`
@@ -146,10 +158,10 @@ func summarize(ms []Measurement) Figures {
 		MBps:            col(func(m Measurement) float64 { return float64(m.Bytes) / 1e6 / m.Seconds }),
 		Gbps:            col(func(m Measurement) float64 { return float64(m.Bytes) * 8 / 1e9 / m.Seconds }),
 		Mpps:            col(func(m Measurement) float64 { return float64(m.Packets) / 1e6 / m.Seconds }),
-		RecvCPUPerGB:    col(func(m Measurement) float64 { return m.perGB(m.RecvUser + m.RecvSys) }),
-		RecvUserPerGB:   col(func(m Measurement) float64 { return m.perGB(m.RecvUser) }),
-		RecvSysPerGB:    col(func(m Measurement) float64 { return m.perGB(m.RecvSys) }),
-		SendCPUPerGB:    col(func(m Measurement) float64 { return m.perGB(m.SendUser + m.SendSys) }),
+		LocalCPUPerGB:   col(func(m Measurement) float64 { return m.perGB(m.LocalUser + m.LocalSys) }),
+		LocalUserPerGB:  col(func(m Measurement) float64 { return m.perGB(m.LocalUser) }),
+		LocalSysPerGB:   col(func(m Measurement) float64 { return m.perGB(m.LocalSys) }),
+		PeerCPUPerGB:    col(func(m Measurement) float64 { return m.perGB(m.PeerUser + m.PeerSys) }),
 		MachineCPUPerGB: col(func(m Measurement) float64 { return m.perGB(m.MachineBusy) }),
 		SoftirqPerGB:    col(func(m Measurement) float64 { return m.perGB(m.MachineSoftirq) }),
 		CopiedPerByte:   col(func(m Measurement) float64 { return float64(m.Copied) / float64(m.Bytes) }),
