@@ -213,7 +213,8 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		e.s.cnt.txBytes.Add(uint64(off))
 		n++
 	}
-	if e.sock.TXPublish() {
+	if e.sock.TXPublish() || n < pkts.Len() {
+		// (Also when frames ran out: a kick drains and completes them.)
 		// The kick runs the transmit (and the peer's receive) inside the
 		// syscall; a dedicated goroutine does it so that TCP processing
 		// goes on meanwhile.

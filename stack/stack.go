@@ -439,6 +439,7 @@ func (s *Stack) Stats() Stats {
 	}
 	if s.sock != nil {
 		st.TxDrops = s.sock.TXDrops()
+		st.TxKickStalls = s.sock.KickStalls()
 	}
 	if s.region != nil {
 		st.Frames = s.region.Snapshot()

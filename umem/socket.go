@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -88,6 +90,7 @@ type Socket struct {
 	txDrops   uint64
 
 	noNeedWakeup bool
+	kickStalls   atomic.Uint64 // Kick gave up with descriptors left
 
 	closeOnce sync.Once
 }
@@ -371,12 +374,32 @@ func (s *Socket) TXPublish() (needKick bool) {
 	return n > 0 && (s.noNeedWakeup || s.tx.needWakeup())
 }
 
-// Kick wakes the kernel to send what the TX ring holds. Safe to call from
-// any goroutine, without locks held.
+// Kick wakes the kernel to send what the TX ring holds, and keeps waking it
+// until it has taken every published descriptor: in copy mode one sendto
+// sends at most a small batch (and answers EAGAIN with descriptors left), so
+// a single kick can strand the rest — an ACK or a FIN nobody sends until
+// the next kick, which may never come. Safe to call from any goroutine,
+// without locks held.
 func (s *Socket) Kick() error {
-	if err := kickTX(s.fd); err != nil {
-		return fmt.Errorf("xsk: kick tx: %w", err)
+	const maxKicks = 64
+	for i := 0; i < maxKicks; i++ {
+		before := s.tx.consumer.Load()
+		if before == s.tx.producer.Load() {
+			return nil
+		}
+		if err := kickTX(s.fd); err != nil {
+			return fmt.Errorf("xsk: kick tx: %w", err)
+		}
+		if s.tx.consumer.Load() == before {
+			// No progress: the completion ring may be full. Reclaim,
+			// then give the kernel a moment.
+			s.txMu.Lock()
+			s.reclaimLocked()
+			s.txMu.Unlock()
+			runtime.Gosched()
+		}
 	}
+	s.kickStalls.Add(1)
 	return nil
 }
 
@@ -386,6 +409,9 @@ func (s *Socket) reclaimLocked() {
 		s.txFree = append(s.txFree, a&^uint64(s.region.frameSize-1))
 	}
 }
+
+// KickStalls counts kicks that gave up with TX descriptors still unsent.
+func (s *Socket) KickStalls() uint64 { return s.kickStalls.Load() }
 
 // TXDrops counts frames not sent for lack of a TX frame or ring slot.
 func (s *Socket) TXDrops() uint64 {
