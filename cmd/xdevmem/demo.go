@@ -88,11 +88,7 @@ func runDemo(args []string) error {
 	if *period < 2 || *period > 256 {
 		return fmt.Errorf("-v %d: the period must be 2 to 256", *period)
 	}
-	autoP, err := boolFlag01(*auto, "a")
-	if err != nil {
-		return err
-	}
-	faults, err := stack.ParseFaults(*faultSpec, *seed)
+	autoP, faults, err := receiveFlags(*auto, *faultSpec, *seed)
 	if err != nil {
 		return err
 	}

@@ -96,11 +96,7 @@ func runServer(args []string) error {
 	if *nq < 1 {
 		return fmt.Errorf("-q %d: need at least one queue", *nq)
 	}
-	autoP, err := boolFlag01(*auto, "a")
-	if err != nil {
-		return err
-	}
-	faults, err := stack.ParseFaults(*faultSpec, *seed)
+	autoP, faults, err := receiveFlags(*auto, *faultSpec, *seed)
 	if err != nil {
 		return err
 	}

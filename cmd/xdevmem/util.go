@@ -6,6 +6,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/xdevmem/xdevmem/stack"
 )
 
 // parseSize parses "1GiB", "16MiB", "64k", "1G" or a plain byte count.
@@ -79,4 +81,15 @@ func boolFlag01(v int, name string) (*bool, error) {
 		return &b, nil
 	}
 	return nil, fmt.Errorf("-%s takes 0 or 1, not %d", name, v)
+}
+
+// receiveFlags turns the receive commands' shared flags (-a mode, --faults,
+// --seed) into their typed values.
+func receiveFlags(auto int, faultSpec string, seed uint64) (*bool, stack.Faults, error) {
+	autoP, err := boolFlag01(auto, "a")
+	if err != nil {
+		return nil, stack.Faults{}, err
+	}
+	faults, err := stack.ParseFaults(faultSpec, seed)
+	return autoP, faults, err
 }
