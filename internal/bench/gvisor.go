@@ -22,16 +22,20 @@ import (
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
-	"github.com/xdevmem/xdevmem/stack"
 	"github.com/xdevmem/xdevmem/umem"
 )
+
+// gvisorRcvBuf is the gVisor row's TCP receive buffer: the window
+// xdevmem's stack gives a connection with its default 64 MiB UMEM
+// (stack.Config.RcvBuf), so that both rows advertise the same window.
+const gvisorRcvBuf = 8 << 20
 
 // runGVisor measures gVisor's own AF_XDP path: pkg/tcpip/link/xdp's
 // endpoint (which copies every frame out of its UMEM into a new view) under
 // a fifo qdisc as runsc configures it, steered by xdevmem's XDP program, and
 // reads through gonet (which copies the payload into the reader's buffer).
-// TCP options match xdevmem's stack (SACK, 1 MiB receive buffer without
-// auto-tuning) so the rows differ in the receive path only.
+// TCP options match xdevmem's stack (SACK, the same fixed receive buffer,
+// no auto-tuning) so the rows differ in the receive path only.
 //
 // The endpoint offers no way to unmap its UMEM and rings; each run leaves
 // about 2 MiB mapped in this process until it exits (the socket itself is
@@ -91,7 +95,7 @@ func (r *runner) runGVisor(row Row, m *Measurement, ab *aborter) error {
 	}()
 	sack := tcpip.TCPSACKEnabled(true)
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
-	rb := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: stack.DefaultRcvBuf, Max: stack.DefaultRcvBuf}
+	rb := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: gvisorRcvBuf, Max: gvisorRcvBuf}
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &rb)
 	mod := tcpip.TCPModerateReceiveBufferOption(false)
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &mod)
