@@ -48,7 +48,6 @@ Commands:
   probe    report whether an interface can do real (kernel) devmem, check by check
   client   send stdin (or a pattern) from a TX dmabuf, like ncdevmem's client mode
   soak     receive at full rate for a duration and report memory over time
-  client   send from a TX dmabuf with MSG_ZEROCOPY, like ncdevmem's client
   bench    compare kernel TCP, gVisor's AF_XDP path and devmem RX/TX side by side
   ncdevmem the kernel selftest's ncdevmem, flags unchanged (also as a link named ncdevmem)
 
