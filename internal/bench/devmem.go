@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -88,32 +89,39 @@ func stackDrops(st stack.Stats) uint64 {
 // acceptDevmem waits for the sender's connection, giving up when the sender
 // exits first or after acceptTimeout.
 func acceptDevmem(ln devmemapi.Listener, snd *peerProc) (devmemapi.Conn, error) {
+	return acceptFrom(ln.Accept, ln.Close, snd)
+}
+
+// acceptFrom runs accept in the background and returns its connection,
+// unless the sender exits first or acceptTimeout passes: then it closes the
+// listener (closeLn) and any connection that still arrives.
+func acceptFrom[C io.Closer](accept func() (C, error), closeLn func() error, snd *peerProc) (C, error) {
 	type accepted struct {
-		c   devmemapi.Conn
+		c   C
 		err error
 	}
+	var zero C
 	ac := make(chan accepted, 1)
 	go func() {
-		c, err := ln.Accept()
+		c, err := accept()
 		ac <- accepted{c, err}
 	}()
+	giveUp := func(err error) (C, error) {
+		closeLn()
+		if a := <-ac; a.err == nil {
+			a.c.Close()
+		}
+		return zero, err
+	}
 	select {
 	case a := <-ac:
 		if a.err != nil {
-			return nil, fmt.Errorf("accept: %w", a.err)
+			return zero, fmt.Errorf("accept: %w", a.err)
 		}
 		return a.c, nil
 	case <-snd.exited():
-		ln.Close()
-		if a := <-ac; a.err == nil {
-			a.c.Close()
-		}
-		return nil, fmt.Errorf("sender exited before connecting: %v: %s", snd.waitErr, strings.TrimSpace(snd.err.String()))
+		return giveUp(fmt.Errorf("sender exited before connecting: %v: %s", snd.waitErr, strings.TrimSpace(snd.err.String())))
 	case <-time.After(acceptTimeout):
-		ln.Close()
-		if a := <-ac; a.err == nil {
-			a.c.Close()
-		}
-		return nil, fmt.Errorf("no connection after %v", acceptTimeout)
+		return giveUp(fmt.Errorf("no connection after %v", acceptTimeout))
 	}
 }

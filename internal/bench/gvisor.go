@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
-	"strings"
 	"sync"
 	"time"
 
@@ -168,34 +167,7 @@ func (r *runner) runGVisor(row Row, m *Measurement, ab *aborter) error {
 
 // acceptNet is acceptDevmem for a net.Listener.
 func acceptNet(ln net.Listener, snd *peerProc) (net.Conn, error) {
-	type accepted struct {
-		c   net.Conn
-		err error
-	}
-	ac := make(chan accepted, 1)
-	go func() {
-		c, err := ln.Accept()
-		ac <- accepted{c, err}
-	}()
-	select {
-	case a := <-ac:
-		if a.err != nil {
-			return nil, fmt.Errorf("accept: %w", a.err)
-		}
-		return a.c, nil
-	case <-snd.exited():
-		ln.Close()
-		if a := <-ac; a.err == nil {
-			a.c.Close()
-		}
-		return nil, fmt.Errorf("sender exited before connecting: %v: %s", snd.waitErr, strings.TrimSpace(snd.err.String()))
-	case <-time.After(acceptTimeout):
-		ln.Close()
-		if a := <-ac; a.err == nil {
-			a.c.Close()
-		}
-		return nil, fmt.Errorf("no connection after %v", acceptTimeout)
-	}
+	return acceptFrom(ln.Accept, ln.Close, snd)
 }
 
 // stockEndpoint passes everything to gVisor's stock AF_XDP endpoint except
