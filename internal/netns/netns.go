@@ -85,6 +85,7 @@ func NewNS(name string) (*NS, error) {
 	}
 	ns := &NS{Name: name, fd: fd}
 	register(ns)
+	recordOwner(name)
 	return ns, nil
 }
 
@@ -168,6 +169,7 @@ func (ns *NS) Close() error {
 	unix.Close(ns.fd)
 	ns.fd = -1
 	unregister(ns)
+	dropOwner(ns.Name)
 	if err := deleteNS(ns.Name); err != nil {
 		return fmt.Errorf("delete netns %s: %w", ns.Name, err)
 	}
@@ -179,6 +181,7 @@ func (ns *NS) Close() error {
 func deleteNS(name string) error {
 	err := run("ip", "netns", "delete", name)
 	if err == nil {
+		dropOwner(name)
 		return nil
 	}
 	if _, statErr := os.Stat(filepath.Join(RunDir, name)); errors.Is(statErr, os.ErrNotExist) {

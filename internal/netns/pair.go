@@ -289,9 +289,10 @@ func closeOnSignal(closeFn func() error) (stop func()) {
 
 // Cleanup removes the namespaces named like a pair's with this prefix
 // ("<prefix>-<6 hex digits>-peer" or "-emu") and the veths inside them:
-// leftovers of a process that died without closing its pairs. It also
-// removes such pairs this process still has open, so call it only when no
-// pair with this prefix is in use. Errors are joined.
+// leftovers of a process that died without closing its pairs. Namespaces
+// whose creating process still runs (see OwnerDir) are left alone, so two
+// runs with the same prefix do not tear down each other's pairs; this
+// process's own open pairs with the prefix are removed. Errors are joined.
 func Cleanup(prefix string) error {
 	if !prefixRE.MatchString(prefix) {
 		return fmt.Errorf("cleanup: invalid prefix %q", prefix)
@@ -303,7 +304,7 @@ func Cleanup(prefix string) error {
 	re := regexp.MustCompile(`^` + regexp.QuoteMeta(prefix) + `-[0-9a-f]{` + strconv.Itoa(idLen) + `}-(peer|emu)$`)
 	var errs []error
 	for _, name := range names {
-		if !re.MatchString(name) {
+		if !re.MatchString(name) || ownerAlive(name) {
 			continue
 		}
 		if err := removeNS(name); err != nil {
