@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -313,21 +312,10 @@ func (c *Conn) RecvMsg(p, oob []byte, flags int) (n, oobn int, err error) {
 	}
 }
 
+// wait blocks for readability; RecvMsg's loop notices a close itself.
 func (c *Conn) wait() error {
-	var timeout <-chan time.Time
-	if d := c.deadline.Load(); d != 0 {
-		left := time.Until(time.Unix(0, d))
-		if left <= 0 {
-			return fmt.Errorf("recvmsg: %w", os.ErrDeadlineExceeded)
-		}
-		t := time.NewTimer(left)
-		defer t.Stop()
-		timeout = t.C
-	}
-	select {
-	case <-c.ch:
-	case <-timeout:
-	case <-c.closed:
+	if _, err := waitEvent(c.deadline.Load(), c.ch, c.closed); err != nil {
+		return fmt.Errorf("recvmsg: %w", err)
 	}
 	return nil
 }

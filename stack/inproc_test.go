@@ -51,18 +51,8 @@ func newInproc(t testing.TB, cfg Config) *inproc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Stack{
-		cfg: cfg, mac: macEmu, region: r,
-		window:    2*uint64(cfg.RcvBuf) + 256<<10,
-		bindings:  map[*rxBinding]struct{}{},
-		listeners: map[*Listener]struct{}{},
-		conns:     map[*Conn]struct{}{},
-		rings:     Rings{TCPDataSplit: true},
-	}
-	s.flows.init()
-	s.flows.window = s.window
-	s.setPrefixes([]netip.Prefix{cfg.Addr})
-	s.steer.init(max(cfg.Channels, 1))
+	s := newStackState(cfg, []netip.Prefix{cfg.Addr})
+	s.mac, s.region = macEmu, r
 	s.link = newLinkEndpoint(s)
 	ip := &inproc{t: t, s: s, ack: make(chan []byte, 1024)}
 	s.link.txHook = func(f []byte) {

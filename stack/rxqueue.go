@@ -61,10 +61,19 @@ func (q *rxQueue) lookup(key flowKey) *flow {
 	return f
 }
 
-// bindingFor is the binding of the logical queue fl is steered to (nil:
-// an unbound queue, whose payload is delivered as ordinary bytes).
-func (q *rxQueue) bindingFor(fl *flow) *rxBinding {
-	return q.s.bindingFor(q.s.steer.queueOf(fl))
+// placement decides how a segment's payload reaches the application: the
+// binding of the logical queue fl is steered to (nil for an unbound queue,
+// whose payload is ordinary bytes) and, with a binding, dmabuf fragments
+// or — below the device's split threshold — linear data.
+func (q *rxQueue) placement(fl *flow, payloadLen int) (*rxBinding, fragKind) {
+	bnd := q.s.bindingFor(q.s.steer.queueOf(fl))
+	switch {
+	case bnd == nil:
+		return nil, kindPlain
+	case payloadLen < q.s.cfg.HDSThresh:
+		return bnd, kindLinear
+	}
+	return bnd, kindDmabuf
 }
 
 // rxLoop is the receive goroutine: refill, take a batch, split, deliver.
@@ -241,14 +250,7 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 		q.free = append(q.free, frame)
 		return
 	}
-	kind := kindPlain
-	bnd := q.bindingFor(fl)
-	if bnd != nil {
-		kind = kindDmabuf
-		if sp.PayloadLen < s.cfg.HDSThresh {
-			kind = kindLinear
-		}
-	}
+	bnd, kind := q.placement(fl, sp.PayloadLen)
 	fl.mu.Lock()
 	k := fl.fq.insert(sp.Seq, sp.PayloadLen, d.Addr+uint64(sp.PayloadOff), frame, kind, bnd)
 	fl.mu.Unlock()
@@ -378,14 +380,7 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 		freeAll()
 		return
 	}
-	kind := kindPlain
-	bnd := q.bindingFor(fl)
-	if bnd != nil {
-		kind = kindDmabuf
-		if sp.PayloadLen < s.cfg.HDSThresh {
-			kind = kindLinear
-		}
-	}
+	bnd, kind := q.placement(fl, sp.PayloadLen)
 	// One piece per frame: the first frame's payload after the headers,
 	// then each further frame, up to the payload's end.
 	q.pins = q.pins[:0]

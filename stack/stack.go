@@ -163,20 +163,8 @@ func New(cfg Config) (_ *Stack, err error) {
 	// single-buffer native XDP): use XDP multi-buffer, a packet in several
 	// frames.
 	multiBuffer := cfg.MTU > SingleBufferMTU
-	s := &Stack{
-		cfg:       cfg,
-		ifindex:   ifc.Index,
-		mac:       ifc.HardwareAddr,
-		window:    2*uint64(cfg.RcvBuf) + 256<<10,
-		bindings:  map[*rxBinding]struct{}{},
-		listeners: map[*Listener]struct{}{},
-		conns:     map[*Conn]struct{}{},
-		rings:     Rings{TCPDataSplit: true},
-	}
-	s.flows.init()
-	s.flows.window = s.window
-	s.setPrefixes(prefixes)
-	s.steer.init(cfg.Channels)
+	s := newStackState(cfg, prefixes)
+	s.ifindex, s.mac = ifc.Index, ifc.HardwareAddr
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -288,6 +276,24 @@ const (
 	SingleBufferMTU = 3506
 	MaxMTU          = 9216
 )
+
+// newStackState builds a Stack's bookkeeping (no region, socket or
+// netstack yet), shared by New and the in-process tests.
+func newStackState(cfg Config, prefixes []netip.Prefix) *Stack {
+	s := &Stack{
+		cfg:       cfg,
+		window:    2*uint64(cfg.RcvBuf) + 256<<10,
+		bindings:  map[*rxBinding]struct{}{},
+		listeners: map[*Listener]struct{}{},
+		conns:     map[*Conn]struct{}{},
+		rings:     Rings{TCPDataSplit: true},
+	}
+	s.flows.init()
+	s.flows.window = s.window
+	s.setPrefixes(prefixes)
+	s.steer.init(max(cfg.Channels, 1))
+	return s
+}
 
 // maxChannels bounds the logical RX queues.
 const maxChannels = 64
@@ -437,6 +443,7 @@ func (s *Stack) Stats() Stats {
 		st.XSK.RxFillRingEmpty += x.RxFillRingEmpty
 		st.XSK.TxRingEmpty += x.TxRingEmpty
 	}
+	st.TxKickErrors = c.kickErrors.Load()
 	if s.sock != nil {
 		st.TxDrops = s.sock.TXDrops()
 		st.TxKickStalls = s.sock.KickStalls()

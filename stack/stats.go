@@ -66,9 +66,9 @@ type Stats struct {
 	// TxFrames and TxBytes count transmitted frames; TxDrops frames dropped
 	// for lack of TX room.
 	TxFrames, TxBytes, TxDrops uint64
-	// TxKickStalls counts TX kicks that gave up with frames still unsent
-	// (0 expected).
-	TxKickStalls uint64
+	// TxKickStalls counts TX kicks that gave up with frames still unsent,
+	// TxKickErrors kicks the kernel refused (0 expected for both).
+	TxKickStalls, TxKickErrors uint64
 	// RecvCalls counts RecvMsg calls; ETooSmall, EFault and ENoDev count
 	// their errors.
 	RecvCalls, ETooSmall, EFault, ENoDev uint64

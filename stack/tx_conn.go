@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -327,23 +326,11 @@ func sendErr(terr tcpip.Error) error {
 }
 
 func (c *TXConn) waitOut() error {
-	var timeout <-chan time.Time
-	if d := c.deadline.Load(); d != 0 {
-		left := time.Until(time.Unix(0, d))
-		if left <= 0 {
-			return os.ErrDeadlineExceeded
-		}
-		tm := time.NewTimer(left)
-		defer tm.Stop()
-		timeout = tm.C
-	}
-	select {
-	case <-c.chOut:
-	case <-timeout:
-	case <-c.closed:
+	closed, err := waitEvent(c.deadline.Load(), c.chOut, c.closed)
+	if closed {
 		return devmemapi.ErrClosed
 	}
-	return nil
+	return err
 }
 
 // placeholder is what gVisor's send buffer holds for devmem bytes: it
