@@ -103,23 +103,18 @@ type Conn struct {
 // Dial opens a generic netlink socket (cfg may be nil) with extended acks
 // and resolves the ethtool family.
 func Dial(cfg *netlink.Config) (*Conn, error) {
-	c, err := genetlink.Dial(cfg)
+	c, f, err := genl.Dial(cfg, FamilyName)
 	if err != nil {
-		return nil, fmt.Errorf("ethtool dial: %w", err)
+		return nil, fmt.Errorf("ethtool %w", err)
 	}
-	if err := c.SetOption(netlink.ExtendedAcknowledge, true); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("ethtool dial: extended ack: %w", err)
-	}
-	return NewConn(c)
+	return &Conn{c: c, f: f}, nil
 }
 
 // NewConn resolves the ethtool family over c and takes c over. On error it
 // closes c.
 func NewConn(c *genetlink.Conn) (*Conn, error) {
-	f, err := genl.Resolve(c, FamilyName)
+	f, err := genl.Adopt(c, FamilyName)
 	if err != nil {
-		c.Close()
 		return nil, fmt.Errorf("ethtool: %w", err)
 	}
 	return &Conn{c: c, f: f}, nil

@@ -49,24 +49,19 @@ type Conn struct {
 // acknowledgements and resolves the netdev family. A kernel without the
 // family fails with an error matching unix.ENOENT.
 func Dial(cfg *netlink.Config) (*Conn, error) {
-	c, err := genetlink.Dial(cfg)
+	c, f, err := genl.Dial(cfg, FamilyName)
 	if err != nil {
-		return nil, fmt.Errorf("netdev dial: %w", err)
+		return nil, fmt.Errorf("netdev %w", err)
 	}
-	if err := c.SetOption(netlink.ExtendedAcknowledge, true); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("netdev dial: extended ack: %w", err)
-	}
-	return NewConn(c)
+	return &Conn{c: c, f: f}, nil
 }
 
 // NewConn resolves the netdev family over c and takes c over (a fake's
 // connection from package netdevtest, or one the caller configured). On
 // error it closes c.
 func NewConn(c *genetlink.Conn) (*Conn, error) {
-	f, err := genl.Resolve(c, FamilyName)
+	f, err := genl.Adopt(c, FamilyName)
 	if err != nil {
-		c.Close()
 		return nil, fmt.Errorf("netdev: %w", err)
 	}
 	return &Conn{c: c, f: f}, nil

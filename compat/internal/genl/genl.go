@@ -144,3 +144,33 @@ func Err(op devmemerr.Op, err error) error {
 	}
 	return &devmemerr.Error{Op: op, Errno: errno, Message: msg}
 }
+
+// Dial opens a generic netlink socket (cfg may be nil) with extended
+// acknowledgements, so kernel error messages reach the caller, and resolves
+// the family name on it.
+func Dial(cfg *netlink.Config, name string) (*genetlink.Conn, Family, error) {
+	c, err := genetlink.Dial(cfg)
+	if err != nil {
+		return nil, Family{}, fmt.Errorf("dial: %w", err)
+	}
+	if err := c.SetOption(netlink.ExtendedAcknowledge, true); err != nil {
+		c.Close()
+		return nil, Family{}, fmt.Errorf("dial: extended ack: %w", err)
+	}
+	f, err := Resolve(c, name)
+	if err != nil {
+		c.Close()
+		return nil, Family{}, err
+	}
+	return c, f, nil
+}
+
+// Adopt resolves the family name over c, which the caller configured (or a
+// fake's connection); on error it closes c.
+func Adopt(c *genetlink.Conn, name string) (Family, error) {
+	f, err := Resolve(c, name)
+	if err != nil {
+		c.Close()
+	}
+	return f, err
+}
