@@ -1,9 +1,7 @@
 package bench
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"reflect"
@@ -130,16 +128,9 @@ func (r *runner) runGVisor(row Row, m *Measurement, ab *aborter) error {
 		r.buf = make([]byte, readBufSize)
 	}
 	s0 := takeSample()
-	var got uint64
-	for {
-		n, err := c.Read(r.buf)
-		got += uint64(n)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("read after %d bytes: %w", got, err)
-		}
+	got, err := readToEOF(c, r.buf)
+	if err != nil {
+		return err
 	}
 	s1 := takeSample()
 	c.Close()

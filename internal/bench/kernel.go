@@ -56,16 +56,9 @@ func (r *runner) runKernel(row Row, m *Measurement, ab *aborter) error {
 		r.buf = make([]byte, readBufSize)
 	}
 	s0 := takeSample()
-	var got uint64
-	for {
-		n, err := c.Read(r.buf)
-		got += uint64(n)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("read after %d bytes: %w", got, err)
-		}
+	got, err := readToEOF(c, r.buf)
+	if err != nil {
+		return err
 	}
 	s1 := takeSample()
 	c.Close()
@@ -85,4 +78,21 @@ func (r *runner) runKernel(row Row, m *Measurement, ab *aborter) error {
 		return fmt.Errorf("received %d of %d bytes", got, r.cfg.Size)
 	}
 	return nil
+}
+
+// readToEOF reads r into buf until the end of the stream, discarding the
+// bytes (the receiver under test is the one that copied them), and returns
+// how many it read.
+func readToEOF(r io.Reader, buf []byte) (uint64, error) {
+	var got uint64
+	for {
+		n, err := r.Read(buf)
+		got += uint64(n)
+		if errors.Is(err, io.EOF) {
+			return got, nil
+		}
+		if err != nil {
+			return got, fmt.Errorf("read after %d bytes: %w", got, err)
+		}
+	}
 }
