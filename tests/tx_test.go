@@ -234,23 +234,7 @@ func TestTXCopyMode(t *testing.T) {
 	testutil.Watchdog(t, 2*time.Minute)
 	const size, chunk = 64 << 20, 1 << 20
 	w, b, c, sink := txWorld(t, stack.Config{TXCopy: true}, 7*chunk, 7)
-	pattern.Fill(7, 0, b.(interface{ Bytes() []byte }).Bytes())
-	var tr devmemapi.ZerocopyTracker
-	var sends uint64
-	for off := uint64(0); off < size; off += chunk {
-		if sends >= 7 {
-			awaitCompleted(t, c, &tr, sends-6, 30*time.Second)
-		}
-		if n, err := devmemapi.SendDmabuf(c, b.ID(), []devmemapi.Iovec{{Base: (sends % 7) * chunk, Len: chunk}}, 0); err != nil || n != chunk {
-			t.Fatalf("send: %d %v", n, err)
-		}
-		sends++
-	}
-	awaitCompleted(t, c, &tr, sends, 30*time.Second)
-	c.CloseWrite()
-	if r := sink.wait(t, 30*time.Second); r.err != nil || r.bytes != size {
-		t.Fatalf("peer received %d of %d: %v", r.bytes, size, r.err)
-	}
+	sendRing(t, b, c, sink, size, chunk)
 	st := w.Stack.TXStats()
 	if st.Mode != "copy" || st.DmabufBytesCopied != st.DmabufBytes || st.MultiBufferPackets != 0 {
 		t.Fatalf("copy mode stats %+v", st)
@@ -266,23 +250,7 @@ func TestTXJumbo(t *testing.T) {
 		t.Run(fmt.Sprintf("copy=%v", copyMode), func(t *testing.T) {
 			const size, chunk = 128 << 20, 1 << 20
 			w, b, c, sink := txWorldOpts(t, harness.Options{MTU: 9000, Stack: stack.Config{TXCopy: copyMode}}, 7*chunk, 7)
-			pattern.Fill(7, 0, b.(interface{ Bytes() []byte }).Bytes())
-			var tr devmemapi.ZerocopyTracker
-			var sends uint64
-			for off := uint64(0); off < size; off += chunk {
-				if sends >= 7 {
-					awaitCompleted(t, c, &tr, sends-6, 30*time.Second)
-				}
-				if n, err := devmemapi.SendDmabuf(c, b.ID(), []devmemapi.Iovec{{Base: (sends % 7) * chunk, Len: chunk}}, 0); err != nil || n != chunk {
-					t.Fatalf("send: %d %v", n, err)
-				}
-				sends++
-			}
-			awaitCompleted(t, c, &tr, sends, 30*time.Second)
-			c.CloseWrite()
-			if r := sink.wait(t, 30*time.Second); r.err != nil || r.bytes != size {
-				t.Fatalf("peer received %d of %d: %v", r.bytes, size, r.err)
-			}
+			sendRing(t, b, c, sink, size, chunk)
 			st := w.Stack.TXStats()
 			if st.Unmapped != 0 || st.Oversize != 0 || st.Segments == 0 || size/st.Segments < 4096 {
 				t.Fatalf("stats %+v", st)
@@ -469,4 +437,29 @@ func TestClientStdinSHA256(t *testing.T) {
 		t.Fatalf("summary %+v", sum)
 	}
 	t.Logf("stdin: %s", fmt.Sprintf("%d bytes, %d sends, %.0f MB/s, mode %s, %.3f copied/B", sum.Bytes, sum.Sends, sum.MBps, sum.Mode, sum.CopiedPerByte))
+}
+
+// sendRing fills a 7-chunk TX dmabuf with the period-7 pattern (7 chunks
+// of a multiple of 7 bytes keep it continuous across wraps) and sends size
+// bytes from it chunk by chunk, reusing a chunk only once its send has
+// completed, then closes the write side and checks the peer got size bytes.
+func sendRing(t *testing.T, b devmemapi.TXBinding, c devmemapi.TXConn, sink *peerSink, size, chunk uint64) {
+	t.Helper()
+	pattern.Fill(7, 0, b.(interface{ Bytes() []byte }).Bytes())
+	var tr devmemapi.ZerocopyTracker
+	var sends uint64
+	for off := uint64(0); off < size; off += chunk {
+		if sends >= 7 {
+			awaitCompleted(t, c, &tr, sends-6, 30*time.Second)
+		}
+		if n, err := devmemapi.SendDmabuf(c, b.ID(), []devmemapi.Iovec{{Base: (sends % 7) * chunk, Len: chunk}}, 0); err != nil || uint64(n) != chunk {
+			t.Fatalf("send: %d %v", n, err)
+		}
+		sends++
+	}
+	awaitCompleted(t, c, &tr, sends, 30*time.Second)
+	c.CloseWrite()
+	if r := sink.wait(t, 30*time.Second); r.err != nil || r.bytes != size {
+		t.Fatalf("peer received %d of %d: %v", r.bytes, size, r.err)
+	}
 }
