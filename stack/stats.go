@@ -8,19 +8,31 @@ import (
 
 // counters are the stack's live counters; Stats is their snapshot.
 type counters struct {
-	rxFrames, rxTCP, rxOther                atomic.Uint64
-	verdicts                                [numVerdicts]atomic.Uint64
-	dropOutOfWindow, dropNotOurs, noFlow    atomic.Uint64
-	retransmitBytes                         atomic.Uint64
-	delivered                               [3]atomic.Uint64 // by fragKind
-	copied                                  [3]atomic.Uint64 // payload bytes copied, by fragKind
-	frameCopyBytes                          atomic.Uint64    // whole frames copied into the stack (ARP, SYN, ACK, ...)
-	headerCopyBytes                         atomic.Uint64
-	frags, tokensOut                        atomic.Uint64
-	unmapped                                atomic.Uint64
+	// Updated by the receive goroutines, per packet or batch.
+	rxFrames, rxTCP, rxOther             atomic.Uint64
+	verdicts                             [numVerdicts]atomic.Uint64
+	dropOutOfWindow, dropNotOurs, noFlow atomic.Uint64
+	retransmitBytes                      atomic.Uint64
+	frameCopyBytes                       atomic.Uint64 // whole frames copied into the stack (ARP, SYN, ACK, ...)
+	headerCopyBytes                      atomic.Uint64
+
+	// The two groups sit on separate cache lines: the receive goroutine
+	// and the reading application run on different cores, and sharing a
+	// line would make every packet's counter update bounce it.
+	_ [64]byte
+
+	// Updated by the application's goroutines, per RecvMsg call.
+	delivered                            [3]atomic.Uint64 // by fragKind
+	copied                               [3]atomic.Uint64 // payload bytes copied, by fragKind
+	frags, tokensOut                     atomic.Uint64
+	unmapped                             atomic.Uint64
+	recvCalls, etoosmall, efault, enodev atomic.Uint64
+
+	_ [64]byte
+
+	// Transmit, flows: per ACK or per connection.
 	txFrames, txBytes                       atomic.Uint64
 	kickErrors                              atomic.Uint64
-	recvCalls, etoosmall, efault, enodev    atomic.Uint64
 	flowsCreated, flowsClosed, flowsRefused atomic.Uint64
 	flowsEvicted                            atomic.Uint64
 }
