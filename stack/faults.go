@@ -106,7 +106,11 @@ func ParseFaults(s string, seed uint64) (Faults, error) {
 type FaultStats struct {
 	// Dropped, Duplicated, Reordered, Corrupted and Truncated count frames
 	// the injector affected.
-	Dropped, Duplicated, Reordered, Corrupted, Truncated uint64
+	Dropped    uint64 `json:"dropped"`
+	Duplicated uint64 `json:"duplicated"`
+	Reordered  uint64 `json:"reordered"`
+	Corrupted  uint64 `json:"corrupted"`
+	Truncated  uint64 `json:"truncated"`
 }
 
 // injector applies Faults; receive goroutine only, except the counters.

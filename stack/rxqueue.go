@@ -1,6 +1,8 @@
 package stack
 
 import (
+	"time"
+
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -36,6 +38,9 @@ type rxQueue struct {
 
 	lastKey  flowKey
 	lastFlow *flow
+
+	run          dropRun   // the current run of drops (alert.go)
+	starvedSince time.Time // when the fill ring last ran dry; zero while it is not
 }
 
 func newRXQueue(e *linkEndpoint, id int, sock *umem.Socket) *rxQueue {
@@ -90,6 +95,12 @@ func (q *rxQueue) rxLoop() {
 			timeout := 1000
 			if q.sock.Fill.Pending() == 0 {
 				timeout = 10 // starved: frames come back through tokens
+				if q.starvedSince.IsZero() {
+					q.starvedSince = time.Now()
+				}
+				q.noteStarved(q.starvedSince)
+			} else {
+				q.starvedSince = time.Time{}
 			}
 			q.sock.Wait(timeout)
 			continue
@@ -220,6 +231,7 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 		return
 	default:
 		s.cnt.verdicts[v].Add(1)
+		q.noteDrop(alertOf(v), b)
 		q.free = append(q.free, frame)
 		return
 	}
@@ -230,6 +242,7 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 		return
 	}
 	key := flowKey{raddr: sp.Src, rport: sp.SrcPort, lport: sp.DstPort}
+	q.noteGood(key)
 	if sp.Flags&tcpFlagSyn != 0 {
 		if sp.Flags&tcpFlagAck == 0 {
 			q.unpin = s.flows.syn(key, sp.Seq+1, q.unpin, &s.cnt)
@@ -256,6 +269,7 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 	fl.mu.Unlock()
 	if k < 0 {
 		s.cnt.dropOutOfWindow.Add(1)
+		q.noteDrop(AlertOutOfWindow, b)
 		q.free = append(q.free, frame)
 		return
 	}
@@ -358,6 +372,7 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 		return
 	default:
 		s.cnt.verdicts[v].Add(1)
+		q.noteDrop(alertOf(v), b0)
 		freeAll()
 		return
 	}
@@ -368,6 +383,7 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 		return
 	}
 	key := flowKey{raddr: sp.Src, rport: sp.SrcPort, lport: sp.DstPort}
+	q.noteGood(key)
 	fl := (*flow)(nil)
 	if sp.Flags&tcpFlagSyn == 0 && sp.PayloadLen > 0 {
 		fl = q.lookup(key)
@@ -420,6 +436,7 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 		// Part of the payload lies past the window: gVisor must not take
 		// bytes the queue could not record.
 		s.cnt.dropOutOfWindow.Add(1)
+		q.noteDrop(AlertOutOfWindow, b0)
 		return
 	}
 	if pinned == 0 {

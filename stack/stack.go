@@ -75,6 +75,11 @@ type Config struct {
 	// Faults injects seeded drops, duplicates, reordering, corruption and
 	// truncation into received frames (off by default).
 	Faults Faults
+	// OnAlert, if set, is told once per reason when a run of drops
+	// probably stalls a flow (a peer sending unfinished checksums, an
+	// exhausted dmabuf, ...), so that a hung transfer says why. It runs on
+	// a goroutine of its own.
+	OnAlert func(Alert)
 	// TXCopy makes devmem TX copy payload into TX frames instead of
 	// chaining descriptors that point into the TX dmabuf (tx.go; for
 	// comparison and for kernels without multi-buffer AF_XDP TX).
@@ -98,10 +103,11 @@ type Stack struct {
 	cnt      counters
 	window   uint64
 	socks    []*umem.Socket                         // one per RX queue; socks[0] also transmits
-	bound    [maxChannels]atomic.Pointer[rxBinding] // logical queue → binding
+	bound    [MaxChannels]atomic.Pointer[rxBinding] // logical queue → binding
 	steer    steering
 	flows    flowTable
 	closing  atomic.Bool
+	alerts   alerter
 	tx       txState // devmem TX (tx.go)
 
 	mu        sync.Mutex
@@ -145,8 +151,8 @@ func New(cfg Config) (_ *Stack, err error) {
 	if autoChannels {
 		cfg.Channels = cfg.Queues
 	}
-	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > maxChannels {
-		return nil, fmt.Errorf("xdevmem stack: %d queues, %d channels (1 to %d): %w", cfg.Queues, cfg.Channels, maxChannels, unix.EINVAL)
+	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > MaxChannels {
+		return nil, fmt.Errorf("xdevmem stack: %d queues, %d channels (1 to %d): %w", cfg.Queues, cfg.Channels, MaxChannels, unix.EINVAL)
 	}
 	if cfg.RcvBuf == 0 {
 		frames := cfg.RegionSize / umem.DefaultFrameSize
@@ -295,8 +301,8 @@ func newStackState(cfg Config, prefixes []netip.Prefix) *Stack {
 	return s
 }
 
-// maxChannels bounds the logical RX queues.
-const maxChannels = 64
+// MaxChannels bounds the logical RX queues (channels) of the emulated NIC.
+const MaxChannels = 64
 
 // RXQueueCount is the number of RX queues the interface has (rtnetlink's
 // IFLA_NUM_RX_QUEUES, read in the calling thread's network namespace, which
@@ -410,6 +416,7 @@ func (s *Stack) Stats() Stats {
 		DropMalformed:      c.verdicts[VerdictMalformed].Load(),
 		DropBadIPChecksum:  c.verdicts[VerdictBadIPChecksum].Load(),
 		DropBadTCPChecksum: c.verdicts[VerdictBadTCPChecksum].Load(),
+		DropUnsupported:    c.verdicts[VerdictUnsupported].Load(),
 		DropOutOfWindow:    c.dropOutOfWindow.Load(),
 		DropNotOurs:        c.dropNotOurs.Load(),
 		NoFlow:             c.noFlow.Load(),

@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"fmt"
 	"sync/atomic"
 
 	"github.com/xdevmem/xdevmem/umem"
@@ -47,6 +48,9 @@ type Stats struct {
 	// DropMalformed, DropBadIPChecksum and DropBadTCPChecksum count frames
 	// the header split rejected; they never reach TCP.
 	DropMalformed, DropBadIPChecksum, DropBadTCPChecksum uint64
+	// DropUnsupported counts TCP segments the split does not take apart
+	// (behind IPv6 extension headers).
+	DropUnsupported uint64
 	// DropOutOfWindow counts segments beyond the fragment queue's window.
 	DropOutOfWindow uint64
 	// DropNotOurs counts frames not addressed to the stack.
@@ -94,4 +98,52 @@ type Stats struct {
 	Frames umem.Accounting
 	// Faults counts injected faults (Config.Faults).
 	Faults FaultStats
+}
+
+// Drops gathers every reason the receive path dropped a frame, for the
+// commands' summaries (text and JSON).
+type Drops struct {
+	// Malformed, BadIPChecksum, BadTCPChecksum and Unsupported are the
+	// header split's rejections.
+	Malformed      uint64 `json:"malformed"`
+	BadIPChecksum  uint64 `json:"bad_ip_checksum"`
+	BadTCPChecksum uint64 `json:"bad_tcp_checksum"`
+	Unsupported    uint64 `json:"unsupported"`
+	// OutOfWindow counts segments beyond a fragment queue's window;
+	// NotOurs frames for another address; FlowsEvicted half-open flows
+	// dropped under a SYN flood.
+	OutOfWindow  uint64 `json:"out_of_window"`
+	NotOurs      uint64 `json:"not_ours"`
+	FlowsEvicted uint64 `json:"flows_evicted"`
+	// FillRingEmpty, RxRingFull and KernelDropped are the AF_XDP sockets'
+	// kernel counters: packets dropped with the dmabuf exhausted, with
+	// the RX ring full, and for other reasons.
+	FillRingEmpty uint64 `json:"fill_ring_empty"`
+	RxRingFull    uint64 `json:"rx_ring_full"`
+	KernelDropped uint64 `json:"kernel_dropped"`
+	// Faults are the injected faults (all 0 without --faults).
+	Faults FaultStats `json:"faults"`
+}
+
+// Drops returns the snapshot's drop counters.
+func (st Stats) Drops() Drops {
+	return Drops{
+		Malformed: st.DropMalformed, BadIPChecksum: st.DropBadIPChecksum, BadTCPChecksum: st.DropBadTCPChecksum,
+		Unsupported: st.DropUnsupported, OutOfWindow: st.DropOutOfWindow, NotOurs: st.DropNotOurs,
+		FlowsEvicted: st.FlowsEvicted, FillRingEmpty: st.XSK.RxFillRingEmpty, RxRingFull: st.XSK.RxRingFull,
+		KernelDropped: st.XSK.RxDropped, Faults: st.Faults,
+	}
+}
+
+// String lists the drop counters in one line, faults only when injected.
+func (d Drops) String() string {
+	s := fmt.Sprintf("%d malformed, %d bad IP checksum, %d bad TCP checksum, %d unsupported, %d out of window, %d not ours, "+
+		"%d evicted flows, %d fill-ring-empty, %d rx-ring-full, %d kernel",
+		d.Malformed, d.BadIPChecksum, d.BadTCPChecksum, d.Unsupported, d.OutOfWindow, d.NotOurs,
+		d.FlowsEvicted, d.FillRingEmpty, d.RxRingFull, d.KernelDropped)
+	if f := d.Faults; f != (FaultStats{}) {
+		s += fmt.Sprintf("; injected: %d dropped, %d duplicated, %d reordered, %d corrupted, %d truncated",
+			f.Dropped, f.Duplicated, f.Reordered, f.Corrupted, f.Truncated)
+	}
+	return s
 }

@@ -116,8 +116,8 @@ func (s *Stack) Channels() int {
 // dmabuf or targeted by a rule, as the kernel refuses to shrink channels
 // under a memory provider.
 func (s *Stack) SetChannels(n int) error {
-	if n < 1 || n > maxChannels {
-		return fmt.Errorf("set channels %d: want 1 to %d: %w", n, maxChannels, unix.EINVAL)
+	if n < 1 || n > MaxChannels {
+		return fmt.Errorf("set channels %d: want 1 to %d: %w", n, MaxChannels, unix.EINVAL)
 	}
 	s.steer.mu.Lock()
 	defer s.steer.mu.Unlock()

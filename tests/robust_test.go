@@ -25,10 +25,12 @@ import (
 // TestTokenExhaustion: an application that withholds every token for
 // several seconds exhausts the dmabuf; the kernel drops (counted), and once
 // the tokens come back the transfer completes byte-exact with every frame
-// free at the end.
+// free at the end. While the dmabuf is exhausted the stack raises one
+// AlertDmabufExhausted saying the application holds the frames.
 func TestTokenExhaustion(t *testing.T) {
 	testutil.Watchdog(t, 2*time.Minute)
-	w := newWorld(t, harness.Options{Stack: stack.Config{RegionSize: 8 << 20}})
+	alerts := make(chan stack.Alert, 8)
+	w := newWorld(t, harness.Options{Stack: stack.Config{RegionSize: 8 << 20, OnAlert: func(a stack.Alert) { alerts <- a }}})
 	connc := acceptOne(t, w)
 	const size = 32 << 20
 	errc := sendPattern(w, 7, size)
@@ -92,6 +94,18 @@ func TestTokenExhaustion(t *testing.T) {
 	}
 	t.Logf("withheld %d tokens; %d packets dropped on an empty fill ring; completed", maxHeld, st.XSK.RxFillRingEmpty)
 	checkStats(t, st)
+	select {
+	case a := <-alerts:
+		if a.Reason != stack.AlertDmabufExhausted || a.Held == 0 || !strings.Contains(a.String(), "SO_DEVMEM_DONTNEED") {
+			t.Fatalf("alert %v (%+v), want the dmabuf exhausted by held tokens", a, a)
+		}
+		t.Logf("alert: %v", a)
+	default:
+		t.Fatal("no alert while the dmabuf was exhausted")
+	}
+	if len(alerts) > 0 {
+		t.Fatalf("more than one alert: %v", <-alerts)
+	}
 }
 
 // TestServerSIGKILL: killing a server mid-transfer leaves no XDP program

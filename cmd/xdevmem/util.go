@@ -1,9 +1,12 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -92,4 +95,50 @@ func receiveFlags(auto int, faultSpec string, seed uint64) (*bool, stack.Faults,
 	}
 	faults, err := stack.ParseFaults(faultSpec, seed)
 	return autoP, faults, err
+}
+
+// checkUnicast refuses, for the flag named name, an address that no host
+// can own: unspecified, multicast, loopback, the IPv4 limited broadcast
+// and, given a prefix length, the broadcast address of its IPv4 subnet.
+func checkUnicast(name string, a netip.Addr, prefixLen int) error {
+	a = a.Unmap()
+	why := ""
+	switch {
+	case a.IsUnspecified():
+		why = "unspecified"
+	case a.IsMulticast():
+		why = "multicast"
+	case a.IsLoopback():
+		why = "loopback (the emulation serves a network interface, not lo)"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		why = "the limited broadcast address"
+	case a.Is4() && prefixLen > 0 && prefixLen < 31:
+		p := netip.PrefixFrom(a, prefixLen).Masked()
+		b := p.Addr().As4()
+		host := uint32(1)<<(32-prefixLen) - 1
+		bcast := binary.BigEndian.Uint32(b[:]) | host
+		if binary.BigEndian.Uint32(a.AsSlice()) == bcast {
+			why = fmt.Sprintf("the broadcast address of %v", p)
+		}
+	}
+	if why != "" {
+		return fmt.Errorf("%s %v: not a unicast host address: %s", name, a, why)
+	}
+	return nil
+}
+
+// lookupInterface finds ifname in the calling thread's network namespace;
+// the error lists the interfaces there are.
+func lookupInterface(ifname string) (*net.Interface, error) {
+	ifc, err := net.InterfaceByName(ifname)
+	if err == nil {
+		return ifc, nil
+	}
+	var names []string
+	if all, lerr := net.Interfaces(); lerr == nil {
+		for _, i := range all {
+			names = append(names, i.Name)
+		}
+	}
+	return nil, fmt.Errorf("-f %s: no such interface in this network namespace (there are: %s)", ifname, strings.Join(names, ", "))
 }

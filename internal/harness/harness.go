@@ -168,7 +168,10 @@ type ReceiveOptions struct {
 
 // Receive reads conn to the end as a devmem application does: recvmsg with
 // MSG_SOCK_DEVMEM, read each fragment from the dmabuf, return the tokens.
-func Receive(conn devmemapi.Conn, b devmemapi.Binding, opts ReceiveOptions) (Result, error) {
+//
+// On an error the Result still counts what arrived before it, Elapsed
+// included.
+func Receive(conn devmemapi.Conn, b devmemapi.Binding, opts ReceiveOptions) (r Result, err error) {
 	if opts.BufSize == 0 {
 		opts.BufSize = 819200
 	}
@@ -185,8 +188,12 @@ func Receive(conn devmemapi.Conn, b devmemapi.Binding, opts ReceiveOptions) (Res
 	toks := make([]devmemapi.DmabufToken, 0, devmemapi.MaxDontNeedTokens)
 	var held []devmemapi.DmabufToken
 	var scratch []byte
-	var r Result
 	var start time.Time
+	defer func() {
+		if !start.IsZero() {
+			r.Elapsed = time.Since(start)
+		}
+	}()
 	giveBack := func(ts []devmemapi.DmabufToken) error {
 		for len(ts) > 0 {
 			n := min(len(ts), devmemapi.MaxDontNeedTokens)
@@ -276,9 +283,6 @@ func Receive(conn devmemapi.Conn, b devmemapi.Binding, opts ReceiveOptions) (Res
 	}
 	if err := giveBack(held); err != nil {
 		return r, err
-	}
-	if !start.IsZero() {
-		r.Elapsed = time.Since(start)
 	}
 	return r, nil
 }
