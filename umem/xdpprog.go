@@ -42,6 +42,15 @@ type ProgramConfig struct {
 	// (default 1).
 	Queues int
 
+	// Ports switches the program to shared-address mode, for addresses
+	// the kernel has too: it takes only TCP segments to a port in its port
+	// map ([Program.AddPort]) — whole segments and first IPv4 fragments,
+	// which carry the ports — and passes everything else to the kernel:
+	// ARP, neighbour discovery, ICMP, UDP, other ports, later fragments.
+	// Without it the program takes all of the addresses' traffic
+	// (dedicated-address mode).
+	Ports bool
+
 	// Frags loads the program as multi-buffer capable (BPF_F_XDP_HAS_FRAGS):
 	// frames larger than one page, as jumbo MTUs need, reach it in pieces
 	// (it reads only the first piece's headers), and veth allows native
@@ -86,6 +95,7 @@ type Program struct {
 	mu      sync.Mutex
 	prog    *ebpf.Program
 	xsks    *ebpf.Map
+	ports   *ebpf.Map // nil without ProgramConfig.Ports
 	link    link.Link
 	mode    string
 	ifindex int
@@ -128,11 +138,13 @@ const (
 	progEthTypeARP  = 0x0806
 	progEthTypeIPv4 = 0x0800
 	progARPHwEther  = 1
+	ipProtoTCP      = 6
 )
 
 // Kernel object names (at most 15 characters) and the program's license.
 const (
 	progXSKMapName  = "xdevmem_xsks"
+	progPortMapName = "xdevmem_ports"
 	progProgramName = "xdevmem_steer"
 	progLicense     = "Dual BSD/GPL"
 )
@@ -158,18 +170,106 @@ func progLoad(cfg ProgramConfig, v progVerdicts) (*Program, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load xdp program: create xskmap: %w", err)
 	}
+	v6 := progIPv6Targets(cfg.IPv6)
+	portsFD := -1
+	var ports *ebpf.Map
+	if cfg.Ports {
+		// Neighbour discovery stays with the kernel: only the addresses
+		// themselves, not their solicited-node groups.
+		v6 = v6[:0]
+		for _, a := range cfg.IPv6 {
+			if b := a.As16(); !slices.Contains(v6, b) {
+				v6 = append(v6, b)
+			}
+		}
+		ports, err = ebpf.NewMap(&ebpf.MapSpec{
+			Name:       progPortMapName,
+			Type:       ebpf.Hash,
+			KeySize:    4,
+			ValueSize:  4,
+			MaxEntries: 1 << 16,
+		})
+		if err != nil {
+			xsks.Close()
+			return nil, fmt.Errorf("load xdp program: create port map: %w", err)
+		}
+		portsFD = ports.FD()
+	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         progProgramName,
 		Type:         ebpf.XDP,
 		License:      progLicense,
-		Instructions: progInstructions(addrs, progIPv6Targets(cfg.IPv6), xsks.FD(), v),
+		Instructions: progInstructions(addrs, v6, xsks.FD(), portsFD, v),
 		Flags:        progFlags(cfg),
 	})
 	if err != nil {
 		xsks.Close()
+		if ports != nil {
+			ports.Close()
+		}
 		return nil, fmt.Errorf("load xdp program: %w", err)
 	}
-	return &Program{prog: prog, xsks: xsks, queues: queues}, nil
+	return &Program{prog: prog, xsks: xsks, ports: ports, queues: queues}, nil
+}
+
+// progPortKey is the port map's key for a TCP port: the port's two bytes in
+// network order, as the program loads them from the header, zero-extended
+// to a word.
+func progPortKey(port uint16) [4]byte { return [4]byte{byte(port >> 8), byte(port)} }
+
+// AddPort makes the program take TCP segments to port (shared-address
+// mode only). Adding a port twice is not an error.
+func (p *Program) AddPort(port uint16) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.progCheckPorts(); err != nil {
+		return fmt.Errorf("add port %d: %w", port, err)
+	}
+	if err := p.ports.Update(progPortKey(port), uint32(1), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("add port %d: %w", port, err)
+	}
+	return nil
+}
+
+// DeletePort gives port's segments back to the kernel. Deleting a port
+// that is not there is not an error.
+func (p *Program) DeletePort(port uint16) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.progCheckPorts(); err != nil {
+		return fmt.Errorf("delete port %d: %w", port, err)
+	}
+	if err := p.ports.Delete(progPortKey(port)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete port %d: %w", port, err)
+	}
+	return nil
+}
+
+// Ports lists the ports in the port map, in no particular order.
+func (p *Program) Ports() ([]uint16, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.progCheckPorts(); err != nil {
+		return nil, err
+	}
+	var out []uint16
+	var k [4]byte
+	var v uint32
+	it := p.ports.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, binary.BigEndian.Uint16(k[:2]))
+	}
+	return out, it.Err()
+}
+
+func (p *Program) progCheckPorts() error {
+	switch {
+	case p.closed:
+		return net.ErrClosed
+	case p.ports == nil:
+		return errors.New("the program matches addresses, not ports (ProgramConfig.Ports is off)")
+	}
+	return nil
 }
 
 // progCheck validates the configuration and returns the addresses, unique
@@ -238,7 +338,18 @@ func progNet32(b [4]byte) int32 { return int32(binary.NativeEndian.Uint32(b[:]))
 //	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 //
 // VLAN-tagged frames have another ethertype and pass.
-func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD int, v progVerdicts) asm.Instructions {
+//
+// With a port map (portsFD >= 0, shared-address mode) ARP always passes, and
+// "goto match" for IPv4 and IPv6 becomes:
+//
+//	if (ip->protocol != IPPROTO_TCP) return XDP_PASS;      // IPv6: nexthdr
+//	if (ip->frag_off & htons(0x1fff)) return XDP_PASS;     // IPv4: no ports
+//	tcp = (void *)ip + ip->ihl * 4;                        // IPv6: ip + 40
+//	if (tcp + 4 > end) return XDP_PASS;
+//	key = tcp->dest;
+//	if (!bpf_map_lookup_elem(&ports, &key)) return XDP_PASS;
+//	goto match;
+func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD, portsFD int, v progVerdicts) asm.Instructions {
 	const (
 		ctx  = asm.R6 // struct xdp_md *, kept across the helper call
 		data = asm.R2
@@ -259,6 +370,11 @@ func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD int, v progVerdi
 	if v.set {
 		matchARP, matchIPv4 = "match_arp", "match_ipv4"
 	}
+	shared := portsFD >= 0
+	ipv4Ours, ipv6Ours := matchIPv4, matchIPv4
+	if shared {
+		ipv4Ours, ipv6Ours = "tcp4", "tcp6"
+	}
 	ours := func(match string) asm.Instructions {
 		var insns asm.Instructions
 		for _, a := range addrs {
@@ -274,10 +390,10 @@ func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD int, v progVerdi
 		asm.LoadMem(end, ctx, progMDDataEnd, asm.Word),
 	}
 	insns = append(insns, bounds(progEthHdrLen)...)
-	insns = append(insns,
-		asm.LoadMem(val, data, progEthTypeOff, asm.Half),
-		asm.JEq.Imm(val, progNet16(progEthTypeARP), "arp"),
-	)
+	insns = append(insns, asm.LoadMem(val, data, progEthTypeOff, asm.Half))
+	if !shared {
+		insns = append(insns, asm.JEq.Imm(val, progNet16(progEthTypeARP), "arp"))
+	}
 	if len(v6) > 0 {
 		insns = append(insns, asm.JEq.Imm(val, progNet16(0x86dd), "ipv6"))
 	}
@@ -294,22 +410,24 @@ func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD int, v progVerdi
 		asm.JLT.Imm(val, 5, "pass"),
 		asm.LoadMem(val, data, progIPv4DstOff, asm.Word),
 	)
-	insns = append(insns, ours(matchIPv4)...)
+	insns = append(insns, ours(ipv4Ours)...)
 
-	// ARP: Ethernet hardware, IPv4 protocol, 6- and 4-byte addresses.
-	arp := bounds(progARPLen)
-	arp[0] = arp[0].WithSymbol("arp")
-	insns = append(insns, arp...)
-	insns = append(insns,
-		asm.LoadMem(val, data, progEthHdrLen, asm.Half),
-		asm.JNE.Imm(val, progNet16(progARPHwEther), "pass"),
-		asm.LoadMem(val, data, progEthHdrLen+2, asm.Half),
-		asm.JNE.Imm(val, progNet16(progEthTypeIPv4), "pass"),
-		asm.LoadMem(val, data, progEthHdrLen+4, asm.Half),
-		asm.JNE.Imm(val, progNet16(6<<8|4), "pass"),
-		asm.LoadMem(val, data, progARPTPAOff, asm.Word),
-	)
-	insns = append(insns, ours(matchARP)...)
+	if !shared {
+		// ARP: Ethernet hardware, IPv4 protocol, 6- and 4-byte addresses.
+		arp := bounds(progARPLen)
+		arp[0] = arp[0].WithSymbol("arp")
+		insns = append(insns, arp...)
+		insns = append(insns,
+			asm.LoadMem(val, data, progEthHdrLen, asm.Half),
+			asm.JNE.Imm(val, progNet16(progARPHwEther), "pass"),
+			asm.LoadMem(val, data, progEthHdrLen+2, asm.Half),
+			asm.JNE.Imm(val, progNet16(progEthTypeIPv4), "pass"),
+			asm.LoadMem(val, data, progEthHdrLen+4, asm.Half),
+			asm.JNE.Imm(val, progNet16(6<<8|4), "pass"),
+			asm.LoadMem(val, data, progARPTPAOff, asm.Word),
+		)
+		insns = append(insns, ours(matchARP)...)
+	}
 
 	// IPv6: version 6, the fixed header in bounds, the destination (at
 	// 14+24) one of ours or a solicited-node group of ours.
@@ -338,16 +456,62 @@ func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD int, v progVerdi
 				first,
 				asm.JNE.Imm32(w1, word(t, 1), next),
 				asm.JNE.Imm32(w2, word(t, 2), next),
-				asm.JEq.Imm32(val, word(t, 3), matchIPv4),
+				asm.JEq.Imm32(val, word(t, 3), ipv6Ours),
 			)
 		}
 		insns = append(insns, asm.Ja.Label("pass").WithSymbol(fmt.Sprintf("v6_%d", len(v6))))
 	}
 
-	if v.set {
+	if shared {
+		const tcp, port = asm.R7, asm.R8
+		// IPv4 to one of our addresses (version and IHL checked above).
 		insns = append(insns,
-			asm.Mov.Imm(asm.R0, v.arp).WithSymbol("match_arp"),
-			asm.Return(),
+			asm.LoadMem(val, data, progEthHdrLen+9, asm.Byte).WithSymbol("tcp4"),
+			asm.JNE.Imm(val, ipProtoTCP, "pass"),
+			asm.LoadMem(val, data, progEthHdrLen+6, asm.Half),
+			asm.And.Imm(val, progNet16(0x1fff)),
+			asm.JNE.Imm(val, 0, "pass"),
+			asm.LoadMem(val, data, progEthHdrLen, asm.Byte),
+			asm.And.Imm(val, 0x0f),
+			asm.LSh.Imm(val, 2),
+			asm.Mov.Reg(tcp, data),
+			asm.Add.Reg(tcp, val),
+			asm.Add.Imm(tcp, progEthHdrLen),
+			asm.Ja.Label("ports"),
+		)
+		if len(v6) > 0 {
+			// IPv6 to one of our addresses; TCP right after the fixed
+			// header (behind extension headers it passes).
+			insns = append(insns,
+				asm.LoadMem(val, data, progEthHdrLen+6, asm.Byte).WithSymbol("tcp6"),
+				asm.JNE.Imm(val, ipProtoTCP, "pass"),
+				asm.Mov.Reg(tcp, data),
+				asm.Add.Imm(tcp, progEthHdrLen+40),
+			)
+		}
+		insns = append(insns,
+			asm.Mov.Reg(tmp, tcp).WithSymbol("ports"),
+			asm.Add.Imm(tmp, 4),
+			asm.JGT.Reg(tmp, end, "pass"),
+			asm.LoadMem(port, tcp, 2, asm.Half),
+			asm.StoreMem(asm.RFP, -4, port, asm.Word),
+			asm.LoadMapPtr(asm.R1, portsFD),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "pass"),
+			asm.Ja.Label(matchIPv4),
+		)
+	}
+
+	if v.set {
+		if !shared { // the verifier refuses unreachable code
+			insns = append(insns,
+				asm.Mov.Imm(asm.R0, v.arp).WithSymbol("match_arp"),
+				asm.Return(),
+			)
+		}
+		insns = append(insns,
 			asm.Mov.Imm(asm.R0, v.ipv4).WithSymbol("match_ipv4"),
 			asm.Return(),
 		)
@@ -498,6 +662,11 @@ func (p *Program) Close() error {
 	}
 	if err := p.xsks.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close xskmap: %w", err))
+	}
+	if p.ports != nil {
+		if err := p.ports.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close port map: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }
