@@ -60,11 +60,22 @@ func (s *Stack) Listen(addr netip.AddrPort) (devmemapi.Listener, error) {
 	if len(want) == 0 {
 		return nil, fmt.Errorf("listen %v: not one of the stack's addresses %v: %w", addr, s.prefixes, unix.EADDRNOTAVAIL)
 	}
-	l := &Listener{s: s, port: addr.Port(), closed: make(chan struct{}), ch: make(chan struct{}, 1)}
+	port := addr.Port()
+	if s.ports != nil {
+		p, err := s.ports.acquire(port, want, true)
+		if err != nil {
+			return nil, fmt.Errorf("listen %v: %w", addr, err)
+		}
+		port = p
+	}
+	l := &Listener{s: s, port: port, closed: make(chan struct{}), ch: make(chan struct{}, 1)}
 	fail := func(err error) (devmemapi.Listener, error) {
 		for _, e := range l.eps {
 			e.wq.EventUnregister(&e.we)
 			e.ep.Close()
+		}
+		if s.ports != nil {
+			s.ports.release(port)
 		}
 		return nil, err
 	}
@@ -94,7 +105,7 @@ func (s *Stack) Listen(addr netip.AddrPort) (devmemapi.Listener, error) {
 			ep.Close()
 			return fail(fmt.Errorf("listen %v: %w", addr, tcpipErr(terr)))
 		}
-		if la, terr := ep.GetLocalAddress(); terr == nil {
+		if la, terr := ep.GetLocalAddress(); terr == nil && s.ports == nil {
 			l.port = la.Port // an ephemeral port is shared by the families
 		}
 		e.we = waiter.NewFunctionEntry(waiter.EventIn|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) {
@@ -156,6 +167,9 @@ func (l *Listener) Close() error {
 			e.ep.Close()
 		}
 		l.s.flows.removeUnaccepted(l.port, l.s.region)
+		if l.s.ports != nil {
+			l.s.ports.release(l.port)
+		}
 		l.s.mu.Lock()
 		delete(l.s.listeners, l)
 		l.s.mu.Unlock()
@@ -176,6 +190,7 @@ type Conn struct {
 	ts    *tokens.Socket
 	laddr net.Addr
 	raddr net.Addr
+	port  uint16 // the local port, held in s.ports; 0 when not held
 
 	rmu      sync.Mutex // serializes RecvMsg; guards cw and unpin
 	cw       countWriter
@@ -211,6 +226,9 @@ func (s *Stack) newConn(ep tcpip.Endpoint, wq *waiter.Queue, ra tcpip.FullAddres
 		raddr:  &net.TCPAddr{IP: ra.Addr.AsSlice(), Port: int(ra.Port)},
 		unpin:  make([]uint32, 0, 64),
 		closed: make(chan struct{}),
+	}
+	if s.ports != nil && s.ports.ref(la.Port) {
+		c.port = la.Port
 	}
 	c.we, c.ch = waiter.NewChannelEntry(waiter.EventIn | waiter.EventHUp | waiter.EventErr)
 	wq.EventRegister(&c.we)
@@ -475,6 +493,9 @@ func (c *Conn) Close() error {
 		}
 		c.s.cnt.flowsClosed.Add(1)
 		c.ts.Close()
+		if c.port != 0 {
+			c.s.ports.release(c.port)
+		}
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
 		c.s.mu.Unlock()

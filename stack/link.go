@@ -82,7 +82,14 @@ func (e *linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 // TCP checksum itself, as a NIC's offload does (gVisor could not: the
 // payload it holds is a placeholder). With Config.TrustChecksum nothing is
 // verified, as documented there.
+//
+// In shared-address mode it does not ask for link address resolution: ARP
+// and NDP are the kernel's, and AddHeader takes the MAC from the stack's
+// neighbour table (neigh.go).
 func (e *linkEndpoint) Capabilities() gstack.LinkEndpointCapabilities {
+	if e.s.neigh != nil {
+		return gstack.CapabilityRXChecksumOffload
+	}
 	return gstack.CapabilityResolutionRequired | gstack.CapabilityRXChecksumOffload
 }
 
@@ -91,10 +98,14 @@ func (e *linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.
 
 // AddHeader implements gstack.LinkEndpoint.
 func (e *linkEndpoint) AddHeader(pkt *gstack.PacketBuffer) {
+	dst := pkt.EgressRoute.RemoteLinkAddress
+	if e.s.neigh != nil {
+		dst = e.s.neigh.destMAC(pkt.EgressRoute.NextHop, pkt.EgressRoute.RemoteAddress)
+	}
 	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
 	eth.Encode(&header.EthernetFields{
 		SrcAddr: pkt.EgressRoute.LocalLinkAddress,
-		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
+		DstAddr: dst,
 		Type:    pkt.NetworkProtocolNumber,
 	})
 }

@@ -244,6 +244,9 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 	key := flowKey{raddr: sp.Src, rport: sp.SrcPort, lport: sp.DstPort}
 	q.noteGood(key)
 	if sp.Flags&tcpFlagSyn != 0 {
+		if s.neigh != nil {
+			s.neigh.learn(sp.Src, b[6:12]) // the next hop back to the peer
+		}
 		if sp.Flags&tcpFlagAck == 0 {
 			q.unpin = s.flows.syn(key, sp.Seq+1, q.unpin, &s.cnt)
 		}

@@ -35,10 +35,13 @@ type Config struct {
 	// Ifname names the interface; it must exist in the calling thread's
 	// network namespace.
 	Ifname string
-	// Addr is the stack's address and prefix, IPv4 or IPv6. It must not be
-	// configured on the kernel side of the interface: the XDP program takes
-	// its ARP, IPv4 and IPv6 traffic (including neighbour solicitations).
+	// Addr is the stack's address and prefix, IPv4 or IPv6. Configured on
+	// the interface, it is shared with the kernel; configured nowhere, it
+	// is the stack's alone (see AddressMode and addrmode.go).
 	Addr netip.Prefix
+	// AddressMode says how the address is shared with the kernel; the zero
+	// value, AddressAuto, decides by whether the interface has it.
+	AddressMode AddressMode
 	// Addr6 optionally adds an IPv6 address to an IPv4 Addr (dual stack).
 	Addr6 netip.Prefix
 	// Gateway, if valid, is the default route's next hop.
@@ -108,7 +111,13 @@ type Stack struct {
 	flows    flowTable
 	closing  atomic.Bool
 	alerts   alerter
-	tx       txState // devmem TX (tx.go)
+
+	addrMode    AddressMode
+	addrModeWhy string
+	ports       *portTable  // nil in in-process tests
+	netns       *nsHandle   // the namespace New ran in
+	neigh       *neighTable // shared-address mode only
+	tx          txState     // devmem TX (tx.go)
 
 	mu        sync.Mutex
 	rings     Rings // guarded by mu
@@ -134,6 +143,14 @@ func New(cfg Config) (_ *Stack, err error) {
 	if ifc.Flags&net.FlagLoopback != 0 || len(ifc.HardwareAddr) != 6 {
 		return nil, fmt.Errorf("xdevmem stack: interface %q is not an Ethernet device (the emulation needs Ethernet frames, XDP and AF_XDP): %w",
 			cfg.Ifname, devmemapi.ErrNotSupported)
+	}
+	kernel, err := kernelAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("xdevmem stack: list addresses: %w", err)
+	}
+	mode, modeWhy, err := chooseAddressMode(cfg.AddressMode, cfg.Ifname, prefixes, kernel)
+	if err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 	if cfg.MTU == 0 {
 		cfg.MTU = ifc.MTU
@@ -171,6 +188,10 @@ func New(cfg Config) (_ *Stack, err error) {
 	multiBuffer := cfg.MTU > SingleBufferMTU
 	s := newStackState(cfg, prefixes)
 	s.ifindex, s.mac = ifc.Index, ifc.HardwareAddr
+	s.addrMode, s.addrModeWhy = mode, modeWhy
+	if mode == AddressShared {
+		s.neigh = newNeighTable()
+	}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -205,7 +226,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		s.socks = append(s.socks, sock)
 	}
 	s.sock = s.socks[0]
-	pc := umem.ProgramConfig{Queues: cfg.Queues, Frags: multiBuffer}
+	pc := umem.ProgramConfig{Queues: cfg.Queues, Frags: multiBuffer, Ports: mode == AddressShared}
 	for _, p := range prefixes {
 		if p.Addr().Is4() {
 			pc.IPv4 = append(pc.IPv4, p.Addr())
@@ -216,6 +237,20 @@ func New(cfg Config) (_ *Stack, err error) {
 	if s.prog, err = umem.LoadProgram(pc); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
+	var steer func(port uint16, add bool) error
+	if mode == AddressShared {
+		prog := s.prog
+		steer = func(port uint16, add bool) error {
+			if add {
+				return prog.AddPort(port)
+			}
+			return prog.DeletePort(port)
+		}
+	}
+	if s.netns, err = currentNS(); err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	}
+	s.ports = newPortTable(steer, mode == AddressDedicated, s.netns)
 	for q, sock := range s.socks {
 		if err = s.prog.SetSocket(q, sock.FD()); err != nil {
 			return nil, fmt.Errorf("xdevmem stack: %w", err)
@@ -510,6 +545,10 @@ func (s *Stack) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	if s.ports != nil {
+		s.ports.closeEverything()
+	}
+	s.netns.close()
 	if s.ns != nil {
 		s.ns.Close()
 		s.ns.Wait()

@@ -66,6 +66,7 @@ type TXConn struct {
 	key   txKey
 	laddr net.Addr
 	raddr net.Addr
+	port  uint16 // the local port, held in s.ports; 0 when not held
 
 	weOut, weIn waiter.Entry
 	chOut, chIn chan struct{}
@@ -129,13 +130,33 @@ func (s *Stack) Dial(ctx context.Context, addr netip.AddrPort) (devmemapi.TXConn
 		c.wq.EventUnregister(&c.weIn)
 		ep.Close()
 		t.unregister(c)
+		c.releasePort()
 		return nil, fmt.Errorf("dial %v: %w", addr, err)
 	}
 	if ra.Is6() {
 		ep.SocketOptions().SetV6Only(true)
 	}
-	// Bind first so the local port is known and the SYN maps.
-	if terr := ep.Bind(tcpip.FullAddress{}); terr != nil {
+	// Bind first so the local port is known and the SYN maps: to a port
+	// the kernel gives and the stack holds, where it holds ports.
+	var local tcpip.FullAddress
+	if s.ports != nil {
+		la, ok := s.localAddrFor(ra)
+		if !ok {
+			return fail(fmt.Errorf("no address of the stack's in %v's family: %w", ra, unix.EAFNOSUPPORT))
+		}
+		if s.neigh != nil {
+			if err := s.neigh.resolve(ctx, s.netns, s.ifindex, ra, s.nextHop(ra)); err != nil {
+				return fail(err)
+			}
+		}
+		p, err := s.ports.acquire(0, []netip.Addr{la}, false)
+		if err != nil {
+			return fail(err)
+		}
+		c.port = p
+		local = tcpip.FullAddress{Addr: tcpip.AddrFromSlice(la.AsSlice()), Port: p}
+	}
+	if terr := ep.Bind(local); terr != nil {
 		return fail(tcpipErr(terr))
 	}
 	la, terr := ep.GetLocalAddress()
@@ -714,6 +735,7 @@ func (c *TXConn) linger() {
 		case tcp.StateFinWait2, tcp.StateTimeWait, tcp.StateClose, tcp.StateError:
 			c.eng.unregister(c)
 			c.abort()
+			c.releasePort()
 			return
 		}
 		if !aborted && time.Now().After(deadline) {
@@ -721,5 +743,13 @@ func (c *TXConn) linger() {
 			aborted = true
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// releasePort gives the connection's local port back (once).
+func (c *TXConn) releasePort() {
+	if c.port != 0 {
+		c.s.ports.release(c.port)
+		c.port = 0
 	}
 }

@@ -205,9 +205,9 @@ func TestBadSetup(t *testing.T) {
 			}
 		}
 	}
-	expect(run("server", "--backend", "emulated", "-f", "nosuch0", "-s", addr), `"nosuch0"`, "no such network interface")
+	expect(run("server", "--backend", "emulated", "-f", "nosuch0", "-s", addr), "-f nosuch0", "no such interface", p.EmuIf)
 	expect(run("server", "--backend", "emulated", "-f", p.EmuIf, "-s", addr, "--umem", "256KiB"), "too small", "frames")
-	expect(run("server", "--backend", "emulated", "-f", p.EmuIf, "-s", "not-an-ip"), "need an IPv4 address")
+	expect(run("server", "--backend", "emulated", "-f", p.EmuIf, "-s", "not-an-ip"), "not an IPv4 or IPv6 address")
 	expect(run("server", "--backend", "emulated", "-f", p.EmuIf, "-s", addr, "--faults", "drop=2"), "want a number from 0 to 1")
 
 	// Someone else's XDP program on the interface.

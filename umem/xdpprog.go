@@ -464,21 +464,25 @@ func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD, portsFD int, v 
 
 	if shared {
 		const tcp, port = asm.R7, asm.R8
-		// IPv4 to one of our addresses (version and IHL checked above).
-		insns = append(insns,
-			asm.LoadMem(val, data, progEthHdrLen+9, asm.Byte).WithSymbol("tcp4"),
-			asm.JNE.Imm(val, ipProtoTCP, "pass"),
-			asm.LoadMem(val, data, progEthHdrLen+6, asm.Half),
-			asm.And.Imm(val, progNet16(0x1fff)),
-			asm.JNE.Imm(val, 0, "pass"),
-			asm.LoadMem(val, data, progEthHdrLen, asm.Byte),
-			asm.And.Imm(val, 0x0f),
-			asm.LSh.Imm(val, 2),
-			asm.Mov.Reg(tcp, data),
-			asm.Add.Reg(tcp, val),
-			asm.Add.Imm(tcp, progEthHdrLen),
-			asm.Ja.Label("ports"),
-		)
+		// IPv4 to one of our addresses (version and IHL checked above);
+		// without any, the block would be unreachable, which the verifier
+		// refuses.
+		if len(addrs) > 0 {
+			insns = append(insns,
+				asm.LoadMem(val, data, progEthHdrLen+9, asm.Byte).WithSymbol("tcp4"),
+				asm.JNE.Imm(val, ipProtoTCP, "pass"),
+				asm.LoadMem(val, data, progEthHdrLen+6, asm.Half),
+				asm.And.Imm(val, progNet16(0x1fff)),
+				asm.JNE.Imm(val, 0, "pass"),
+				asm.LoadMem(val, data, progEthHdrLen, asm.Byte),
+				asm.And.Imm(val, 0x0f),
+				asm.LSh.Imm(val, 2),
+				asm.Mov.Reg(tcp, data),
+				asm.Add.Reg(tcp, val),
+				asm.Add.Imm(tcp, progEthHdrLen),
+				asm.Ja.Label("ports"),
+			)
+		}
 		if len(v6) > 0 {
 			// IPv6 to one of our addresses; TCP right after the fixed
 			// header (behind extension headers it passes).

@@ -150,6 +150,18 @@ func TestProgramPorts(t *testing.T) {
 	if want := []uint16{0x8001, 0x9c40}; !slices.Equal(got, want) {
 		t.Errorf("ports %v, want %v", got, want)
 	}
+	// IPv6 alone: the IPv4 branch has nothing to match (and must still
+	// load: the verifier refuses unreachable code).
+	v6 := progLoadTest(t, ProgramConfig{IPv6: []netip.Addr{progOurs6}, Ports: true}, progTestVerdicts)
+	if err := v6.AddPort(5201); err != nil {
+		t.Fatal(err)
+	}
+	if got := progDecide(t, v6, progIPv6TCP(progOurs6, 6, progTCPTo(5201))); got != progIPv4 {
+		t.Errorf("IPv6-only program: %v", got)
+	}
+	if got := progDecide(t, v6, tcp); got != progPass {
+		t.Errorf("IPv6-only program on IPv4: %v", got)
+	}
 	q := progLoadTest(t, ProgramConfig{IPv4: progAddrs}, progTestVerdicts)
 	if err := q.AddPort(1); err == nil {
 		t.Error("AddPort on a program without a port map")

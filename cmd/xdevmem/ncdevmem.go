@@ -61,7 +61,8 @@ const (
 )
 
 // ncReadyLine starts the line printed on stderr once the port is listening
-// and held for ss and /proc/net/tcp (see holdPort): scripts that wait for a
+// and held for ss and /proc/net/tcp (the stack holds it with a kernel
+// listener): scripts that wait for a
 // line can wait for it. It is not printed on stdout, which carries the
 // received bytes when -v is not given, as ncdevmem's does.
 const ncReadyLine = "xdevmem ncdevmem: listening on "
@@ -567,16 +568,7 @@ func (nc *ncdevmem) doServer() int {
 		nc.prErr("Failed to bind: %v", err)
 		return 1
 	}
-	defer ln.Close()
-	if nc.st != nil {
-		// The stack's port is invisible to ss and /proc/net/tcp: hold it
-		// with a kernel socket that never sees the stack's traffic.
-		if h, err := holdPort(addr, port); err != nil {
-			nc.logf("xdevmem: warning: no kernel socket holds %s:%d for ss and /proc/net/tcp: %v\n", addr, port, err)
-		} else {
-			defer h.Close()
-		}
-	}
+	defer ln.Close() // the stack holds the port with a kernel listener: ss and /proc/net/tcp show it
 	nc.logf("Waiting or connection on %s:%d\n", mapped(addr), port)
 	nc.logf("%s%s (%s backend, dmabuf id %d)\n", ncReadyLine, netip.AddrPortFrom(addr, uint16(port)), nc.prov.Name(), b.ID())
 	nc.flush()
@@ -829,45 +821,6 @@ func sourcePrefix(ifname string, server netip.Addr) (netip.Prefix, error) {
 		return first, nil
 	}
 	return netip.Prefix{}, fmt.Errorf("no -c and no address of %s's family on %s: the emulated client needs one for its stack (give -c ADDR)", server, ifname)
-}
-
-// holdPort opens a kernel TCP socket listening on addr:port so that the
-// port shows in ss -ltn and /proc/net/tcp* (where harnesses such as the
-// selftests' wait_port_listen look) although the emulated stack's listener
-// lives in userspace. The socket is bound with IP_FREEBIND (the stack's
-// address need not be configured in the kernel) and SO_REUSEADDR plus
-// SO_REUSEPORT (ncdevmem's enable_reuseaddr); it never accepts anything the
-// peer sends, because the XDP program takes every packet for the stack's
-// address before the kernel sees it. Only connections made from inside the
-// namespace itself (not through the interface) would reach it.
-func holdPort(addr netip.Addr, port int) (io.Closer, error) {
-	family, level, freebind := unix.AF_INET, unix.IPPROTO_IP, unix.IP_FREEBIND
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: port, Addr: addr.As4()}
-	if addr.Is6() {
-		family, level, freebind = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND
-		sa = &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("socket: %w", err)
-	}
-	for _, o := range []struct{ level, opt int }{
-		{unix.SOL_SOCKET, unix.SO_REUSEPORT}, {unix.SOL_SOCKET, unix.SO_REUSEADDR}, {level, freebind},
-	} {
-		if err := unix.SetsockoptInt(fd, o.level, o.opt, 1); err != nil {
-			unix.Close(fd)
-			return nil, fmt.Errorf("setsockopt: %w", err)
-		}
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind: %w", err)
-	}
-	if err := unix.Listen(fd, 1); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("listen: %w", err)
-	}
-	return os.NewFile(uintptr(fd), "ncdevmem-port"), nil
 }
 
 // validator is ncdevmem's validate_buffer: the stream is 1, 2, ..., N-1,

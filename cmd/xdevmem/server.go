@@ -40,6 +40,8 @@ type serverSummary struct {
 	Validated      bool    `json:"validated"`
 	DmabufID       uint32  `json:"dmabuf_id"`
 	Queue          int     `json:"queue"`
+	AddressMode    string  `json:"address_mode,omitempty"`
+	AddressWhy     string  `json:"address_mode_reason,omitempty"`
 	XDPMode        string  `json:"xdp_mode"`
 	FramesFree     uint32  `json:"frames_free_after_close"`
 	Frames         uint32  `json:"frames"`
@@ -88,13 +90,14 @@ type serverFlags struct {
 	faults      stack.Faults
 	backend     string
 	connections int
+	addrMode    stack.AddressMode
 }
 
 func parseServerFlags(args []string) (*serverFlags, error) {
 	f := &serverFlags{umemSize: stack.DefaultRegionSize}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	_ = fs.Bool("l", true, "listen (server mode; accepted for ncdevmem compatibility)")
-	serverIP := fs.String("s", "", "the stack's address, IPv4 or IPv6")
+	serverIP := fs.String("s", "", "the server's address, IPv4 or IPv6: IFACE's own (shared with the kernel) or one configured nowhere (dedicated)")
 	clientIP := fs.String("c", "", "accept only connections from this client address (same family as -s)")
 	fs.IntVar(&f.port, "p", 5201, "TCP port")
 	fs.StringVar(&f.ifname, "f", "", "interface")
@@ -114,6 +117,7 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 	faultSpec := fs.String("faults", "", "inject faults into received frames, e.g. drop=0.05,reorder=0.1,dup=0.02,corrupt=0.01,truncate=0.001")
 	seed := fs.Uint64("seed", 1, "seed for --faults")
 	fs.StringVar(&f.backend, "backend", compat.BackendAuto, "auto (kernel devmem where the probe passes, else the emulation), kernel or emulated")
+	addrMode := fs.String("address-mode", "auto", "shared (the address is the kernel's too: only the server's port comes to the stack), dedicated (the address is configured nowhere: the stack takes all its traffic), or auto: shared if IFACE has the address")
 	fs.IntVar(&f.connections, "connections", 1, "connections to serve, at the same time, before exiting; 0 serves until interrupted")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem server -f IFACE -s ADDR [flags]\n\n"+
@@ -189,6 +193,9 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 	case f.hds < 0:
 		return nil, fmt.Errorf("--hds-thresh %d: want 0 or more", f.hds)
 	}
+	if f.addrMode, err = stack.ParseAddressMode(*addrMode); err != nil {
+		return nil, fmt.Errorf("--address-mode: %w", err)
+	}
 	if f.autorelease, f.faults, err = receiveFlags(*auto, *faultSpec, *seed); err != nil {
 		return nil, err
 	}
@@ -250,7 +257,7 @@ func runServer(args []string) error {
 			return stack.New(stack.Config{
 				Ifname: f.ifname, Addr: netip.PrefixFrom(f.addr, f.prefixLen), RegionSize: f.umemSize,
 				Channels: max(f.first+f.nq, stack.RXQueueCount(f.ifname)), HDSThresh: f.hds, TrustChecksum: f.trust, Faults: f.faults,
-				OnAlert: r.alert,
+				OnAlert: r.alert, AddressMode: f.addrMode,
 			})
 		},
 	})
@@ -304,6 +311,9 @@ func (r *serverRun) setup(ifc *net.Interface) error {
 		}
 		steer = fmt.Sprintf("port %d steered to queue %d", f.port, f.first)
 		r.sum.XDPMode = r.st.XDPMode()
+		mode, why := r.st.AddressMode()
+		r.sum.AddressMode, r.sum.AddressWhy = mode.String(), why
+		fmt.Fprintf(os.Stderr, "xdevmem server: %s address: %s\n", mode, why)
 	}
 	ln, err := r.prov.Listen(netip.AddrPortFrom(f.addr, uint16(f.port)))
 	if err != nil {

@@ -36,6 +36,10 @@ type Options struct {
 	Queues int
 	// BindQueues are the logical queues to bind (default: all of them).
 	BindQueues []uint32
+	// Shared configures the stack's address on its interface in the kernel
+	// too, so the stack runs in shared-address mode (the default on real
+	// hosts); without it the address is the stack's alone (dedicated).
+	Shared bool
 	// IPv6 gives both ends IPv6 addresses (a random fd00::/8 /64) instead
 	// of IPv4 ones.
 	IPv6 bool
@@ -55,7 +59,7 @@ func New(opts Options) (_ *World, err error) {
 	if opts.Port == 0 {
 		opts.Port = 5201
 	}
-	po := netns.Options{Prefix: opts.Prefix, MTU: opts.MTU, RxQueues: opts.Queues, TxQueues: opts.Queues}
+	po := netns.Options{Prefix: opts.Prefix, MTU: opts.MTU, RxQueues: opts.Queues, TxQueues: opts.Queues, SharedAddr: opts.Shared}
 	if opts.IPv6 {
 		var r [2]byte
 		rand.Read(r[:])

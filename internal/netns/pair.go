@@ -48,6 +48,10 @@ type Options struct {
 	// TxQueues and RxQueues are the veth's numtxqueues and numrxqueues on
 	// both ends (default 1).
 	TxQueues, RxQueues int
+	// SharedAddr configures EmuAddr on the emu end in the kernel too, as on
+	// a real host, where the stack shares the interface's address with the
+	// kernel (the stack's shared-address mode).
+	SharedAddr bool
 	// KeepPeerTxOffload leaves the peer's transmit checksum offload on. By
 	// default it is turned off (ethtool -K <peer> tx off) so that the peer
 	// sends finished checksums, as a real NIC's link partner would.
@@ -182,9 +186,18 @@ func (p *Pair) setup(opts Options) error {
 		{"-n", p.Peer.Name, "link", "set", "lo", "up"},
 		{"-n", p.Emu.Name, "link", "set", "lo", "up"},
 		addr,
+	}
+	if opts.SharedAddr {
+		emuAddr := []string{"-n", p.Emu.Name, "addr", "add", p.EmuAddr.String(), "dev", p.EmuIf}
+		if p.EmuAddr.Addr().Is6() {
+			emuAddr = append(emuAddr, "nodad")
+		}
+		steps = append(steps, emuAddr)
+	}
+	steps = append(steps, [][]string{
 		{"-n", p.Peer.Name, "link", "set", p.PeerIf, "up"},
 		{"-n", p.Emu.Name, "link", "set", p.EmuIf, "up"},
-	}
+	}...)
 	for _, args := range steps {
 		if err := run("ip", args...); err != nil {
 			return err
