@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/compat"
+	"github.com/xdevmem/xdevmem/compat/ethnl"
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/stack"
 )
@@ -345,22 +346,34 @@ func emulatedChannels(ifname string, start, num int, skipConfig bool) int {
 	return min(n, 64)
 }
 
-// activeRXQueues is the number of RX queues in use on ifname, from ethtool's
-// current channel settings (rtnetlink's IFLA_NUM_RX_QUEUES, which
-// stack.RXQueueCount reads, counts the allocated ones: a veth made without
-// numrxqueues has as many as CPUs, only one of them active, and an AF_XDP
-// socket cannot bind the others). Without ethtool it falls back to
-// stack.RXQueueCount.
+// activeRXQueues is the number of RX queues in use on ifname, from the
+// current channel counts (ethtool -l, asked through ethtool netlink):
+// rtnetlink's IFLA_NUM_RX_QUEUES, which stack.RXQueueCount reads, counts
+// the allocated ones: a veth made without numrxqueues has as many as CPUs,
+// only one of them active, and an AF_XDP socket cannot bind the others.
+// For a driver without channel counts it falls back to stack.RXQueueCount.
 func activeRXQueues(ifname string) int {
-	if out, err := exec.Command("ethtool", "-l", ifname).Output(); err == nil {
-		cur := currentSettings(string(out))
-		rx, _ := settingValue(cur, "RX")
-		combined, _ := settingValue(cur, "Combined")
-		if rx+combined > 0 {
-			return rx + combined
-		}
+	if ch, err := channels(ifname); err == nil && ch.RX+ch.Combined > 0 {
+		return int(ch.RX + ch.Combined)
 	}
 	return stack.RXQueueCount(ifname)
+}
+
+// channels asks ethtool netlink for ifname's channel counts.
+func channels(ifname string) (*ethnl.Channels, error) {
+	ifc, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ethnl.Dial(nil)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return nil, err
+	}
+	return c.Channels(ifc.Index)
 }
 
 // emulationUsable refuses interfaces the emulation cannot run on: it needs

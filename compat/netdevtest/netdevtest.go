@@ -14,8 +14,10 @@
 //     Kernel.AutoreleaseSeries is set.
 //   - Bindings owned by the connection that made them: closing the
 //     genetlink.Conn unbinds, as closing the netlink socket does.
-//   - ethtool rings-get (tcp-data-split, hds-thresh) and features-get
-//     (verbose bitsets).
+//   - ethtool rings-get (tcp-data-split, hds-thresh), features-get
+//     (verbose bitsets), features-set (a feature in HWFeatures changes, any
+//     other named one of the device's stays and is reported back) and
+//     channels-get (RXQueues and TXQueues as RX and TX channels).
 //
 // A dmabuf is whatever file the test registers with AddDmabuf (NewDmabuf
 // makes a memfd); the fake only fstats the fds a bind names.
@@ -464,7 +466,8 @@ func (k *Kernel) getFamily(gm genetlink.Message) ([][]byte, *kerr) {
 		}
 	case name == ethnl.FamilyName:
 		f = genl.Family{ID: EthtoolFamilyID, Version: ethnl.FamilyVersion, Name: name,
-			Ops: []uint8{unix.ETHTOOL_MSG_FEATURES_GET, unix.ETHTOOL_MSG_RINGS_GET}}
+			Ops: []uint8{unix.ETHTOOL_MSG_FEATURES_GET, unix.ETHTOOL_MSG_FEATURES_SET,
+				unix.ETHTOOL_MSG_RINGS_GET, unix.ETHTOOL_MSG_CHANNELS_GET}}
 	default:
 		return nil, &kerr{unix.ENOENT, ""}
 	}

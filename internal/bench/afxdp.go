@@ -2,9 +2,7 @@ package bench
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -61,9 +59,8 @@ func (r *runner) runAFXDP(row Row, m *Measurement, ab *aborter) error {
 	if err != nil {
 		return err
 	}
-	if out, err := p.Peer.Command("ip", "neigh", "replace", p.EmuAddr.Addr().String(), "lladdr", p.EmuMAC.String(),
-		"dev", p.PeerIf, "nud", "permanent").CombinedOutput(); err != nil {
-		return fmt.Errorf("ip neigh replace: %v: %s", err, strings.TrimSpace(string(out)))
+	if err := p.Peer.SetNeigh(p.PeerIf, p.EmuAddr.Addr(), p.EmuMAC); err != nil {
+		return err
 	}
 
 	var stop atomic.Bool

@@ -26,8 +26,8 @@ func (r *runner) runKernel(row Row, m *Measurement, ab *aborter) error {
 		return err
 	}
 	defer p.Close()
-	if out, err := p.Emu.Command("ip", "addr", "add", p.EmuAddr.String(), "dev", p.EmuIf).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip addr add %s: %v: %s", p.EmuAddr, err, strings.TrimSpace(string(out)))
+	if err := p.Emu.AddAddr(p.EmuIf, p.EmuAddr); err != nil {
+		return err
 	}
 	addr := netip.AddrPortFrom(p.EmuAddr.Addr(), benchPort)
 	var ln *net.TCPListener

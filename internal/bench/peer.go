@@ -21,8 +21,8 @@ import (
 )
 
 // PeerCommand is the hidden subcommand of the xdevmem binary that runs the
-// kernel peer of a measurement in the peer namespace ("ip netns exec PEER
-// xdevmem bench-peer ..."): the TCP sender or UDP flood of RX rows, the TCP
+// kernel peer of a measurement in the peer namespace ("xdevmem bench-peer
+// ..." started by netns.NS.Command): the TCP sender or UDP flood of RX rows, the TCP
 // receiver of TX rows. Keeping the peer in its own process keeps its CPU
 // time out of the measured side's getrusage.
 const PeerCommand = "bench-peer"

@@ -287,9 +287,8 @@ func offloadsOff(p *netns.Pair) error {
 		ns *netns.NS
 		If string
 	}{{p.Peer, p.PeerIf}, {p.Emu, p.EmuIf}} {
-		out, err := end.ns.Command("ethtool", "-K", end.If, "tx", "off", "tso", "off", "gso", "off", "gro", "off").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ethtool -K %s offloads off: %v: %s", end.If, err, strings.TrimSpace(string(out)))
+		if err := end.ns.SetFeatures(end.If, map[string]bool{"tx": false, "tso": false, "gso": false, "gro": false}); err != nil {
+			return fmt.Errorf("offloads off: %w", err)
 		}
 	}
 	return nil
@@ -303,7 +302,7 @@ type peerProc struct {
 	waitErr  error
 }
 
-// startPeer runs "ip netns exec PEER exe bench-peer ..." for the row.
+// startPeer runs "exe bench-peer ..." inside the peer namespace for the row.
 func (r *runner) startPeer(p *netns.Pair, args []string) (*peerProc, error) {
 	s := &peerProc{done: make(chan struct{})}
 	s.cmd = p.Peer.Command(r.cfg.SenderExe, args...)
@@ -382,20 +381,6 @@ func machine() Machine {
 	return m
 }
 
-// linkStats is the part of "ip -j -s link show" the bench reads.
-type linkStats []struct {
-	Stats64 struct {
-		RX struct {
-			Packets uint64 `json:"packets"`
-			Dropped uint64 `json:"dropped"`
-		} `json:"rx"`
-		TX struct {
-			Packets uint64 `json:"packets"`
-			Dropped uint64 `json:"dropped"`
-		} `json:"tx"`
-	} `json:"stats64"`
-}
-
 // vethDrops is what the veth pair itself dropped on the way to the
 // receiver: the peer's transmit drops (a full receive ring of the emulated
 // end) and the emulated end's receive drops. The pair is fresh, so the
@@ -407,18 +392,14 @@ func vethDrops(p *netns.Pair) (uint64, error) {
 		If string
 		tx bool
 	}{{p.Peer, p.PeerIf, true}, {p.Emu, p.EmuIf, false}} {
-		out, err := exec.Command("ip", "-n", end.ns.Name, "-j", "-s", "link", "show", "dev", end.If).Output()
+		st, err := end.ns.LinkStats(end.If)
 		if err != nil {
-			return 0, fmt.Errorf("ip -s link show %s: %w", end.If, err)
-		}
-		var ls linkStats
-		if err := json.Unmarshal(out, &ls); err != nil || len(ls) != 1 {
-			return 0, fmt.Errorf("parse ip -s link show %s: %v", end.If, err)
+			return 0, err
 		}
 		if end.tx {
-			total += ls[0].Stats64.TX.Dropped
+			total += st.TxDropped
 		} else {
-			total += ls[0].Stats64.RX.Dropped
+			total += st.RxDropped
 		}
 	}
 	return total, nil

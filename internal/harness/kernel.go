@@ -24,11 +24,10 @@ type KernelResult struct {
 // pattern from the peer into a buffer with plain reads, validates them, and
 // removes the address again.
 func KernelBaseline(p *netns.Pair, size uint64, period int) (KernelResult, error) {
-	addr := p.EmuAddr.String()
-	if out, err := p.Emu.Command("ip", "addr", "add", addr, "dev", p.EmuIf).CombinedOutput(); err != nil {
-		return KernelResult{}, fmt.Errorf("kernel baseline: ip addr add %s: %v: %s", addr, err, out)
+	if err := p.Emu.AddAddr(p.EmuIf, p.EmuAddr); err != nil {
+		return KernelResult{}, fmt.Errorf("kernel baseline: %w", err)
 	}
-	defer p.Emu.Command("ip", "addr", "del", addr, "dev", p.EmuIf).Run()
+	defer p.Emu.DelAddr(p.EmuIf, p.EmuAddr)
 	var ln net.Listener
 	if err := p.Emu.Do(func() error {
 		var err error

@@ -21,7 +21,10 @@
 // of a function. Whatever the function creates there — sockets, netlink
 // sockets, BPF links, bound AF_XDP sockets — stays in the namespace and keeps
 // working from any goroutine afterwards. [NS.Command] runs a program inside
-// the namespace through "ip netns exec".
+// the namespace as "ip netns exec" would: it re-executes this binary, which
+// switches namespaces before main and then becomes the program. [NS.AddAddr],
+// [NS.DelAddr], [NS.SetNeigh], [NS.SetFeatures] and [NS.LinkStats] do what
+// ip(8) and ethtool(8) would do inside the namespace.
 //
 // # Leaving nothing behind
 //
@@ -32,6 +35,12 @@
 // on SIGINT or SIGTERM, and [Cleanup] removes the leftovers of a process that
 // died without cleaning up (kill -9), typically at a command's start.
 //
-// Everything here shells out to ip(8) and ethtool(8) and needs
-// CAP_SYS_ADMIN and CAP_NET_ADMIN.
+// # Go alone
+//
+// Nothing here runs ip(8) or ethtool(8): a namespace is named the way
+// "ip netns add" names it (a bind mount of its nsfs file under [RunDir], a
+// shared mount point, so "ip netns list" and "ip netns exec" still see it);
+// links, addresses, neighbours and counters go through rtnetlink
+// (github.com/vishvananda/netlink) and offload features through ethtool
+// netlink (compat/ethnl). It all needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
 package netns

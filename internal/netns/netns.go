@@ -1,7 +1,6 @@
 package netns
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -16,12 +15,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// RunDir is where ip(8) keeps the bind mounts that name network namespaces.
+// RunDir is where ip(8) keeps the bind mounts that name network namespaces;
+// this package names its namespaces there too, so "ip netns list" shows
+// them.
 const RunDir = "/run/netns"
 
-// commandTimeout bounds every ip(8) and ethtool(8) invocation, so a wedged
-// tool cannot hang a test or a command forever.
-const commandTimeout = 30 * time.Second
+// requestTimeout bounds every netlink request, so that a wedged kernel
+// answer cannot hang a test or a command forever.
+const requestTimeout = 30 * time.Second
 
 // NS is a named network namespace created by [NewNS].
 //
@@ -69,18 +70,19 @@ func lookupLive(name string) *NS {
 	return registry.live[name]
 }
 
-// NewNS creates the network namespace name (ip netns add) and opens it.
-// The name must be a plain file name; it must not exist yet.
+// NewNS creates the network namespace name and opens it, as "ip netns add"
+// would. The name must be a plain file name; it must not exist yet (the
+// error then matches os.ErrExist).
 func NewNS(name string) (*NS, error) {
 	if err := validName(name); err != nil {
 		return nil, fmt.Errorf("create netns %q: %w", name, err)
 	}
-	if err := run("ip", "netns", "add", name); err != nil {
+	if err := createNamed(name); err != nil {
 		return nil, fmt.Errorf("create netns %q: %w", name, err)
 	}
 	fd, err := unix.Open(filepath.Join(RunDir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		_ = run("ip", "netns", "delete", name)
+		_ = deleteNamed(name)
 		return nil, fmt.Errorf("open netns %q: %w", name, err)
 	}
 	ns := &NS{Name: name, fd: fd}
@@ -108,10 +110,10 @@ func validName(name string) error {
 //
 // Only the calling goroutine is inside the namespace: goroutines fn starts
 // run in the caller's namespace. Paths under /sys still show the caller's
-// mount namespace; use netlink or [NS.Command] to look at the namespace's
-// devices. If the thread cannot be switched back, Do returns an error and
-// leaves the calling goroutine locked to it, so that no other goroutine
-// inherits a thread in the wrong namespace.
+// mount namespace; use netlink (the methods of [NS]) or [NS.Command] to
+// look at the namespace's devices. If the thread cannot be switched back,
+// Do returns an error and leaves the calling goroutine locked to it, so
+// that no other goroutine inherits a thread in the wrong namespace.
 func (ns *NS) Do(fn func() error) (err error) {
 	runtime.LockOSThread()
 	// Open our own namespace only after locking: it must be this thread's.
@@ -137,6 +139,17 @@ func (ns *NS) Do(fn func() error) (err error) {
 	return fn()
 }
 
+// withFD runs fn with the namespace's open file, which stays open until fn
+// returns.
+func (ns *NS) withFD(fn func(fd int) error) error {
+	ns.mu.RLock()
+	defer ns.mu.RUnlock()
+	if ns.fd < 0 {
+		return fmt.Errorf("netns %s: %w", ns.Name, os.ErrClosed)
+	}
+	return fn(ns.fd)
+}
+
 func (ns *NS) enter() error {
 	ns.mu.RLock()
 	defer ns.mu.RUnlock()
@@ -149,17 +162,33 @@ func (ns *NS) enter() error {
 	return nil
 }
 
-// Command returns a command that runs name with args inside the namespace
-// ("ip netns exec <ns> name args..."). Like [exec.Command], it does not
-// start it.
+// Command returns a command that runs name with args inside the namespace,
+// as "ip netns exec <ns> name args..." would, without ip(8). Like
+// [exec.Command], it looks name up in PATH now (Start reports a failed
+// look-up) and does not start it; the caller may set Env, Dir, standard
+// streams, ExtraFiles and SysProcAttr as usual.
+//
+// The command runs this binary (/proc/self/exe) with arguments that its
+// copy of this package recognises before main: it switches into the
+// namespace and into a mount namespace of its own whose /sys shows the
+// namespace's devices, then executes the program in place, so the process
+// the caller starts, signals and waits for is the program itself. Args
+// therefore starts with that re-execution; Args[3:] are name and args.
+// If the switch fails, the process prints why and exits with status 255.
 func (ns *NS) Command(name string, args ...string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
+	cmd := exec.Command(name, args...)
+	if cmd.Err != nil {
+		return cmd
+	}
+	cmd.Args = append([]string{execArg0, ns.Name, cmd.Path}, cmd.Args...)
+	cmd.Path = selfExe
+	return cmd
 }
 
-// Close deletes the namespace (ip netns delete). The kernel destroys it,
-// with every interface inside, once nothing else refers to it: sockets
-// created inside by Do keep it alive until they are closed. Close is
-// idempotent.
+// Close deletes the namespace's name, as "ip netns delete" would. The
+// kernel destroys the namespace, with every interface inside, once nothing
+// else refers to it: sockets created inside by Do keep it alive until they
+// are closed. Close is idempotent.
 func (ns *NS) Close() error {
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
@@ -176,18 +205,31 @@ func (ns *NS) Close() error {
 	return nil
 }
 
-// deleteNS runs "ip netns delete" and treats a namespace that is already gone
-// as deleted.
+// Delete removes the name of the network namespace name, as "ip netns
+// delete" does, whoever created it; a name that does not exist is no
+// error. Prefer [NS.Close] for namespaces of this process: Delete is for
+// leftovers found by [Leftovers] or [List].
+func Delete(name string) error {
+	if err := validName(name); err != nil {
+		return fmt.Errorf("delete netns %q: %w", name, err)
+	}
+	if ns := lookupLive(name); ns != nil {
+		return ns.Close()
+	}
+	if err := deleteNS(name); err != nil {
+		return fmt.Errorf("delete netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// deleteNS removes a namespace's name and its owner record; a namespace
+// that is already gone counts as deleted.
 func deleteNS(name string) error {
-	err := run("ip", "netns", "delete", name)
-	if err == nil {
-		dropOwner(name)
-		return nil
+	if err := deleteNamed(name); err != nil {
+		return err
 	}
-	if _, statErr := os.Stat(filepath.Join(RunDir, name)); errors.Is(statErr, os.ErrNotExist) {
-		return nil
-	}
-	return err
+	dropOwner(name)
+	return nil
 }
 
 // CloseAll closes every namespace this process created and has not closed,
@@ -244,29 +286,4 @@ func List() ([]string, error) {
 		names = append(names, e.Name())
 	}
 	return names, nil
-}
-
-// run runs a command and folds its output into the error.
-func run(name string, args ...string) error {
-	_, err := output(name, args...)
-	return err
-}
-
-// output runs a command and returns its standard output; on failure the
-// error carries the command line and its standard error.
-func output(name string, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			return out, fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
-		}
-		return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
-	}
-	return out, nil
 }

@@ -240,178 +240,327 @@ func TestPairOptionErrors(t *testing.T) {
 	}
 }
 
-// TestPairFailureCleansUp makes NewPair fail after the namespaces and the
-// veth exist (ethtool is missing from PATH) and checks nothing is left.
+// TestPairFailureCleansUp makes NewPair fail after each step, from the
+// moment the namespaces and the veth exist, and checks nothing is left.
 func TestPairFailureCleansUp(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	testutil.RequireTools(t, "ip")
-	ip, _ := exec.LookPath("ip")
-	dir := t.TempDir()
-	if err := os.Symlink(ip, filepath.Join(dir, "ip")); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("PATH", dir)
 	const prefix = "xdvtest-fail"
-	p, err := netns.NewPair(netns.Options{Prefix: prefix})
-	if err == nil {
-		p.Close()
-		t.Fatal("NewPair succeeded without ethtool")
-	}
-	if !strings.Contains(err.Error(), "ethtool") {
-		t.Errorf("error does not name ethtool: %v", err)
-	}
-	names, _ := netns.List()
-	for _, name := range names {
-		if strings.HasPrefix(name, prefix+"-") {
-			t.Errorf("namespace %s left after a failed NewPair", name)
-		}
-	}
-	if left, _ := netns.Leftovers(); len(left) > 0 {
-		t.Errorf("leftovers: %v", left)
+	for _, step := range []string{"veth", "addr", "up", "features"} {
+		t.Run(step, func(t *testing.T) {
+			injected := errors.New("injected failure after " + step)
+			defer netns.SetTestHook(func(s string) error {
+				if s == step {
+					return injected
+				}
+				return nil
+			})()
+			p, err := netns.NewPair(netns.Options{Prefix: prefix})
+			if err == nil {
+				p.Close()
+				t.Fatal("NewPair succeeded")
+			}
+			if !errors.Is(err, injected) {
+				t.Errorf("error %v, want the injected one", err)
+			}
+			names, _ := netns.List()
+			for _, name := range names {
+				if strings.HasPrefix(name, prefix+"-") {
+					t.Errorf("namespace %s left after a failed NewPair", name)
+				}
+			}
+			if left, _ := netns.Leftovers(); len(left) > 0 {
+				t.Errorf("leftovers: %v", left)
+			}
+		})
 	}
 }
 
-func TestPairClose(t *testing.T) {
+// emptyPATH points PATH at an empty directory for the rest of the test: no
+// ip, no ethtool, nothing.
+func emptyPATH(t *testing.T) {
+	t.Helper()
+	t.Setenv("PATH", t.TempDir())
+	if _, err := exec.LookPath("ip"); err == nil {
+		t.Fatal("ip still in PATH")
+	}
+}
+
+// TestPairWithoutTools builds a pair, looks at it and runs a program in it
+// with nothing in PATH: set-up needs Go alone.
+func TestPairWithoutTools(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	testutil.RequireTools(t, "ip", "ethtool")
-	p, err := netns.NewPair(netns.Options{Prefix: testutil.Prefix})
+	testutil.Watchdog(t, time.Minute)
+	emptyPATH(t)
+	p, err := netns.NewPair(netns.Options{Prefix: testutil.Prefix, MTU: 2000, TxQueues: 2, RxQueues: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Close(); err != nil {
-		t.Fatalf("close: %v", err)
-	}
+	defer p.Close()
 	for _, name := range []string{p.Peer.Name, p.Emu.Name} {
-		if nsExists(t, name) {
-			t.Errorf("namespace %s still exists after Close", name)
+		if !nsExists(t, name) {
+			t.Errorf("namespace %s not listed", name)
 		}
 	}
-	if err := p.Close(); err != nil {
-		t.Errorf("second close: %v", err)
-	}
-	if err := p.Emu.Do(func() error { return nil }); !errors.Is(err, os.ErrClosed) {
-		t.Errorf("Do on a closed namespace: %v, want os.ErrClosed", err)
-	}
-	if left, _ := netns.Leftovers(); slices.Contains(left, p.Peer.Name) || slices.Contains(left, p.Emu.Name) {
-		t.Errorf("leftovers after close: %v", left)
-	}
-}
-
-func TestPairCloseWhileSocketOpen(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	testutil.RequireTools(t, "ip", "ethtool")
-	p, err := netns.NewPair(netns.Options{Prefix: testutil.Prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A socket inside keeps the namespace alive after its name is gone; the
-	// veth must still disappear at once.
-	var conn net.PacketConn
-	if err := p.Peer.Do(func() (err error) {
-		conn, err = net.ListenPacket("udp4", net.JoinHostPort(p.PeerAddr.Addr().String(), "0"))
-		return err
-	}); err != nil {
-		p.Close()
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if err := p.Close(); err != nil {
-		t.Fatalf("close: %v", err)
-	}
-	if nsExists(t, p.Peer.Name) {
-		t.Errorf("namespace %s still named", p.Peer.Name)
-	}
-	out, _ := exec.Command("ip", "-o", "-all", "netns", "exec", "ip", "-o", "link", "show").CombinedOutput()
-	if strings.Contains(string(out), p.PeerIf) || strings.Contains(string(out), p.EmuIf) {
-		t.Errorf("veth still exists:\n%s", out)
-	}
-}
-
-func TestNSDo(t *testing.T) {
-	p := testutil.NewPair(t, netns.Options{})
-
-	// The interface exists only inside the namespace.
-	if _, err := net.InterfaceByName(p.EmuIf); err == nil {
-		t.Fatalf("%s visible outside its namespace", p.EmuIf)
-	}
-	err := p.Emu.Do(func() error {
+	err = p.Emu.Do(func() error {
 		ifi, err := net.InterfaceByName(p.EmuIf)
 		if err != nil {
 			return err
 		}
-		if ifi.Index != p.EmuIndex {
-			return fmt.Errorf("index %d, want %d", ifi.Index, p.EmuIndex)
+		if ifi.MTU != 2000 || ifi.Flags&net.FlagUp == 0 || ifi.Index != p.EmuIndex || ifi.HardwareAddr.String() != p.EmuMAC.String() {
+			return fmt.Errorf("emu end %+v, pair says index %d mac %s", ifi, p.EmuIndex, p.EmuMAC)
 		}
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("inside: %v", err)
+		t.Error(err)
 	}
-	if _, err := net.InterfaceByName(p.EmuIf); err == nil {
-		t.Fatalf("%s visible after Do returned", p.EmuIf)
-	}
-
-	// fn's error comes back as is.
-	sentinel := errors.New("sentinel")
-	if err := p.Emu.Do(func() error { return sentinel }); err != sentinel {
-		t.Errorf("Do returned %v, want the function's error", err)
-	}
-
-	// A panic inside still switches the thread back.
-	func() {
-		defer func() {
-			if r := recover(); r != "boom" {
-				t.Errorf("recovered %v", r)
-			}
-		}()
-		_ = p.Emu.Do(func() error { panic("boom") })
-	}()
-	for range 20 { // whatever thread we land on, it is in our namespace
-		if _, err := net.InterfaceByName(p.EmuIf); err == nil {
-			t.Fatalf("%s visible after a panic in Do", p.EmuIf)
-		}
-	}
-
-	// Sockets keep their namespace: a UDP socket bound to the peer address
-	// inside Do works from outside, talking to one made in the same way.
-	var server, client net.PacketConn
-	err = p.Peer.Do(func() (err error) {
-		addr := net.JoinHostPort(p.PeerAddr.Addr().String(), "0")
-		if server, err = net.ListenPacket("udp4", addr); err != nil {
-			return err
-		}
-		client, err = net.ListenPacket("udp4", addr)
+	// The kernel's TCP on the peer address answers from the peer namespace.
+	var ln net.Listener
+	if err := p.Peer.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", net.JoinHostPort(p.PeerAddr.Addr().String(), "0"))
 		return err
-	})
-	if err != nil {
-		t.Fatalf("sockets inside: %v", err)
+	}); err != nil {
+		t.Fatalf("listen on the peer address: %v", err)
 	}
-	defer server.Close()
-	defer client.Close()
-	if _, err := client.WriteTo([]byte("hello"), server.LocalAddr()); err != nil {
-		t.Fatal(err)
-	}
-	server.SetReadDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 16)
-	n, from, err := server.ReadFrom(buf)
-	if err != nil || string(buf[:n]) != "hello" || from.String() != client.LocalAddr().String() {
-		t.Errorf("read %q from %v: %v", buf[:n], from, err)
-	}
-	// Outside, the peer address does not exist.
-	if c, err := net.ListenPacket("udp4", net.JoinHostPort(p.PeerAddr.Addr().String(), "0")); err == nil {
-		c.Close()
-		t.Errorf("bound %v outside the peer namespace", p.PeerAddr.Addr())
-	}
-}
-
-func TestNSCommand(t *testing.T) {
-	p := testutil.NewPair(t, netns.Options{})
-	out, err := p.Emu.Command("ip", "-o", "link", "show").CombinedOutput()
+	ln.Close()
+	// A program by absolute path runs inside the namespace.
+	helper := p.Emu.Command(os.Args[0], "-test.run=^TestCommandHelper$")
+	helper.Env = append(os.Environ(), commandHelperEnv+"=0")
+	out, err := helper.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if !strings.Contains(string(out), p.EmuIf+"@") || strings.Contains(string(out), p.PeerIf+"@") {
-		t.Errorf("emu namespace links:\n%s", out)
+	if !strings.Contains(string(out), "iface "+p.EmuIf+"\n") || strings.Contains(string(out), "iface "+p.PeerIf+"\n") {
+		t.Errorf("helper inside the emu namespace saw:\n%s", out)
+	}
+	// A name not in PATH fails at Start, as exec.Command does.
+	if err := p.Emu.Command("ip", "link").Run(); !errors.Is(err, exec.ErrNotFound) {
+		t.Errorf("ip without PATH: %v, want exec.ErrNotFound", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{p.Peer.Name, p.Emu.Name} {
+		if nsExists(t, name) {
+			t.Errorf("namespace %s left after Close", name)
+		}
+	}
+}
+
+const commandHelperEnv = "XDEVMEM_NETNS_COMMAND_HELPER"
+
+// TestCommandHelper is run by NS.Command in the tests, with
+// commandHelperEnv set to the exit status it is to end with: it prints the
+// interfaces it sees and its argv[0], and exits before the leak check of
+// TestMain, which would look at the namespace as if it were the root.
+func TestCommandHelper(t *testing.T) {
+	code := os.Getenv(commandHelperEnv)
+	if code == "" {
+		return // only meaningful when run by NS.Command
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ifi := range ifs {
+		fmt.Printf("iface %s\n", ifi.Name)
+	}
+	fmt.Printf("argv0 %s\n", filepath.Base(os.Args[0]))
+	var n int
+	fmt.Sscan(code, &n)
+	os.Exit(n)
+}
+
+// TestNSCommandProcess: the process NS.Command starts is the program itself
+// (same pid, its exit status, its death by signal), in the namespace, with
+// the caller's environment and a /sys that shows the namespace's devices;
+// a namespace gone before Start is a clear failure.
+func TestNSCommandProcess(t *testing.T) {
+	testutil.Watchdog(t, time.Minute)
+	p := testutil.NewPair(t, netns.Options{})
+
+	cmd := p.Emu.Command(os.Args[0], "-test.run=^TestCommandHelper$")
+	cmd.Env = append(os.Environ(), commandHelperEnv+"=7")
+	out, err := cmd.Output()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 7 {
+		t.Errorf("helper exit: %v, want status 7", err)
+	}
+	if want := "argv0 " + filepath.Base(os.Args[0]) + "\n"; !strings.Contains(string(out), want) {
+		t.Errorf("helper output lacks %q:\n%s", want, out)
+	}
+
+	out, err = p.Emu.Command("sh", "-c", "ls /sys/class/net").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ls /sys/class/net: %v: %s", err, out)
+	}
+	if f := strings.Fields(string(out)); !slices.Contains(f, p.EmuIf) || slices.Contains(f, p.PeerIf) {
+		t.Errorf("/sys/class/net inside the emu namespace: %v", f)
+	}
+	if _, err := os.Stat("/sys/class/net/" + p.EmuIf); err == nil {
+		t.Errorf("the namespace's sysfs leaked into the caller's mounts")
+	}
+
+	sleep := p.Emu.Command("sleep", "30")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sleep.Wait()
+	defer sleep.Process.Kill()
+	pid := sleep.Process.Pid
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if strings.TrimSpace(string(comm)) == "sleep" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d never became sleep (comm %q)", pid, comm)
+		}
+	}
+	var want, got syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(netns.RunDir, p.Emu.Name), &want); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Ino != want.Ino || got.Dev != want.Dev {
+		t.Errorf("sleep runs in namespace inode %d, want the emu namespace's %d", got.Ino, want.Ino)
+	}
+	if err := sleep.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err = sleep.Wait()
+	if !errors.As(err, &exit) || !exit.Sys().(syscall.WaitStatus).Signaled() || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+		t.Errorf("sleep ended with %v, want killed by SIGTERM", err)
+	}
+
+	ns, err := netns.NewNS(fmt.Sprintf("xdvtest-gone-%d", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := ns.Command("true")
+	ns.Close()
+	out, err = gone.CombinedOutput()
+	if !errors.As(err, &exit) || exit.ExitCode() != 255 || !strings.Contains(string(out), "netns exec "+ns.Name) {
+		t.Errorf("command in a deleted namespace: %v: %s", err, out)
+	}
+}
+
+// TestNSLinkMethods: addresses, neighbours, offload features and counters
+// set and read through netlink, as ip(8) and ethtool(8) see them.
+func TestNSLinkMethods(t *testing.T) {
+	testutil.Watchdog(t, time.Minute)
+	p := testutil.NewPair(t, netns.Options{})
+
+	// The emu end gets the kernel address the stack would otherwise answer for.
+	if err := p.Emu.AddAddr(p.EmuIf, p.EmuAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Emu.AddAddr(p.EmuIf, p.EmuAddr); !errors.Is(err, syscall.EEXIST) {
+		t.Errorf("second add: %v, want EEXIST", err)
+	}
+	v6 := netip.MustParsePrefix("fd00:212::2/64")
+	if err := p.Emu.AddAddr(p.EmuIf, v6); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range showLink(t, p.Emu.Name, p.EmuIf).AddrInfo {
+		if a.Family == "inet" || !strings.HasPrefix(a.Local, "fe80") {
+			got = append(got, fmt.Sprintf("%s/%d", a.Local, a.PrefixLen))
+		}
+	}
+	if want := []string{p.EmuAddr.String(), v6.String()}; !slices.Equal(got, want) {
+		t.Errorf("emu addresses %v, want %v", got, want)
+	}
+	if err := p.Emu.AddAddr("nosuchif", v6); err == nil || !strings.Contains(err.Error(), "nosuchif") {
+		t.Errorf("address on a missing interface: %v", err)
+	}
+
+	// Counters: packets from the peer to that address show on both ends,
+	// as "ip -s link show" counts them.
+	var c net.Conn
+	if err := p.Peer.Do(func() (err error) {
+		c, err = net.Dial("udp4", net.JoinHostPort(p.EmuAddr.Addr().String(), "9"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		c.Write([]byte("count me"))
+	}
+	c.Close()
+	time.Sleep(100 * time.Millisecond) // let the last ones arrive
+	for _, end := range []struct {
+		ns     *netns.NS
+		ifname string
+	}{{p.Peer, p.PeerIf}, {p.Emu, p.EmuIf}} {
+		st, err := end.ns.LinkStats(end.ifname)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("ip", "-n", end.ns.Name, "-j", "-s", "link", "show", "dev", end.ifname).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ip []struct {
+			Stats64 struct {
+				RX, TX struct{ Packets, Bytes, Dropped uint64 }
+			} `json:"stats64"`
+		}
+		if err := json.Unmarshal(out, &ip); err != nil || len(ip) != 1 {
+			t.Fatalf("ip -s link show: %v: %s", err, out)
+		}
+		want := netns.LinkStats{
+			RxPackets: ip[0].Stats64.RX.Packets, RxBytes: ip[0].Stats64.RX.Bytes, RxDropped: ip[0].Stats64.RX.Dropped,
+			TxPackets: ip[0].Stats64.TX.Packets, TxBytes: ip[0].Stats64.TX.Bytes, TxDropped: ip[0].Stats64.TX.Dropped,
+		}
+		if st != want || st.RxPackets == 0 || st.TxPackets == 0 {
+			t.Errorf("%s counters %+v, ip says %+v", end.ifname, st, want)
+		}
+	}
+	if _, err := p.Emu.LinkStats("nosuchif"); err == nil {
+		t.Errorf("stats of a missing interface")
+	}
+
+	if err := p.Emu.DelAddr(p.EmuIf, p.EmuAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Emu.DelAddr(p.EmuIf, p.EmuAddr); !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Errorf("second delete: %v, want EADDRNOTAVAIL", err)
+	}
+
+	// A permanent neighbour entry, replaced in place.
+	mac, _ := net.ParseMAC("02:00:00:00:00:01")
+	if err := p.Peer.SetNeigh(p.PeerIf, p.EmuAddr.Addr(), mac); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Peer.SetNeigh(p.PeerIf, p.EmuAddr.Addr(), p.EmuMAC); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ip", "-n", p.Peer.Name, "neigh", "show", "dev", p.PeerIf).Output()
+	if want := p.EmuAddr.Addr().String() + " lladdr " + p.EmuMAC.String() + " PERMANENT"; err != nil || strings.TrimSpace(string(out)) != want {
+		t.Errorf("peer neighbours %q (%v), want %q", out, err, want)
+	}
+
+	// Offloads off on the emu end, as the bench does, and one on again.
+	if err := p.Emu.SetFeatures(p.EmuIf, map[string]bool{"tx": false, "tso": false, "gso": false, "gro": false}); err != nil {
+		t.Fatal(err)
+	}
+	for feature, want := range map[string]string{"tx-checksumming": "off", "tcp-segmentation-offload": "off",
+		"generic-segmentation-offload": "off", "generic-receive-offload": "off"} {
+		if got := ethtoolFeature(t, p.Emu, p.EmuIf, feature); got != want {
+			t.Errorf("emu %s %s, want %s", feature, got, want)
+		}
+	}
+	if err := p.Emu.SetFeatures(p.EmuIf, map[string]bool{"rx-gro": true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ethtoolFeature(t, p.Emu, p.EmuIf, "generic-receive-offload"); got != "on" {
+		t.Errorf("emu gro %s after rx-gro on", got)
+	}
+	if err := p.Emu.SetFeatures(p.EmuIf, map[string]bool{"no-such-feature": true}); !errors.Is(err, syscall.EOPNOTSUPP) {
+		t.Errorf("unknown feature: %v, want EOPNOTSUPP", err)
 	}
 }
 

@@ -3,7 +3,6 @@ package netns
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,8 +53,9 @@ type Options struct {
 	// kernel (the stack's shared-address mode).
 	SharedAddr bool
 	// KeepPeerTxOffload leaves the peer's transmit checksum offload on. By
-	// default it is turned off (ethtool -K <peer> tx off) so that the peer
-	// sends finished checksums, as a real NIC's link partner would.
+	// default it is turned off (as ethtool -K <peer> tx off would, through
+	// ethtool netlink) so that the peer sends finished checksums, as a real
+	// NIC's link partner would.
 	KeepPeerTxOffload bool
 }
 
@@ -167,68 +168,93 @@ func (p *Pair) setup(opts Options) error {
 		p.EmuAddr = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 211, byte(x), 2}), 24)
 	}
 
-	mtu := strconv.Itoa(p.MTU)
-	txq, rxq := strconv.Itoa(opts.TxQueues), strconv.Itoa(opts.RxQueues)
-	// Created inside the peer namespace with its other end placed straight
-	// into the emu namespace: the veth never exists in ours.
-	if err := run("ip", "-n", p.Peer.Name, "link", "add", p.PeerIf,
-		"mtu", mtu, "numtxqueues", txq, "numrxqueues", rxq,
-		"type", "veth", "peer", "name", p.EmuIf,
-		"mtu", mtu, "numtxqueues", txq, "numrxqueues", rxq,
-		"netns", p.Emu.Name); err != nil {
+	if err := p.Peer.route(func(hPeer *netlink.Handle) error {
+		return p.Emu.route(func(hEmu *netlink.Handle) error {
+			return p.link(opts, hPeer, hEmu)
+		})
+	}); err != nil {
 		return err
 	}
-	addr := []string{"-n", p.Peer.Name, "addr", "add", p.PeerAddr.String(), "dev", p.PeerIf}
-	if p.PeerAddr.Addr().Is6() {
-		addr = append(addr, "nodad")
-	}
-	steps := [][]string{
-		{"-n", p.Peer.Name, "link", "set", "lo", "up"},
-		{"-n", p.Emu.Name, "link", "set", "lo", "up"},
-		addr,
-	}
-	if opts.SharedAddr {
-		emuAddr := []string{"-n", p.Emu.Name, "addr", "add", p.EmuAddr.String(), "dev", p.EmuIf}
-		if p.EmuAddr.Addr().Is6() {
-			emuAddr = append(emuAddr, "nodad")
-		}
-		steps = append(steps, emuAddr)
-	}
-	steps = append(steps, [][]string{
-		{"-n", p.Peer.Name, "link", "set", p.PeerIf, "up"},
-		{"-n", p.Emu.Name, "link", "set", p.EmuIf, "up"},
-	}...)
-	for _, args := range steps {
-		if err := run("ip", args...); err != nil {
-			return err
-		}
-	}
 	if !opts.KeepPeerTxOffload {
-		if err := run("ip", "netns", "exec", p.Peer.Name, "ethtool", "-K", p.PeerIf, "tx", "off"); err != nil {
-			return err
+		if err := p.Peer.SetFeatures(p.PeerIf, map[string]bool{"tx": false}); err != nil {
+			return fmt.Errorf("peer tx checksum offload off: %w", err)
 		}
 	}
-	p.PeerIndex, p.PeerMAC, err = interfaceInfo(p.Peer, p.PeerIf)
+	return testHook("features")
+}
+
+// testHook, when a test sets it, may fail NewPair after a step ("veth",
+// "addr", "up", "features") so that the clean-up of everything made so far
+// can be checked.
+var testHook = func(step string) error { return nil }
+
+// link creates the veth across the namespaces, brings the loopbacks and
+// both ends up, configures the peer's address and reads both ends'
+// indexes and MACs.
+func (p *Pair) link(opts Options, hPeer, hEmu *netlink.Handle) error {
+	la := netlink.NewLinkAttrs()
+	la.Name = p.PeerIf
+	la.MTU = p.MTU
+	la.NumTxQueues, la.NumRxQueues = opts.TxQueues, opts.RxQueues
+	veth := &netlink.Veth{
+		LinkAttrs:       la,
+		PeerName:        p.EmuIf,
+		PeerTxQLen:      -1, // the kernel's default, as for la
+		PeerMTU:         uint32(p.MTU),
+		PeerNumTxQueues: uint32(opts.TxQueues),
+		PeerNumRxQueues: uint32(opts.RxQueues),
+	}
+	// Created inside the peer namespace with its other end placed straight
+	// into the emu namespace (IFLA_NET_NS_FD): the veth never exists in
+	// ours.
+	err := p.Emu.withFD(func(fd int) error {
+		veth.PeerNamespace = netlink.NsFd(fd)
+		return hPeer.LinkAdd(veth)
+	})
+	if err != nil {
+		return fmt.Errorf("add veth %s peer %s: %w", p.PeerIf, p.EmuIf, err)
+	}
+	if err := testHook("veth"); err != nil {
+		return err
+	}
+	peer, err := p.Peer.linkByName(hPeer, p.PeerIf)
 	if err != nil {
 		return err
 	}
-	p.EmuIndex, p.EmuMAC, err = interfaceInfo(p.Emu, p.EmuIf)
-	return err
-}
-
-func interfaceInfo(ns *NS, name string) (index int, mac net.HardwareAddr, err error) {
-	err = ns.Do(func() error {
-		ifi, err := net.InterfaceByName(name)
+	emu, err := p.Emu.linkByName(hEmu, p.EmuIf)
+	if err != nil {
+		return err
+	}
+	if err := hPeer.AddrAdd(peer, nlAddr(p.PeerAddr)); err != nil {
+		return fmt.Errorf("add address %v to %s: %w", p.PeerAddr, p.PeerIf, err)
+	}
+	if opts.SharedAddr {
+		if err := hEmu.AddrAdd(emu, nlAddr(p.EmuAddr)); err != nil {
+			return fmt.Errorf("add address %v to %s: %w", p.EmuAddr, p.EmuIf, err)
+		}
+	}
+	if err := testHook("addr"); err != nil {
+		return err
+	}
+	for _, up := range []struct {
+		ns   *NS
+		h    *netlink.Handle
+		name string
+	}{{p.Peer, hPeer, "lo"}, {p.Emu, hEmu, "lo"}, {p.Peer, hPeer, p.PeerIf}, {p.Emu, hEmu, p.EmuIf}} {
+		l, err := up.ns.linkByName(up.h, up.name)
 		if err != nil {
 			return err
 		}
-		index, mac = ifi.Index, ifi.HardwareAddr
-		return nil
-	})
-	if err != nil {
-		return 0, nil, fmt.Errorf("look up %s in %s: %w", name, ns.Name, err)
+		if err := up.h.LinkSetUp(l); err != nil {
+			return fmt.Errorf("netns %s: set %s up: %w", up.ns.Name, up.name, err)
+		}
 	}
-	return index, mac, nil
+	if err := testHook("up"); err != nil {
+		return err
+	}
+	p.PeerIndex, p.PeerMAC = peer.Attrs().Index, peer.Attrs().HardwareAddr
+	p.EmuIndex, p.EmuMAC = emu.Attrs().Index, emu.Attrs().HardwareAddr
+	return nil
 }
 
 // Close removes the veth pair and both namespaces. It is idempotent and best
@@ -239,7 +265,7 @@ func (p *Pair) Close() error {
 		if p.Peer != nil && p.PeerIf != "" {
 			// Deleting one end deletes both, at once, even if a socket
 			// still holds a namespace alive.
-			if err := run("ip", "-n", p.Peer.Name, "link", "del", p.PeerIf); err != nil && p.linkExists() {
+			if err := p.Peer.deleteLink(p.PeerIf); err != nil {
 				errs = append(errs, fmt.Errorf("delete veth %s: %w", p.PeerIf, err))
 			}
 		}
@@ -257,10 +283,21 @@ func (p *Pair) Close() error {
 	return p.closeErr
 }
 
-// linkExists reports whether the peer end still exists; a failed delete of
-// an interface that is already gone is not an error.
-func (p *Pair) linkExists() bool {
-	return run("ip", "-n", p.Peer.Name, "link", "show", "dev", p.PeerIf) == nil
+// deleteLink deletes the interface ifname inside the namespace. An
+// interface that is already gone, or a namespace already closed (which
+// deleted its veths first, see [Cleanup]), is no error.
+func (ns *NS) deleteLink(ifname string) error {
+	err := ns.route(func(h *netlink.Handle) error {
+		l, err := h.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		return h.LinkDel(l)
+	})
+	if err == nil || isLinkNotFound(err) || errors.Is(err, os.ErrClosed) {
+		return nil
+	}
+	return err
 }
 
 // CloseOnSignal makes SIGINT and SIGTERM close the pair and then end the
@@ -330,17 +367,23 @@ func Cleanup(prefix string) error {
 // removeNS deletes the veths inside a namespace, so they vanish even if the
 // namespace itself outlives its name, and then the namespace.
 func removeNS(name string) error {
-	out, err := output("ip", "-n", name, "-j", "link", "show", "type", "veth")
-	if err == nil {
-		var links []struct {
-			Name string `json:"ifname"`
-		}
-		if json.Unmarshal(out, &links) == nil {
-			for _, l := range links {
-				// The other end may already have taken this one with it.
-				_ = run("ip", "-n", name, "link", "del", l.Name)
+	if fd, err := unix.Open(filepath.Join(RunDir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		// An unregistered handle on the namespace, just for the deletion.
+		tmp := &NS{Name: name, fd: fd}
+		_ = tmp.route(func(h *netlink.Handle) error {
+			links, err := h.LinkList()
+			if err != nil {
+				return err
 			}
-		}
+			for _, l := range links {
+				if l.Type() == "veth" {
+					// The other end may already have taken this one with it.
+					_ = h.LinkDel(l)
+				}
+			}
+			return nil
+		})
+		unix.Close(fd)
 	}
 	if ns := lookupLive(name); ns != nil {
 		return ns.Close()

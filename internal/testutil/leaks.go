@@ -1,10 +1,8 @@
 package testutil
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"sort"
@@ -12,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/xdevmem/xdevmem/internal/netns"
 )
@@ -96,34 +96,48 @@ func removeNamespaces(names []string) {
 		fmt.Fprintf(os.Stderr, "leak check: close namespaces: %v\n", err)
 	}
 	for _, name := range names {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			if _, statErr := os.Stat(netns.RunDir + "/" + name); statErr == nil {
-				fmt.Fprintf(os.Stderr, "leak check: delete %s: %v: %s\n", name, err, out)
-			}
+		if err := netns.Delete(name); err != nil {
+			fmt.Fprintf(os.Stderr, "leak check: %v\n", err)
 		}
 	}
 }
 
-type linkJSON struct {
-	Name string          `json:"ifname"`
-	XDP  json.RawMessage `json:"xdp"`
+// rootLink is what the leak check looks at in a link of the root namespace.
+type rootLink struct {
+	Name string
+	// XDP describes the attached XDP program; empty when there is none.
+	XDP string
 }
 
-func rootLinks() ([]linkJSON, error) {
-	out, err := exec.Command("ip", "-j", "-d", "link", "show").Output()
+// rootLinks lists the links of the caller's (the root) namespace over
+// rtnetlink.
+func rootLinks() ([]rootLink, error) {
+	links, err := netlink.LinkList()
 	if err != nil {
-		return nil, fmt.Errorf("ip link show: %w", err)
+		return nil, fmt.Errorf("list links: %w", err)
 	}
-	return parseLinks(out)
+	out := make([]rootLink, 0, len(links))
+	for _, l := range links {
+		out = append(out, rootLink{Name: l.Attrs().Name, XDP: describeXDP(l.Attrs().Xdp)})
+	}
+	return out, nil
 }
 
-// parseLinks decodes the output of ip -j -d link show.
-func parseLinks(out []byte) ([]linkJSON, error) {
-	var links []linkJSON
-	if err := json.Unmarshal(out, &links); err != nil {
-		return nil, fmt.Errorf("parse ip link show: %w", err)
+// xdpModes names the attach modes of IFLA_XDP_ATTACHED (XDP_ATTACHED_DRV,
+// _SKB, _HW, _MULTI in include/uapi/linux/if_link.h).
+var xdpModes = map[uint32]string{1: "driver", 2: "generic", 3: "offload", 4: "multi"}
+
+// describeXDP names an attached XDP program by id (none is reported in
+// multi mode) and attach mode, "" if none is attached.
+func describeXDP(x *netlink.LinkXdp) string {
+	if x == nil || !x.Attached {
+		return ""
 	}
-	return links, nil
+	mode, ok := xdpModes[x.AttachMode]
+	if !ok {
+		mode = fmt.Sprintf("mode %d", x.AttachMode)
+	}
+	return fmt.Sprintf("prog %d (%s)", x.ProgId, mode)
 }
 
 // rootXDP maps each root-namespace link that carries an XDP program to a
@@ -135,8 +149,8 @@ func rootXDP() (map[string]string, error) {
 	}
 	m := make(map[string]string)
 	for _, l := range links {
-		if len(l.XDP) > 0 {
-			m[l.Name] = string(l.XDP)
+		if l.XDP != "" {
+			m[l.Name] = l.XDP
 		}
 	}
 	return m, nil

@@ -125,8 +125,9 @@ func RequireTools(t testing.TB, names ...string) {
 }
 
 // NewPair creates a [netns.Pair] for the test and closes it in t.Cleanup.
-// It requires privileges and ip(8) and ethtool(8) first. An empty
-// opts.Prefix becomes [Prefix].
+// It requires privileges first, and ip(8) and ethtool(8): the pair itself
+// needs neither, but the tests look at it with them. An empty opts.Prefix
+// becomes [Prefix].
 func NewPair(t testing.TB, opts netns.Options) *netns.Pair {
 	t.Helper()
 	RequirePrivileged(t)
