@@ -539,6 +539,9 @@ func (r *serverRun) finish(serveErr error) error {
 		r.st.Close()
 		acct := r.st.Region().Snapshot()
 		sum.FramesFree, sum.Frames = acct.Free, acct.Frames
+		if acct.Free != acct.Frames {
+			fmt.Fprintf(os.Stderr, "xdevmem server: not every frame is free after close: %v\n", acct)
+		}
 		sum.DmabufCopied = stats.DmabufBytesCopied
 		sum.ChecksumDrops = stats.DropBadIPChecksum + stats.DropBadTCPChecksum
 		sum.FillEmptyDrops = stats.XSK.RxFillRingEmpty
