@@ -101,6 +101,7 @@ type Stack struct {
 	bound    [maxChannels]atomic.Pointer[rxBinding] // logical queue → binding
 	steer    steering
 	flows    flowTable
+	reasm    reassembler
 	closing  atomic.Bool
 	tx       txState // devmem TX (tx.go)
 
@@ -413,6 +414,9 @@ func (s *Stack) Stats() Stats {
 		DropOutOfWindow:    c.dropOutOfWindow.Load(),
 		DropNotOurs:        c.dropNotOurs.Load(),
 		NoFlow:             c.noFlow.Load(),
+		IPFragments:        c.ipFragments.Load(),
+		IPReassembled:      c.ipReassembled.Load(),
+		IPFragmentDrops:    c.ipFragDrops.Load(),
 		RetransmitBytes:    c.retransmitBytes.Load(),
 		DmabufBytes:        c.delivered[kindDmabuf].Load(),
 		LinearBytes:        c.delivered[kindLinear].Load(),

@@ -15,6 +15,8 @@ type counters struct {
 	retransmitBytes                      atomic.Uint64
 	frameCopyBytes                       atomic.Uint64 // whole frames copied into the stack (ARP, SYN, ACK, ...)
 	headerCopyBytes                      atomic.Uint64
+	ipFragments, ipReassembled           atomic.Uint64
+	ipFragDrops                          atomic.Uint64
 
 	// The two groups sit on separate cache lines: the receive goroutine
 	// and the reading application run on different cores, and sharing a
@@ -53,6 +55,13 @@ type Stats struct {
 	DropNotOurs uint64
 	// NoFlow counts payload segments of unknown connections (copied).
 	NoFlow uint64
+	// IPFragments counts IPv4 and IPv6 fragments of TCP segments received;
+	// IPReassembled the segments put back together from them (their
+	// payload is delivered linear); IPFragmentDrops the fragments
+	// discarded: overlapping or inconsistent ones, those of a datagram not
+	// complete within 30 s or pushed out by the 4 MiB limit, and segments
+	// that found no free UMEM frame.
+	IPFragments, IPReassembled, IPFragmentDrops uint64
 	// RetransmitBytes counts payload bytes that arrived again (already
 	// queued or delivered); they map to the first arrival.
 	RetransmitBytes uint64
