@@ -16,8 +16,8 @@ func runProbe(args []string) error {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem probe -f IFACE [--json]\n\nReports, check by check, whether IFACE can do real (kernel) devmem TCP and, if not, why.\nExit status 0 when it can.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return exitError{2}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *ifname == "" {
 		fs.Usage()

@@ -53,7 +53,7 @@ func runServer(args []string) error {
 	failLinear := fs.Bool("L", false, "fail if any payload arrives linear (not in the dmabuf)")
 	first := fs.Int("t", 0, "first RX queue to bind")
 	nq := fs.Int("q", 1, "number of RX queues to bind")
-	auto := fs.Int("a", -1, "autorelease mode 0 or 1 (default: the binding's default)")
+	auto := autoreleaseFlag(fs, "autorelease `mode`: 0 or 1 (default: the binding's default)")
 	unbindWhen := fs.Int("U", 0, "unbind the dmabuf: 0 at exit, 1 before the first recvmsg (which then fails with ENODEV), 2 after the last recvmsg, before closing the socket")
 	out := fs.String("o", "", "write the received stream to FILE (- for stdout), read from the dmabuf at the fragment offsets")
 	prefixLen := fs.Int("prefix-len", 24, "prefix length of -s")
@@ -70,8 +70,8 @@ func runServer(args []string) error {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem server -f IFACE -s ADDR [flags]\n\nReceives one TCP connection through the emulated devmem path, like ncdevmem -l, then exits\n(0 on success). Run it in the network namespace of IFACE.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return exitError{2}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *ifname == "" || *serverIP == "" {
 		fs.Usage()
