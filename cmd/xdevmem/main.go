@@ -7,7 +7,7 @@
 //
 //	xdevmem demo   [--size 1GiB] [--json]        build a namespace pair, send, receive, validate
 //	xdevmem server -f IFACE -s ADDR [-p PORT] [-v N] [-L] [-o FILE] [--json]
-//	xdevmem probe  -f IFACE [--json]              can this interface do real devmem?
+//	xdevmem probe  [-f IFACE] [--json]            can this interface (each one) do real devmem?
 //	xdevmem client -f IFACE -s SERVER -c CLIENT [-p PORT] [-z N] [--size N -v N]   send from a TX dmabuf
 //	xdevmem soak   [--duration 1m] [--json]       full-rate receive, memory over time
 //

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -100,5 +102,45 @@ func TestWantsHelp(t *testing.T) {
 		if got := wantsHelp(tc.args); got != tc.want {
 			t.Errorf("wantsHelp(%q) = %v, want %v", tc.args, got, tc.want)
 		}
+	}
+}
+
+// TestProbeCommand: without -f the probe reports every interface but
+// loopback (--json: one array); on lo it says the emulation cannot run
+// there either and does not suggest it.
+func TestProbeCommand(t *testing.T) {
+	out, errOut, code := runMain(t, "probe", "--json")
+	if code != 0 && code != 1 {
+		t.Fatalf("probe --json: exit %d, stderr %q", code, errOut)
+	}
+	var results []struct {
+		Ifname    string `json:"ifname"`
+		Supported bool   `json:"supported"`
+		Checks    []any  `json:"checks"`
+	}
+	if err := json.Unmarshal([]byte(out), &results); err != nil {
+		t.Fatalf("probe --json without -f: not a JSON array: %v\n%s", err, out)
+	}
+	ifs, _ := net.Interfaces()
+	want := 0
+	for _, ifi := range ifs {
+		if ifi.Flags&net.FlagLoopback == 0 {
+			want++
+		}
+	}
+	anyOK := false
+	for _, r := range results {
+		if r.Ifname == "lo" || len(r.Checks) == 0 {
+			t.Errorf("result %+v", r)
+		}
+		anyOK = anyOK || r.Supported
+	}
+	if len(results) != want || (code == 0) != anyOK {
+		t.Errorf("%d results for %d interfaces, exit %d, any supported %v", len(results), want, code, anyOK)
+	}
+
+	out, _, code = runMain(t, "probe", "-f", "lo")
+	if code != 1 || !strings.Contains(out, "the emulated backend cannot run on lo either") || strings.Contains(out, "or the emulated backend") {
+		t.Errorf("probe -f lo: exit %d:\n%s", code, out)
 	}
 }
