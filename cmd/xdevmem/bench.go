@@ -48,7 +48,7 @@ func runBench(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	cfg := bench.Config{Runs: *runs, Size: size, UDPDuration: *udp, Prefix: bench.DefaultPrefix, IdleWait: *idle, UDPSocket: *udpSocket}
+	cfg := bench.Config{Runs: *runs, Size: size, UDPDuration: *udp, Prefix: bench.DefaultPrefix, IdleWait: *idle, UDPSocket: *udpSocket, Quick: *quick}
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
