@@ -355,3 +355,41 @@ func FuzzReassemble(f *testing.F) {
 		}
 	})
 }
+
+// TestReassembleMultiBuffer: a fragment that arrived in several buffers
+// (XDP multi-buffer) contributes the same bytes as one in a single buffer.
+func TestReassembleMultiBuffer(t *testing.T) {
+	payload := make([]byte, 9000)
+	for i := range payload {
+		payload[i] = byte(i*5 + 1)
+	}
+	seg := buildFrame(nil, nil, payload, 9, tcpFlagAck)
+	frags := fragment4(seg, 4, 4000)
+	for _, cuts := range [][]int{{100}, {14 + 20 + 1, 2000, 4000}} {
+		var r reassembler
+		now := time.Unix(1000, 0)
+		var got []byte
+		for _, f := range frags {
+			var bufs [][]byte
+			prev := 0
+			for _, c := range cuts {
+				if c < len(f) {
+					bufs = append(bufs, f[prev:c])
+					prev = c
+				}
+			}
+			bufs = append(bufs, f[prev:])
+			var sp Split
+			if v := SplitFrames(bufs[0], bufs[1:], &sp, true); v != VerdictFragment {
+				t.Fatalf("cuts %v: %v", cuts, v)
+			}
+			if s, _ := r.add(bufs[0], bufs[1:], &sp, now); s != nil {
+				got = s
+			}
+		}
+		if got == nil {
+			t.Fatalf("cuts %v: not reassembled", cuts)
+		}
+		sameSegment(t, got, seg)
+	}
+}
