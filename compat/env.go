@@ -19,7 +19,8 @@ import (
 // Env is how the kernel backend and the probe reach the kernel. The zero
 // value reaches the real kernel from the calling thread's network
 // namespace; tests substitute the fake of package compat/netdevtest
-// (Dial: Kernel.Dial, Interface: Kernel.LookupInterface).
+// (Dial: Kernel.Dial, Interface: Kernel.LookupInterface, Ethernet:
+// Kernel.Ethernet).
 type Env struct {
 	// Dial opens a generic netlink connection for the netdev and ethtool
 	// families. nil dials the kernel (with extended acks).
@@ -28,6 +29,10 @@ type Env struct {
 	// unknown). nil asks the kernel (net.InterfaceByName, and the ethtool
 	// ioctl ETHTOOL_GDRVINFO or sysfs for the driver).
 	Interface func(name string) (ifindex int, driver string, err error)
+	// Ethernet reports whether a device is one the emulated backend can run
+	// on: an Ethernet device (not loopback, a 6-byte hardware address), as
+	// package stack requires. nil asks the kernel (net.InterfaceByName).
+	Ethernet func(name string) (bool, error)
 	// UdmabufPath is the udmabuf device; "" is DefaultUdmabufPath.
 	UdmabufPath string
 	// KernelConfigPath is the kernel's configuration (gzip); "" is
@@ -66,6 +71,17 @@ func (e Env) lookup(name string) (int, string, error) {
 		return e.Interface(name)
 	}
 	return lookupInterface(name)
+}
+
+func (e Env) ethernet(name string) (bool, error) {
+	if e.Ethernet != nil {
+		return e.Ethernet(name)
+	}
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return false, err
+	}
+	return ifi.Flags&net.FlagLoopback == 0 && len(ifi.HardwareAddr) == 6, nil
 }
 
 func (e Env) udmabufPath() string {

@@ -46,7 +46,9 @@ type Choice struct {
 
 // Open returns the backend opts asks for. With BackendAuto it probes
 // opts.Ifname and returns the kernel backend when every check passes, the
-// emulation otherwise, and says why in the Choice. A forced kernel backend
+// emulation otherwise, and says why in the Choice; where the emulation
+// cannot run either (not an Ethernet device) it fails with the probe's
+// *UnsupportedError and no Choice. A forced kernel backend
 // on an interface that fails the probe fails with the probe's
 // *UnsupportedError (matching devmemapi.ErrNotSupported and the kernel's
 // errno, such as unix.EOPNOTSUPP); the Choice is returned with it.
@@ -89,6 +91,9 @@ func Open(opts Options) (devmemapi.Provider, *Choice, error) {
 			ch := &Choice{Backend: BackendKernel, Reason: r.Reason(), Probe: r}
 			p, err := NewKernelProvider(KernelOptions{Ifname: opts.Ifname, Env: opts.Env})
 			return providerOrNil(p, err), ch, err
+		}
+		if em := r.Emulation; em != nil && !em.Possible {
+			return nil, nil, fmt.Errorf("open: no backend can run on %s: %w; and %s", opts.Ifname, r.Err(), em.Detail)
 		}
 		ch := &Choice{Backend: BackendEmulated, Probe: r,
 			Reason: fmt.Sprintf("kernel devmem unavailable on %s (%s); using the emulation", opts.Ifname, r.Reason())}

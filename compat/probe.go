@@ -72,6 +72,20 @@ type ProbeResult struct {
 	Kernel string `json:"kernel,omitempty"`
 	// Checks are the checks in the order they ran.
 	Checks []Check `json:"checks"`
+	// Emulation says whether the emulated backend could run on the
+	// interface instead; nil when the probe could not tell (no such
+	// interface).
+	Emulation *Emulation `json:"emulation,omitempty"`
+}
+
+// Emulation is the probe's word on the emulated backend, which needs an
+// Ethernet device (frames with Ethernet headers, native or generic XDP,
+// AF_XDP).
+type Emulation struct {
+	// Possible is false when the interface cannot carry the emulation.
+	Possible bool `json:"possible"`
+	// Detail says why.
+	Detail string `json:"detail"`
 }
 
 // Supported reports whether no check failed: the kernel backend can bind
@@ -96,6 +110,9 @@ func (r *ProbeResult) Reason() string {
 	c, failed := r.firstFailure()
 	if !failed {
 		return fmt.Sprintf("kernel devmem supported on %s: every check passed", r.Ifname)
+	}
+	if r.Emulation != nil && !r.Emulation.Possible {
+		return fmt.Sprintf("%s: %s; the emulated backend cannot run on %s either (not an Ethernet device)", c.Name, c.Detail, r.Ifname)
 	}
 	return fmt.Sprintf("%s: %s", c.Name, c.Detail)
 }
@@ -158,6 +175,13 @@ func (r *ProbeResult) WriteTable(w io.Writer) error {
 		fmt.Fprintln(tw, "result: supported — the kernel backend can be used")
 	} else {
 		fmt.Fprintf(tw, "result: not supported — %s\n", r.Reason())
+	}
+	if em := r.Emulation; em != nil {
+		if em.Possible {
+			fmt.Fprintf(tw, "emulation: possible — %s\n", em.Detail)
+		} else {
+			fmt.Fprintf(tw, "emulation: not possible — %s\n", em.Detail)
+		}
 	}
 	return tw.Flush()
 }
@@ -285,7 +309,29 @@ func (e Env) Probe(ifname string) (*ProbeResult, error) {
 	}
 
 	add(e.dmabufCheck())
+	e.emulationCheck(r)
 	return r, nil
+}
+
+// emulationCheck fills in r.Emulation (after the checks: where the
+// emulation cannot run, their hints stop suggesting it).
+func (e Env) emulationCheck(r *ProbeResult) {
+	eth, err := e.ethernet(r.Ifname)
+	switch {
+	case err != nil:
+		return
+	case eth:
+		r.Emulation = &Emulation{Possible: true, Detail: fmt.Sprintf("%s is an Ethernet device: the emulated backend (AF_XDP, XDP, gVisor) can run on it (--backend emulated)", r.Ifname)}
+		return
+	}
+	r.Emulation = &Emulation{Detail: fmt.Sprintf("%s is not an Ethernet device (the emulation needs Ethernet frames, XDP and AF_XDP)", r.Ifname)}
+	for i := range r.Checks {
+		h := r.Checks[i].Hint
+		for _, s := range []string{", or the emulated backend", " or the emulated backend"} {
+			h = strings.ReplaceAll(h, s, "")
+		}
+		r.Checks[i].Hint = h
+	}
 }
 
 func errnoName(err error) string {

@@ -51,6 +51,7 @@ func fakeEnv(t *testing.T, k *netdevtest.Kernel, noUdmabuf bool) compat.Env {
 	return compat.Env{
 		Dial:             k.Dial,
 		Interface:        k.LookupInterface,
+		Ethernet:         k.Ethernet,
 		UdmabufPath:      udmabuf,
 		KernelConfigPath: writeConfig(t, dir, "CONFIG_NET_DEVMEM=y"),
 	}
@@ -323,4 +324,59 @@ func got0(checks []struct{ Name, Status, Detail, Hint, Errno string }, name stri
 		}
 	}
 	return 0, false
+}
+
+// TestProbeEmulationNote: the probe says whether the emulated backend could
+// run instead; on a device without Ethernet framing (lo) the reason says it
+// cannot either, no hint suggests it, and auto mode fails at once rather
+// than trying it.
+func TestProbeEmulationNote(t *testing.T) {
+	k := netdevtest.New()
+	k.AddDevice(vethLike())
+	lo := vethLike()
+	lo.Ifindex, lo.Name, lo.Driver, lo.NotEthernet = 1, "lo", "", true
+	k.AddDevice(lo)
+	env := fakeEnv(t, k, false)
+
+	r, err := env.Probe("veth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Emulation == nil || !r.Emulation.Possible || strings.Contains(r.Reason(), "either") {
+		t.Errorf("veth0: emulation %+v, reason %q", r.Emulation, r.Reason())
+	}
+	if c, _ := r.Check(compat.CheckQueueMgmt); !strings.Contains(c.Hint, "emulated backend") {
+		t.Errorf("veth0: hint %q does not suggest the emulation", c.Hint)
+	}
+
+	r, err = env.Probe("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Emulation == nil || r.Emulation.Possible || !strings.Contains(r.Emulation.Detail, "not an Ethernet device") {
+		t.Fatalf("lo: emulation %+v", r.Emulation)
+	}
+	if !strings.Contains(r.Reason(), "the emulated backend cannot run on lo either") {
+		t.Errorf("lo: reason %q", r.Reason())
+	}
+	var table, js bytes.Buffer
+	r.WriteTable(&table)
+	if strings.Contains(table.String(), "or the emulated backend") || !strings.Contains(table.String(), "emulation: not possible") {
+		t.Errorf("lo: table suggests the emulation or does not rule it out:\n%s", table.String())
+	}
+	if err := json.NewEncoder(&js).Encode(r); err != nil {
+		t.Fatal(err)
+	}
+	var back struct {
+		Emulation struct{ Possible *bool }
+	}
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.Emulation.Possible == nil || *back.Emulation.Possible {
+		t.Errorf("lo: JSON emulation %s (%v)", js.String(), err)
+	}
+
+	var calls int
+	_, ch, err := compat.Open(compat.Options{Ifname: "lo", Emulated: emulated(&calls), Env: env})
+	if err == nil || calls != 0 || ch != nil || !errors.Is(err, devmemapi.ErrNotSupported) || !strings.Contains(err.Error(), "no backend can run on lo") {
+		t.Errorf("Open(auto, lo) = choice %+v, %v; emulated constructor called %d times", ch, err, calls)
+	}
 }

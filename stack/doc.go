@@ -30,7 +30,11 @@
 // # Linear and plain data
 //
 // Payload shorter than Config.HDSThresh is "linear": RecvMsg copies it into
-// p and reports it with SCM_DEVMEM_LINEAR. Payload that arrives while no
+// p and reports it with SCM_DEVMEM_LINEAR. So is the payload of a segment
+// that arrived in IP fragments: the reassembler (reasm.go) copies the
+// fragments' data, rebuilds the segment in free UMEM frames and runs it
+// through the split as if it had arrived whole, its fragments recorded as
+// linear in the fragment queue like any other segment's. Payload that arrives while no
 // binding covers the queue is ordinary data, copied into p without devmem
 // control messages, as the kernel delivers an unbound queue's data. One
 // RecvMsg never mixes dmabuf data with copied data; reading dmabuf data

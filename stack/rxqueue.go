@@ -41,6 +41,11 @@ type rxQueue struct {
 
 	run          dropRun   // the current run of drops (alert.go)
 	starvedSince time.Time // when the fill ring last ran dry; zero while it is not
+
+	// linear is set while a reassembled segment takes the receive path:
+	// its payload is delivered linear, whatever its length.
+	linear bool
+	rdescs []unix.XDPDesc // the reassembled segment's frames
 }
 
 func newRXQueue(e *linkEndpoint, id int, sock *umem.Socket) *rxQueue {
@@ -75,7 +80,7 @@ func (q *rxQueue) placement(fl *flow, payloadLen int) (*rxBinding, fragKind) {
 	switch {
 	case bnd == nil:
 		return nil, kindPlain
-	case payloadLen < q.s.cfg.HDSThresh:
+	case payloadLen < q.s.cfg.HDSThresh || q.linear:
 		return bnd, kindLinear
 	}
 	return bnd, kindDmabuf
@@ -229,6 +234,10 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 		}
 		q.free = append(q.free, frame)
 		return
+	case v == VerdictFragment:
+		q.free = append(q.free, frame)
+		q.fragment(b, nil, sp)
+		return
 	default:
 		s.cnt.verdicts[v].Add(1)
 		q.noteDrop(alertOf(v), b)
@@ -284,6 +293,66 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 		s.region.Pin(frame)
 	}
 	q.deliverSplit(b, sp)
+}
+
+// fragment hands an IP fragment of a TCP segment to the reassembler (which
+// copies its data: the caller returns the frame) and, when it completes the
+// segment, runs the segment through the receive path.
+func (q *rxQueue) fragment(b []byte, more [][]byte, sp Split) {
+	s := q.s
+	s.cnt.ipFragments.Add(1)
+	if !s.isOurs(sp.Dst) {
+		s.cnt.dropNotOurs.Add(1)
+		return
+	}
+	seg, dropped := s.reasm.add(b, more, &sp, time.Now())
+	if dropped > 0 {
+		s.cnt.ipFragDrops.Add(dropped)
+	}
+	if seg != nil {
+		q.deliverReassembled(seg)
+	}
+}
+
+// deliverReassembled writes a reassembled segment into free UMEM frames, as
+// if it had arrived that way (in several frames, like a multi-buffer jumbo
+// frame, when it does not fit one), and handles it with its payload
+// delivered linear: a NIC's header split leaves fragments whole, and the
+// segment the kernel reassembles from them is readable memory.
+func (q *rxQueue) deliverReassembled(seg []byte) {
+	s := q.s
+	r := s.region
+	fs := int(r.FrameSize())
+	n := (len(seg) + fs - 1) / fs
+	var idx [(0xffff+ethHdrLen+ipv6HdrLen)/2048 + 1]uint32
+	if n > len(idx) {
+		s.cnt.ipFragDrops.Add(1)
+		return
+	}
+	if got := r.Alloc(idx[:n]); got < n {
+		// No free frame: dropped, as by a NIC whose fill ring is empty.
+		if got > 0 {
+			r.Free(idx[:got]...)
+		}
+		s.cnt.ipFragDrops.Add(1)
+		return
+	}
+	mem := r.Bytes()
+	q.rdescs = q.rdescs[:0]
+	for i := 0; i < n; i++ {
+		chunk := seg[i*fs : min((i+1)*fs, len(seg))]
+		addr := r.FrameAddr(idx[i])
+		copy(mem[addr:], chunk)
+		q.rdescs = append(q.rdescs, unix.XDPDesc{Addr: addr, Len: uint32(len(chunk))})
+	}
+	s.cnt.ipReassembled.Add(1)
+	q.linear = true
+	if n == 1 {
+		q.handle(q.rdescs[0])
+	} else {
+		q.handleMulti(q.rdescs)
+	}
+	q.linear = false
 }
 
 // deliverCopy hands a whole frame to gVisor as a copy (frames without
@@ -372,6 +441,10 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 		s.cnt.rxOther.Add(1)
 		q.deliverCopyMulti(b0, q.more, sp)
 		freeAll()
+		return
+	case VerdictFragment:
+		freeAll()
+		q.fragment(b0, q.more, sp)
 		return
 	default:
 		s.cnt.verdicts[v].Add(1)

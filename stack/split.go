@@ -30,23 +30,29 @@ const (
 	// headers and payload are located in Split.
 	VerdictTCP Verdict = iota
 	// VerdictOther is a frame the split does not handle (ARP, ICMP, UDP,
-	// IPv6, IP fragments): it goes to the stack as a whole, copied.
+	// and their IP fragments): it goes to the stack as a whole, copied.
 	VerdictOther
+	// VerdictFragment is an IP fragment of a TCP segment (IPv4 with MF set
+	// or a fragment offset, IPv6 with a fragment header right after the
+	// fixed header). The fragment's data is PayloadLen bytes at PayloadOff,
+	// and FragID, FragOff and FragMore say where it belongs; the receive
+	// path reassembles the segment (reasm.go) before splitting it.
+	VerdictFragment
 	// VerdictMalformed is a truncated or inconsistent frame.
 	VerdictMalformed
 	// VerdictBadIPChecksum is an IPv4 header with a wrong checksum.
 	VerdictBadIPChecksum
 	// VerdictBadTCPChecksum is a TCP segment with a wrong checksum.
 	VerdictBadTCPChecksum
-	// VerdictUnsupported is TCP the split does not take apart: carried in
-	// IPv4 fragments or behind IPv6 extension headers. It is dropped
+	// VerdictUnsupported is TCP the split does not take apart: behind IPv6
+	// extension headers other than a lone fragment header. It is dropped
 	// (counted) rather than handed to TCP as a copy the fragment queue could
 	// not map.
 	VerdictUnsupported
 	numVerdicts
 )
 
-var verdictNames = [numVerdicts]string{"tcp", "other", "malformed", "bad-ip-checksum", "bad-tcp-checksum", "unsupported"}
+var verdictNames = [numVerdicts]string{"tcp", "other", "fragment", "malformed", "bad-ip-checksum", "bad-tcp-checksum", "unsupported"}
 
 // String names the verdict.
 func (v Verdict) String() string {
@@ -77,6 +83,13 @@ type Split struct {
 	Flags uint8
 	// FrameLen is the frame length up to the end of the IP packet.
 	FrameLen int
+	// FragID, FragOff and FragMore describe an IP fragment
+	// (VerdictFragment): the datagram's identification, the offset of the
+	// fragment's data in the datagram's payload, and whether more
+	// fragments follow.
+	FragID   uint32
+	FragOff  int
+	FragMore bool
 }
 
 // SplitFrame parses an Ethernet frame as a NIC's header split would:
@@ -140,8 +153,8 @@ func splitIPv4(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 	if ip[9] != ipProtoTCP {
 		return VerdictOther
 	}
-	if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 { // MF set or offset != 0
-		return VerdictUnsupported
+	if fo := binary.BigEndian.Uint16(ip[6:]); fo&0x3fff != 0 { // MF set or offset != 0
+		return splitFragment(s, ethHdrLen+ihl, total-ihl, uint32(binary.BigEndian.Uint16(ip[4:])), int(fo&0x1fff)*8, fo&0x2000 != 0, ihl)
 	}
 	var ph [12]byte
 	if verify {
@@ -178,6 +191,14 @@ func splitIPv6(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 	copy(s.Src[:], ip[8:24])
 	copy(s.Dst[:], ip[24:40])
 	nh := ip[6]
+	if nh == ipv6Fragment && inFirst >= ipv6HdrLen+8 && ip[ipv6HdrLen] == ipProtoTCP {
+		// A TCP segment in fragments, the fragment header first: the case
+		// the receive path reassembles. Behind other extension headers it
+		// stays unsupported (below).
+		fh := ip[ipv6HdrLen:]
+		fo := binary.BigEndian.Uint16(fh[2:])
+		return splitFragment(s, ethHdrLen+ipv6HdrLen+8, plen-8, binary.BigEndian.Uint32(fh[4:]), int(fo>>3)*8, fo&1 != 0, 0)
+	}
 	if nh != ipProtoTCP {
 		// Walk extension headers to tell TCP behind them (not split) from
 		// everything else (ICMPv6 and neighbour discovery: to the stack).
@@ -212,6 +233,20 @@ func splitIPv6(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 		ph[39] = ipProtoTCP
 	}
 	return splitTCP(ip[ipv6HdrLen:inFirst], plen, more, ethHdrLen+ipv6HdrLen, s, verify, ph[:])
+}
+
+// splitFragment fills in s for an IP fragment whose data is n bytes at
+// frame offset off and checks it as the kernel does: a fragment carries
+// data, all but the last carry a multiple of 8 bytes, and the datagram it
+// belongs to stays within 64 KiB (hdr, the IPv4 header length, counts
+// towards it; IPv6 does not count its fixed header).
+func splitFragment(s *Split, off, n int, id uint32, fragOff int, more bool, hdr int) Verdict {
+	if n <= 0 || (more && n%8 != 0) || hdr+fragOff+n > 0xffff {
+		return VerdictMalformed
+	}
+	s.PayloadOff, s.PayloadLen = off, n
+	s.FragID, s.FragOff, s.FragMore = id, fragOff, more
+	return VerdictFragment
 }
 
 // splitTCP parses the TCP header at tcp (starting at frame offset off) and

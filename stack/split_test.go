@@ -96,15 +96,145 @@ func TestSplitFrame(t *testing.T) {
 	}
 }
 
-func TestSplitFrameFragmentIsUnsupported(t *testing.T) {
-	b := buildFrame(nil, nil, []byte("x"), 1, tcpFlagAck)
-	binary.BigEndian.PutUint16(b[14+6:], 0x2000) // MF
+// TestSplitFrameFragment: TCP in IP fragments is recognised as such, with
+// where the fragment's data lies and where it belongs; fragments the kernel
+// would refuse are malformed.
+func TestSplitFrameFragment(t *testing.T) {
+	payload := make([]byte, 100)
+	seg := buildFrame(nil, nil, payload, 1, tcpFlagAck) // 120 bytes of IP payload
+	frags := fragment4(seg, 7, 48, 32)                  // 48 + 32 + 40
+	tests := []struct {
+		name         string
+		frame        []byte
+		want         Verdict
+		off, n, data int
+		more         bool
+	}{
+		{"first", frags[0], VerdictFragment, 0, 48, 14 + 20, true},
+		{"middle", frags[1], VerdictFragment, 48, 32, 14 + 20, true},
+		{"last", frags[2], VerdictFragment, 80, 40, 14 + 20, false},
+		{"ipv6 first", fragment6(buildFrame6(ipProtoTCP, nil, payload, 1), 9, 64)[0], VerdictFragment, 0, 64, 14 + 40 + 8, true},
+		{"ipv6 last", fragment6(buildFrame6(ipProtoTCP, nil, payload, 1), 9, 64)[1], VerdictFragment, 64, 56, 14 + 40 + 8, false},
+		{"ipv6 atomic", fragment6(buildFrame6(ipProtoTCP, nil, payload, 1), 9)[0], VerdictFragment, 0, 120, 14 + 40 + 8, false},
+	}
+	for _, tt := range tests {
+		var s Split
+		v := SplitFrame(tt.frame, &s, true)
+		if v != tt.want || s.FragOff != tt.off || s.PayloadLen != tt.n || s.PayloadOff != tt.data || s.FragMore != tt.more {
+			t.Errorf("%s: verdict %v, split %+v; want %v at %d (data at %d, %d bytes, more %v)", tt.name, v, s, tt.want, tt.off, tt.data, tt.n, tt.more)
+		}
+		if v == VerdictFragment && s.FragID != 7 && s.FragID != 9 {
+			t.Errorf("%s: id %d", tt.name, s.FragID)
+		}
+	}
+	setFrag := func(f []byte, field uint16, total int) []byte {
+		f = append([]byte(nil), f...)
+		binary.BigEndian.PutUint16(f[14+6:], field)
+		if total > 0 {
+			binary.BigEndian.PutUint16(f[14+2:], uint16(total))
+			f = f[:14+total]
+		}
+		f[14+10], f[14+11] = 0, 0
+		binary.BigEndian.PutUint16(f[14+10:], ^checksum.Checksum(f[14:34], 0))
+		return f
+	}
+	for _, bad := range []struct {
+		name  string
+		frame []byte
+	}{
+		{"not a multiple of 8 with more to come", setFrag(frags[0], 0x2000, 20+47)},
+		{"no data", setFrag(frags[0], 0x2000, 20)},
+		{"past 64 KiB", setFrag(frags[2], 0x1fff, 0)},
+	} {
+		var s Split
+		if v := SplitFrame(bad.frame, &s, true); v != VerdictMalformed {
+			t.Errorf("%s: verdict %v, want malformed", bad.name, v)
+		}
+	}
+	// A fragment's IP header checksum is still checked.
+	b := append([]byte(nil), frags[1]...)
+	b[14+8]--
+	var s Split
+	if v := SplitFrame(b, &s, true); v != VerdictBadIPChecksum {
+		t.Errorf("bad ip checksum in a fragment: %v", v)
+	}
+	// Fragments of other protocols go to the stack whole (it reassembles
+	// them itself).
+	b = append([]byte(nil), frags[0]...)
+	b[14+9] = 17
 	b[14+10], b[14+11] = 0, 0
 	binary.BigEndian.PutUint16(b[14+10:], ^checksum.Checksum(b[14:34], 0))
-	var s Split
-	if v := SplitFrame(b, &s, true); v != VerdictUnsupported {
-		t.Fatalf("TCP in an IP fragment: verdict %v, want unsupported", v)
+	if v := SplitFrame(b, &s, true); v != VerdictOther {
+		t.Errorf("udp fragment: %v", v)
 	}
+	// IPv6 TCP fragments behind another extension header stay unsupported.
+	hbh := []byte{ipv6Fragment, 0, 1, 4, 0, 0, 0, 0, ipProtoTCP, 0, 0, 1, 0, 0, 0, 9}
+	if v := SplitFrame(buildFrame6(ipv6HopByHop, hbh, payload, 1), &s, true); v != VerdictUnsupported {
+		t.Errorf("fragment header behind hop-by-hop: %v", v)
+	}
+}
+
+// fragment4 cuts an IPv4 frame's payload into fragments of the given data
+// sizes (the last takes the rest), each with the frame's IP header, the
+// identification id and a valid header checksum.
+func fragment4(frame []byte, id uint16, sizes ...int) [][]byte {
+	ihl := int(frame[14]&0x0f) * 4
+	hdr := frame[:14+ihl]
+	data := frame[14+ihl : 14+int(binary.BigEndian.Uint16(frame[16:]))]
+	var out [][]byte
+	off := 0
+	for i := 0; off < len(data); i++ {
+		n := len(data) - off
+		if i < len(sizes) && sizes[i] < n {
+			n = sizes[i]
+		}
+		f := append(append([]byte(nil), hdr...), data[off:off+n]...)
+		ip := f[14:]
+		binary.BigEndian.PutUint16(ip[2:], uint16(ihl+n))
+		binary.BigEndian.PutUint16(ip[4:], id)
+		fo := uint16(off / 8)
+		if off+n < len(data) {
+			fo |= 0x2000
+		}
+		binary.BigEndian.PutUint16(ip[6:], fo)
+		ip[10], ip[11] = 0, 0
+		binary.BigEndian.PutUint16(ip[10:], ^checksum.Checksum(ip[:ihl], 0))
+		out = append(out, f)
+		off += n
+	}
+	return out
+}
+
+// fragment6 cuts an IPv6 frame without extension headers into fragments
+// of the given data sizes (the last takes the rest), each with a fragment
+// header carrying id.
+func fragment6(frame []byte, id uint32, sizes ...int) [][]byte {
+	hdr := frame[:14+40]
+	data := frame[14+40 : 14+40+int(binary.BigEndian.Uint16(frame[14+4:]))]
+	var out [][]byte
+	off := 0
+	for i := 0; off < len(data); i++ {
+		n := len(data) - off
+		if i < len(sizes) && sizes[i] < n {
+			n = sizes[i]
+		}
+		f := append(append([]byte(nil), hdr...), make([]byte, 8)...)
+		f = append(f, data[off:off+n]...)
+		ip := f[14:]
+		binary.BigEndian.PutUint16(ip[4:], uint16(8+n))
+		ip[6] = ipv6Fragment
+		fh := ip[40:]
+		fh[0] = hdr[14+6]
+		fo := uint16(off/8) << 3
+		if off+n < len(data) {
+			fo |= 1
+		}
+		binary.BigEndian.PutUint16(fh[2:], fo)
+		binary.BigEndian.PutUint32(fh[4:], id)
+		out = append(out, f)
+		off += n
+	}
+	return out
 }
 
 func TestSplitFrameTrustChecksum(t *testing.T) {
@@ -121,10 +251,27 @@ func FuzzSplitFrame(f *testing.F) {
 	f.Add(buildFrame([]byte{1, 1, 1, 0}, []byte{2, 4, 5, 180}, make([]byte, 1448), 99, tcpFlagAck|tcpFlagFin))
 	f.Add(buildFrame(nil, nil, nil, 0, tcpFlagSyn))
 	f.Add(buildFrame6(ipProtoTCP, nil, []byte("v6 seed"), 3))
+	for _, fr := range fragment4(buildFrame(nil, nil, make([]byte, 100), 5, tcpFlagAck), 7, 48, 32) {
+		f.Add(fr)
+	}
+	for _, fr := range fragment6(buildFrame6(ipProtoTCP, nil, make([]byte, 100), 5), 9, 64) {
+		f.Add(fr)
+	}
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var s Split
 		v := SplitFrame(b, &s, true)
+		if v == VerdictFragment {
+			// The fragment's data lies inside the frame, after the IP
+			// header, and fits a 64 KiB datagram.
+			if s.PayloadOff < ethHdrLen+20 || s.PayloadLen <= 0 || s.PayloadOff+s.PayloadLen > len(b) || s.FragOff+s.PayloadLen > 0xffff {
+				t.Fatalf("fragment data [%d,+%d) at %d outside frame of %d", s.PayloadOff, s.PayloadLen, s.FragOff, len(b))
+			}
+			if s.FragMore && s.PayloadLen%8 != 0 {
+				t.Fatalf("non-final fragment of %d bytes", s.PayloadLen)
+			}
+			return
+		}
 		if v != VerdictTCP {
 			return
 		}

@@ -109,6 +109,7 @@ type Stack struct {
 	bound    [MaxChannels]atomic.Pointer[rxBinding] // logical queue → binding
 	steer    steering
 	flows    flowTable
+	reasm    reassembler
 	closing  atomic.Bool
 	alerts   alerter
 
@@ -455,6 +456,9 @@ func (s *Stack) Stats() Stats {
 		DropOutOfWindow:    c.dropOutOfWindow.Load(),
 		DropNotOurs:        c.dropNotOurs.Load(),
 		NoFlow:             c.noFlow.Load(),
+		IPFragments:        c.ipFragments.Load(),
+		IPReassembled:      c.ipReassembled.Load(),
+		IPFragmentDrops:    c.ipFragDrops.Load(),
 		RetransmitBytes:    c.retransmitBytes.Load(),
 		DmabufBytes:        c.delivered[kindDmabuf].Load(),
 		LinearBytes:        c.delivered[kindLinear].Load(),

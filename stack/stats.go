@@ -16,6 +16,8 @@ type counters struct {
 	retransmitBytes                      atomic.Uint64
 	frameCopyBytes                       atomic.Uint64 // whole frames copied into the stack (ARP, SYN, ACK, ...)
 	headerCopyBytes                      atomic.Uint64
+	ipFragments, ipReassembled           atomic.Uint64
+	ipFragDrops                          atomic.Uint64
 
 	// The two groups sit on separate cache lines: the receive goroutine
 	// and the reading application run on different cores, and sharing a
@@ -57,6 +59,13 @@ type Stats struct {
 	DropNotOurs uint64
 	// NoFlow counts payload segments of unknown connections (copied).
 	NoFlow uint64
+	// IPFragments counts IPv4 and IPv6 fragments of TCP segments received;
+	// IPReassembled the segments put back together from them (their
+	// payload is delivered linear); IPFragmentDrops the fragments
+	// discarded: overlapping or inconsistent ones, those of a datagram not
+	// complete within 30 s or pushed out by the 4 MiB limit, and segments
+	// that found no free UMEM frame.
+	IPFragments, IPReassembled, IPFragmentDrops uint64
 	// RetransmitBytes counts payload bytes that arrived again (already
 	// queued or delivered); they map to the first arrival.
 	RetransmitBytes uint64
@@ -121,6 +130,12 @@ type Drops struct {
 	FillRingEmpty uint64 `json:"fill_ring_empty"`
 	RxRingFull    uint64 `json:"rx_ring_full"`
 	KernelDropped uint64 `json:"kernel_dropped"`
+	// Fragments counts IP fragments of TCP segments received, Reassembled
+	// the segments rebuilt from them (delivered linear), FragmentDrops the
+	// fragments dropped (timed out, overlapping, over the limits).
+	Fragments     uint64 `json:"fragments"`
+	Reassembled   uint64 `json:"reassembled"`
+	FragmentDrops uint64 `json:"fragment_drops"`
 	// Faults are the injected faults (all 0 without --faults).
 	Faults FaultStats `json:"faults"`
 }
@@ -131,16 +146,17 @@ func (st Stats) Drops() Drops {
 		Malformed: st.DropMalformed, BadIPChecksum: st.DropBadIPChecksum, BadTCPChecksum: st.DropBadTCPChecksum,
 		Unsupported: st.DropUnsupported, OutOfWindow: st.DropOutOfWindow, NotOurs: st.DropNotOurs,
 		FlowsEvicted: st.FlowsEvicted, FillRingEmpty: st.XSK.RxFillRingEmpty, RxRingFull: st.XSK.RxRingFull,
-		KernelDropped: st.XSK.RxDropped, Faults: st.Faults,
+		KernelDropped: st.XSK.RxDropped, Fragments: st.IPFragments, Reassembled: st.IPReassembled,
+		FragmentDrops: st.IPFragmentDrops, Faults: st.Faults,
 	}
 }
 
 // String lists the drop counters in one line, faults only when injected.
 func (d Drops) String() string {
 	s := fmt.Sprintf("%d malformed, %d bad IP checksum, %d bad TCP checksum, %d unsupported, %d out of window, %d not ours, "+
-		"%d evicted flows, %d fill-ring-empty, %d rx-ring-full, %d kernel",
+		"%d evicted flows, %d fill-ring-empty, %d rx-ring-full, %d kernel; %d IP fragments (%d segments reassembled, %d fragments dropped)",
 		d.Malformed, d.BadIPChecksum, d.BadTCPChecksum, d.Unsupported, d.OutOfWindow, d.NotOurs,
-		d.FlowsEvicted, d.FillRingEmpty, d.RxRingFull, d.KernelDropped)
+		d.FlowsEvicted, d.FillRingEmpty, d.RxRingFull, d.KernelDropped, d.Fragments, d.Reassembled, d.FragmentDrops)
 	if f := d.Faults; f != (FaultStats{}) {
 		s += fmt.Sprintf("; injected: %d dropped, %d duplicated, %d reordered, %d corrupted, %d truncated",
 			f.Dropped, f.Duplicated, f.Reordered, f.Corrupted, f.Truncated)

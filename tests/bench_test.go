@@ -74,6 +74,15 @@ func TestBenchQuick(t *testing.T) {
 	if len(want) > 0 {
 		t.Errorf("rows missing from the report: %v", want)
 	}
+	// One short run per row: the goals' verdicts are only indicative.
+	if !rep.Quick || len(rep.Goals) == 0 {
+		t.Errorf("report quick %v, %d goals", rep.Quick, len(rep.Goals))
+	}
+	for _, g := range rep.Goals {
+		if !g.Indicative {
+			t.Errorf("goal %q not marked indicative", g.Name)
+		}
+	}
 	if b, err := os.ReadFile(png); err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
 		t.Errorf("plot %s: %v (%d bytes)", png, err, len(b))
 	}

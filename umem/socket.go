@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -40,7 +41,9 @@ type SocketConfig struct {
 	// frames; the XDP program must be multi-buffer capable).
 	SG bool
 	// BindRetry is how long a bind that fails with EBUSY (a previous socket
-	// on the queue is still being torn down) is retried; 0 means 2s.
+	// on the queue is still being torn down) is retried; 0 means 2s. When
+	// another process holds the interface's XDP program the bind fails at
+	// once with an *InUseError naming it.
 	BindRetry time.Duration
 }
 
@@ -220,10 +223,25 @@ func NewSocket(region *Region, ifindex int, cfg SocketConfig) (_ *Socket, err er
 		sa.Flags = unix.XDP_SHARED_UMEM
 		sa.SharedUmemFD = uint32(cfg.Shared.fd)
 	}
+	// EBUSY: another AF_XDP socket has the queue. Right after a socket on
+	// it closed, that can be the closed one, which the kernel releases a
+	// little later, so retry for a while — unless another process holds
+	// the interface's XDP program: then the queue is its, and the error
+	// says whose at once.
 	deadline := time.Now().Add(cfg.BindRetry)
-	for {
+	for first := true; ; first = false {
 		err = unix.Bind(s.fd, sa)
-		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+		if !errors.Is(err, unix.EBUSY) {
+			break
+		}
+		if first {
+			if h, herr := FindHolder(ifindex); herr == nil && h.PID != 0 && h.PID != os.Getpid() {
+				err = &InUseError{Holder: h, Err: err}
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			err = inUse(ifindex, err)
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -564,7 +564,7 @@ func (p *Program) attach(ifindex int, modes ...link.XDPAttachFlags) error {
 		case errors.Is(err, unix.EBUSY), errors.Is(err, unix.EEXIST):
 			// EBUSY: a program or link holds this mode; EEXIST: one holds
 			// the other mode. Either way, not ours to replace.
-			return fmt.Errorf("attach xdp to ifindex %d: %w: %w", ifindex, ErrXDPAttached, err)
+			return fmt.Errorf("attach xdp to ifindex %d: %w: %w", ifindex, ErrXDPAttached, inUse(ifindex, err))
 		case errors.Is(err, unix.ENODEV):
 			return fmt.Errorf("attach xdp to ifindex %d: no such interface: %w", ifindex, err)
 		}

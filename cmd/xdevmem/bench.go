@@ -42,13 +42,13 @@ func runBench(args []string) error {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem bench [flags]\n\nMeasures kernel TCP, gVisor's stock AF_XDP path, xdevmem's devmem RX and a bare AF_XDP loop on\nfresh veth pairs, each row --runs times, alternating rows. The sender runs as a separate process\nin the peer namespace; receiver CPU is this process's getrusage.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return exitError{2}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	cfg := bench.Config{Runs: *runs, Size: size, UDPDuration: *udp, Prefix: bench.DefaultPrefix, IdleWait: *idle, UDPSocket: *udpSocket}
+	cfg := bench.Config{Runs: *runs, Size: size, UDPDuration: *udp, Prefix: bench.DefaultPrefix, IdleWait: *idle, UDPSocket: *udpSocket, Quick: *quick}
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

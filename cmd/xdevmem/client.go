@@ -79,8 +79,8 @@ func runClient(args []string) error {
 			"client exits after every send's completion arrived (0 on success). Run it in IFACE's namespace.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return exitError{2}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *ifname == "" || *serverIP == "" || *clientIP == "" {
 		fs.Usage()

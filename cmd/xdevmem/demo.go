@@ -66,7 +66,7 @@ func runDemo(args []string) error {
 	fs.Var(sizeValue{&umemSize}, "umem", "UMEM (emulated dmabuf) size")
 	mtu := fs.Int("mtu", 1500, "veth MTU (at most 3506 without multi-buffer XDP)")
 	period := fs.Int("v", 7, "validation pattern period, as ncdevmem -v")
-	auto := fs.Int("a", -1, "autorelease mode: 0 (tokens per binding) or 1 (per socket); default: the binding's default")
+	auto := autoreleaseFlag(fs, "autorelease `mode`: 0 (tokens per binding) or 1 (per socket); default: the binding's default")
 	hds := fs.Int("hds-thresh", 0, "header-split threshold: smaller payloads arrive linear")
 	rcvbuf := uint64(0)
 	fs.Var(sizeValue{&rcvbuf}, "rcvbuf", "TCP receive buffer (window) of the stack's connection (default: sized from the UMEM)")
@@ -82,8 +82,8 @@ func runDemo(args []string) error {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem demo [flags]\n\nBuilds two network namespaces joined by a veth pair, sends the ncdevmem -v pattern from a\nkernel TCP client, receives it through the emulated devmem path, validates every byte at\nthe fragment offsets in the dmabuf, returns every token, and removes everything it made.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return exitError{2}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *period < 2 || *period > 256 {
 		return fmt.Errorf("-v %d: the period must be 2 to 256", *period)

@@ -7,7 +7,7 @@
 //
 //	xdevmem demo   [--size 1GiB] [--json]        build a namespace pair, send, receive, validate
 //	xdevmem server -f IFACE -s ADDR [-p PORT] [-v N] [-L] [-o FILE] [--json]
-//	xdevmem probe  -f IFACE [--json]              can this interface do real devmem?
+//	xdevmem probe  [-f IFACE] [--json]            can this interface (each one) do real devmem?
 //	xdevmem client -f IFACE -s SERVER -c CLIENT [-p PORT] [-z N] [--size N -v N]   send from a TX dmabuf
 //	xdevmem soak   [--duration 1m] [--json]       full-rate receive, memory over time
 //
@@ -17,6 +17,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -38,8 +39,8 @@ var commands = map[string]func(args []string) error{
 	"ncdevmem": runNcdevmem,
 }
 
-func usage() {
-	fmt.Fprint(os.Stderr, `xdevmem: devmem TCP emulated on AF_XDP
+func usage(w io.Writer) {
+	fmt.Fprint(w, `xdevmem: devmem TCP emulated on AF_XDP
 
 Commands:
   demo     build two namespaces and a veth pair, send the ncdevmem -v 7 pattern from a
@@ -62,17 +63,17 @@ func main() {
 		args = append([]string{"ncdevmem"}, args...)
 	}
 	if len(args) == 0 {
-		usage()
+		usage(os.Stderr)
 		os.Exit(2)
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
 		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-			usage()
+			usage(os.Stdout)
 			return
 		}
 		fmt.Fprintf(os.Stderr, "%s: unknown command %q\n", name, args[0])
-		usage()
+		usage(os.Stderr)
 		os.Exit(2)
 	}
 	if err := cmd(args[1:]); err != nil {

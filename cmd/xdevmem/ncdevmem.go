@@ -101,8 +101,25 @@ type ncdevmem struct {
 	nic            nicConfig
 }
 
+// ncUsage is what `xdevmem ncdevmem -h` prints.
+const ncUsage = `usage: xdevmem ncdevmem [-l] -f IFACE [-s SERVER] [-c CLIENT] [-p PORT] [-v N] [-L] [-t QUEUE] [-q COUNT]
+                        [-z MAX_CHUNK] [-n] [-b RX_BUF] [-a 0|1] [-U 0|1|2]
+
+The kernel selftest's ncdevmem, its command line unchanged (getopt "` + ncOptstring + `"); also run
+through a link named ncdevmem. Without -s and -c it probes IFACE; with -l it is the RX server
+(-v validates the pattern, -L fails on linear data, -t/-q pick the queues, -a the token mode,
+-U when to unbind); otherwise it is the TX client sending stdin (-z: bytes per iovec).
+XDEVMEM_BACKEND=auto|kernel|emulated picks the backend (default auto).
+`
+
 // runNcdevmem is the "ncdevmem" command: ncdevmem.c's main().
 func runNcdevmem(args []string) error {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
+		// Not an ncdevmem option (it would complain and go on); alone on
+		// the command line it can only be a request for help.
+		fmt.Print(ncUsage)
+		return nil
+	}
 	nc := &ncdevmem{
 		startQueue: -1,
 		numQueues:  -1,

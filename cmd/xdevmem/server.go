@@ -105,7 +105,7 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 	fs.BoolVar(&f.failLinear, "L", false, "fail if any payload arrives linear (not in the dmabuf)")
 	fs.IntVar(&f.first, "t", 0, "first RX queue to bind; the server steers its port to it, as ncdevmem's ntuple rule")
 	fs.IntVar(&f.nq, "q", 1, "number of RX queues to bind")
-	auto := fs.Int("a", -1, "autorelease mode 0 or 1 (default: the binding's default)")
+	auto := autoreleaseFlag(fs, "autorelease `mode`: 0 or 1 (default: the binding's default)")
 	fs.IntVar(&f.unbindWhen, "U", 0, "unbind the dmabuf: 0 at exit, 1 before the first recvmsg (which then fails with ENODEV), 2 after the last recvmsg, before closing the socket")
 	fs.StringVar(&f.out, "o", "", "write the received stream to FILE (- for stdout), read from the dmabuf at the fragment offsets")
 	fs.IntVar(&f.prefixLen, "prefix-len", 0, "prefix length of -s (default 24 for IPv4, 64 for IPv6)")
@@ -128,8 +128,8 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 			"to a bound queue) fails the run. Run it in the network namespace of IFACE.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, exitError{2}
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))

@@ -58,8 +58,8 @@ func runSoak(args []string) error {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem soak [--duration 1m] [flags]\n\nReceives at full rate through the emulated devmem path for the duration (connections back\nto back, every byte validated, every token returned) and reports memory over time. Exit\nstatus 1 if the heap grows beyond --max-heap-growth or anything fails.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return exitError{2}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	faults, err := stack.ParseFaults(*faultSpec, *seed)
 	if err != nil {

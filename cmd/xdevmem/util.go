@@ -3,10 +3,13 @@ package main
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 
@@ -37,11 +40,13 @@ func parseSize(s string) (uint64, error) {
 	return uint64(v * float64(mult)), nil
 }
 
-// sizeValue is a flag.Value for sizes.
+// sizeValue is a flag.Value for sizes. A zero size prints as "0", what the
+// flag package takes for the zero value, so help text shows no
+// "(default 0B)" for a size that defaults to "not given".
 type sizeValue struct{ v *uint64 }
 
 func (s sizeValue) String() string {
-	if s.v == nil {
+	if s.v == nil || *s.v == 0 {
 		return "0"
 	}
 	return humanBytes(*s.v)
@@ -72,6 +77,68 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// modeValue is ncdevmem's -a: 0 or 1, or -1 when not given (the binding's
+// default). Unset prints as "", so the help text shows no "(default -1)".
+type modeValue struct{ v *int }
+
+func (m modeValue) String() string {
+	if m.v == nil || *m.v < 0 {
+		return ""
+	}
+	return strconv.Itoa(*m.v)
+}
+
+func (m modeValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return errors.New("want 0 or 1")
+	}
+	*m.v = n
+	return nil
+}
+
+// autoreleaseFlag defines -a on fs; it reads -1 when not given.
+func autoreleaseFlag(fs *flag.FlagSet, usage string) *int {
+	v := -1
+	fs.Var(modeValue{&v}, "a", usage)
+	return &v
+}
+
+// parseFlags parses a subcommand's flags. Asking for help (-h, --help) is
+// no error: the usage goes to stdout and the command exits 0, as
+// `xdevmem -h` does; a bad flag exits 2 after the flag package said why
+// on stderr.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if wantsHelp(args) {
+		fs.SetOutput(os.Stdout)
+	}
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		return exitError{0}
+	}
+	return exitError{2}
+}
+
+// wantsHelp reports whether the flags in args (up to the first non-flag
+// or "--") ask for help.
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--h", "--help":
+			return true
+		case "--":
+			return false
+		}
+		if !strings.HasPrefix(a, "-") {
+			return false
+		}
+	}
+	return false
 }
 
 // boolFlag01 parses ncdevmem's 0/1 integer options.

@@ -86,6 +86,9 @@ type Device struct {
 	// IgnoresProvider is a driver that restarts the queue without the
 	// memory provider (bind-rx ENODATA).
 	IgnoresProvider bool
+	// NotEthernet is a device without Ethernet framing (loopback, a
+	// tunnel): Ethernet reports false for it.
+	NotEthernet bool
 }
 
 // Binding is a live dmabuf binding of the fake kernel.
@@ -261,6 +264,19 @@ func (k *Kernel) LookupInterface(name string) (int, string, error) {
 		}
 	}
 	return 0, "", fmt.Errorf("netdevtest: interface %s: %w", name, unix.ENODEV)
+}
+
+// Ethernet reports whether a device has Ethernet framing. It has the shape
+// of compat.Env.Ethernet.
+func (k *Kernel) Ethernet(name string) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, d := range k.devs {
+		if d.Name == name {
+			return !d.NotEthernet, nil
+		}
+	}
+	return false, fmt.Errorf("netdevtest: interface %s: %w", name, unix.ENODEV)
 }
 
 // Dial opens a connection to the fake. Closing it unbinds every binding

@@ -300,3 +300,40 @@ func liveGoroutines(t *testing.T) int {
 	}
 	return count
 }
+
+// TestGoalsIndicative: verdicts from --quick (or fewer than three runs per
+// row) are marked indicative in the table and in JSON, and a saved report
+// keeps the mark.
+func TestGoalsIndicative(t *testing.T) {
+	rep := fakeReport()
+	var tb bytes.Buffer
+	rep.WriteTable(&tb)
+	if strings.Contains(tb.String(), "indicative") {
+		t.Fatalf("3 runs per row marked indicative:\n%s", tb.String())
+	}
+	for _, tc := range []struct {
+		quick bool
+		runs  int
+		why   string
+	}{{true, 1, "--quick"}, {true, 5, "--quick"}, {false, 1, "1 run(s) per row"}} {
+		rep.Quick, rep.Runs = tc.quick, tc.runs
+		rep.Goals = checkGoals(rep)
+		tb.Reset()
+		rep.WriteTable(&tb)
+		if !strings.Contains(tb.String(), "MET (indicative: "+tc.why+")") {
+			t.Errorf("quick %v, %d runs: table lacks %q:\n%s", tc.quick, tc.runs, "MET (indicative: "+tc.why+")", tb.String())
+		}
+		var jb bytes.Buffer
+		rep.WriteJSON(&jb)
+		if !strings.Contains(jb.String(), `"indicative": true`) {
+			t.Errorf("quick %v, %d runs: JSON lacks \"indicative\": true", tc.quick, tc.runs)
+		}
+		back, err := ReadReport(&jb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if back.Quick != tc.quick || len(back.Goals) == 0 || !back.Goals[0].Indicative {
+			t.Errorf("saved report lost the mark: quick %v, goals %+v", back.Quick, back.Goals)
+		}
+	}
+}

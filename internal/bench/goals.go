@@ -17,6 +17,25 @@ type Goal struct {
 	Met bool `json:"met"`
 	// Detail gives the medians the value is computed from.
 	Detail string `json:"detail"`
+	// Indicative is set when the figures are too few to hold the verdict
+	// to (see Report.Indicative): Met says which way they point, no more.
+	Indicative bool `json:"indicative"`
+}
+
+// minRunsForVerdict is how many runs per row a verdict needs to be more
+// than indicative: a median of fewer is one noisy sample.
+const minRunsForVerdict = 3
+
+// Indicative says why the goals' verdicts are only indicative ("--quick",
+// "1 run per row"), or "" when they are not.
+func (rep *Report) Indicative() string {
+	switch {
+	case rep.Quick:
+		return "--quick"
+	case rep.Runs < minRunsForVerdict:
+		return fmt.Sprintf("%d run(s) per row", rep.Runs)
+	}
+	return ""
 }
 
 // allocsPerPacketTarget is the bar for "0 allocs/packet" measured over a
@@ -77,6 +96,11 @@ func checkGoals(rep *Report) []Goal {
 			Name: "autorelease 0 CPU/GB saving over autorelease 1 (receiver)", Value: v, Target: ">= 0.10", Met: v >= 0.10,
 			Detail: fmt.Sprintf("%.3f vs %.3f s/GB", c0, c1),
 		})
+	}
+	if rep.Indicative() != "" {
+		for i := range goals {
+			goals[i].Indicative = true
+		}
 	}
 	return goals
 }

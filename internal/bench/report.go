@@ -143,11 +143,17 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 	if len(rep.Goals) > 0 {
 		b.WriteString("\ngoals (medians):\n")
+		if why := rep.Indicative(); why != "" {
+			fmt.Fprintf(&b, "  (%s: too few runs for verdicts, these only say which way the figures point; run without --quick, --runs %d or more)\n", why, minRunsForVerdict)
+		}
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		for _, g := range rep.Goals {
 			status := "MET"
 			if !g.Met {
 				status = "NOT MET"
+			}
+			if g.Indicative {
+				status += " (indicative: " + rep.Indicative() + ")"
 			}
 			fmt.Fprintf(tw, "  %s\t%.3f\t%s\t%s\t%s\t\n", g.Name, g.Value, g.Target, status, g.Detail)
 		}

@@ -57,6 +57,9 @@ type Config struct {
 	IdleWait time.Duration
 	// Log, if set, gets one progress line per run.
 	Log io.Writer
+	// Quick marks the runs as a quick check (xdevmem bench --quick): the
+	// goals' verdicts are then only indicative.
+	Quick bool
 }
 
 func (c *Config) fill() error {
@@ -117,10 +120,11 @@ type RowReport struct {
 type Report struct {
 	Started time.Time `json:"started"`
 	Machine Machine   `json:"machine"`
-	// Runs, Size and UDPSeconds echo the configuration.
+	// Runs, Size, UDPSeconds and Quick echo the configuration.
 	Runs       int     `json:"runs_per_row"`
 	Size       uint64  `json:"tcp_bytes_per_run"`
 	UDPSeconds float64 `json:"udp_seconds_per_run"`
+	Quick      bool    `json:"quick,omitempty"`
 	// LoadStart and LoadEnd are /proc/loadavg's 1-minute load before the
 	// first and after the last run: anything well above the bench's own
 	// two busy threads means other work shared the machine, and the
@@ -151,7 +155,7 @@ func Run(cfg Config) (*Report, error) {
 	}
 	rep := &Report{
 		Started: time.Now().UTC(), Machine: machine(),
-		Runs: cfg.Runs, Size: cfg.Size, UDPSeconds: cfg.UDPDuration.Seconds(),
+		Runs: cfg.Runs, Size: cfg.Size, UDPSeconds: cfg.UDPDuration.Seconds(), Quick: cfg.Quick,
 		CPUAccounting: cpuAccounting, LoadStart: loadAvg1(),
 	}
 	rep.Rows = make([]RowReport, len(cfg.Rows))
