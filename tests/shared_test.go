@@ -218,3 +218,42 @@ func TestAddressModeErrors(t *testing.T) {
 		t.Errorf("an address of another interface: %v", err)
 	}
 }
+
+// TestSharedServerSIGKILL: a server in shared mode killed with SIGKILL in
+// the middle of a transfer leaves no program (and so no port map) that
+// steals traffic and no held port: a kernel service on its port works at
+// once.
+func TestSharedServerSIGKILL(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	w := newWorld(t, harness.Options{Shared: true, NoBind: true})
+	p := w.Pair
+	w.Stack.Close() // the binary's server takes the interface
+	srv := startServer(t, p, "-p", "5330", "-v", "7", "--quiet")
+	if !strings.Contains(srv.stderr.String(), "shared address") {
+		t.Fatalf("server did not run in shared mode:\n%s", srv.stderr.String())
+	}
+	sent := make(chan error, 1)
+	go func() { sent <- peerSend(p, 5330, 64<<30) }()
+	time.Sleep(700 * time.Millisecond)
+	if err := srv.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Wait()
+	if err := <-sent; err == nil {
+		t.Fatal("the transfer survived the server")
+	}
+	out, err := p.Emu.Command("ip", "-d", "link", "show", "dev", p.EmuIf).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "xdp") {
+		t.Fatalf("XDP program left after SIGKILL (%v):\n%s", err, out)
+	}
+	ks, err := newKernelService(t, w, 5330)
+	if err != nil {
+		t.Fatalf("kernel listen on the killed server's port: %v", err)
+	}
+	if err := peerSend(p, 5330, 4<<20); err != nil {
+		t.Fatalf("kernel service on the killed server's port: %v", err)
+	}
+	if err := <-ks.got; err == nil || err.Error() != fmt.Sprintf("%d bytes", 4<<20) {
+		t.Fatalf("kernel service: %v", err)
+	}
+}
