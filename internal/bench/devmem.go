@@ -23,6 +23,7 @@ func (r *runner) runDevmem(row Row, m *Measurement, ab *aborter) error {
 		MTU:         row.MTU,
 		Autorelease: &auto,
 		Port:        benchPort,
+		Shared:      row.Shared,
 		Stack:       stack.Config{TrustChecksum: row.TrustChecksum},
 	})
 	if err != nil {

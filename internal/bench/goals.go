@@ -63,6 +63,13 @@ func checkGoals(rep *Report) []Goal {
 				Detail: fmt.Sprintf("%.1f / %.1f MB/s", a0.Figures.MBps.Median, k.Figures.MBps.Median),
 			})
 		}
+		if sh := row("devmem-a0-shared"); sh != nil {
+			v := sh.Figures.MBps.Median / a0.Figures.MBps.Median
+			goals = append(goals, Goal{
+				Name: "devmem RX goodput, shared address / dedicated", Value: v, Target: ">= 0.97", Met: v >= 0.97,
+				Detail: fmt.Sprintf("%.1f / %.1f MB/s", sh.Figures.MBps.Median, a0.Figures.MBps.Median),
+			})
+		}
 		if g := row("gvisor-xdp"); g != nil {
 			v := a0.Figures.MBps.Median / g.Figures.MBps.Median
 			goals = append(goals, Goal{

@@ -54,6 +54,11 @@ type Row struct {
 	Autorelease bool `json:"autorelease,omitempty"`
 	// TrustChecksum skips the devmem path's software checksum check.
 	TrustChecksum bool `json:"trust_checksum,omitempty"`
+	// Shared runs the devmem stack in shared-address mode: the address is
+	// configured on the interface too, and the XDP program takes only the
+	// stack's port (a port-map lookup per packet) instead of the whole
+	// address.
+	Shared bool `json:"shared,omitempty"`
 }
 
 // Rows is every row the bench knows, in the order it runs them.
@@ -62,6 +67,7 @@ var Rows = []Row{
 	{ID: "kernel-default", Title: "kernel TCP, default veth offloads", Kind: KindKernel, MTU: 1500, DefaultOffloads: true},
 	{ID: "gvisor-xdp", Title: "gVisor stock AF_XDP + gonet (copying)", Kind: KindGVisor, MTU: 1500},
 	{ID: "devmem-a0", Title: "xdevmem devmem RX, autorelease 0", Kind: KindDevmem, MTU: 1500},
+	{ID: "devmem-a0-shared", Title: "xdevmem devmem RX, autorelease 0, shared address (port map)", Kind: KindDevmem, MTU: 1500, Shared: true},
 	{ID: "devmem-a1", Title: "xdevmem devmem RX, autorelease 1", Kind: KindDevmem, MTU: 1500, Autorelease: true},
 	{ID: "devmem-a0-trust", Title: "devmem RX, autorelease 0, checksum trusted", Kind: KindDevmem, MTU: 1500, TrustChecksum: true},
 	{ID: "kernel-off-3500", Title: "kernel TCP, offloads off, MTU 3500", Kind: KindKernel, MTU: 3500},
@@ -77,7 +83,7 @@ var Rows = []Row{
 // devmem-a0-trust is diagnostic: its distance to devmem-a0 is the cost of
 // the software checksum check.
 var DefaultRows = []string{
-	"kernel-off", "kernel-default", "gvisor-xdp", "devmem-a0", "devmem-a1", "devmem-a0-trust",
+	"kernel-off", "kernel-default", "gvisor-xdp", "devmem-a0", "devmem-a0-shared", "devmem-a1", "devmem-a0-trust",
 	"kernel-off-3500", "devmem-a0-3500", "kernel-off-9000", "devmem-a0-9000", "afxdp-bare",
 	"kernel-tx-off", "devmem-tx",
 }
