@@ -781,7 +781,10 @@ func (nc *ncdevmem) doClient() int {
 	nc.logf("xdevmem: backend emulated: the devmem TX client runs on the emulation\n")
 	nc.logf("Connect to %s %d (via %s)\n", nc.serverIP, atoi(nc.port), nc.ifname)
 	nc.flush()
-	args := []string{"-f", nc.ifname, "-s", server.String(), "-c", local.Addr().String(),
+	// ncdevmem's socket is AF_INET6 whatever the server's family
+	// (parse_address maps IPv4 to ::ffff:a.b.c.d), so its completions
+	// come as ipv6_recv_error writes them: give the client the same.
+	args := []string{"-f", nc.ifname, "-s", mapped(server), "-c", local.Addr().String(),
 		"-p", strconv.Itoa(atoi(nc.port)), "--prefix-len", strconv.Itoa(local.Bits()), "--verbose", "--quiet"}
 	if nc.maxChunk > 0 {
 		args = append(args, "-z", strconv.Itoa(nc.maxChunk))
@@ -840,10 +843,18 @@ func sourcePrefix(ifname string, server netip.Addr) (netip.Prefix, error) {
 // peer sends, because the XDP program takes every packet for the stack's
 // address before the kernel sees it. Only connections made from inside the
 // namespace itself (not through the interface) would reach it.
+//
+// An IPv4 address (v4-mapped or not) is held with an AF_INET socket, an
+// IPv6 one with an AF_INET6 socket, so that ss and /proc/net/tcp show the
+// address as the stack has it.
 func holdPort(addr netip.Addr, port int) (io.Closer, error) {
-	family, level, freebind := unix.AF_INET, unix.IPPROTO_IP, unix.IP_FREEBIND
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: port, Addr: addr.As4()}
-	if addr.Is6() {
+	addr = addr.Unmap()
+	var family, level, freebind int
+	var sa unix.Sockaddr
+	if addr.Is4() {
+		family, level, freebind = unix.AF_INET, unix.IPPROTO_IP, unix.IP_FREEBIND
+		sa = &unix.SockaddrInet4{Port: port, Addr: addr.As4()}
+	} else {
 		family, level, freebind = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND
 		sa = &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
 	}

@@ -3,9 +3,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestGetopt(t *testing.T) {
@@ -103,5 +107,78 @@ func TestCurrentSettings(t *testing.T) {
 	comb, _ := settingValue(cur, "Combined")
 	if !ok || rx != 1 || comb != 0 {
 		t.Errorf("RX %d (%v), Combined %d", rx, ok, comb)
+	}
+}
+
+// TestHoldPortFamilies: holdPort holds an IPv6 address with an AF_INET6
+// socket (it used to panic in As4) and an IPv4 one, v4-mapped or not, with
+// an AF_INET socket, listening on the address itself (IP_FREEBIND: none of
+// these is configured here).
+func TestHoldPortFamilies(t *testing.T) {
+	for _, tc := range []struct {
+		addr   string
+		family int
+		want   string
+	}{
+		{"192.0.2.7", unix.AF_INET, "192.0.2.7"},
+		{"::ffff:192.0.2.7", unix.AF_INET, "192.0.2.7"},
+		{"2001:db8::7", unix.AF_INET6, "2001:db8::7"},
+	} {
+		h, err := holdPort(netip.MustParseAddr(tc.addr), 0)
+		if err != nil {
+			t.Errorf("holdPort(%s): %v", tc.addr, err)
+			continue
+		}
+		rc, err := h.(*os.File).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sa unix.Sockaddr
+		var accepting int
+		rc.Control(func(fd uintptr) {
+			sa, err = unix.Getsockname(int(fd))
+			if err == nil {
+				accepting, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+			}
+		})
+		h.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.addr, err)
+		}
+		var got netip.Addr
+		family := 0
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			got, family = netip.AddrFrom4(sa.Addr), unix.AF_INET
+		case *unix.SockaddrInet6:
+			got, family = netip.AddrFrom16(sa.Addr), unix.AF_INET6
+		}
+		if family != tc.family || got.String() != tc.want || accepting != 1 {
+			t.Errorf("holdPort(%s): family %d address %v listening %d; want %d %s 1", tc.addr, family, got, accepting, tc.family, tc.want)
+		}
+	}
+}
+
+// TestClientAddressErrors: the client's -s and -c are checked before
+// anything is set up, whatever their family.
+func TestClientAddressErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-s", "fd00::1", "-c", "10.0.0.2"}, "different address families"},
+		{[]string{"-s", "10.0.0.1", "-c", "fd00::2"}, "different address families"},
+		{[]string{"-s", "::ffff:10.0.0.1", "-c", "::ffff:10.0.0.1"}, "is the server's address"},
+		{[]string{"-s", "fd00::1", "-c", "fd00::2", "--prefix-len", "129"}, "--prefix-len 129"},
+		{[]string{"-s", "10.0.0.1", "-c", "10.0.0.2", "--prefix-len", "33"}, "--prefix-len 33"},
+		{[]string{"-s", "ff02::1", "-c", "fd00::2"}, "multicast"},
+		{[]string{"-s", "fd00::1", "-c", "::"}, "unspecified"},
+		{[]string{"-s", "fe80::1%eth0", "-c", "fe80::2"}, "scoped"},
+		{[]string{"-s", "10.0.0.1.5", "-c", "10.0.0.2"}, "not an IPv4 or IPv6 address"},
+	} {
+		err := runClient(append([]string{"-f", "nonexistent0"}, tc.args...))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("client %q: %v; want an error with %q", tc.args, err, tc.want)
+		}
 	}
 }
