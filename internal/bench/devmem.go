@@ -23,6 +23,7 @@ func (r *runner) runDevmem(row Row, m *Measurement, ab *aborter) error {
 		MTU:         row.MTU,
 		Autorelease: &auto,
 		Port:        benchPort,
+		IPv6:        row.IPv6,
 		Stack:       stack.Config{TrustChecksum: row.TrustChecksum},
 	})
 	if err != nil {
