@@ -81,8 +81,20 @@ const (
 	// kernel accepts for it.
 	CmsgLenDmabufTx = cmsgHdrLen + SizeofDmabufTxCmsg
 	// CmsgSpaceZerocopy is CMSG_SPACE(SizeofZerocopyErr): the control
-	// buffer one completion notification needs.
+	// buffer one completion notification on an IPv4 socket needs (it is
+	// also its CMSG_LEN).
 	CmsgSpaceZerocopy = cmsgHdrLen + SizeofZerocopyErr
+	// SizeofZerocopyErr6 is the payload of an IPv6 IPV6_RECVERR message:
+	// sock_extended_err followed by the offender's sockaddr_in6 (zeroed
+	// for zerocopy completions), as ipv6_recv_error writes it.
+	SizeofZerocopyErr6 = SizeofSockExtendedErr + unix.SizeofSockaddrInet6
+	// CmsgLenZerocopy6 is CMSG_LEN(SizeofZerocopyErr6), the cmsg_len of
+	// a notification on an IPv6 socket.
+	CmsgLenZerocopy6 = cmsgHdrLen + SizeofZerocopyErr6
+	// CmsgSpaceZerocopy6 is CMSG_SPACE(SizeofZerocopyErr6): the control
+	// buffer one notification on an IPv6 socket needs, and so the room
+	// for one notification whatever the socket's family.
+	CmsgSpaceZerocopy6 = cmsgHdrLen + (SizeofZerocopyErr6+cmsgAlign-1)&^(cmsgAlign-1)
 )
 
 // Iovec is struct iovec as a devmem send reads it: Base is not an address
@@ -208,30 +220,61 @@ func ParseDmabufTxCmsg(oob []byte) (dmabufID uint32, found bool, err error) {
 }
 
 // PutZerocopyCmsg writes one completion notification into oob as the
-// kernel's ip_recv_error does: a SOL_IP / IP_RECVERR message carrying a
-// sock_extended_err (origin SO_EE_ORIGIN_ZEROCOPY, ee_info = Lo, ee_data =
-// Hi) and a zeroed sockaddr_in. When oob is shorter than CmsgSpaceZerocopy
-// the message is truncated as put_cmsg truncates it (nothing at all below a
-// cmsghdr) and truncated is true; the caller reports MSG_CTRUNC.
+// kernel's ip_recv_error does on an AF_INET socket: a SOL_IP / IP_RECVERR
+// message carrying a sock_extended_err (origin SO_EE_ORIGIN_ZEROCOPY,
+// ee_info = Lo, ee_data = Hi) and a zeroed sockaddr_in. When oob is shorter
+// than CmsgSpaceZerocopy the message is truncated as put_cmsg truncates it
+// (nothing at all below a cmsghdr) and truncated is true; the caller
+// reports MSG_CTRUNC.
 func PutZerocopyCmsg(oob []byte, r ZerocopyRange) (n int, truncated bool) {
-	var b [CmsgSpaceZerocopy]byte
-	binary.NativeEndian.PutUint64(b[0:], CmsgSpaceZerocopy)
-	binary.NativeEndian.PutUint32(b[8:], uint32(unix.SOL_IP))
-	binary.NativeEndian.PutUint32(b[12:], IP_RECVERR)
-	ee := SockExtendedErr{Origin: SO_EE_ORIGIN_ZEROCOPY, Info: r.Lo, Data: r.Hi}
+	var b [SizeofZerocopyErr]byte
+	zerocopyErr(r).Marshal(b[:])
+	return putCmsg(oob, unix.SOL_IP, IP_RECVERR, b[:])
+}
+
+// PutZerocopyCmsg6 writes one completion notification into oob as the
+// kernel's ipv6_recv_error does on an AF_INET6 socket, whether it talks
+// IPv6 or, v4-mapped, IPv4 (inet_recv_error chooses by the socket's family;
+// ncdevmem's sockets are all AF_INET6): a SOL_IPV6 / IPV6_RECVERR message
+// of cmsg_len CmsgLenZerocopy6 carrying the sock_extended_err and a
+// sockaddr_in6 offender that is all zeros (sin6_family AF_UNSPEC:
+// ipv6_recv_error clears it, and ip6_datagram_support_cmsg is false for a
+// notification, which has no device). n is CmsgSpaceZerocopy6 when oob has
+// that room; truncation is as for PutZerocopyCmsg.
+func PutZerocopyCmsg6(oob []byte, r ZerocopyRange) (n int, truncated bool) {
+	var b [SizeofZerocopyErr6]byte
+	zerocopyErr(r).Marshal(b[:])
+	return putCmsg(oob, unix.SOL_IPV6, IPV6_RECVERR, b[:])
+}
+
+// zerocopyErr is the sock_extended_err of a completion.
+func zerocopyErr(r ZerocopyRange) *SockExtendedErr {
+	ee := &SockExtendedErr{Origin: SO_EE_ORIGIN_ZEROCOPY, Info: r.Lo, Data: r.Hi}
 	if r.Copied {
 		ee.Code = SO_EE_CODE_ZEROCOPY_COPIED
 	}
-	ee.Marshal(b[cmsgHdrLen:])
+	return ee
+}
+
+// putCmsg is the kernel's put_cmsg: a header with cmsg_len CMSG_LEN(len(data))
+// and the data; with less room than that, cmsg_len says what fits and the
+// data is cut (truncated); with less room than a header, nothing. n is the
+// room taken, at most CMSG_SPACE(len(data)); padding is zeroed.
+func putCmsg(oob []byte, level, typ int, data []byte) (n int, truncated bool) {
 	if len(oob) < cmsgHdrLen {
 		return 0, true
 	}
-	if len(oob) < len(b) {
-		// put_cmsg: cmsg_len says what fits, the data is cut.
-		binary.NativeEndian.PutUint64(b[0:], uint64(len(oob)))
-		return copy(oob, b[:]), true
+	l := cmsgHdrLen + len(data)
+	if len(oob) < l {
+		l, truncated = len(oob), true
 	}
-	return copy(oob, b[:]), false
+	binary.NativeEndian.PutUint64(oob[0:], uint64(l))
+	binary.NativeEndian.PutUint32(oob[8:], uint32(level))
+	binary.NativeEndian.PutUint32(oob[12:], uint32(typ))
+	copy(oob[cmsgHdrLen:l], data)
+	n = min(len(oob), cmsgHdrLen+cmsgAlignUp(len(data)))
+	clear(oob[l:n])
+	return n, truncated
 }
 
 // AppendZerocopyRanges parses the control messages of a
@@ -366,8 +409,11 @@ type Sender interface {
 	// dmabuf. A failed call sends nothing and takes no send number.
 	SendMsg(iov []Iovec, oob []byte, flags int) (int, error)
 	// RecvErrQueue is recvmsg(MSG_ERRQUEUE): it takes one completion
-	// notification off the error queue and writes it into oob as an
-	// IP_RECVERR message (PutZerocopyCmsg). Like the kernel it never
+	// notification off the error queue and writes it into oob as the
+	// socket's family has it: IP_RECVERR on an IPv4 socket
+	// (PutZerocopyCmsg), IPV6_RECVERR on an IPv6 one, v4-mapped
+	// included (PutZerocopyCmsg6). CmsgSpaceZerocopy6 bytes hold either.
+	// Like the kernel it never
 	// blocks: an empty queue is EAGAIN. recvflags has MSG_ERRQUEUE and,
 	// when oob was too small, MSG_CTRUNC.
 	RecvErrQueue(oob []byte, flags int) (oobn, recvflags int, err error)
@@ -413,7 +459,7 @@ func SendDmabuf(s Sender, dmabufID uint32, iov []Iovec, flags int) (int, error) 
 // RecvCompletions takes every notification queued on s without waiting and
 // appends its ranges to dst. An empty queue is not an error.
 func RecvCompletions(s Sender, dst []ZerocopyRange) ([]ZerocopyRange, error) {
-	var oob [CmsgSpaceZerocopy]byte
+	var oob [CmsgSpaceZerocopy6]byte
 	for {
 		n, _, err := s.RecvErrQueue(oob[:], 0)
 		if errors.Is(err, syscall.EAGAIN) {

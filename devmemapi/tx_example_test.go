@@ -48,7 +48,7 @@ func Example_send() {
 	fmt.Println("sendmsg_ret", n)
 
 	// wait_compl: poll for POLLERR, then recvmsg(MSG_ERRQUEUE).
-	ctl := make([]byte, devmemapi.CmsgSpaceZerocopy)
+	ctl := make([]byte, devmemapi.CmsgSpaceZerocopy6) // room for either family
 	for {
 		if ready, err := conn.PollErrQueue(time.Second); err != nil || !ready {
 			log.Fatal("did not receive tx completion")

@@ -1,6 +1,7 @@
 package devmemapi
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"syscall"
@@ -40,6 +41,125 @@ func TestTXLayouts(t *testing.T) {
 	}
 	if CmsgSpaceZerocopy != unix.CmsgSpace(SizeofZerocopyErr) {
 		t.Errorf("zerocopy cmsg space %d, want %d", CmsgSpaceZerocopy, unix.CmsgSpace(SizeofZerocopyErr))
+	}
+}
+
+// kernelErrhdr6 is ipv6_recv_error's errhdr: what follows the cmsghdr of an
+// IPV6_RECVERR message.
+type kernelErrhdr6 struct {
+	ee       unix.SockExtendedErr
+	offender unix.RawSockaddrInet6
+}
+
+// kernelErrhdr4 is ip_recv_error's errhdr.
+type kernelErrhdr4 struct {
+	ee       unix.SockExtendedErr
+	offender unix.RawSockaddrInet4
+}
+
+// TestZerocopyErrLayouts: the IP_RECVERR and IPV6_RECVERR payloads and
+// their control-message sizes as the kernel's structs and libc's macros
+// give them (sock_extended_err 16 bytes, sockaddr_in 16, sockaddr_in6 28:
+// sin6_family 0, sin6_port 2, sin6_flowinfo 4, sin6_addr 8, sin6_scope_id
+// 24; SO_EE_OFFENDER right after the sock_extended_err).
+func TestZerocopyErrLayouts(t *testing.T) {
+	if SOL_IPV6, IPV6_RECVERR := 41, 25; unix.SOL_IPV6 != SOL_IPV6 || IPV6_RECVERR != unix.IPV6_RECVERR {
+		t.Fatalf("SOL_IPV6 %d IPV6_RECVERR %d", unix.SOL_IPV6, unix.IPV6_RECVERR)
+	}
+	if SOL_IP, IP_RECVERR := 0, 11; unix.SOL_IP != SOL_IP || IP_RECVERR != unix.IP_RECVERR {
+		t.Fatalf("SOL_IP %d IP_RECVERR %d", unix.SOL_IP, unix.IP_RECVERR)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"sizeof errhdr (ip_recv_error)", SizeofZerocopyErr, unsafe.Sizeof(kernelErrhdr4{})},
+		{"sizeof errhdr (ipv6_recv_error)", SizeofZerocopyErr6, unsafe.Sizeof(kernelErrhdr6{})},
+		{"sizeof errhdr (ipv6_recv_error)", SizeofZerocopyErr6, 44},
+		{"SO_EE_OFFENDER (in6)", SizeofSockExtendedErr, unsafe.Offsetof(kernelErrhdr6{}.offender)},
+		{"sizeof sockaddr_in6", unix.SizeofSockaddrInet6, 28},
+		{"sin6_family", unsafe.Offsetof(unix.RawSockaddrInet6{}.Family), 0},
+		{"sin6_port", unsafe.Offsetof(unix.RawSockaddrInet6{}.Port), 2},
+		{"sin6_flowinfo", unsafe.Offsetof(unix.RawSockaddrInet6{}.Flowinfo), 4},
+		{"sin6_addr", unsafe.Offsetof(unix.RawSockaddrInet6{}.Addr), 8},
+		{"sin6_scope_id", unsafe.Offsetof(unix.RawSockaddrInet6{}.Scope_id), 24},
+		{"CMSG_LEN (in6)", CmsgLenZerocopy6, uintptr(unix.CmsgLen(SizeofZerocopyErr6))},
+		{"CMSG_LEN (in6)", CmsgLenZerocopy6, 60},
+		{"CMSG_SPACE (in6)", CmsgSpaceZerocopy6, uintptr(unix.CmsgSpace(SizeofZerocopyErr6))},
+		{"CMSG_SPACE (in6)", CmsgSpaceZerocopy6, 64},
+		{"CMSG_LEN (in)", CmsgSpaceZerocopy, uintptr(unix.CmsgLen(SizeofZerocopyErr))},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+}
+
+// TestZerocopyCmsg6RoundTrip: PutZerocopyCmsg6 writes what ipv6_recv_error
+// writes for a zerocopy completion, byte for byte, libc parses it, and
+// AppendZerocopyRanges reads the ranges back from a buffer mixing both
+// families.
+func TestZerocopyCmsg6RoundTrip(t *testing.T) {
+	oob := make([]byte, 2*CmsgSpaceZerocopy6+CmsgSpaceZerocopy)
+	for i := range oob {
+		oob[i] = 0xee // the padding must not keep stale bytes
+	}
+	n, trunc := PutZerocopyCmsg6(oob, ZerocopyRange{Lo: 3, Hi: 9})
+	if n != CmsgSpaceZerocopy6 || trunc {
+		t.Fatalf("put: %d %v", n, trunc)
+	}
+	// The kernel's bytes: cmsghdr {60, SOL_IPV6, IPV6_RECVERR}, then
+	// sock_extended_err {0, SO_EE_ORIGIN_ZEROCOPY, 0, 0, 0, 3, 9}, then
+	// 28 zero bytes of sockaddr_in6 (AF_UNSPEC), then 4 bytes of padding.
+	want := make([]byte, CmsgSpaceZerocopy6)
+	binary.NativeEndian.PutUint64(want[0:], 60)
+	binary.NativeEndian.PutUint32(want[8:], 41)
+	binary.NativeEndian.PutUint32(want[12:], 25)
+	want[16+4] = unix.SO_EE_ORIGIN_ZEROCOPY
+	binary.NativeEndian.PutUint32(want[16+8:], 3)
+	binary.NativeEndian.PutUint32(want[16+12:], 9)
+	if !bytes.Equal(oob[:n], want) {
+		t.Fatalf("IPV6_RECVERR bytes\n got %x\nwant %x", oob[:n], want)
+	}
+	m, _ := PutZerocopyCmsg(oob[n:], ZerocopyRange{Lo: 10, Hi: 10, Copied: true})
+	k, _ := PutZerocopyCmsg6(oob[n+m:], ZerocopyRange{Lo: 11, Hi: 20})
+	msgs, err := unix.ParseSocketControlMessage(oob[:n+m+k])
+	if err != nil || len(msgs) != 3 {
+		t.Fatalf("libc view: %+v %v", msgs, err)
+	}
+	for i, w := range []struct{ level, typ, size int }{
+		{unix.SOL_IPV6, unix.IPV6_RECVERR, SizeofZerocopyErr6},
+		{unix.SOL_IP, unix.IP_RECVERR, SizeofZerocopyErr},
+		{unix.SOL_IPV6, unix.IPV6_RECVERR, SizeofZerocopyErr6},
+	} {
+		h := msgs[i].Header
+		if int(h.Level) != w.level || int(h.Type) != w.typ || len(msgs[i].Data) != w.size {
+			t.Errorf("message %d: level %d type %d, %d bytes; want %d %d %d", i, h.Level, h.Type, len(msgs[i].Data), w.level, w.typ, w.size)
+		}
+	}
+	e6 := (*kernelErrhdr6)(unsafe.Pointer(&msgs[2].Data[0]))
+	if e6.ee.Origin != unix.SO_EE_ORIGIN_ZEROCOPY || e6.ee.Info != 11 || e6.ee.Data != 20 || e6.offender != (unix.RawSockaddrInet6{}) {
+		t.Fatalf("errhdr %+v", *e6)
+	}
+	rs, err := AppendZerocopyRanges(nil, oob[:n+m+k])
+	if err != nil || len(rs) != 3 || rs[0] != (ZerocopyRange{Lo: 3, Hi: 9}) || rs[1] != (ZerocopyRange{Lo: 10, Hi: 10, Copied: true}) || rs[2] != (ZerocopyRange{Lo: 11, Hi: 20}) {
+		t.Fatalf("ranges %v %v", rs, err)
+	}
+
+	// put_cmsg's truncation: cmsg_len says what fits; between CMSG_LEN
+	// and CMSG_SPACE nothing is cut.
+	for _, c := range []struct {
+		room, n int
+		trunc   bool
+	}{{64, 64, false}, {62, 62, false}, {60, 60, false}, {59, 59, true}, {20, 20, true}, {15, 0, true}} {
+		b := make([]byte, c.room)
+		n, trunc := PutZerocopyCmsg6(b, ZerocopyRange{Lo: 1, Hi: 1})
+		if n != c.n || trunc != c.trunc {
+			t.Errorf("room %d: n %d truncated %v, want %d %v", c.room, n, trunc, c.n, c.trunc)
+		}
+		if n > 0 && binary.NativeEndian.Uint64(b) != uint64(min(c.room, CmsgLenZerocopy6)) {
+			t.Errorf("room %d: cmsg_len %d", c.room, binary.NativeEndian.Uint64(b))
+		}
 	}
 }
 
@@ -208,6 +328,9 @@ func FuzzAppendZerocopyRanges(f *testing.F) {
 	oob := make([]byte, CmsgSpaceZerocopy)
 	PutZerocopyCmsg(oob, ZerocopyRange{Lo: 1, Hi: 4})
 	f.Add(oob)
+	oob6 := make([]byte, CmsgSpaceZerocopy6)
+	PutZerocopyCmsg6(oob6, ZerocopyRange{Lo: 5, Hi: 8, Copied: true})
+	f.Add(oob6)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, oob []byte) {
 		rs, err := AppendZerocopyRanges(nil, oob)

@@ -67,6 +67,10 @@ type TXConn struct {
 	laddr net.Addr
 	raddr net.Addr
 	port  uint16 // the local port, held in s.ports; 0 when not held
+	// inet6 is the socket's family: AF_INET6 when Dial was given an IPv6
+	// address, v4-mapped ones included (ncdevmem's sockets), so its
+	// completions come as ipv6_recv_error writes them.
+	inet6 bool
 
 	weOut, weIn waiter.Entry
 	chOut, chIn chan struct{}
@@ -102,6 +106,14 @@ var _ devmemapi.TXProvider = (*Stack)(nil)
 // Dial implements devmemapi.TXProvider: it connects to addr from one of
 // the stack's addresses of the same family. The connection sends from TX
 // dmabufs (SendMsg); SO_ZEROCOPY starts off, as on a kernel socket.
+//
+// The connection stands for a socket of addr's family: an IPv4 address
+// gives an AF_INET socket, an IPv6 one an AF_INET6 socket, and a v4-mapped
+// address (::ffff:a.b.c.d) an AF_INET6 socket that talks IPv4 to a.b.c.d,
+// as a kernel AF_INET6 socket connected to it does. The family decides the
+// layout of the completions (RecvErrQueue) and of the addresses
+// (LocalAddr, RemoteAddr: v4-mapped on a v4-mapped socket, as getsockname
+// gives them).
 func (s *Stack) Dial(ctx context.Context, addr netip.AddrPort) (devmemapi.TXConn, error) {
 	if s.closing.Load() {
 		return nil, fmt.Errorf("dial %v: %w", addr, devmemapi.ErrClosed)
@@ -115,7 +127,7 @@ func (s *Stack) Dial(ctx context.Context, addr netip.AddrPort) (devmemapi.TXConn
 	if ra.Is6() {
 		proto = ipv6.ProtocolNumber
 	}
-	c := &TXConn{s: s, eng: t, closed: make(chan struct{}), errCh: make(chan struct{}, 1)}
+	c := &TXConn{s: s, eng: t, closed: make(chan struct{}), errCh: make(chan struct{}, 1), inet6: addr.Addr().Is6()}
 	c.weOut, c.chOut = waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventErr | waiter.EventHUp)
 	c.weIn, c.chIn = waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventErr | waiter.EventHUp)
 	ep, terr := s.ns.NewEndpoint(tcp.ProtocolNumber, proto, &c.wq)
@@ -182,8 +194,12 @@ func (s *Stack) Dial(ctx context.Context, addr netip.AddrPort) (devmemapi.TXConn
 	if la, terr = ep.GetLocalAddress(); terr != nil {
 		return fail(tcpipErr(terr))
 	}
-	c.laddr = &net.TCPAddr{IP: la.Addr.AsSlice(), Port: int(la.Port)}
-	c.raddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(ra, addr.Port()))
+	lip, _ := netip.AddrFromSlice(la.Addr.AsSlice())
+	if c.inet6 && lip.Is4() {
+		lip = netip.AddrFrom16(lip.As16()) // ::ffff:a.b.c.d
+	}
+	c.laddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(lip, la.Port))
+	c.raddr = net.TCPAddrFromAddrPort(addr)
 	return c, nil
 }
 
@@ -598,7 +614,9 @@ func (c *TXConn) waitingLocked() bool {
 }
 
 // RecvErrQueue implements devmemapi.Sender (recvmsg with MSG_ERRQUEUE): it
-// never blocks, an empty queue is EAGAIN.
+// never blocks, an empty queue is EAGAIN. The notification is a SOL_IP /
+// IP_RECVERR message on an AF_INET connection and a SOL_IPV6 /
+// IPV6_RECVERR one on an AF_INET6 connection (see Dial).
 func (c *TXConn) RecvErrQueue(oob []byte, flags int) (oobn, recvflags int, err error) {
 	c.mu.Lock()
 	if len(c.errq) == 0 && c.waitingLocked() {
@@ -616,7 +634,11 @@ func (c *TXConn) RecvErrQueue(oob []byte, flags int) (oobn, recvflags int, err e
 		c.errq = nil
 	}
 	c.mu.Unlock()
-	n, trunc := devmemapi.PutZerocopyCmsg(oob, r)
+	put := devmemapi.PutZerocopyCmsg // ip_recv_error
+	if c.inet6 {
+		put = devmemapi.PutZerocopyCmsg6 // ipv6_recv_error (inet_recv_error chooses by family)
+	}
+	n, trunc := put(oob, r)
 	recvflags = devmemapi.MSG_ERRQUEUE
 	if trunc {
 		recvflags |= devmemapi.MSG_CTRUNC

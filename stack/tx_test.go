@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -166,6 +168,13 @@ func (p *fakePeer) waitBytes(t testing.TB, n int) {
 // period-7 pattern, the fake peer and a connected, zerocopy-enabled TXConn.
 func txSetup(t testing.TB, cfg Config, size uint64) (*inproc, *fakePeer, *txBinding, *TXConn) {
 	t.Helper()
+	return txSetupTo(t, cfg, size, netip.AddrFrom4(ipPeer))
+}
+
+// txSetupTo is txSetup dialing the peer as dst (its IPv4 address, or that
+// address v4-mapped for an AF_INET6 socket).
+func txSetupTo(t testing.TB, cfg Config, size uint64, dst netip.Addr) (*inproc, *fakePeer, *txBinding, *TXConn) {
+	t.Helper()
 	ip := newInproc(t, cfg)
 	peer := newFakePeer(t, ip)
 	tb, err := ip.s.BindTX(devmemapi.BindTXConfig{Size: size})
@@ -176,7 +185,7 @@ func txSetup(t testing.TB, cfg Config, size uint64) (*inproc, *fakePeer, *txBind
 	pattern.Fill(7, 0, b.Bytes())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	tc, err := ip.s.Dial(ctx, netip.AddrPortFrom(netip.AddrFrom4(ipPeer), peerPort))
+	tc, err := ip.s.Dial(ctx, netip.AddrPortFrom(dst, peerPort))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,6 +444,64 @@ func TestInprocTXErrors(t *testing.T) {
 	}
 	if st := ip.s.TXStats(); st.EINVAL == 0 || st.EFAULT == 0 || st.ENODEV != 1 {
 		t.Fatalf("error counters %+v", st)
+	}
+}
+
+// TestInprocTXErrQueueFamily: a completion comes as the socket's family
+// has it (inet_recv_error): SOL_IP / IP_RECVERR with a sockaddr_in on an
+// AF_INET connection; SOL_IPV6 / IPV6_RECVERR with a zeroed sockaddr_in6
+// on an AF_INET6 connection to a v4-mapped address, as ncdevmem's client
+// socket has it. The v4-mapped socket's addresses are v4-mapped too.
+func TestInprocTXErrQueueFamily(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		dst          netip.Addr
+		level, typ   int32
+		cmsgLen      uint64
+		oobn         int
+		localAddr    string
+		remoteMapped bool
+	}{
+		{"AF_INET", netip.AddrFrom4(ipPeer), unix.SOL_IP, unix.IP_RECVERR, devmemapi.CmsgSpaceZerocopy, devmemapi.CmsgSpaceZerocopy, "10.9.0.2", false},
+		{"AF_INET6 v4-mapped", netip.AddrFrom16(netip.AddrFrom4(ipPeer).As16()), unix.SOL_IPV6, unix.IPV6_RECVERR, devmemapi.CmsgLenZerocopy6, devmemapi.CmsgSpaceZerocopy6, "::ffff:10.9.0.2", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, peer, b, c := txSetupTo(t, Config{}, 64<<10, tc.dst)
+			if n, err := devmemapi.SendDmabuf(c, b.ID(), []devmemapi.Iovec{{Base: 0, Len: 7}}, 0); n != 7 || err != nil {
+				t.Fatalf("send: %d %v", n, err)
+			}
+			peer.waitBytes(t, 7)
+			oob := make([]byte, 128)
+			var oobn, flags int
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				if _, err := c.PollErrQueue(100 * time.Millisecond); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if oobn, flags, err = c.RecvErrQueue(oob, 0); err == nil {
+					break
+				} else if !errors.Is(err, unix.EAGAIN) || time.Now().After(deadline) {
+					t.Fatalf("recv errqueue: %v", err)
+				}
+			}
+			h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+			if oobn != tc.oobn || flags != devmemapi.MSG_ERRQUEUE || h.Level != tc.level || h.Type != tc.typ || h.Len != tc.cmsgLen {
+				t.Fatalf("oobn %d flags %#x cmsg {len %d level %d type %d}; want oobn %d, {%d %d %d}", oobn, flags, h.Len, h.Level, h.Type, tc.oobn, tc.cmsgLen, tc.level, tc.typ)
+			}
+			var ee devmemapi.SockExtendedErr
+			ee.Unmarshal(oob[unix.SizeofCmsghdr:])
+			if ee.Origin != devmemapi.SO_EE_ORIGIN_ZEROCOPY || ee.Info != 0 || ee.Data != 0 {
+				t.Fatalf("sock_extended_err %+v", ee)
+			}
+			if off := oob[unix.SizeofCmsghdr+devmemapi.SizeofSockExtendedErr : h.Len]; !bytes.Equal(off, make([]byte, len(off))) {
+				t.Fatalf("offender not zeroed: %x", off)
+			}
+			la := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr()
+			ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
+			if la.String() != tc.localAddr || ra.Is4In6() != tc.remoteMapped || ra.Unmap() != netip.AddrFrom4(ipPeer) {
+				t.Fatalf("local %v remote %v", la, ra)
+			}
+		})
 	}
 }
 

@@ -68,33 +68,41 @@ func waitLine(t *testing.T, r io.Reader, want string, timeout time.Duration) {
 
 // watchWriter collects a command's output (set as its Stdout or Stderr,
 // so that exec copies everything before Wait returns) and closes seen once
-// the output contains want.
+// the output contains want. With a limit it keeps only about the last
+// limit bytes, for commands that print hundreds of megabytes.
 type watchWriter struct {
-	mu   sync.Mutex
-	buf  strings.Builder
-	want string
-	seen chan struct{}
+	mu    sync.Mutex
+	buf   []byte
+	want  string
+	limit int
+	found bool
+	seen  chan struct{}
 }
 
 func newWatchWriter(want string) *watchWriter {
 	return &watchWriter{want: want, seen: make(chan struct{})}
 }
 
-// Write implements io.Writer.
+// Write implements io.Writer. Only the new bytes (and the few before them
+// that could start a match) are searched.
 func (w *watchWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	before := strings.Contains(w.buf.String(), w.want)
-	w.buf.Write(p)
-	if !before && strings.Contains(w.buf.String(), w.want) {
+	from := max(0, len(w.buf)-len(w.want)+1)
+	w.buf = append(w.buf, p...)
+	if !w.found && strings.Contains(string(w.buf[from:]), w.want) {
+		w.found = true
 		close(w.seen)
+	}
+	if w.limit > 0 && len(w.buf) > 2*w.limit {
+		w.buf = append(w.buf[:0], w.buf[len(w.buf)-w.limit:]...)
 	}
 	return len(p), nil
 }
 
-// String returns everything written so far.
+// String returns everything written so far (with a limit, the last part).
 func (w *watchWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.buf.String()
+	return string(w.buf)
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdevmem/xdevmem/internal/harness"
 	"github.com/xdevmem/xdevmem/internal/netns"
 	"github.com/xdevmem/xdevmem/internal/pattern"
 	"github.com/xdevmem/xdevmem/internal/testutil"
@@ -38,8 +39,10 @@ type ncEnv struct {
 	p       *netns.Pair
 	bin     string // cfg.bin_local: a link named ncdevmem
 	ifname  string // cfg.ifname
-	addr    string // cfg.addr (and cfg.baddr: IPv4 needs no brackets)
-	remote  string // cfg.remote_addr (and cfg.remote_baddr)
+	addr    string // cfg.addr
+	baddr   string // cfg.baddr: cfg.addr, in brackets if IPv6
+	remote  string // cfg.remote_addr
+	rbaddr  string // cfg.remote_baddr
 	ipver   string // cfg.addr_ipver
 	usedPts map[int]bool
 }
@@ -48,6 +51,13 @@ type ncEnv struct {
 // local interface as devmem.py's environment has it.
 func newNcEnv(t *testing.T) *ncEnv {
 	t.Helper()
+	return newNcEnvFamily(t, false)
+}
+
+// newNcEnvFamily is newNcEnv over IPv6 (devmem.py's environment with
+// addr_ipver 6) when ipv6 is set.
+func newNcEnvFamily(t *testing.T, ipv6 bool) *ncEnv {
+	t.Helper()
 	testutil.RequirePrivileged(t)
 	testutil.RequireTools(t, "socat", "bash", "ss", "dd", "yes", "head")
 	bin := xdevmemBinary(t)
@@ -55,12 +65,25 @@ func newNcEnv(t *testing.T) *ncEnv {
 	if err := os.Symlink(bin, link); err != nil {
 		t.Fatal(err)
 	}
-	p := testutil.NewPair(t, netns.Options{Prefix: "xdt"})
-	if out, err := exec.Command("ip", "-n", p.Emu.Name, "addr", "add", p.EmuAddr.String(), "dev", p.EmuIf).CombinedOutput(); err != nil {
+	opts := netns.Options{Prefix: "xdt"}
+	if ipv6 {
+		opts.PeerAddr, opts.EmuAddr = harness.IPv6Addrs()
+	}
+	p := testutil.NewPair(t, opts)
+	add := []string{"-n", p.Emu.Name, "addr", "add", p.EmuAddr.String(), "dev", p.EmuIf}
+	if ipv6 {
+		add = append(add, "nodad")
+	}
+	if out, err := exec.Command("ip", add...).CombinedOutput(); err != nil {
 		t.Fatalf("ip addr add: %v: %s", err, out)
 	}
-	return &ncEnv{p: p, bin: link, ifname: p.EmuIf, addr: p.EmuAddr.Addr().String(),
+	e := &ncEnv{p: p, bin: link, ifname: p.EmuIf, addr: p.EmuAddr.Addr().String(),
 		remote: p.PeerAddr.Addr().String(), ipver: "4", usedPts: map[int]bool{}}
+	e.baddr, e.rbaddr = e.addr, e.remote
+	if ipv6 {
+		e.ipver, e.baddr, e.rbaddr = "6", "["+e.addr+"]", "["+e.remote+"]"
+	}
+	return e
 }
 
 // randPort is lib.py's rand_port (10000 to 65535), never twice: the peer
@@ -107,13 +130,13 @@ func (e *ncEnv) ncdevmemTx(port, chunk int) string {
 
 // socatSend is devmem_lib.socat_send (note the two spaces without -b).
 func (e *ncEnv) socatSend(port, bufSize int) string {
-	suffix := fmt.Sprintf(",bind=%s:%d", e.remote, port)
+	suffix := fmt.Sprintf(",bind=%s:%d", e.rbaddr, port)
 	buf := ""
 	if bufSize != 0 {
 		buf = fmt.Sprintf("-b %d", bufSize)
 		suffix += ",nodelay"
 	}
-	return fmt.Sprintf("socat %s -u - TCP%s:%s:%d%s", buf, e.ipver, e.addr, port, suffix)
+	return fmt.Sprintf("socat %s -u - TCP%s:%s:%d%s", buf, e.ipver, e.baddr, port, suffix)
 }
 
 // socatListen is devmem_lib.socat_listen.
@@ -131,8 +154,16 @@ type ncBkg struct {
 
 func ncStart(t *testing.T, ns *netns.NS, shell, cmdline string) *ncBkg {
 	t.Helper()
+	return ncStartLimit(t, ns, shell, cmdline, 0)
+}
+
+// ncStartLimit is ncStart keeping only about the last limit bytes of each
+// output (0: all), for runs that print a line per fragment of a gigabyte.
+func ncStartLimit(t *testing.T, ns *netns.NS, shell, cmdline string, limit int) *ncBkg {
+	t.Helper()
 	b := &ncBkg{cmd: ns.Command(shell, "-c", cmdline), stdout: newWatchWriter("Validated buffer"),
 		stderr: newWatchWriter("xdevmem ncdevmem: listening on"), done: make(chan error, 1)}
+	b.stdout.limit, b.stderr.limit = limit, limit
 	b.cmd.Stdout, b.cmd.Stderr = b.stdout, b.stderr
 	// The shell may fork the command: signal the whole process group, and
 	// do not wait for ever on output pipes a straggler holds.
@@ -351,6 +382,11 @@ func TestNcdevmemDevmemPy(t *testing.T) {
 			}
 			if got := strings.TrimSpace(socat.stdout.String()); got != "hello\nworld" {
 				t.Fatalf("socat received %q\nncdevmem:\n%s", got, out)
+			}
+			// ncdevmem's socket is AF_INET6, here v4-mapped: its
+			// completions come from ipv6_recv_error.
+			if !strings.Contains(string(out), "(SOL_IPV6/IPV6_RECVERR)") {
+				t.Fatalf("completions not read as IPV6_RECVERR on the v4-mapped socket:\n%s", out)
 			}
 		})
 	}

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"testing"
 	"time"
@@ -330,6 +331,7 @@ type clientSummary struct {
 	Mode          string  `json:"tx_mode"`
 	CopiedPerByte float64 `json:"bytes_copied_per_byte_sent"`
 	MBps          float64 `json:"mb_per_s"`
+	ErrQueueCmsg  string  `json:"errqueue_cmsg"`
 	Error         string  `json:"error"`
 }
 
@@ -342,18 +344,22 @@ func runClient(t *testing.T, p *netns.Pair, stdin []byte, args ...string) ([]byt
 	bin := xdevmemBinary(t)
 	out := filepath.Join(t.TempDir(), "received.bin")
 	port := "5400"
-	srv := p.Peer.Command("socat", "-u", "TCP-LISTEN:"+port+",bind="+p.PeerAddr.Addr().String()+",reuseaddr", "CREATE:"+out)
+	listen, bind, table := "TCP-LISTEN:", p.PeerAddr.Addr().String(), "/proc/thread-self/net/tcp"
+	if p.PeerAddr.Addr().Is6() {
+		listen, bind, table = "TCP6-LISTEN:", "["+bind+"]", table+"6"
+	}
+	srv := p.Peer.Command("socat", "-u", listen+port+",bind="+bind+",reuseaddr", "CREATE:"+out)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
 	// Wait for socat to listen (its socket in the peer namespace's
-	// /proc/net/tcp, state 0A).
-	listen := fmt.Sprintf(":%04X 00000000:0000 0A", 5400)
+	// /proc/net/tcp or tcp6, state 0A).
+	listening := regexp.MustCompile(fmt.Sprintf(":%04X 0+:0000 0A", 5400))
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		var tab []byte
-		p.Peer.Do(func() (err error) { tab, err = os.ReadFile("/proc/thread-self/net/tcp"); return err })
-		if bytes.Contains(tab, []byte(listen)) {
+		p.Peer.Do(func() (err error) { tab, err = os.ReadFile(table); return err })
+		if listening.Match(tab) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/internal/pattern"
 	"github.com/xdevmem/xdevmem/stack"
@@ -30,6 +32,10 @@ type clientSummary struct {
 	Sends         uint64  `json:"sends"`
 	Completed     uint64  `json:"completed"`
 	Notifications uint64  `json:"notifications"`
+	// ErrQueueCmsg is the control message the completions came in:
+	// SOL_IP/IP_RECVERR on an AF_INET socket, SOL_IPV6/IPV6_RECVERR on an
+	// AF_INET6 one (v4-mapped -s included).
+	ErrQueueCmsg  string  `json:"errqueue_cmsg,omitempty"`
 	CoverOnce     bool    `json:"completions_cover_every_send_once"`
 	DmabufID      uint32  `json:"dmabuf_id"`
 	TXBytes       uint64  `json:"tx_dmabuf_bytes"`
@@ -52,8 +58,8 @@ type clientSummary struct {
 func runClient(args []string) error {
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
 	ifname := fs.String("f", "", "interface")
-	serverIP := fs.String("s", "", "server IPv4 address")
-	clientIP := fs.String("c", "", "the stack's (client's) address, not configured in the kernel: the XDP program takes its traffic")
+	serverIP := fs.String("s", "", "server address: IPv4, IPv6, or IPv4 as ::ffff:a.b.c.d (an AF_INET6 socket to an IPv4 server, as ncdevmem's; its completions come as IPV6_RECVERR)")
+	clientIP := fs.String("c", "", "the stack's (client's) address, of the server's family: the XDP program takes its traffic")
 	port := fs.Int("p", 5201, "server TCP port")
 	maxChunk := fs.Uint64("z", 0, "max bytes per iovec (ncdevmem -z; check_tx_chunks uses 3); 0: one iovec per send")
 	period := fs.Int("v", 0, "with --size: send the ncdevmem validation pattern of this period (default 7)")
@@ -65,7 +71,7 @@ func runClient(args []string) error {
 	fs.Var(sizeValue{&txSize}, "tx-size", "TX dmabuf size: the slots sends use in turn; a slot is refilled only after its send completed")
 	var umemSize uint64
 	fs.Var(sizeValue{&umemSize}, "umem", "UMEM size (default 16MiB + --tx-size)")
-	prefixLen := fs.Int("prefix-len", 24, "prefix length of -c")
+	prefixLen := fs.Int("prefix-len", 0, "prefix length of -c (default 24 for IPv4, 64 for IPv6)")
 	txCopy := fs.Bool("tx-copy", false, "copy payload into TX frames instead of multi-buffer descriptors (for comparison)")
 	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for the connection and for the last completions")
 	jsonOut := fs.Bool("json", false, "print the summary as JSON on stdout")
@@ -86,13 +92,38 @@ func runClient(args []string) error {
 		fs.Usage()
 		return fmt.Errorf("-f IFACE, -s SERVER and -c CLIENT are required")
 	}
+	// server keeps its form: a v4-mapped address makes an AF_INET6
+	// socket (stack.Dial). The stack's own address is plain.
 	server, err := netip.ParseAddr(*serverIP)
 	if err != nil {
-		return fmt.Errorf("-s %q: %v", *serverIP, err)
+		return fmt.Errorf("-s %q: not an IPv4 or IPv6 address", *serverIP)
+	}
+	if server.Zone() != "" {
+		return fmt.Errorf("-s %v: scoped addresses are not supported", server)
 	}
 	client, err := netip.ParseAddr(*clientIP)
-	if err != nil || client.Is4() != server.Is4() {
-		return fmt.Errorf("-c %q: need an address of the server's family", *clientIP)
+	if err != nil {
+		return fmt.Errorf("-c %q: not an IPv4 or IPv6 address", *clientIP)
+	}
+	client = client.Unmap()
+	if client.Is4() != server.Unmap().Is4() {
+		return fmt.Errorf("-c %v and -s %v are of different address families", client, server)
+	}
+	bits := client.BitLen()
+	if *prefixLen == 0 {
+		*prefixLen = map[bool]int{true: 24, false: 64}[client.Is4()]
+	}
+	if *prefixLen < 1 || *prefixLen > bits {
+		return fmt.Errorf("--prefix-len %d: want 1 to %d for %v", *prefixLen, bits, client)
+	}
+	if err := checkUnicast("-s", server, 0); err != nil {
+		return err
+	}
+	if err := checkUnicast("-c", client, *prefixLen); err != nil {
+		return err
+	}
+	if client == server.Unmap() {
+		return fmt.Errorf("-c %v is the server's address", client)
 	}
 	if *port <= 0 || *port > 65535 {
 		return fmt.Errorf("-p %d: not a port", *port)
@@ -133,8 +164,12 @@ func runClient(args []string) error {
 		if *jsonOut {
 			writeJSON(os.Stdout, sum)
 		} else {
-			fmt.Fprintf(os.Stderr, "xdevmem client: %d bytes to %s in %.3f s (%.1f MB/s): %d sends, %d completed in %d notifications, %s TX, %.3f bytes copied per byte sent\n",
-				sum.Bytes, sum.Server, sum.Seconds, sum.MBps, sum.Sends, sum.Completed, sum.Notifications, sum.Mode, sum.CopiedPerByte)
+			cm := sum.ErrQueueCmsg
+			if cm == "" {
+				cm = "none read"
+			}
+			fmt.Fprintf(os.Stderr, "xdevmem client: %d bytes to %s in %.3f s (%.1f MB/s): %d sends, %d completed in %d notifications (%s), %s TX, %.3f bytes copied per byte sent\n",
+				sum.Bytes, sum.Server, sum.Seconds, sum.MBps, sum.Sends, sum.Completed, sum.Notifications, cm, sum.Mode, sum.CopiedPerByte)
 		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "xdevmem client: FAILED: %v\n", err)
@@ -181,8 +216,12 @@ func runClient(args []string) error {
 	if err := conn.SetZeroCopy(true); err != nil { // SO_ZEROCOPY
 		return report(err)
 	}
-	fmt.Fprintf(os.Stderr, "xdevmem client: connected %v -> %v (%s, TX dmabuf id %d, %s, %s TX)\n",
-		conn.LocalAddr(), conn.RemoteAddr(), *ifname, b.ID(), humanBytes(b.Size()), st.TXStats().Mode)
+	family := "AF_INET"
+	if server.Is6() {
+		family = "AF_INET6"
+	}
+	fmt.Fprintf(os.Stderr, "xdevmem client: connected %v -> %v (%s socket, %s, TX dmabuf id %d, %s, %s TX)\n",
+		tcpAddrText(conn.LocalAddr()), tcpAddrText(conn.RemoteAddr()), family, *ifname, b.ID(), humanBytes(b.Size()), st.TXStats().Mode)
 
 	src := io.Reader(os.Stdin)
 	if size > 0 {
@@ -190,13 +229,25 @@ func runClient(args []string) error {
 	}
 	var tr devmemapi.ZerocopyTracker
 	var ranges []devmemapi.ZerocopyRange
-	drain := func() error {
-		var err error
-		n := len(ranges)
-		if ranges, err = devmemapi.RecvCompletions(conn, ranges); err != nil {
-			return err
+	var oob [devmemapi.CmsgSpaceZerocopy6]byte // room for either family
+	drain := func() error {                    // recvmsg(MSG_ERRQUEUE) until EAGAIN
+		ranges = ranges[:0]
+		for {
+			n, _, err := conn.RecvErrQueue(oob[:], 0)
+			if errors.Is(err, syscall.EAGAIN) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if sum.ErrQueueCmsg == "" {
+				sum.ErrQueueCmsg = cmsgName(oob[:n])
+			}
+			if ranges, err = devmemapi.AppendZerocopyRanges(ranges, oob[:n]); err != nil {
+				return err
+			}
 		}
-		for _, r := range ranges[n:] {
+		for _, r := range ranges {
 			if *verbose {
 				fmt.Fprintf(os.Stderr, "tx complete %v\n", r)
 			}
@@ -348,4 +399,29 @@ func runClient(args []string) error {
 		return report(fmt.Errorf("%d segments could not be mapped to the dmabuf", ts.Unmapped))
 	}
 	return report(nil)
+}
+
+// cmsgName names the level and type of the first control message in oob.
+func cmsgName(oob []byte) string {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil || len(msgs) == 0 {
+		return "none"
+	}
+	switch h := msgs[0].Header; {
+	case h.Level == unix.SOL_IP && h.Type == unix.IP_RECVERR:
+		return "SOL_IP/IP_RECVERR"
+	case h.Level == unix.SOL_IPV6 && h.Type == unix.IPV6_RECVERR:
+		return "SOL_IPV6/IPV6_RECVERR"
+	default:
+		return fmt.Sprintf("level %d type %d", h.Level, h.Type)
+	}
+}
+
+// tcpAddrText prints a TCP address as netip does, so that a v4-mapped one
+// shows as [::ffff:a.b.c.d]:port (net.TCPAddr prints it as IPv4).
+func tcpAddrText(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort().String()
+	}
+	return fmt.Sprint(a)
 }

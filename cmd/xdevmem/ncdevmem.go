@@ -803,7 +803,10 @@ func (nc *ncdevmem) doClient() int {
 	nc.logf("xdevmem: backend emulated: the devmem TX client runs on the emulation\n")
 	nc.logf("Connect to %s %d (via %s)\n", nc.serverIP, atoi(nc.port), nc.ifname)
 	nc.flush()
-	args := []string{"-f", nc.ifname, "-s", server.String(), "-c", local.Addr().String(),
+	// ncdevmem's socket is AF_INET6 whatever the server's family
+	// (parse_address maps IPv4 to ::ffff:a.b.c.d), so its completions
+	// come as ipv6_recv_error writes them: give the client the same.
+	args := []string{"-f", nc.ifname, "-s", mapped(server), "-c", local.Addr().String(),
 		"-p", strconv.Itoa(atoi(nc.port)), "--prefix-len", strconv.Itoa(local.Bits()), "--verbose", "--quiet"}
 	if nc.maxChunk > 0 {
 		args = append(args, "-z", strconv.Itoa(nc.maxChunk))

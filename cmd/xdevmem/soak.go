@@ -36,6 +36,7 @@ type soakSummary struct {
 	Duration    float64      `json:"duration_s"`
 	Bytes       uint64       `json:"bytes"`
 	Connections int          `json:"connections"`
+	Stack       string       `json:"stack_address"`
 	HeapStart   uint64       `json:"heap_inuse_start"`
 	HeapEnd     uint64       `json:"heap_inuse_end"`
 	HeapGrowth  int64        `json:"heap_growth"`
@@ -54,6 +55,7 @@ func runSoak(args []string) error {
 	faultSpec := fs.String("faults", "", "inject faults, as in demo")
 	seed := fs.Uint64("seed", 1, "seed for --faults")
 	jsonOut := fs.Bool("json", false, "print the summary as JSON")
+	ipv6 := fs.Bool("ipv6", false, "use IPv6 addresses (neighbour discovery instead of ARP)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem soak [--duration 1m] [flags]\n\nReceives at full rate through the emulated devmem path for the duration (connections back\nto back, every byte validated, every token returned) and reports memory over time. Exit\nstatus 1 if the heap grows beyond --max-heap-growth or anything fails.\n\n")
 		fs.PrintDefaults()
@@ -69,7 +71,7 @@ func runSoak(args []string) error {
 		return err
 	}
 	netns.Cleanup(demoPrefix)
-	w, err := harness.New(harness.Options{Prefix: demoPrefix, Stack: stack.Config{Faults: faults}})
+	w, err := harness.New(harness.Options{Prefix: demoPrefix, IPv6: *ipv6, Stack: stack.Config{Faults: faults}})
 	if err != nil {
 		return fmt.Errorf("set up: %w", err)
 	}
@@ -77,7 +79,7 @@ func runSoak(args []string) error {
 	stopSig := w.Pair.CloseOnSignal()
 	defer stopSig()
 
-	sum := soakSummary{MaxGrowth: maxGrowth}
+	sum := soakSummary{MaxGrowth: maxGrowth, Stack: w.StackAddr()}
 	var total uint64
 	conns := 0
 	start := time.Now()
@@ -173,8 +175,8 @@ func runSoak(args []string) error {
 	if *jsonOut {
 		writeJSON(os.Stdout, sum)
 	} else {
-		fmt.Printf("xdevmem soak: %d bytes over %d connections in %.1f s (%.1f MB/s); heap in use %.1f -> %.1f MiB (%+.1f MiB, limit %.1f)\n",
-			total, conns, sum.Duration, float64(total)/1e6/sum.Duration, float64(sum.HeapStart)/(1<<20), float64(sum.HeapEnd)/(1<<20),
+		fmt.Printf("xdevmem soak: %d bytes to %s over %d connections in %.1f s (%.1f MB/s); heap in use %.1f -> %.1f MiB (%+.1f MiB, limit %.1f)\n",
+			total, sum.Stack, conns, sum.Duration, float64(total)/1e6/sum.Duration, float64(sum.HeapStart)/(1<<20), float64(sum.HeapEnd)/(1<<20),
 			float64(sum.HeapGrowth)/(1<<20), float64(maxGrowth)/(1<<20))
 	}
 	if runErr != nil {

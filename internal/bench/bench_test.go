@@ -85,6 +85,9 @@ func TestLookupRows(t *testing.T) {
 		if seen[r.ID] || r.MTU == 0 || r.Title == "" {
 			t.Errorf("row %+v: duplicate or incomplete", r)
 		}
+		if r.IPv6 && r.Kind != KindDevmem {
+			t.Errorf("row %s: IPv6 is supported by devmem rows only", r.ID)
+		}
 		seen[r.ID] = true
 	}
 }

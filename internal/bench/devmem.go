@@ -24,6 +24,7 @@ func (r *runner) runDevmem(row Row, m *Measurement, ab *aborter) error {
 		Autorelease: &auto,
 		Port:        benchPort,
 		Shared:      row.Shared,
+		IPv6:        row.IPv6,
 		Stack:       stack.Config{TrustChecksum: row.TrustChecksum},
 	})
 	if err != nil {

@@ -17,7 +17,8 @@
 //     read through gonet: two payload copies after the UMEM.
 //   - devmem-a0, devmem-a1: xdevmem's devmem RX in both token modes;
 //     devmem-a0-trust skips the software checksum check (diagnostic: the
-//     distance to devmem-a0 is that check's cost).
+//     distance to devmem-a0 is that check's cost); devmem-a0-ipv6 is
+//     devmem-a0 over IPv6.
 //   - kernel-off-3500, devmem-a0-3500, kernel-off-9000, devmem-a0-9000:
 //     the same at MTU 3500 (the largest single-buffer XDP on veth) and 9000
 //     (XDP multi-buffer).

@@ -59,6 +59,9 @@ type Row struct {
 	// stack's port (a port-map lookup per packet) instead of the whole
 	// address.
 	Shared bool `json:"shared,omitempty"`
+	// IPv6 runs the transfer over IPv6 (neighbour discovery instead of
+	// ARP, 20 more header bytes per segment); supported by devmem rows.
+	IPv6 bool `json:"ipv6,omitempty"`
 }
 
 // Rows is every row the bench knows, in the order it runs them.
@@ -70,6 +73,7 @@ var Rows = []Row{
 	{ID: "devmem-a0-shared", Title: "xdevmem devmem RX, autorelease 0, shared address (port map)", Kind: KindDevmem, MTU: 1500, Shared: true},
 	{ID: "devmem-a1", Title: "xdevmem devmem RX, autorelease 1", Kind: KindDevmem, MTU: 1500, Autorelease: true},
 	{ID: "devmem-a0-trust", Title: "devmem RX, autorelease 0, checksum trusted", Kind: KindDevmem, MTU: 1500, TrustChecksum: true},
+	{ID: "devmem-a0-ipv6", Title: "xdevmem devmem RX, autorelease 0, over IPv6", Kind: KindDevmem, MTU: 1500, IPv6: true},
 	{ID: "kernel-off-3500", Title: "kernel TCP, offloads off, MTU 3500", Kind: KindKernel, MTU: 3500},
 	{ID: "devmem-a0-3500", Title: "xdevmem devmem RX, autorelease 0, MTU 3500", Kind: KindDevmem, MTU: 3500},
 	{ID: "kernel-off-9000", Title: "kernel TCP, offloads off, MTU 9000", Kind: KindKernel, MTU: 9000},
@@ -83,7 +87,7 @@ var Rows = []Row{
 // devmem-a0-trust is diagnostic: its distance to devmem-a0 is the cost of
 // the software checksum check.
 var DefaultRows = []string{
-	"kernel-off", "kernel-default", "gvisor-xdp", "devmem-a0", "devmem-a0-shared", "devmem-a1", "devmem-a0-trust",
+	"kernel-off", "kernel-default", "gvisor-xdp", "devmem-a0", "devmem-a0-shared", "devmem-a1", "devmem-a0-trust", "devmem-a0-ipv6",
 	"kernel-off-3500", "devmem-a0-3500", "kernel-off-9000", "devmem-a0-9000", "afxdp-bare",
 	"kernel-tx-off", "devmem-tx",
 }

@@ -54,6 +54,17 @@ type World struct {
 	Port     uint16
 }
 
+// IPv6Addrs returns a peer and a stack address for a veth pair over IPv6:
+// ::1 and ::2 of a random /64 in fd00:211::/32 (unique local addresses).
+func IPv6Addrs() (peer, emu netip.Prefix) {
+	var r [2]byte
+	rand.Read(r[:])
+	net := [16]byte{0xfd, 0x00, 0x02, 0x11, r[0], r[1]}
+	p, e := net, net
+	p[15], e[15] = 1, 2
+	return netip.PrefixFrom(netip.AddrFrom16(p), 64), netip.PrefixFrom(netip.AddrFrom16(e), 64)
+}
+
 // New builds a World. On failure it removes everything it made.
 func New(opts Options) (_ *World, err error) {
 	if opts.Port == 0 {
@@ -61,13 +72,7 @@ func New(opts Options) (_ *World, err error) {
 	}
 	po := netns.Options{Prefix: opts.Prefix, MTU: opts.MTU, RxQueues: opts.Queues, TxQueues: opts.Queues, SharedAddr: opts.Shared}
 	if opts.IPv6 {
-		var r [2]byte
-		rand.Read(r[:])
-		net := [16]byte{0xfd, 0x00, 0x02, 0x11, r[0], r[1]}
-		peer, emu := net, net
-		peer[15], emu[15] = 1, 2
-		po.PeerAddr = netip.PrefixFrom(netip.AddrFrom16(peer), 64)
-		po.EmuAddr = netip.PrefixFrom(netip.AddrFrom16(emu), 64)
+		po.PeerAddr, po.EmuAddr = IPv6Addrs()
 	}
 	p, err := netns.NewPair(po)
 	if err != nil {
