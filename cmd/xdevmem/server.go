@@ -96,6 +96,9 @@ func runServer(args []string) error {
 	if *nq < 1 {
 		return fmt.Errorf("-q %d: need at least one queue", *nq)
 	}
+	if err := checkUMEMFlag(umemSize, 0, 0); err != nil {
+		return err
+	}
 	autoP, faults, err := receiveFlags(*auto, *faultSpec, *seed)
 	if err != nil {
 		return err

@@ -93,3 +93,19 @@ func receiveFlags(auto int, faultSpec string, seed uint64) (*bool, stack.Faults,
 	faults, err := stack.ParseFaults(faultSpec, seed)
 	return autoP, faults, err
 }
+
+// checkUMEMFlag validates a --umem value at start, before anything is
+// built: 0 is refused (it is not "the default"), and the size must pass
+// stack.CheckRegionSize for the MTU and queue count (mtu 0 when the
+// interface's MTU is not known yet: the stack checks the minimum then).
+func checkUMEMFlag(size uint64, mtu, queues int) error {
+	if size == 0 {
+		min := stack.MinRegionSize(max(mtu, stack.DefaultMTU), queues)
+		return fmt.Errorf("--umem 0: the UMEM needs at least %s at MTU %d (leave --umem out for the default %s)",
+			humanBytes(min), max(mtu, stack.DefaultMTU), humanBytes(stack.DefaultRegionSize))
+	}
+	if err := stack.CheckRegionSize(size, mtu, queues); err != nil {
+		return fmt.Errorf("--umem %s: %w", humanBytes(size), err)
+	}
+	return nil
+}
