@@ -32,10 +32,11 @@ type flow struct {
 // a SYN arrives (its sequence number fixes the stream's offsets) and removed
 // when the connection closes.
 type flowTable struct {
-	mu      sync.RWMutex
-	m       map[flowKey]*flow
-	window  uint64
-	pending int // flows not accepted yet; guarded by mu
+	mu       sync.RWMutex
+	m        map[flowKey]*flow
+	window   uint64
+	maxFrags int
+	pending  int // flows not accepted yet; guarded by mu
 }
 
 // maxPendingFlows bounds flows that saw a SYN but were not accepted (a SYN
@@ -57,7 +58,7 @@ func (t *flowTable) syn(key flowKey, base uint32, unpin []uint32, c *counters) [
 			unpin = t.evictPendingLocked(unpin, c)
 		}
 		f = &flow{key: key}
-		f.fq.window = t.window
+		f.fq.window, f.fq.maxFrags = t.window, t.maxFrags
 		f.fq.base = base
 		t.m[key] = f
 		t.pending++

@@ -40,6 +40,11 @@ type fragQueue struct {
 	base    uint32 // sequence number of stream offset 0 (ISN + 1)
 	readOff uint64 // stream offset of the next byte to deliver
 	window  uint64 // bytes beyond readOff that may be recorded
+	// maxFrags bounds the queued fragments (each pins a frame) except for
+	// bytes ahead of the first queued one: the segment that fills the
+	// front hole is always taken, so out-of-order data can never hold the
+	// frames it needs (budget.go).
+	maxFrags int
 }
 
 // reset starts a new stream whose first byte has sequence number base and
@@ -72,8 +77,9 @@ func (fq *fragQueue) offOf(seq uint32) int64 {
 // insert records n payload bytes with sequence number seq found at UMEM
 // address addr of frame. It returns how many new fragments it queued (the
 // caller pins the frame that many times), or -1 when the bytes lie beyond the
-// window, in which case the caller must drop the segment so the stack never
-// accepts bytes the queue cannot map.
+// window or the queue holds maxFrags fragments and the bytes do not fill its
+// front hole, in which case the caller must drop the segment so the stack
+// never accepts bytes the queue cannot map.
 func (fq *fragQueue) insert(seq uint32, n int, addr uint64, frame uint32, kind fragKind, b *rxBinding) int {
 	if n <= 0 {
 		return 0
@@ -93,6 +99,9 @@ func (fq *fragQueue) insert(seq uint32, n int, addr uint64, frame uint32, kind f
 	}
 	nf := frag{off: uint64(start), addr: addr, n: uint32(end - start), frame: frame, kind: kind, bind: b}
 	live := fq.q[fq.head:]
+	if fq.maxFrags > 0 && len(live) >= fq.maxFrags && nf.off >= live[0].off {
+		return -1
+	}
 	if len(live) == 0 || live[len(live)-1].end() <= nf.off {
 		fq.push(nf)
 		return 1

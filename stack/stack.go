@@ -48,7 +48,8 @@ type Config struct {
 	Gateway netip.Addr
 	// MTU defaults to the interface's MTU.
 	MTU int
-	// RegionSize is the UMEM (dmabuf) size; 0 means 64 MiB.
+	// RegionSize is the UMEM (dmabuf) size; 0 means 64 MiB. It must pass
+	// CheckRegionSize.
 	RegionSize uint64
 	// Queues is how many of the interface's RX queues (0 to Queues-1) get
 	// an AF_XDP socket and a receive goroutine, all sharing the UMEM; 0
@@ -68,10 +69,13 @@ type Config struct {
 	// TrustChecksum skips software checksum verification (benchmarks only;
 	// corrupted frames would then reach the application).
 	TrustChecksum bool
-	// RcvBuf is each connection's TCP receive buffer (its window); 0 sizes
-	// it from the UMEM: MSS-sized payload for half the frames, 1 to 8 MiB.
-	// The window bounds throughput more than anything else on veth; the UMEM
-	// bounds the window (each segment pins a frame until delivered).
+	// RcvBuf is each connection's TCP receive buffer (gVisor advertises
+	// half of it as the window); 0 sizes it from the UMEM: what half the
+	// receive frames hold in full-sized segments, at most 8 MiB. The window
+	// bounds throughput more than anything else on veth; the UMEM bounds
+	// the window (each segment pins a frame until delivered), so a larger
+	// RcvBuf is lowered to that bound (see budget.go); it must be at least
+	// 4096.
 	RcvBuf int
 	// NoGRO disables coalescing consecutive segments before TCP.
 	NoGRO bool
@@ -104,7 +108,8 @@ type Stack struct {
 	prog     *umem.Program
 	link     *linkEndpoint
 	cnt      counters
-	window   uint64
+	budget   rxBudget                               // the UMEM's frame budget (budget.go)
+	window   uint64                                 // bytes past a connection's read offset its fragment queue records
 	socks    []*umem.Socket                         // one per RX queue; socks[0] also transmits
 	bound    [MaxChannels]atomic.Pointer[rxBinding] // logical queue → binding
 	steer    steering
@@ -172,16 +177,21 @@ func New(cfg Config) (_ *Stack, err error) {
 	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > MaxChannels {
 		return nil, fmt.Errorf("xdevmem stack: %d queues, %d channels (1 to %d): %w", cfg.Queues, cfg.Channels, MaxChannels, unix.EINVAL)
 	}
-	if cfg.RcvBuf == 0 {
-		frames := cfg.RegionSize / umem.DefaultFrameSize
-		cfg.RcvBuf = int(min(max(frames/2*1400, 1<<20), 8<<20))
-	}
 	if cfg.HDSThresh < 0 {
 		return nil, fmt.Errorf("xdevmem stack: hds-thresh %d: %w", cfg.HDSThresh, unix.EINVAL)
 	}
 	if cfg.MTU > MaxMTU {
 		return nil, fmt.Errorf("xdevmem stack: MTU %d of %s is too large (at most %d, in up to %d frames of %d bytes with XDP multi-buffer): %w",
 			cfg.MTU, cfg.Ifname, MaxMTU, (MaxMTU+ethHdrLen+umem.DefaultFrameSize-1)/umem.DefaultFrameSize+1, umem.DefaultFrameSize, unix.EMSGSIZE)
+	}
+	if err := CheckMTU(cfg.MTU, cfg.hasIPv6()); err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %s: %w", cfg.Ifname, err)
+	}
+	if err := CheckRegionSize(cfg.RegionSize, cfg.MTU, cfg.Queues); err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	}
+	if err := cfg.sizeRcvBuf(); err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 	// Above this MTU a frame may not fit one UMEM frame (and veth refuses
 	// single-buffer native XDP): use XDP multi-buffer, a packet in several
@@ -205,7 +215,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 	for q := 0; q < cfg.Queues; q++ {
-		sc := umem.SocketConfig{Queue: q, SG: multiBuffer}
+		sc := umem.SocketConfig{Queue: q, SG: multiBuffer, RingSize: s.budget.ring}
 		if q > 0 {
 			sc.Shared = s.socks[0]
 			sc.TXFrames = 1 // only socks[0] transmits
@@ -324,14 +334,18 @@ const (
 func newStackState(cfg Config, prefixes []netip.Prefix) *Stack {
 	s := &Stack{
 		cfg:       cfg,
-		window:    2*uint64(cfg.RcvBuf) + 256<<10,
+		budget:    cfg.budget(),
 		bindings:  map[*rxBinding]struct{}{},
 		listeners: map[*Listener]struct{}{},
 		conns:     map[*Conn]struct{}{},
 		rings:     Rings{TCPDataSplit: true},
 	}
+	// The fragment queue records what gVisor's window (half of RcvBuf) may
+	// bring with room to spare, never more than the budget allows.
+	s.window = min(2*uint64(cfg.RcvBuf)+256<<10, s.budget.window)
 	s.flows.init()
 	s.flows.window = s.window
+	s.flows.maxFrags = s.budget.maxFrags
 	s.setPrefixes(prefixes)
 	s.steer.init(max(cfg.Channels, 1))
 	return s

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/internal/harness"
@@ -88,6 +94,13 @@ func runDemo(args []string) error {
 	if *period < 2 || *period > 256 {
 		return fmt.Errorf("-v %d: the period must be 2 to 256", *period)
 	}
+	// Everything the stack would refuse later, refused now with the reason.
+	if err := stack.CheckMTU(*mtu, *ipv6); err != nil {
+		return fmt.Errorf("--mtu %d: %w", *mtu, err)
+	}
+	if err := checkUMEMFlag(umemSize, *mtu, 1); err != nil {
+		return err
+	}
 	autoP, faults, err := receiveFlags(*auto, *faultSpec, *seed)
 	if err != nil {
 		return err
@@ -99,6 +112,11 @@ func runDemo(args []string) error {
 		fmt.Fprintf(os.Stderr, "xdevmem demo: removing leftovers of an earlier run: %v\n", err)
 	}
 
+	// Signals are caught from here on: one that comes during the set-up
+	// stops the run as soon as the set-up is done.
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigc)
 	w, err := harness.New(harness.Options{
 		Prefix:      demoPrefix,
 		MTU:         *mtu,
@@ -110,20 +128,38 @@ func runDemo(args []string) error {
 	if err != nil {
 		return fmt.Errorf("set up: %w", err)
 	}
+	// A signal stops the transfer; the rest of the run then removes what it
+	// made and prints the summary of what happened so far, as after a
+	// failure, and the process exits 130. A second signal, or a cleanup
+	// that takes longer than 10s, removes everything at once.
+	pair := w.Pair
+	stop := make(chan struct{})
+	var caught atomic.Value // os.Signal
 	closed := make(chan struct{})
 	defer close(closed)
-	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigc)
 	go func() {
 		select {
 		case s := <-sigc:
-			fmt.Fprintf(os.Stderr, "\nxdevmem demo: %v: removing namespaces and XDP program\n", s)
-			w.Close()
-			os.Exit(130)
+			caught.Store(s)
+			fmt.Fprintf(os.Stderr, "\nxdevmem demo: %s: stopping the transfer, removing namespaces and XDP program\n", sigName(s))
+			close(stop)
 		case <-closed:
+			return
 		}
+		select {
+		case s := <-sigc:
+			fmt.Fprintf(os.Stderr, "xdevmem demo: %s again: removing everything now\n", sigName(s))
+		case <-time.After(10 * time.Second):
+			fmt.Fprintf(os.Stderr, "xdevmem demo: cleanup takes too long: removing everything now\n")
+		case <-closed:
+			return
+		}
+		w.Stack.Close()
+		pair.Close()
+		os.Exit(130)
 	}()
+	fmt.Fprintf(os.Stderr, "xdevmem demo: %s (namespace %s) sends %d bytes to %s (namespace %s)\n",
+		pair.PeerAddr.Addr(), pair.Peer.Name, size, w.StackAddr(), pair.Emu.Name)
 
 	sum := demoSummary{
 		Bytes: size, MTU: *mtu, UMEMBytes: w.Stack.Region().Size(), ValidatePeriod: *period,
@@ -145,18 +181,22 @@ func runDemo(args []string) error {
 			return err
 		}
 	}
-	res, runErr := demoTransfer(w, size, *period, &sum, !*jsonOut)
+	res, runErr := demoTransfer(w, size, *period, &sum, !*jsonOut, stop)
 	if *cpuprofile != "" {
 		pprof.StopCPUProfile()
 	}
+	sig, _ := caught.Load().(os.Signal)
+	if sig != nil {
+		runErr = fmt.Errorf("interrupted by %s after %d of %d bytes", sigName(sig), res.Bytes, size)
+	}
 	st := w.Stack.Stats()
 	st0 := w.Stack.Region()
-	pair := w.Pair
 	w.Pair = nil // keep the namespaces for the kernel comparison
 	closeErr := w.Stack.Close()
 	acct := st0.Snapshot()
 	sum.FramesFree = acct.Free
 	sum.FramesRecycled = acct.Recycled
+	sum.Bytes = res.Bytes
 	sum.Frags, sum.DmabufBytes, sum.LinearBytes = res.Frags, res.DmabufBytes, res.LinearBytes+st.PlainBytes
 	sum.TokensReturned = res.Freed
 	sum.DmabufCopied = st.DmabufBytesCopied
@@ -179,7 +219,7 @@ func runDemo(args []string) error {
 	if runErr == nil && acct.Free != acct.Frames {
 		runErr = fmt.Errorf("after close only %d of %d frames are free: %v", acct.Free, acct.Frames, acct)
 	}
-	if runErr == nil && *compare {
+	if runErr == nil && *compare && caught.Load() == nil {
 		kr, err := harness.KernelBaseline(pair, size, *period)
 		if err != nil {
 			runErr = err
@@ -202,6 +242,9 @@ func runDemo(args []string) error {
 	} else {
 		printDemo(os.Stdout, sum)
 	}
+	if sig, _ := caught.Load().(os.Signal); sig != nil {
+		return exitError{130}
+	}
 	if runErr != nil {
 		if !*jsonOut {
 			fmt.Fprintf(os.Stderr, "xdevmem demo: FAILED: %v\n", runErr)
@@ -211,40 +254,95 @@ func runDemo(args []string) error {
 	return nil
 }
 
-func demoTransfer(w *harness.World, size uint64, period int, sum *demoSummary, progress bool) (harness.Result, error) {
+// demoStallTimeout is how long the transfer may go without a byte before
+// the demo gives up and says why.
+const demoStallTimeout = 20 * time.Second
+
+// demoTransfer sends size bytes of the pattern from a kernel client in the
+// peer namespace and receives them through w's devmem path. Closing stop
+// ends it early: the connections are closed and it returns what arrived.
+func demoTransfer(w *harness.World, size uint64, period int, sum *demoSummary, progress bool, stop <-chan struct{}) (harness.Result, error) {
 	type accepted struct {
 		c   devmemapi.Conn
 		err error
 	}
+	// closers ends every blocking call of the transfer when stop closes,
+	// or when the transfer stalls.
+	var (
+		mu       sync.Mutex
+		closers  []io.Closer
+		canceled bool
+	)
+	register := func(c io.Closer) {
+		mu.Lock()
+		defer mu.Unlock()
+		if canceled {
+			c.Close()
+			return
+		}
+		closers = append(closers, c)
+	}
+	cancel := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		canceled = true
+		for _, c := range closers {
+			c.Close()
+		}
+		closers = nil
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-done:
+		}
+	}()
+
 	ac := make(chan accepted, 1)
 	go func() {
 		c, err := w.Listener.Accept()
 		ac <- accepted{c, err}
 	}()
-	sendErr := make(chan error, 1)
+	// The kernel client's outcome: sendErr is valid once sent is closed.
+	sent := make(chan struct{})
+	var sendErr error
 	go func() {
+		defer close(sent)
 		c, err := w.DialPeer()
 		if err != nil {
-			sendErr <- fmt.Errorf("kernel client: %w", err)
+			sendErr = fmt.Errorf("kernel client: %w", err)
 			return
 		}
+		register(c)
 		_, err = io.Copy(c, pattern.NewReader(period, size))
 		if cerr := c.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			err = fmt.Errorf("kernel client: %w", err)
+			sendErr = fmt.Errorf("kernel client: %w", err)
 		}
-		sendErr <- err
 	}()
 	var a accepted
 	select {
 	case a = <-ac:
-	case err := <-sendErr:
-		if err != nil {
-			return harness.Result{}, err
+	case <-sent:
+		// The client may finish (size 0, small sizes) before Accept
+		// returns; without an error, the connection is still there.
+		if sendErr != nil {
+			return harness.Result{}, sendErr
 		}
-		a = <-ac
+		select {
+		case a = <-ac:
+		case <-stop:
+			return harness.Result{}, errors.New("stopped before the connection was accepted")
+		case <-time.After(30 * time.Second):
+			return harness.Result{}, fmt.Errorf("the kernel client finished but no connection was accepted after 30s")
+		}
+	case <-stop:
+		return harness.Result{}, errors.New("stopped before the connection was accepted")
 	case <-time.After(30 * time.Second):
 		return harness.Result{}, fmt.Errorf("no connection from the kernel client after 30s")
 	}
@@ -252,35 +350,67 @@ func demoTransfer(w *harness.World, size uint64, period int, sum *demoSummary, p
 		return harness.Result{}, a.err
 	}
 	defer a.c.Close()
+	register(a.c)
 	v := pattern.NewValidator(period)
-	var got uint64
-	stopProgress := make(chan struct{})
-	if progress && size >= 256<<20 {
-		go func() {
-			t := time.NewTicker(time.Second)
-			defer t.Stop()
-			for {
-				select {
-				case <-t.C:
-					fmt.Fprintf(os.Stderr, "  ... %s of %s\n", humanMB(v.Offset()), humanMB(size))
-				case <-stopProgress:
+	// got is read by the progress and stall watcher while the receive
+	// loop adds to it.
+	var got atomic.Uint64
+	var first time.Time
+	stalled := make(chan struct{})
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		last, lastChange := uint64(0), time.Now()
+		for {
+			select {
+			case <-t.C:
+				n := got.Load()
+				if progress && size >= 256<<20 {
+					fmt.Fprintf(os.Stderr, "  ... %s of %s\n", humanMB(n), humanMB(size))
+				}
+				if n != last {
+					last, lastChange = n, time.Now()
+				} else if time.Since(lastChange) >= demoStallTimeout {
+					close(stalled)
+					cancel()
 					return
 				}
+			case <-done:
+				return
 			}
-		}()
-	}
+		}
+	}()
 	res, err := harness.Receive(a.c, w.Binding, harness.ReceiveOptions{Sink: func(b []byte) error {
-		got += uint64(len(b))
+		if first.IsZero() {
+			first = time.Now()
+		}
+		got.Add(uint64(len(b)))
 		v.Check(b)
 		return nil
 	}})
-	close(stopProgress)
+	if res.Elapsed == 0 && !first.IsZero() {
+		res.Elapsed = time.Since(first) // cut short: the time until now
+	}
 	sum.ValidationErrs = v.Errors()
+	select {
+	case <-stalled:
+		st := w.Stack.Stats()
+		return res, fmt.Errorf("stalled: no data for %v after %d of %d bytes (fill-ring-empty drops %d, out-of-window drops %d, frames %v)",
+			demoStallTimeout, got.Load(), size, st.XSK.RxFillRingEmpty, st.DropOutOfWindow, st.Frames)
+	case <-stop:
+		return res, nil // the caller reports the signal
+	default:
+	}
 	if err != nil {
 		return res, fmt.Errorf("receive: %w", err)
 	}
-	if err := <-sendErr; err != nil {
-		return res, err
+	select {
+	case <-sent:
+	case <-stop:
+		return res, nil
+	}
+	if sendErr != nil {
+		return res, sendErr
 	}
 	if c, ok := a.c.(*stack.Conn); ok {
 		sum.TokensOut = c.Tokens().Outstanding()
@@ -288,8 +418,8 @@ func demoTransfer(w *harness.World, size uint64, period int, sum *demoSummary, p
 	if v.Err() != nil {
 		return res, fmt.Errorf("%d bytes failed validation; first: %w", v.Errors(), v.Err())
 	}
-	if got != size {
-		return res, fmt.Errorf("received %d of %d bytes", got, size)
+	if n := got.Load(); n != size {
+		return res, fmt.Errorf("received %d of %d bytes", n, size)
 	}
 	if sum.TokensOut != 0 {
 		return res, fmt.Errorf("%d tokens still outstanding", sum.TokensOut)
@@ -297,11 +427,22 @@ func demoTransfer(w *harness.World, size uint64, period int, sum *demoSummary, p
 	return res, nil
 }
 
+// sigName names a signal as kill(1) does ("SIGINT").
+func sigName(s os.Signal) string {
+	if n, ok := s.(syscall.Signal); ok && unix.SignalName(n) != "" {
+		return unix.SignalName(n)
+	}
+	return s.String()
+}
+
 func humanMB(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 func printDemo(w io.Writer, s demoSummary) {
 	status := "ok"
-	if !s.OK {
+	switch {
+	case strings.HasPrefix(s.Error, "interrupted"):
+		status = "interrupted"
+	case !s.OK:
 		status = "FAILED"
 	}
 	fmt.Fprintf(w, "xdevmem demo: %s\n", status)

@@ -193,6 +193,9 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 	case f.hds < 0:
 		return nil, fmt.Errorf("--hds-thresh %d: want 0 or more", f.hds)
 	}
+	if err := checkUMEMFlag(f.umemSize, 0, 0); err != nil {
+		return nil, err
+	}
 	if f.addrMode, err = stack.ParseAddressMode(*addrMode); err != nil {
 		return nil, fmt.Errorf("--address-mode: %w", err)
 	}

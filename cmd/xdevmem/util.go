@@ -209,3 +209,19 @@ func lookupInterface(ifname string) (*net.Interface, error) {
 	}
 	return nil, fmt.Errorf("-f %s: no such interface in this network namespace (there are: %s)", ifname, strings.Join(names, ", "))
 }
+
+// checkUMEMFlag validates a --umem value at start, before anything is
+// built: 0 is refused (it is not "the default"), and the size must pass
+// stack.CheckRegionSize for the MTU and queue count (mtu 0 when the
+// interface's MTU is not known yet: the stack checks the minimum then).
+func checkUMEMFlag(size uint64, mtu, queues int) error {
+	if size == 0 {
+		min := stack.MinRegionSize(max(mtu, stack.DefaultMTU), queues)
+		return fmt.Errorf("--umem 0: the UMEM needs at least %s at MTU %d (leave --umem out for the default %s)",
+			humanBytes(min), max(mtu, stack.DefaultMTU), humanBytes(stack.DefaultRegionSize))
+	}
+	if err := stack.CheckRegionSize(size, mtu, queues); err != nil {
+		return fmt.Errorf("--umem %s: %w", humanBytes(size), err)
+	}
+	return nil
+}
