@@ -60,6 +60,10 @@ type demoSummary struct {
 	RxFrames        uint64           `json:"rx_frames"`
 	TCPSegments     uint64           `json:"tcp_segments_after_gro"`
 	TxFrames        uint64           `json:"tx_frames"`
+	AddressMode     string           `json:"address_mode"`
+	AddressWhy      string           `json:"address_mode_reason"`
+	Drops           stack.Drops      `json:"drops"`
+	Alerts          []string         `json:"alerts,omitempty"`
 	FaultSpec       string           `json:"faults,omitempty"`
 	Faults          stack.FaultStats `json:"faults_injected"`
 }
@@ -78,6 +82,7 @@ func runDemo(args []string) error {
 	fs.Var(sizeValue{&rcvbuf}, "rcvbuf", "TCP receive buffer (window) of the stack's connection (default: sized from the UMEM)")
 	noGRO := fs.Bool("no-gro", false, "do not coalesce segments before TCP")
 	ipv6 := fs.Bool("ipv6", false, "use IPv6 addresses (neighbour discovery instead of ARP)")
+	addrMode := fs.String("address-mode", "shared", "shared: the stack's address is configured on its interface too, as on a real host (the XDP program takes only the stack's port); dedicated: configured nowhere (it takes all of the address's traffic)")
 	compare := fs.Bool("compare", false, "also measure the kernel's own TCP receive over the same veth, side by side")
 	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
 	jsonOut := fs.Bool("json", false, "print the summary as JSON")
@@ -105,6 +110,10 @@ func runDemo(args []string) error {
 	if err != nil {
 		return err
 	}
+	mode, err := stack.ParseAddressMode(*addrMode)
+	if err != nil || mode == stack.AddressAuto {
+		return fmt.Errorf("--address-mode %q: want shared or dedicated", *addrMode)
+	}
 	if err := requireRoot("demo"); err != nil {
 		return err
 	}
@@ -117,13 +126,22 @@ func runDemo(args []string) error {
 	sigc := make(chan os.Signal, 2)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigc)
+	var alertMu sync.Mutex
+	var alerts []string
+	onAlert := func(a stack.Alert) {
+		fmt.Fprintf(os.Stderr, "xdevmem demo: warning: %v\n", a)
+		alertMu.Lock()
+		alerts = append(alerts, a.String())
+		alertMu.Unlock()
+	}
 	w, err := harness.New(harness.Options{
 		Prefix:      demoPrefix,
 		MTU:         *mtu,
 		IPv6:        *ipv6,
+		Shared:      mode == stack.AddressShared,
 		Autorelease: autoP,
 		Stack: stack.Config{RegionSize: umemSize, HDSThresh: *hds, TrustChecksum: *trust, Faults: faults,
-			RcvBuf: int(rcvbuf), NoGRO: *noGRO},
+			RcvBuf: int(rcvbuf), NoGRO: *noGRO, AddressMode: mode, OnAlert: onAlert},
 	})
 	if err != nil {
 		return fmt.Errorf("set up: %w", err)
@@ -161,7 +179,9 @@ func runDemo(args []string) error {
 	fmt.Fprintf(os.Stderr, "xdevmem demo: %s (namespace %s) sends %d bytes to %s (namespace %s)\n",
 		pair.PeerAddr.Addr(), pair.Peer.Name, size, w.StackAddr(), pair.Emu.Name)
 
+	gotMode, modeWhy := w.Stack.AddressMode()
 	sum := demoSummary{
+		AddressMode: gotMode.String(), AddressWhy: modeWhy,
 		Bytes: size, MTU: *mtu, UMEMBytes: w.Stack.Region().Size(), ValidatePeriod: *period,
 		XDPMode: w.Stack.XDPMode(), PeerNamespace: w.Pair.Peer.Name, StackNamespace: w.Pair.Emu.Name,
 		StackAddress: w.StackAddr(), Frames: w.Stack.Region().Frames(),
@@ -205,6 +225,10 @@ func runDemo(args []string) error {
 	sum.ReceiveSyscalls = res.Calls
 	sum.RxFrames, sum.TCPSegments, sum.TxFrames = st.RxFrames, st.TCPSegments, st.TxFrames
 	sum.Faults = st.Faults
+	sum.Drops = st.Drops()
+	alertMu.Lock()
+	sum.Alerts = append([]string(nil), alerts...)
+	alertMu.Unlock()
 	if faults.Enabled() {
 		sum.FaultSpec = faults.String()
 	}
@@ -448,6 +472,7 @@ func printDemo(w io.Writer, s demoSummary) {
 	fmt.Fprintf(w, "xdevmem demo: %s\n", status)
 	fmt.Fprintf(w, "  path        kernel TCP client (%s) -> veth -> XDP (%s) -> AF_XDP copy mode -> UMEM -> header split -> gVisor TCP -> devmem tokens\n", s.PeerNamespace, s.XDPMode)
 	fmt.Fprintf(w, "  stack       %s in %s, MTU %d, UMEM %s (%d frames), autorelease=%d\n", s.StackAddress, s.StackNamespace, s.MTU, humanBytes(s.UMEMBytes), s.Frames, b2i(s.Autorelease))
+	fmt.Fprintf(w, "  address     %s: %s\n", s.AddressMode, s.AddressWhy)
 	fmt.Fprintf(w, "  received    %d bytes in %.3f s: %.1f MB/s (%.2f Gbit/s)\n", s.Bytes, s.Seconds, s.MBps, s.Gbps)
 	if s.KernelMBps > 0 {
 		fmt.Fprintf(w, "  kernel TCP  %.1f MB/s over the same veth: devmem/kernel = %.2f\n", s.KernelMBps, s.KernelRatio)
@@ -458,11 +483,12 @@ func printDemo(w io.Writer, s demoSummary) {
 	fmt.Fprintf(w, "  packets     %d frames in, %d TCP segments after GRO, %d frames out (ACKs)\n", s.RxFrames, s.TCPSegments, s.TxFrames)
 	fmt.Fprintf(w, "  frames      %d of %d free after close, recycled %d times\n", s.FramesFree, s.Frames, s.FramesRecycled)
 	fmt.Fprintf(w, "  copies      %d payload bytes copied on the dmabuf path\n", s.DmabufCopied)
-	fmt.Fprintf(w, "  drops       %d fill-ring-empty, %d checksum\n", s.FillEmptyDrops, s.ChecksumDrops)
+	fmt.Fprintf(w, "  drops       %v\n", s.Drops)
 	if s.FaultSpec != "" {
-		f := s.Faults
-		fmt.Fprintf(w, "  faults      %s: %d dropped, %d duplicated, %d reordered, %d corrupted, %d truncated\n",
-			s.FaultSpec, f.Dropped, f.Duplicated, f.Reordered, f.Corrupted, f.Truncated)
+		fmt.Fprintf(w, "  faults      %s\n", s.FaultSpec)
+	}
+	for _, a := range s.Alerts {
+		fmt.Fprintf(w, "  warning     %s\n", a)
 	}
 	if s.Error != "" {
 		fmt.Fprintf(w, "  error       %s\n", s.Error)

@@ -1,7 +1,9 @@
 package harness
 
 import (
+	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"net/netip"
@@ -24,10 +26,15 @@ type KernelResult struct {
 // pattern from the peer into a buffer with plain reads, validates them, and
 // removes the address again.
 func KernelBaseline(p *netns.Pair, size uint64, period int) (KernelResult, error) {
-	if err := p.Emu.AddAddr(p.EmuIf, p.EmuAddr); err != nil {
+	// The address may be the kernel's already (a shared-address world);
+	// otherwise it is lent to the kernel for the run.
+	switch err := p.Emu.AddAddr(p.EmuIf, p.EmuAddr); {
+	case errors.Is(err, unix.EEXIST):
+	case err != nil:
 		return KernelResult{}, fmt.Errorf("kernel baseline: %w", err)
+	default:
+		defer p.Emu.DelAddr(p.EmuIf, p.EmuAddr)
 	}
-	defer p.Emu.DelAddr(p.EmuIf, p.EmuAddr)
 	var ln net.Listener
 	if err := p.Emu.Do(func() error {
 		var err error
