@@ -54,9 +54,20 @@ func ipv6Pair(t *testing.T) *netns.Pair {
 // kernel's TCP over IPv6, byte-exact (-v 7), all of it as dmabuf frags
 // (-L), and gives every frame back.
 func TestServer1GiBIPv6(t *testing.T) {
+	for _, mode := range []string{"dedicated", "shared"} {
+		t.Run(mode, func(t *testing.T) { server1GiBIPv6(t, mode) })
+	}
+}
+
+func server1GiBIPv6(t *testing.T, mode string) {
 	testutil.Watchdog(t, 2*time.Minute)
 	p := ipv6Pair(t)
-	srv := startServer(t, p, "-p", "5330", "-v", "7", "-L", "--quiet")
+	if mode == "shared" {
+		if err := p.Emu.AddAddr(p.EmuIf, p.EmuAddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := startServer(t, p, "-p", "5330", "-v", "7", "-L", "--quiet", "--address-mode", mode)
 	want := "listening on " + netip.AddrPortFrom(p.EmuAddr.Addr(), 5330).String()
 	if !strings.Contains(srv.stderr.String(), want) {
 		t.Fatalf("no %q in %s", want, srv.stderr.String())
@@ -101,12 +112,18 @@ func TestNcdevmemIPv6(t *testing.T) {
 		}
 	})
 
-	t.Run("rx_1GiB", func(t *testing.T) {
+	// 1 GiB through ncdevmem -l, with the address on the interface as in
+	// devmem.py's environment (shared mode), then configured nowhere
+	// (dedicated mode).
+	rx1GiB := func(t *testing.T, mode string) {
 		const size = 1 << 30
 		port := e.randPort()
 		// One line per fragment on stderr: keep the tail only.
 		b := ncStartLimit(t, local, "sh", e.ncdevmemRx(port, true, false, true, 0), 64<<10)
 		waitPortListen(t, local, port, b)
+		if head := b.stderr.String(); !strings.Contains(head, "xdevmem: "+mode+" address") {
+			t.Fatalf("not in %s address mode:\n%s", mode, head)
+		}
 		ss := ncCmd(t, local, "sh", fmt.Sprintf("ss -Hltn 'sport = :%d'", port))
 		if !strings.Contains(ss, fmt.Sprintf("[%s]:%d", e.addr, port)) {
 			t.Fatalf("ss -ltn does not show [%s]:%d: %q", e.addr, port, ss)
@@ -133,8 +150,9 @@ func TestNcdevmemIPv6(t *testing.T) {
 		if got := totalReceived(se); got != size || !strings.Contains(se, "ncdevmem: ok") {
 			t.Fatalf("total_received=%d, want %d:\n%s", got, size, lastLines(se, 25))
 		}
-		t.Logf("ncdevmem -l over IPv6: %d bytes validated in %v", size, time.Since(start).Round(time.Millisecond))
-	})
+		t.Logf("ncdevmem -l over IPv6, %s address: %d bytes validated in %v", mode, size, time.Since(start).Round(time.Millisecond))
+	}
+	t.Run("rx_1GiB_shared", func(t *testing.T) { rx1GiB(t, "shared") })
 
 	for _, tc := range []struct {
 		name  string
@@ -179,6 +197,13 @@ func TestNcdevmemIPv6(t *testing.T) {
 		if got := socat.stdout.String(); got != string(data) {
 			t.Fatalf("socat received %d bytes that differ from the %d sent", len(got), len(data))
 		}
+	})
+
+	t.Run("rx_1GiB_dedicated", func(t *testing.T) {
+		if err := local.DelAddr(e.ifname, e.p.EmuAddr); err != nil {
+			t.Fatal(err)
+		}
+		rx1GiB(t, "dedicated")
 	})
 }
 

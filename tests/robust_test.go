@@ -209,6 +209,12 @@ func TestBadSetup(t *testing.T) {
 	expect(run("server", "--backend", "emulated", "-f", p.EmuIf, "-s", addr, "--umem", "256KiB"), "too small", "frames")
 	expect(run("server", "--backend", "emulated", "-f", p.EmuIf, "-s", "not-an-ip"), "not an IPv4 or IPv6 address")
 	expect(run("server", "--backend", "emulated", "-f", p.EmuIf, "-s", addr, "--faults", "drop=2"), "want a number from 0 to 1")
+	// An interface the emulation cannot serve: a TUN device carries IP
+	// packets, not Ethernet frames.
+	if out, err := p.Emu.Command("ip", "tuntap", "add", "dev", "xdtun0", "mode", "tun").CombinedOutput(); err != nil {
+		t.Fatalf("ip tuntap add: %v: %s", err, out)
+	}
+	expect(run("server", "--backend", "emulated", "-f", "xdtun0", "-s", addr), "xdtun0", "not an Ethernet device", "XDP and AF_XDP")
 
 	// Someone else's XDP program on the interface.
 	var other *umem.Program

@@ -332,6 +332,8 @@ func (nc *ncdevmem) open(addr netip.Prefix, skipConfig bool) error {
 	if st, ok := prov.(*stack.Stack); ok {
 		nc.st = st
 		nc.nic = &emuNIC{nc: nc, st: st}
+		mode, why := st.AddressMode()
+		nc.logf("xdevmem: %s address: %s\n", mode, why)
 	} else {
 		nc.nic = &ethtoolNIC{nc: nc}
 	}
