@@ -286,6 +286,9 @@ func (c *Conn) Autorelease() bool { return c.ts.Autorelease() }
 
 // DontNeed implements devmemapi.Conn (SO_DEVMEM_DONTNEED).
 func (c *Conn) DontNeed(toks []devmemapi.DmabufToken) (int, error) {
+	if c.isClosed() {
+		return 0, fmt.Errorf("dontneed: %w", devmemapi.ErrClosed)
+	}
 	n, err := c.ts.DontNeed(toks)
 	if err != nil {
 		return n, fmt.Errorf("dontneed: %w", err)
@@ -296,6 +299,9 @@ func (c *Conn) DontNeed(toks []devmemapi.DmabufToken) (int, error) {
 // DontNeedOpt is DontNeed on a raw option value, with the kernel's optlen
 // checks.
 func (c *Conn) DontNeedOpt(optval []byte) (int, error) {
+	if c.isClosed() {
+		return 0, fmt.Errorf("dontneed: %w", devmemapi.ErrClosed)
+	}
 	n, err := c.ts.DontNeedOpt(optval)
 	if err != nil {
 		return n, fmt.Errorf("dontneed: %w", err)
@@ -546,4 +552,13 @@ func tcpipErr(e tcpip.Error) error {
 		return unix.EAGAIN
 	}
 	return errors.New(e.String())
+}
+
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
 }

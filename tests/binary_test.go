@@ -28,7 +28,11 @@ func xdevmemBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "xdevmem")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/xdevmem").CombinedOutput()
+		args := []string{"build", "-o", binPath}
+		if raceBuild {
+			args = append(args, "-race") // the binary's races are the test's
+		}
+		out, err := exec.Command("go", append(args, "../cmd/xdevmem")...).CombinedOutput()
 		if err != nil {
 			buildErr = err
 			binPath = string(out)

@@ -2,6 +2,8 @@ package umem
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -46,6 +48,10 @@ type Region struct {
 	onFree   atomic.Pointer[func()]
 	closed   atomic.Bool
 	freedCnt atomic.Uint64
+
+	// unmap keeps Close from unmapping mem under a ReadAt (read-locked by
+	// ReadAt, write-locked by Close).
+	unmap sync.RWMutex
 }
 
 // NewRegion maps a Region.
@@ -100,14 +106,24 @@ func (r *Region) FrameOf(addr uint64) uint32 { return uint32(addr >> r.shift) }
 // FrameAddr returns the UMEM address where frame f starts.
 func (r *Region) FrameAddr(f uint32) uint64 { return uint64(f) << r.shift }
 
-// ReadAt copies region bytes at off into p; it implements io.ReaderAt.
+// ReadAt copies region bytes at off into p; it implements io.ReaderAt, as
+// the kernel backend's dmabuf does: a negative offset is EINVAL, a read that
+// reaches the end returns what there is and io.EOF, and a read after Close
+// fails with net.ErrClosed (it never touches the unmapped memory).
 func (r *Region) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off > int64(len(r.mem)) {
-		return 0, fmt.Errorf("umem region: read at %d: %w", off, unix.EFAULT)
+	r.unmap.RLock()
+	defer r.unmap.RUnlock()
+	switch {
+	case r.closed.Load():
+		return 0, fmt.Errorf("umem region: read: %w", net.ErrClosed)
+	case off < 0:
+		return 0, fmt.Errorf("umem region: read at %d: %w", off, unix.EINVAL)
+	case off >= int64(len(r.mem)):
+		return 0, io.EOF
 	}
 	n := copy(p, r.mem[off:])
 	if n < len(p) {
-		return n, fmt.Errorf("umem region: read %d bytes at %d: %w", len(p), off, unix.EFAULT)
+		return n, io.EOF
 	}
 	return n, nil
 }
@@ -261,8 +277,12 @@ func (a Accounting) String() string {
 		a.Frames, a.Free, a.Posted, a.Pinned, a.Held, a.TX, a.InFlight)
 }
 
-// Close unmaps the region. Sockets using it must be closed first.
+// Close unmaps the region, after any ReadAt under way. Sockets using it
+// must be closed first; slices from Bytes are invalid afterwards, as a
+// dmabuf mapping is after munmap.
 func (r *Region) Close() error {
+	r.unmap.Lock()
+	defer r.unmap.Unlock()
 	if !r.closed.CompareAndSwap(false, true) {
 		return nil
 	}

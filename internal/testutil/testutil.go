@@ -53,6 +53,16 @@ func SkipOrFail(t testing.TB, format string, args ...any) {
 	t.Skip(msg)
 }
 
+// ShortSkip skips a kernel or end-to-end test under go test -short, which
+// runs the unit tests alone, in seconds and without root. CI runs the suite
+// without -short, where such a test runs (or fails).
+func ShortSkip(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("kernel test: skipped under -short")
+	}
+}
+
 // Capabilities a kernel test needs: namespaces and mounts (SYS_ADMIN, which
 // also covers BPF on kernels without CAP_BPF), links and XDP (NET_ADMIN),
 // AF_XDP sockets (NET_RAW) and BPF programs and maps (BPF).
@@ -69,8 +79,12 @@ var requiredCaps = []struct {
 // RequirePrivileged skips the test (fails it in CI) unless the process has
 // the capabilities the kernel tests need: CAP_NET_ADMIN, CAP_NET_RAW,
 // CAP_SYS_ADMIN and CAP_BPF.
+//
+// Under go test -short it always skips, in CI too: -short is the quick run
+// of the unit tests, without the kernel (see ShortSkip).
 func RequirePrivileged(t testing.TB) {
 	t.Helper()
+	ShortSkip(t)
 	missing, err := missingCaps()
 	if err != nil {
 		SkipOrFail(t, "cannot read capabilities: %v", err)
