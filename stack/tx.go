@@ -848,22 +848,7 @@ func tcpHeaders(f []byte) (ip, tcp []byte) {
 func finishTCPChecksum(ip, tcp []byte, dl int, paySum uint16) {
 	th := header.TCP(tcp)
 	th.SetChecksum(0)
-	tcpLen := len(tcp) + dl
-	var ph [40]byte
-	var n int
-	if ip[0]>>4 == 4 {
-		copy(ph[0:8], ip[12:20])
-		ph[9] = ipProtoTCP
-		binary.BigEndian.PutUint16(ph[10:], uint16(tcpLen))
-		n = 12
-	} else {
-		copy(ph[0:32], ip[8:40])
-		binary.BigEndian.PutUint32(ph[32:], uint32(tcpLen))
-		ph[39] = ipProtoTCP
-		n = 40
-	}
-	sum := checksum.Checksum(ph[:n], 0)
-	sum = checksum.Checksum(tcp, sum)
+	sum := checksum.Checksum(tcp, tcpPseudoSum(ip, len(tcp)+dl))
 	sum = checksum.Combine(sum, paySum)
 	th.SetChecksum(^sum)
 }
