@@ -1,14 +1,12 @@
 package stack
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -362,44 +360,11 @@ func RXQueueCount(ifname string) int {
 	if err != nil {
 		return 1
 	}
-	n, err := numRXQueues(ifc.Index)
+	n, err := umem.RXQueues(ifc.Index)
 	if err != nil || n < 1 {
 		return 1
 	}
 	return n
-}
-
-// numRXQueues dumps the links over rtnetlink and returns ifindex's
-// IFLA_NUM_RX_QUEUES.
-func numRXQueues(ifindex int) (int, error) {
-	const iflaNumRXQueues = 32
-	rib, err := syscall.NetlinkRIB(unix.RTM_GETLINK, unix.AF_UNSPEC)
-	if err != nil {
-		return 0, err
-	}
-	msgs, err := syscall.ParseNetlinkMessage(rib)
-	if err != nil {
-		return 0, err
-	}
-	for i := range msgs {
-		m := &msgs[i]
-		if m.Header.Type != unix.RTM_NEWLINK || len(m.Data) < syscall.SizeofIfInfomsg {
-			continue
-		}
-		if idx := int32(binary.NativeEndian.Uint32(m.Data[4:8])); int(idx) != ifindex {
-			continue
-		}
-		attrs, err := syscall.ParseNetlinkRouteAttr(m)
-		if err != nil {
-			return 0, err
-		}
-		for _, a := range attrs {
-			if a.Attr.Type == iflaNumRXQueues && len(a.Value) >= 4 {
-				return int(binary.NativeEndian.Uint32(a.Value)), nil
-			}
-		}
-	}
-	return 0, fmt.Errorf("ifindex %d: no IFLA_NUM_RX_QUEUES: %w", ifindex, unix.ENOENT)
 }
 
 // Name implements devmemapi.Provider.

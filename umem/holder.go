@@ -114,16 +114,16 @@ const (
 	iflaXDPHWProgID  = 7
 )
 
-// xdpProgID returns the id of the XDP program attached to ifindex, 0 if
-// none.
-func xdpProgID(ifindex int) (uint32, error) {
+// linkAttrs dumps the links over rtnetlink (in the calling thread's
+// network namespace) and returns ifindex's attributes.
+func linkAttrs(ifindex int) ([]syscall.NetlinkRouteAttr, error) {
 	rib, err := syscall.NetlinkRIB(unix.RTM_GETLINK, unix.AF_UNSPEC)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	msgs, err := syscall.ParseNetlinkMessage(rib)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	for i := range msgs {
 		m := &msgs[i]
@@ -133,18 +133,45 @@ func xdpProgID(ifindex int) (uint32, error) {
 		if int(int32(binary.NativeEndian.Uint32(m.Data[4:8]))) != ifindex {
 			continue
 		}
-		attrs, err := syscall.ParseNetlinkRouteAttr(m)
-		if err != nil {
-			return 0, err
-		}
-		for _, a := range attrs {
-			if a.Attr.Type&^unix.NLA_F_NESTED == iflaXDP {
-				return xdpAttrProgID(a.Value), nil
-			}
-		}
-		return 0, nil
+		return syscall.ParseNetlinkRouteAttr(m)
 	}
-	return 0, fmt.Errorf("ifindex %d: no such link: %w", ifindex, unix.ENODEV)
+	return nil, fmt.Errorf("ifindex %d: no such link: %w", ifindex, unix.ENODEV)
+}
+
+// xdpProgID returns the id of the XDP program attached to ifindex, 0 if
+// none.
+func xdpProgID(ifindex int) (uint32, error) {
+	attrs, err := linkAttrs(ifindex)
+	if err != nil {
+		return 0, err
+	}
+	for _, a := range attrs {
+		if a.Attr.Type&^unix.NLA_F_NESTED == iflaXDP {
+			return xdpAttrProgID(a.Value), nil
+		}
+	}
+	return 0, nil
+}
+
+// iflaNumRXQueues is IFLA_NUM_RX_QUEUES.
+const iflaNumRXQueues = 32
+
+// RXQueues is the number of RX queues allocated to the interface ifindex
+// (rtnetlink's IFLA_NUM_RX_QUEUES, which sysfs may not show inside a
+// namespace), read in the calling thread's network namespace. Only the
+// active ones (ethtool -l) take an AF_XDP socket; binding one beyond them
+// fails with EINVAL.
+func RXQueues(ifindex int) (int, error) {
+	attrs, err := linkAttrs(ifindex)
+	if err != nil {
+		return 0, err
+	}
+	for _, a := range attrs {
+		if a.Attr.Type == iflaNumRXQueues && len(a.Value) >= 4 {
+			return int(binary.NativeEndian.Uint32(a.Value)), nil
+		}
+	}
+	return 0, fmt.Errorf("ifindex %d: no IFLA_NUM_RX_QUEUES: %w", ifindex, unix.ENOENT)
 }
 
 // xdpAttrProgID reads the program id from IFLA_XDP's nested attributes:
