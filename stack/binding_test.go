@@ -2,12 +2,15 @@ package stack
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
+	"github.com/xdevmem/xdevmem/tokens"
 )
 
 // TestBindRXErrors: bind-rx fails with the kernel's errno and message for
@@ -23,7 +26,7 @@ func TestBindRXErrors(t *testing.T) {
 		msg   string
 	}{
 		{"empty queue list", nil, devmemapi.BindRXConfig{}, unix.EINVAL, "no queues"},
-		{"queue out of range", nil, devmemapi.BindRXConfig{Queues: []uint32{3}}, unix.ERANGE, "rx queue index out of range"},
+		{"queue out of range", nil, devmemapi.BindRXConfig{Queues: []uint32{3}}, unix.EINVAL, "bind rx queue 3 (1 channels)"},
 		{"other interface", nil, devmemapi.BindRXConfig{Ifindex: 999, Queues: []uint32{0}}, unix.ENODEV, "ifindex 999"},
 		{"header split off", func() { s.SetRings(Rings{TCPDataSplit: false}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "tcp-data-split is disabled"},
 		{"hds-thresh not zero", func() { s.SetRings(Rings{TCPDataSplit: true, HDSThresh: 256}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "hds-thresh is not zero"},
@@ -60,5 +63,53 @@ func TestBindRXErrors(t *testing.T) {
 	}
 	if _, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("bind with split off after unbind: %v", err)
+	}
+}
+
+// TestBindRXCheckOrder pins Linux 6.18's order of bind-rx checks: the queue
+// list is read first (a queue beyond the channels is EINVAL with no
+// message, netdev_nl_read_rxq_bitmap), then the autorelease mode (in
+// net_devmem_bind_dmabuf), and only then each queue's own checks (header
+// split, memory provider already there, in __net_mp_open_rxq). A queue
+// named twice is bound once.
+func TestBindRXCheckOrder(t *testing.T) {
+	ip := newInproc(t, Config{Channels: 4})
+	s := ip.s
+	s.SetRings(Rings{TCPDataSplit: false})
+	_, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0, 9}})
+	if !errors.Is(err, unix.EINVAL) || !devmemerr.Match(err, devmemerr.BindRXQueueRange) {
+		t.Fatalf("queue 9 of 4 with header split off: %v, want the queue-range row (EINVAL, no message)", err)
+	}
+	var de *devmemerr.Error
+	if !errors.As(err, &de) || de.Message != "" {
+		t.Fatalf("queue range carries a message: %#v", err)
+	}
+
+	other := newInproc(t, Config{})
+	on, off := true, false
+	ob, err := other.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}, Autorelease: &on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}, Autorelease: &off})
+	ob.Close()
+	if !devmemerr.Match(err, devmemerr.BindRXAutoreleaseMismatch) {
+		t.Fatalf("other mode with header split off: %v, want the autorelease mismatch before the header-split check", err)
+	}
+	if _, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); !devmemerr.Match(err, devmemerr.BindRXHDSDisabled) {
+		t.Fatalf("header split off: %v", err)
+	}
+	if n := tokens.Default.Bindings(); n != 0 {
+		t.Fatalf("refused binds left %d registered bindings", n)
+	}
+
+	s.SetRings(Rings{TCPDataSplit: true})
+	b, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{3, 1, 3}})
+	if err != nil {
+		t.Fatalf("queue named twice: %v", err)
+	}
+	defer b.Close()
+	if got := b.(*rxBinding).queues; !slices.Equal(got, []uint32{1, 3}) {
+		t.Fatalf("bound queues %v, want [1 3]", got)
 	}
 }

@@ -86,6 +86,14 @@ type Device struct {
 	// IgnoresProvider is a driver that restarts the queue without the
 	// memory provider (bind-rx ENODATA).
 	IgnoresProvider bool
+	// NoDMA is a device without a DMA device (a software device with
+	// queue-management ops): bind-rx and bind-tx fail EOPNOTSUPP "Device
+	// doesn't support DMA".
+	NoDMA bool
+	// QueueDMADevs gives RX queue i the DMA device QueueDMADevs[i] (0
+	// beyond the slice): a bind-rx over queues of different DMA devices
+	// fails EOPNOTSUPP "DMA device mismatch ..." (a multi-PF NIC).
+	QueueDMADevs []int
 	// NotEthernet is a device without Ethernet framing (loopback, a
 	// tunnel): Ethernet reports false for it.
 	NotEthernet bool
@@ -123,7 +131,8 @@ type Request struct {
 
 // Kernel is the fake. The zero value is not usable; call New.
 type Kernel struct {
-	// Unprivileged makes admin operations (bind-rx, bind-tx) fail EPERM.
+	// Unprivileged makes admin operations fail EPERM: bind-rx, not
+	// bind-tx, which the netdev family does not mark admin-only.
 	Unprivileged bool
 	// NoNetdev is a kernel without the netdev family.
 	NoNetdev bool
@@ -132,8 +141,13 @@ type Kernel struct {
 	// NoBindTX is a kernel before devmem TX (no bind-tx op).
 	NoBindTX bool
 	// AutoreleaseSeries is a kernel with the autorelease series (v7+):
-	// bind-rx takes the autorelease attribute and the mode is system-wide.
+	// bind-rx takes the autorelease attribute (absent: 0) and the mode is
+	// system-wide.
 	AutoreleaseSeries bool
+	// Before618 is a kernel from 6.12 to 6.17: bind-rx checks a queue id
+	// only when it opens the queue (ERANGE "rx queue index out of range",
+	// after the dmabuf fd) and has no DMA-device checks.
+	Before618 bool
 
 	mu       sync.Mutex
 	devs     map[int]*Device
