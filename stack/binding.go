@@ -104,9 +104,12 @@ func (b *rxBinding) ReadAt(p []byte, off int64) (int, error) {
 // equivalent of mmap on a dmabuf fd). It is valid until the stack closes.
 func (b *rxBinding) Bytes() []byte { return b.s.region.Bytes() }
 
-// Close implements devmemapi.Binding: the queue is unbound (later payload is
-// delivered as ordinary bytes), fragments not yet read fail with ENODEV, and
-// in autorelease-off mode every outstanding uref is freed.
+// Close implements devmemapi.Binding: the queues are unbound (later payload
+// is delivered as ordinary bytes) and the binding's queue user is dropped,
+// as in the series' v10. Fragments already queued stay deliverable to
+// autorelease-on sockets and to autorelease-off sockets tied to the binding,
+// which keep it alive; a socket not tied yet gets ENODEV once no tied
+// socket is left, and then every outstanding uref is freed.
 func (b *rxBinding) Close() error {
 	b.once.Do(func() {
 		b.closed.Store(true)

@@ -2,9 +2,11 @@ package stack
 
 import (
 	"errors"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -111,5 +113,98 @@ func TestBindRXCheckOrder(t *testing.T) {
 	defer b.Close()
 	if got := b.(*rxBinding).queues; !slices.Equal(got, []uint32{1, 3}) {
 		t.Fatalf("bound queues %v, want [1 3]", got)
+	}
+}
+
+// TestUnbindWithSocketsOpen pins the autorelease series' v10 rules for an
+// unbind while sockets still have data queued (binding->users): an
+// autorelease-off socket that already received is tied to the binding and
+// keeps it alive, so what was queued before the unbind is still delivered
+// and DONTNEED still frees; an autorelease-on socket never sees ENODEV; a
+// socket that never received gets ENODEV once no tied socket is left.
+func TestUnbindWithSocketsOpen(t *testing.T) {
+	payload := func(n int) []byte {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(i)
+		}
+		return p
+	}
+	p := make([]byte, 64<<10)
+	oob := make([]byte, 64*devmemapi.CmsgSpaceDmabuf)
+	recv := func(t *testing.T, c *Conn) (int, []devmemapi.Frag, error) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		return devmemapi.RecvFrags(c, p, oob, nil, 0)
+	}
+	waitQueued := func(t *testing.T, c *Conn, n int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); c.Queued() < n; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d bytes queued, want %d", c.Queued(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for _, tc := range []struct {
+		name      string
+		auto      bool
+		recvFirst bool // receive once before the unbind
+		wantErr   bool // the first recvmsg after the unbind fails ENODEV
+	}{
+		{"autorelease off, tied", false, true, false},
+		{"autorelease off, not tied", false, false, true},
+		{"autorelease on, received", true, true, false},
+		{"autorelease on, never received", true, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ip := newInproc(t, Config{})
+			auto := tc.auto
+			b, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}, Autorelease: &auto})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := ip.s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, seq := ip.connect(ln, 40200, 300)
+			var toks []devmemapi.DmabufToken
+			if tc.recvFirst {
+				ip.inject(segment(40200, 5201, seq, 1, tcpFlagAck, nil, payload(1000)))
+				seq += 1000
+				n, fs, err := recv(t, c)
+				if err != nil || n != 1000 || len(fs) != 1 {
+					t.Fatalf("first recvmsg: %d bytes, %d frags, %v", n, len(fs), err)
+				}
+				toks = append(toks, devmemapi.DmabufToken{TokenStart: fs[0].FragToken, TokenCount: 1})
+			}
+			ip.inject(segment(40200, 5201, seq, 1, tcpFlagAck, nil, payload(1200)))
+			waitQueued(t, c, 1200)
+			b.Close()
+
+			n, fs, err := recv(t, c)
+			if tc.wantErr {
+				if !devmemerr.Match(err, devmemerr.RecvMsgUnbound) {
+					t.Fatalf("recvmsg after unbind: %d, %v; want ENODEV", n, err)
+				}
+			} else {
+				if err != nil || n != 1200 || len(fs) != 1 || fs[0].Linear {
+					t.Fatalf("recvmsg after unbind: %d bytes, %+v, %v; want the queued 1200 bytes as one fragment", n, fs, err)
+				}
+				if got := ip.s.Region().Bytes()[fs[0].FragOffset : fs[0].FragOffset+uint64(fs[0].FragSize)]; string(got) != string(payload(1200)) {
+					t.Fatal("fragment bytes differ")
+				}
+				toks = append(toks, devmemapi.DmabufToken{TokenStart: fs[0].FragToken, TokenCount: 1})
+				freed, err := c.DontNeed(toks)
+				if err != nil || freed != len(toks) {
+					t.Fatalf("DONTNEED after unbind = %d, %v; want %d", freed, err, len(toks))
+				}
+			}
+			c.Close()
+			if a := ip.s.Region().Snapshot(); a.Held != 0 || a.Pinned != 0 {
+				t.Fatalf("after close: %+v", a)
+			}
+		})
 	}
 }

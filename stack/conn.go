@@ -419,8 +419,9 @@ func (c *Conn) tryRecv(p, oob []byte, devmem bool) (n, oobn int, err error, agai
 		if kind == kindDmabuf {
 			tok, derr := c.ts.Deliver(g.bind.tb, g.frame)
 			if derr != nil {
-				// Raced with an unbind after planning: the bytes are gone.
-				err = fmt.Errorf("recvmsg: %w", derr)
+				// Raced with a drain or close after planning: the bytes are
+				// gone.
+				err = c.deliverErr(g.bind, derr)
 				total -= got
 				break
 			}
@@ -453,18 +454,34 @@ func (c *Conn) tryRecv(p, oob []byte, devmem bool) (n, oobn int, err error, agai
 }
 
 // deliverable checks that a fragment of binding b can be handed to this
-// socket: ENODEV once b is unbound, EFAULT for a binding other than the one
-// an autorelease-off socket is tied to.
+// socket (tokens.Socket.CanDeliver, the series' v10 rules): in
+// autorelease-off mode EFAULT for a binding other than the one the socket
+// is tied to, ENODEV for a binding without users left (unbound, no socket
+// tied) when the socket is not tied yet. A tied socket keeps its binding
+// alive after unbind, and autorelease-on sockets always receive what was
+// queued.
 func (c *Conn) deliverable(b *rxBinding) error {
-	if b.closed.Load() || b.tb.Unbound() {
+	return c.deliverErr(b, c.ts.CanDeliver(b.tb))
+}
+
+// deliverErr turns a refusal of the token layer into the table's recvmsg
+// case, counted.
+func (c *Conn) deliverErr(b *rxBinding, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.ENODEV):
 		c.s.cnt.enodev.Add(1)
-		return fmt.Errorf("recvmsg: dmabuf %d was unbound: %w", b.id, devmemerr.RecvMsgUnbound.Err())
-	}
-	if tb := c.ts.Binding(); tb != nil && tb != b.tb {
+		return fmt.Errorf("recvmsg: dmabuf %d was unbound and has no socket tied to it: %w", b.id, devmemerr.RecvMsgUnbound.Err())
+	case errors.Is(err, unix.EFAULT):
 		c.s.cnt.efault.Add(1)
-		return fmt.Errorf("recvmsg: fragment of dmabuf %d on a socket tied to dmabuf %d: %w", b.id, tb.ID(), devmemerr.RecvMsgOtherBinding.Err())
+		id := uint32(0)
+		if tb := c.ts.Binding(); tb != nil {
+			id = tb.ID()
+		}
+		return fmt.Errorf("recvmsg: fragment of dmabuf %d on a socket tied to dmabuf %d: %w", b.id, id, devmemerr.RecvMsgOtherBinding.Err())
 	}
-	return nil
+	return fmt.Errorf("recvmsg: %w", err)
 }
 
 // readErr converts a gVisor read error into RecvMsg's results.

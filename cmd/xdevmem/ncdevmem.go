@@ -56,7 +56,7 @@ const (
 // Unbind modes of the autorelease series (enum unbind_mode_type).
 const (
 	unbindNormal     = 0 // UNBIND_MODE_NORMAL: unbind at exit
-	unbindBeforeRecv = 1 // UNBIND_MODE_BEFORE_RECV: recvmsg then fails ENODEV, which is success
+	unbindBeforeRecv = 1 // UNBIND_MODE_BEFORE_RECV: with autorelease off recvmsg then fails ENODEV, which is success
 	unbindAfterRecv  = 2 // UNBIND_MODE_AFTER_RECV: unbind after the first recvmsg
 	unbindInval      = 3 // UNBIND_MODE_INVAL
 )
