@@ -111,11 +111,11 @@ func NewKernelConn(c *net.TCPConn) (*KernelConn, error) {
 // the read deadline) unless flags hold MSG_DONTWAIT. Kernel errors come
 // back as *devmemerr.Error (op recvmsg) matching their errno; a passed
 // deadline matches os.ErrDeadlineExceeded, a closed conn net.ErrClosed.
-// An empty p returns 0 at once, as the kernel does for a zero-length read.
+// An empty p is passed on as a zero-length iovec: the kernel then waits for
+// data like any read (target one byte), takes none, and on devmem data
+// still answers EFAULT without MSG_SOCK_DEVMEM or reports the next piece in
+// a zero-size control message (tcp_recvmsg_locked, tcp_recvmsg_dmabuf).
 func (k *KernelConn) RecvMsg(p, oob []byte, flags int) (n, oobn int, err error) {
-	if len(p) == 0 {
-		return 0, 0, nil
-	}
 	k.rmu.Lock()
 	defer k.rmu.Unlock()
 	k.rp, k.roob, k.rflags = p, oob, flags

@@ -89,12 +89,15 @@ func setsockoptDontNeed(fd int, optval []byte) (int, error) {
 	return int(r), nil
 }
 
-// recvmsg is recvmsg(2) into p (which must not be empty) and oob, with
-// flags passed through; errno is 0 on success. Unlike unix.Recvmsg it does not allocate and never
-// substitutes a one-byte buffer for an empty p.
+// recvmsg is recvmsg(2) into p and oob, with flags passed through; errno
+// is 0 on success. Unlike unix.Recvmsg it does not allocate and never
+// substitutes a one-byte buffer for an empty p: an empty p is a zero-length
+// iovec, as a C caller's would be.
 func recvmsg(fd int, p, oob []byte, flags int) (n, oobn int, errno unix.Errno) {
 	var iov unix.Iovec
-	iov.Base = &p[0]
+	if len(p) > 0 {
+		iov.Base = &p[0]
+	}
 	iov.SetLen(len(p))
 	var msg unix.Msghdr
 	msg.Iov = &iov

@@ -62,9 +62,12 @@ type Listener interface {
 type Conn interface {
 	// RecvMsg is shaped like unix.Recvmsg. With MSG_SOCK_DEVMEM in flags it
 	// fills oob with SCM_DEVMEM_DMABUF messages (payload in the dmabuf, n
-	// counts their bytes) or one SCM_DEVMEM_LINEAR message (payload copied
-	// into p). Without the flag, dmabuf data fails with EFAULT. At end of
-	// stream it returns n = 0 and a nil error.
+	// counts their bytes), each packet's possibly preceded by an
+	// SCM_DEVMEM_LINEAR message for its part copied into p; ordinary data
+	// comes copied into p with no control message, and never in the same
+	// call as devmem data. Without the flag, dmabuf data fails with EFAULT.
+	// MSG_PEEK, MSG_TRUNC, MSG_WAITALL and MSG_DONTWAIT act as on a kernel
+	// TCP socket. At end of stream it returns n = 0 and a nil error.
 	RecvMsg(p, oob []byte, flags int) (n, oobn int, err error)
 	// DontNeed returns tokens (SO_DEVMEM_DONTNEED) and reports how many
 	// fragments it freed.

@@ -59,12 +59,23 @@ type Config struct {
 	// and the RSS spread refer to (see steer.go); 0 means Queues.
 	Channels int
 	// HDSThresh is the emulated device's header-split threshold: TCP
-	// payloads shorter than it stay in the header buffer and are delivered
-	// linear (copied, SCM_DEVMEM_LINEAR). 0 splits every payload. It models
-	// the device, not the ethtool setting of the same name (see Rings,
-	// whose bind-rx checks it does not trigger), so applications can
-	// exercise their linear-data handling.
+	// payloads shorter than it stay whole in the header buffer, so the
+	// segment has no dmabuf fragment and its bytes are ordinary data
+	// (copied, no devmem control message, readable without
+	// MSG_SOCK_DEVMEM), as the kernel delivers a readable skb. 0 splits
+	// every payload. It models the device, not the ethtool setting of the
+	// same name (see Rings, whose bind-rx checks it does not trigger).
 	HDSThresh int
+	// LinearHead models a device that splits late: it leaves the first
+	// LinearHead bytes of every split segment's payload in the header
+	// buffer. They reach the application copied into p with
+	// SCM_DEVMEM_LINEAR, followed in the same recvmsg by the segment's
+	// SCM_DEVMEM_DMABUF fragments, as the kernel delivers the linear part
+	// of an skb that also has dmabuf frags. A payload no longer than
+	// LinearHead has no fragment and is ordinary data. 0 (the default)
+	// splits exactly at the payload; applications set it to exercise their
+	// SCM_DEVMEM_LINEAR handling.
+	LinearHead int
 	// TrustChecksum skips software checksum verification (benchmarks only;
 	// corrupted frames would then reach the application).
 	TrustChecksum bool
@@ -176,8 +187,8 @@ func New(cfg Config) (_ *Stack, err error) {
 		frames := cfg.RegionSize / umem.DefaultFrameSize
 		cfg.RcvBuf = int(min(max(frames/2*1400, 1<<20), 8<<20))
 	}
-	if cfg.HDSThresh < 0 {
-		return nil, fmt.Errorf("xdevmem stack: hds-thresh %d: %w", cfg.HDSThresh, unix.EINVAL)
+	if cfg.HDSThresh < 0 || cfg.LinearHead < 0 {
+		return nil, fmt.Errorf("xdevmem stack: hds-thresh %d, linear head %d: %w", cfg.HDSThresh, cfg.LinearHead, unix.EINVAL)
 	}
 	if cfg.MTU > MaxMTU {
 		return nil, fmt.Errorf("xdevmem stack: MTU %d of %s is too large (at most %d, in up to %d frames of %d bytes with XDP multi-buffer): %w",
