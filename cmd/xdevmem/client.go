@@ -242,12 +242,14 @@ func runClient(args []string) error {
 	defer close(done)
 	var iov []devmemapi.Iovec
 	var start time.Time
-	for {
-		slot := sum.Sends % slots
-		if sum.Sends >= slots {
-			// The slot's previous send must be complete before the
+	// slotEnd[i] is one past the number of the last send from slot i; its
+	// bytes may be rewritten once that send completed.
+	slotEnd := make([]uint64, slots)
+	for slot := uint64(0); ; slot = (slot + 1) % slots {
+		if slotEnd[slot] > 0 {
+			// The slot's previous sends must be complete before the
 			// slot is written again.
-			if err := waitFor(sum.Sends - slots); err != nil {
+			if err := waitFor(slotEnd[slot] - 1); err != nil {
 				return report(err)
 			}
 		}
@@ -265,18 +267,29 @@ func runClient(args []string) error {
 			if start.IsZero() {
 				start = time.Now()
 			}
-			k, err := devmemapi.SendDmabuf(conn, b.ID(), iov, 0)
-			if err != nil {
-				return report(fmt.Errorf("sendmsg: %w", err))
+			// At most UIO_MAXIOV iovecs per sendmsg (more is EMSGSIZE), as
+			// ncdevmem's do_client sends at most MAX_IOV at a time.
+			for rest := iov; len(rest) > 0; {
+				part := rest[:min(len(rest), devmemapi.UIO_MAXIOV)]
+				rest = rest[len(part):]
+				want := 0
+				for _, v := range part {
+					want += int(v.Len)
+				}
+				k, err := devmemapi.SendDmabuf(conn, b.ID(), part, 0)
+				if err != nil {
+					return report(fmt.Errorf("sendmsg: %w", err))
+				}
+				if *verbose {
+					fmt.Fprintf(os.Stderr, "sendmsg_ret=%d\n", k)
+				}
+				if k != want {
+					return report(fmt.Errorf("did not send all bytes %d vs %d", k, want))
+				}
+				sum.Sends++
+				sum.Bytes += uint64(k)
 			}
-			if *verbose {
-				fmt.Fprintf(os.Stderr, "sendmsg_ret=%d\n", k)
-			}
-			if k != n {
-				return report(fmt.Errorf("did not send all bytes %d vs %d", k, n))
-			}
-			sum.Sends++
-			sum.Bytes += uint64(n)
+			slotEnd[slot] = sum.Sends
 			if err := drain(); err != nil {
 				return report(err)
 			}
