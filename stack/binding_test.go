@@ -208,3 +208,25 @@ func TestUnbindWithSocketsOpen(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseRacesReceive: a segment whose flow was looked up just before
+// its connection closed must not be queued on the drained flow, where no
+// one would unpin its frame (a frame leaked at each such race).
+func TestCloseRacesReceive(t *testing.T) {
+	ip := newInproc(t, Config{})
+	if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := ip.s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, seq := ip.connect(ln, 40400, 77)
+	ip.inject(segment(40400, 5201, seq, 1, tcpFlagAck, nil, make([]byte, 500))) // the flow is cached now
+	testHookLookedUp = func() { testHookLookedUp = nil; c.Close() }
+	defer func() { testHookLookedUp = nil }()
+	ip.inject(segment(40400, 5201, seq+500, 1, tcpFlagAck, nil, make([]byte, 700)))
+	if a := ip.s.Region().Snapshot(); a.Pinned != 0 || a.Held != 0 {
+		t.Fatalf("after the close that raced a receive: %+v", a)
+	}
+}

@@ -295,8 +295,21 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 		q.free = append(q.free, frame)
 		return
 	}
+	if testHookLookedUp != nil {
+		testHookLookedUp()
+	}
 	bnd, kind := q.placement(fl, sp.PayloadLen)
 	fl.mu.Lock()
+	if fl.dead.Load() {
+		// The connection closed after the lookup: its queue was drained
+		// and nobody would drain a new entry (the frame would stay
+		// pinned). gVisor answers for the closed endpoint.
+		fl.mu.Unlock()
+		s.cnt.noFlow.Add(1)
+		q.deliverCopy(b, sp)
+		q.free = append(q.free, frame)
+		return
+	}
 	k := q.insert(fl, sp.Seq, sp.PayloadLen, d.Addr+uint64(sp.PayloadOff), frame, kind, bnd, true)
 	fl.mu.Unlock()
 	if k < 0 {
@@ -500,6 +513,14 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 	seq, left := sp.Seq, sp.PayloadLen
 	beyond := false
 	fl.mu.Lock()
+	if fl.dead.Load() {
+		// Closed after the lookup (see handle).
+		fl.mu.Unlock()
+		s.cnt.noFlow.Add(1)
+		q.deliverCopyMulti(b0, q.more, sp)
+		freeAll()
+		return
+	}
 	for i, d := range descs {
 		off, n := uint64(0), int(d.Len)
 		if i == 0 {
@@ -563,3 +584,7 @@ func (q *rxQueue) deliverCopyMulti(b0 []byte, more [][]byte, sp Split) {
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
 	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.TrustChecksum)
 }
+
+// testHookLookedUp, when set (tests only), runs between a segment's flow
+// lookup and its queueing: where a close can slip in.
+var testHookLookedUp func()
