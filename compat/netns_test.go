@@ -386,3 +386,23 @@ func TestNetnsKernelProviderTX(t *testing.T) {
 		}
 	})
 }
+
+// TestNetnsDefaultAutorelease reads the running kernel's bind-rx policy:
+// the default token mode follows whether bind-rx takes
+// NETDEV_A_DMABUF_AUTORELEASE (Linux 6.18 does not: autorelease on).
+func TestNetnsDefaultAutorelease(t *testing.T) {
+	c, err := netdev.Dial(nil)
+	if err != nil {
+		t.Skipf("no netdev family: %v", err)
+	}
+	defer c.Close()
+	has, err := c.HasAutoreleaseAttr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := netdev.HostAutorelease()
+	if d.On == has || d.Series != has {
+		t.Fatalf("attribute present %v, default %+v", has, d)
+	}
+	t.Logf("this kernel: %v", d)
+}

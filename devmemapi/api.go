@@ -44,7 +44,10 @@ type BindRXConfig struct {
 	// DmabufFD is a caller-supplied dmabuf (kernel backend); -1 or 0 lets
 	// the backend make one where it can.
 	DmabufFD int
-	// Autorelease selects the token release mode: nil leaves the default.
+	// Autorelease selects the token release mode (the autorelease series'
+	// NETDEV_A_DMABUF_AUTORELEASE): nil leaves the backend's default, the
+	// kernel's own on the kernel backend (autorelease on upstream) and the
+	// same host kernel's on the emulation.
 	Autorelease *bool
 }
 

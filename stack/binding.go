@@ -126,5 +126,11 @@ func (b *rxBinding) Close() error {
 }
 
 // bindMode is the token release mode a bind-rx asks for: the request's
-// attribute, or nil (the default).
-func (s *Stack) bindMode(req *bool) *bool { return req }
+// attribute, or the stack's default (DefaultAutorelease).
+func (s *Stack) bindMode(req *bool) *bool {
+	if req != nil {
+		return req
+	}
+	on := s.autorelease
+	return &on
+}

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/xdevmem/xdevmem/compat/netdev"
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/tokens"
@@ -204,6 +205,45 @@ func TestUnbindWithSocketsOpen(t *testing.T) {
 			c.Close()
 			if a := ip.s.Region().Snapshot(); a.Held != 0 || a.Pinned != 0 {
 				t.Fatalf("after close: %+v", a)
+			}
+		})
+	}
+}
+
+// TestDefaultAutorelease: a bind-rx without the autorelease attribute gets
+// the host kernel's mode, so a program behaves the same when the auto
+// backend picks the kernel: autorelease on where the kernel's bind-rx has
+// no NETDEV_A_DMABUF_AUTORELEASE (upstream, 6.18 included), the series'
+// default 0 where it has it. Config.Autorelease and the request override.
+func TestDefaultAutorelease(t *testing.T) {
+	defer func(f func() netdev.AutoreleaseDefault) { hostAutorelease = f }(hostAutorelease)
+	on, off := true, false
+	for _, tc := range []struct {
+		name string
+		host netdev.AutoreleaseDefault
+		cfg  *bool
+		req  *bool
+		want bool
+	}{
+		{"upstream kernel", netdev.AutoreleaseDefault{On: true, Reason: "upstream"}, nil, nil, true},
+		{"series kernel", netdev.AutoreleaseDefault{Series: true, Reason: "series"}, nil, nil, false},
+		{"configured off on upstream", netdev.AutoreleaseDefault{On: true}, &off, nil, false},
+		{"request on over the series", netdev.AutoreleaseDefault{Series: true}, nil, &on, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hostAutorelease = func() netdev.AutoreleaseDefault { return tc.host }
+			ip := newInproc(t, Config{Autorelease: tc.cfg})
+			b, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}, Autorelease: tc.req})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if got := b.(*rxBinding).Autorelease(); got != tc.want {
+				t.Fatalf("binding mode autorelease=%v, want %v", got, tc.want)
+			}
+			def, why := ip.s.DefaultAutorelease()
+			if tc.cfg == nil && (def != tc.host.On || !strings.Contains(why, "host kernel") || !strings.Contains(why, tc.host.Reason)) {
+				t.Fatalf("DefaultAutorelease = %v, %q", def, why)
 			}
 		})
 	}

@@ -215,7 +215,7 @@ func (s *Stack) newConn(ep tcpip.Endpoint, wq *waiter.Queue, ra tcpip.FullAddres
 		s.cnt.flowsRefused.Add(1)
 		return nil, fmt.Errorf("accept: no fragment queue for %v:%d: %w", ra.Addr, ra.Port, unix.ECONNABORTED)
 	}
-	mode := false
+	mode := s.autorelease
 	if b := s.bindingFor(s.steer.queueOf(fl)); b != nil {
 		mode = b.tb.Autorelease()
 	}

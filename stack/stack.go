@@ -19,6 +19,7 @@ import (
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
+	"github.com/xdevmem/xdevmem/compat/netdev"
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/umem"
 )
@@ -98,6 +99,13 @@ type Config struct {
 	// chaining descriptors that point into the TX dmabuf (tx.go; for
 	// comparison and for kernels without multi-buffer AF_XDP TX).
 	TXCopy bool
+	// Autorelease is the token release mode of a bind-rx that does not
+	// choose one (BindRXConfig.Autorelease nil). nil means the host
+	// kernel's (netdev.HostAutorelease): autorelease on where the
+	// kernel's bind-rx lacks NETDEV_A_DMABUF_AUTORELEASE, as every
+	// upstream kernel does, the series' 0 where it has it; so a program
+	// behaves the same when the auto backend picks the kernel.
+	Autorelease *bool
 }
 
 // Stack is an emulated devmem TCP stack: an AF_XDP socket and XDP program on
@@ -126,6 +134,8 @@ type Stack struct {
 
 	addrMode    AddressMode
 	addrModeWhy string
+	autorelease bool        // the default token mode (Config.Autorelease)
+	autoWhy     string      // why
 	ports       *portTable  // nil in in-process tests
 	netns       *nsHandle   // the namespace New ran in
 	neigh       *neighTable // shared-address mode only
@@ -345,8 +355,23 @@ func newStackState(cfg Config, prefixes []netip.Prefix) *Stack {
 	s.flows.window = s.window
 	s.setPrefixes(prefixes)
 	s.steer.init(max(cfg.Channels, 1))
+	if cfg.Autorelease != nil {
+		s.autorelease, s.autoWhy = *cfg.Autorelease, "set by the configuration"
+	} else {
+		d := hostAutorelease()
+		s.autorelease, s.autoWhy = d.On, "the host kernel's default: "+d.Reason
+	}
 	return s
 }
+
+// hostAutorelease is the host kernel's default token mode (a variable for
+// tests).
+var hostAutorelease = netdev.HostAutorelease
+
+// DefaultAutorelease reports the token release mode a bind-rx without the
+// autorelease attribute gets (Config.Autorelease, else the host kernel's)
+// and why, in words for a person.
+func (s *Stack) DefaultAutorelease() (on bool, why string) { return s.autorelease, s.autoWhy }
 
 // MaxChannels bounds the logical RX queues (channels) of the emulated NIC.
 const MaxChannels = 64

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdevmem/xdevmem/compat/netdev"
 	"github.com/xdevmem/xdevmem/internal/netns"
 	"github.com/xdevmem/xdevmem/internal/pattern"
 	"github.com/xdevmem/xdevmem/internal/testutil"
@@ -279,6 +280,13 @@ func TestNcdevmemDevmemPy(t *testing.T) {
 			!strings.Contains(se, "ncdevmem: ok") || totalReceived(se) != 1024 {
 			t.Fatalf("stdout:\n%s\nstderr:\n%s", so, se)
 		}
+		// Without -a the token mode is the host kernel's default, and
+		// ncdevmem says which and why.
+		host := netdev.HostAutorelease()
+		want := fmt.Sprintf("xdevmem: token mode autorelease=%d (the host kernel's default: %s)", b2i(host.On), host.Reason)
+		if !strings.Contains(se, want) {
+			t.Fatalf("stderr lacks %q:\n%s", want, se)
+		}
 	})
 
 	// The stack's listener is in userspace; a kernel socket holds the port
@@ -451,4 +459,11 @@ func kernelTCP(t *testing.T, ns *netns.NS) map[string]int64 {
 		t.Fatalf("no Tcp counters in /proc/net/snmp: %s", out)
 	}
 	return m
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

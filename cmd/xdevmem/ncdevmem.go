@@ -335,6 +335,7 @@ func (nc *ncdevmem) open(addr netip.Prefix, skipConfig bool) error {
 	} else {
 		nc.nic = &ethtoolNIC{nc: nc}
 	}
+	nc.logTokenMode(choice)
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
@@ -344,6 +345,27 @@ func (nc *ncdevmem) open(addr netip.Prefix, skipConfig bool) error {
 		os.Exit(128 + int(s.(syscall.Signal)))
 	}()
 	return nil
+}
+
+// logTokenMode says which token release mode a bind-rx without -a gets and
+// why: the host kernel's default on both backends (autorelease on upstream,
+// the series' 0 where bind-rx takes the attribute), unless -a chooses.
+func (nc *ncdevmem) logTokenMode(choice *compat.Choice) {
+	var on bool
+	var why string
+	switch {
+	case nc.st != nil:
+		on, why = nc.st.DefaultAutorelease()
+	case choice != nil && choice.Probe != nil:
+		on, why = choice.Probe.TokenMode.On, "the kernel's default: "+choice.Probe.TokenMode.Reason
+	default:
+		return
+	}
+	if nc.autorelease != nil {
+		nc.logf("xdevmem: token mode autorelease=%d (-a; without it: autorelease=%d, %s)\n", b2i(*nc.autorelease), b2i(on), why)
+		return
+	}
+	nc.logf("xdevmem: token mode autorelease=%d (%s)\n", b2i(on), why)
 }
 
 // emulatedChannels is the emulated NIC's channel count (ethtool -l): the

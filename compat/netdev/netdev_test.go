@@ -450,3 +450,36 @@ func notDmabuf(t *testing.T) int {
 	t.Cleanup(func() { unix.Close(fd) })
 	return fd
 }
+
+// TestDefaultAutorelease: the kernel's default token mode comes from
+// bind-rx's policy. Without NETDEV_A_DMABUF_AUTORELEASE (upstream, 6.18
+// included) it is 1, per-socket tokens freed on close; with the series'
+// u8 attribute it is the series' default, 0; without bind-rx it is 1.
+func TestDefaultAutorelease(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		setup  func(k *netdevtest.Kernel)
+		on     bool
+		series bool
+	}{
+		{"6.18", nil, true, false},
+		{"autorelease series", func(k *netdevtest.Kernel) { k.AutoreleaseSeries = true }, false, true},
+		{"no bind-rx", func(k *netdevtest.Kernel) { k.NoBindRX = true }, true, false},
+	} {
+		k := netdevtest.New()
+		if tc.setup != nil {
+			tc.setup(k)
+		}
+		c := dial(t, k)
+		d := netdev.DefaultAutorelease(c)
+		if d.On != tc.on || d.Series != tc.series || d.Reason == "" {
+			t.Errorf("%s: %+v; want on %v series %v", tc.name, d, tc.on, tc.series)
+		}
+		if !tc.series && tc.name != "no bind-rx" {
+			p, err := c.BindRXPolicy()
+			if err != nil || len(p) != 3 || p[netdev.AttrDmabufFD] != unix.NL_ATTR_TYPE_U32 {
+				t.Errorf("%s: bind-rx policy %v, %v", tc.name, p, err)
+			}
+		}
+	}
+}

@@ -39,6 +39,14 @@ func (a attrs) u32(t uint16) uint32 {
 	return nlenc.Uint32(v[len(v)-1][:4])
 }
 
+func (a attrs) u16(t uint16) uint16 {
+	v := a[t]
+	if len(v) == 0 || len(v[len(v)-1]) < 2 {
+		return 0
+	}
+	return nlenc.Uint16(v[len(v)-1][:2])
+}
+
 // unknownAttr is the policy check genetlink runs before a doit: an
 // attribute above the policy's maximum fails EINVAL with this text.
 var unknownAttr = &kerr{unix.EINVAL, "Unknown attribute type"}

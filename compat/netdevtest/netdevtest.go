@@ -8,7 +8,9 @@
 //
 // # What it models
 //
-//   - nlctrl CTRL_CMD_GETFAMILY for "netdev" and "ethtool", with the ops list.
+//   - nlctrl CTRL_CMD_GETFAMILY for "netdev" and "ethtool", with the ops
+//     list, and CTRL_CMD_GETPOLICY for bind-rx (with the autorelease
+//     attribute on a series kernel).
 //   - netdev dev-get, queue-get (dump by ifindex; queues of up devices only),
 //     bind-rx and bind-tx, including the autorelease attribute when
 //     Kernel.AutoreleaseSeries is set.
@@ -382,6 +384,11 @@ func (k *Kernel) handle(s *socket, m netlink.Message) []netlink.Message {
 	switch m.Header.Type {
 	case unix.GENL_ID_CTRL:
 		fam = "nlctrl"
+		if gm.Header.Command == unix.CTRL_CMD_GETPOLICY {
+			dump = true
+			replies, e = k.getPolicy(gm)
+			break
+		}
 		replies, e = k.getFamily(gm)
 	case NetdevFamilyID:
 		fam = netdev.FamilyName
@@ -467,6 +474,39 @@ func reply(cmd uint8, version uint8, ae *netlink.AttributeEncoder) []byte {
 	}
 	gb, _ := (&genetlink.Message{Header: genetlink.Header{Command: cmd, Version: version}, Data: b}).MarshalBinary()
 	return gb
+}
+
+// getPolicy answers CTRL_CMD_GETPOLICY for netdev's bind-rx: ifindex
+// (u32), queues (nested), fd (u32) and, on a series kernel, autorelease
+// (u8), as the kernel's policy dump reports them.
+func (k *Kernel) getPolicy(gm genetlink.Message) ([][]byte, *kerr) {
+	a, ok := decode(gm.Data)
+	if !ok {
+		return nil, &kerr{unix.EINVAL, ""}
+	}
+	if a.u16(unix.CTRL_ATTR_FAMILY_ID) != NetdevFamilyID || k.NoNetdev {
+		return nil, &kerr{unix.ENOENT, ""}
+	}
+	if !a.has(unix.CTRL_ATTR_OP) || uint8(a.u32(unix.CTRL_ATTR_OP)) != netdev.CmdBindRX || k.NoBindRX {
+		return nil, &kerr{unix.ENOENT, ""}
+	}
+	attrs := map[uint16]uint32{
+		netdev.AttrDmabufIfindex: unix.NL_ATTR_TYPE_U32,
+		netdev.AttrDmabufQueues:  unix.NL_ATTR_TYPE_NESTED,
+		netdev.AttrDmabufFD:      unix.NL_ATTR_TYPE_U32,
+	}
+	if k.AutoreleaseSeries {
+		attrs[netdev.AttrDmabufAutorelease] = unix.NL_ATTR_TYPE_U8
+	}
+	msgs, err := genl.EncodeDoPolicy(NetdevFamilyID, netdev.CmdBindRX, attrs)
+	if err != nil {
+		panic(err)
+	}
+	out := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		out[i], _ = (&genetlink.Message{Header: genetlink.Header{Command: unix.CTRL_CMD_GETPOLICY, Version: 2}, Data: m}).MarshalBinary()
+	}
+	return out, nil
 }
 
 func (k *Kernel) getFamily(gm genetlink.Message) ([][]byte, *kerr) {
