@@ -56,7 +56,10 @@ func newNcEnv(t *testing.T) *ncEnv {
 	if err := os.Symlink(bin, link); err != nil {
 		t.Fatal(err)
 	}
-	p := testutil.NewPair(t, netns.Options{Prefix: "xdt"})
+	// Two RX queues: ncdevmem binds the last and spreads RSS over the
+	// others, and refuses a device with fewer (the emulated NIC has the
+	// interface's queues).
+	p := testutil.NewPair(t, netns.Options{Prefix: "xdt", RxQueues: 2, TxQueues: 2})
 	if out, err := exec.Command("ip", "-n", p.Emu.Name, "addr", "add", p.EmuAddr.String(), "dev", p.EmuIf).CombinedOutput(); err != nil {
 		t.Fatalf("ip addr add: %v: %s", err, out)
 	}
@@ -264,6 +267,46 @@ func TestNcdevmemDevmemPy(t *testing.T) {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("probe on lo: no reason %q:\n%s", want, out)
 			}
+		}
+	})
+
+	// The emulated NIC has the interface's RX queues (here 2): a queue
+	// beyond them fails as on a real NIC, at RSS set-up (ethtool -X equal
+	// 7: EINVAL) or, with -n, at bind-rx (EINVAL); XDEVMEM_CHANNELS sets
+	// another count, which ncdevmem reports.
+	t.Run("queues", func(t *testing.T) {
+		port := e.randPort()
+		base := fmt.Sprintf("%s -l -f %s -s %s -p %d", e.bin, e.ifname, e.addr, port)
+		for _, tc := range []struct {
+			args string
+			want []string
+		}{
+			{"-t 7 -q 1", []string{"2 RX channels (the active RX queues of " + e.ifname, "Cannot set RX flow hash configuration", "invalid argument", "ncdevmem: Failed to configure rss"}},
+			{"-n -t 7 -q 1", []string{"netdev_bind_rx: invalid argument", "ncdevmem: Failed to bind"}},
+			{"-t 1 -q 2", []string{"netdev_bind_rx: invalid argument", "ncdevmem: Failed to bind"}},
+		} {
+			start := time.Now()
+			out, err := local.Command("sh", "-c", base+" "+tc.args).CombinedOutput()
+			if err == nil {
+				t.Errorf("%s: succeeded on a 2-queue NIC:\n%s", tc.args, out)
+				continue
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("%s: output lacks %q:\n%s", tc.args, w, out)
+				}
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("%s: took %v to fail", tc.args, d)
+			}
+		}
+		listen := "XDEVMEM_CHANNELS=8 " + base + " -t 7 -q 1 -c " + e.remote + " -v 7"
+		b := ncStart(t, local, "sh", listen)
+		waitPortListen(t, local, port, b)
+		ncCmd(t, remote, "bash", rxPipe("1K", e.socatSend(port, 0)))
+		ncExpectOK(t, b, "XDEVMEM_CHANNELS=8 -t 7")
+		if se := b.stderr.String(); !strings.Contains(se, "8 RX channels (XDEVMEM_CHANNELS=8)") || totalReceived(se) != 1024 {
+			t.Fatalf("stderr:\n%s", lastLines(se, 20))
 		}
 	})
 

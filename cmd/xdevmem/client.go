@@ -64,7 +64,7 @@ func runClient(args []string) error {
 	txSize := uint64(8 << 20)
 	fs.Var(sizeValue{&txSize}, "tx-size", "TX dmabuf size: the slots sends use in turn; a slot is refilled only after its send completed")
 	var umemSize uint64
-	fs.Var(sizeValue{&umemSize}, "umem", "UMEM size (default 16MiB + --tx-size)")
+	fs.Var(sizeValue{&umemSize}, "umem", "UMEM size (default 16MiB per RX queue + --tx-size)")
 	prefixLen := fs.Int("prefix-len", 24, "prefix length of -c")
 	txCopy := fs.Bool("tx-copy", false, "copy payload into TX frames instead of multi-buffer descriptors (for comparison)")
 	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for the connection and for the last completions")
@@ -107,7 +107,9 @@ func runClient(args []string) error {
 		return fmt.Errorf("--send-size %d must be positive and at most --tx-size %d", sendSize, txSize)
 	}
 	if umemSize == 0 {
-		umemSize = 16<<20 + txSize
+		// Each RX queue's fill ring holds 16 MiB of frames; the TX
+		// dmabuf is a contiguous span beside them.
+		umemSize = uint64(stack.RXQueueCount(*ifname))*16<<20 + txSize
 	}
 	if err := requireRoot("client"); err != nil {
 		return err
