@@ -199,6 +199,12 @@ func TestKernelConnDontNeedErrors(t *testing.T) {
 	if n, err := kc.DontNeed([]devmemapi.DmabufToken{{TokenStart: 1, TokenCount: 1024}}); n != 0 || err != nil {
 		t.Errorf("unknown tokens: %d, %v", n, err)
 	}
+	if _, err := kc.DontNeedOpt(make([]byte, 12)); !devmemerr.Match(err, devmemerr.DontNeedBadOptlen) {
+		t.Errorf("optlen 12: %v", err)
+	}
+	if _, err := kc.DontNeedOpt(make([]byte, 3)); !devmemerr.Match(err, devmemerr.DontNeedShortOptlen) {
+		t.Errorf("optlen 3: %v", err)
+	}
 }
 
 // TestDmabufWriteAt: a TX dmabuf is mapped writable; WriteAt fills it

@@ -167,6 +167,25 @@ func (k *KernelConn) DontNeed(tokens []devmemapi.DmabufToken) (int, error) {
 	return k.dn, nil
 }
 
+// DontNeedOpt is DontNeed on a raw option value (an array of struct
+// dmabuf_token, native byte order), passed to the kernel as it is, so its
+// optlen checks apply (devmemerr.DontNeedShortOptlen, DontNeedBadOptlen,
+// DontNeedTooManyTokens).
+func (k *KernelConn) DontNeedOpt(optval []byte) (int, error) {
+	k.dmu.Lock()
+	defer k.dmu.Unlock()
+	k.dbuf = append(k.dbuf[:0], optval...)
+	if err := k.rc.Control(k.dontNeedFn); err != nil {
+		return 0, fmt.Errorf("dontneed: %w", err)
+	}
+	if k.derr != nil {
+		err := k.derr
+		k.derr = nil
+		return 0, err
+	}
+	return k.dn, nil
+}
+
 func (k *KernelConn) dontNeed(fd uintptr) {
 	n, err := setsockoptDontNeed(int(fd), k.dbuf)
 	if errno, ok := err.(unix.Errno); ok {

@@ -279,6 +279,8 @@ func (k *Kernel) openRXQueue(d *Device, id uint32) *kerr {
 		return fail(devmemerr.BindRXQueueBound)
 	case slices.Contains(d.XSKQueues, id):
 		return fail(devmemerr.BindRXAFXDP)
+	case d.NoQueueRestart:
+		return fail(devmemerr.BindRXNoQueueRestart)
 	case d.IgnoresProvider:
 		return fail(devmemerr.BindRXNotPickedUp)
 	}

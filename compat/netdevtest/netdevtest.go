@@ -88,6 +88,10 @@ type Device struct {
 	// IgnoresProvider is a driver that restarts the queue without the
 	// memory provider (bind-rx ENODATA).
 	IgnoresProvider bool
+	// NoQueueRestart is a driver that takes the netdev instance lock but
+	// cannot restart a queue (no queue_mgmt_ops): bind-rx fails EOPNOTSUPP
+	// when it opens the queue.
+	NoQueueRestart bool
 	// NoDMA is a device without a DMA device (a software device with
 	// queue-management ops): bind-rx and bind-tx fail EOPNOTSUPP "Device
 	// doesn't support DMA".
