@@ -244,7 +244,13 @@ func (c *TXConn) SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, err
 		t.cnt.einval.Add(1)
 		return 0, fmt.Errorf("sendmsg: %d iovecs: %w", len(iov), devmemerr.SendMsgTooManyIovecs.Err())
 	}
-	ck, cerr := devmemapi.ParseSendCmsg(oob, devmemapi.SendCmsgOptions{Privileged: netPrivileged()})
+	ck, cerr := devmemapi.ParseSendCmsg(oob, devmemapi.SendCmsgOptions{Privileged: true})
+	if (cerr != nil || ck.HasMark || ck.HasPriority && ck.Priority > 6) && !netPrivileged() {
+		// Only a mark or a high priority needs the capability: ask for
+		// it (a syscall) only then, or on the error path, and parse
+		// again with the kernel's order of errors.
+		ck, cerr = devmemapi.ParseSendCmsg(oob, devmemapi.SendCmsgOptions{})
+	}
 	id, hasID := ck.DmabufID, ck.HasDmabufID
 	var size uint64
 	for _, v := range iov {
