@@ -28,6 +28,9 @@ type dmabuf struct {
 	// noSync skips DMA_BUF_IOCTL_SYNC: for tests that stand a memfd in
 	// for a dmabuf (no dmabuf exporter on the test machine).
 	noSync bool
+	// writable maps the dmabuf for writing too (a TX dmabuf the
+	// application fills).
+	writable bool
 
 	mu     sync.RWMutex
 	mem    []byte // the mapping, made by the first ReadAt
@@ -112,7 +115,11 @@ func (d *dmabuf) acquire() ([]byte, error) {
 		d.mu.RUnlock()
 		d.mu.Lock()
 		if !d.closed && d.mem == nil && d.mapErr == nil {
-			mem, err := unix.Mmap(d.fd, 0, int(d.size), unix.PROT_READ, unix.MAP_SHARED)
+			prot := unix.PROT_READ
+			if d.writable {
+				prot |= unix.PROT_WRITE
+			}
+			mem, err := unix.Mmap(d.fd, 0, int(d.size), prot, unix.MAP_SHARED)
 			if err != nil {
 				d.mapErr = fmt.Errorf("mmap: %w", err)
 			}
@@ -149,6 +156,35 @@ func (d *dmabuf) ReadAt(p []byte, off int64) (int, error) {
 	}
 	if n < len(p) {
 		return n, io.EOF
+	}
+	return n, nil
+}
+
+// WriteAt copies p into the dmabuf at off through the mapping, bracketed by
+// DMA_BUF_IOCTL_SYNC start and end (write), as an application fills a TX
+// dmabuf. It implements io.WriterAt; writes past the end fail with EFAULT.
+func (d *dmabuf) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || uint64(off) > d.size || uint64(len(p)) > d.size-uint64(off) {
+		return 0, fmt.Errorf("write dmabuf [%d, +%d) of %d bytes: %w", off, len(p), d.size, unix.EFAULT)
+	}
+	if !d.writable {
+		return 0, fmt.Errorf("write dmabuf: mapped read-only: %w", unix.EBADF)
+	}
+	mem, err := d.acquire()
+	if err != nil {
+		return 0, fmt.Errorf("write dmabuf: %w", err)
+	}
+	defer d.mu.RUnlock()
+	if !d.noSync {
+		if err := dmabufSync(d.fd, dmaBufSyncStart|dmaBufSyncWrite); err != nil {
+			return 0, fmt.Errorf("write dmabuf: sync start: %w", err)
+		}
+	}
+	n := copy(mem[off:], p)
+	if !d.noSync {
+		if err := dmabufSync(d.fd, dmaBufSyncEnd|dmaBufSyncWrite); err != nil {
+			return n, fmt.Errorf("write dmabuf: sync end: %w", err)
+		}
 	}
 	return n, nil
 }

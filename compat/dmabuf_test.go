@@ -199,4 +199,36 @@ func TestKernelConnDontNeedErrors(t *testing.T) {
 	if n, err := kc.DontNeed([]devmemapi.DmabufToken{{TokenStart: 1, TokenCount: 1024}}); n != 0 || err != nil {
 		t.Errorf("unknown tokens: %d, %v", n, err)
 	}
+	if _, err := kc.DontNeedOpt(make([]byte, 12)); !devmemerr.Match(err, devmemerr.DontNeedBadOptlen) {
+		t.Errorf("optlen 12: %v", err)
+	}
+	if _, err := kc.DontNeedOpt(make([]byte, 3)); !devmemerr.Match(err, devmemerr.DontNeedShortOptlen) {
+		t.Errorf("optlen 3: %v", err)
+	}
+}
+
+// TestDmabufWriteAt: a TX dmabuf is mapped writable; WriteAt fills it
+// through the mapping (ReadAt sees the bytes), refuses what does not fit
+// with EFAULT, and a read-only mapping refuses writes.
+func TestDmabufWriteAt(t *testing.T) {
+	d := memfdDmabuf(t, make([]byte, 8192))
+	defer d.close()
+	if _, err := d.WriteAt([]byte("x"), 0); !errors.Is(err, unix.EBADF) {
+		t.Fatalf("write to a read-only dmabuf: %v", err)
+	}
+	w := memfdDmabuf(t, make([]byte, 8192))
+	defer w.close()
+	w.writable = true
+	if n, err := w.WriteAt([]byte("devmem tx"), 4090); n != 9 || err != nil {
+		t.Fatalf("WriteAt across a page: %d, %v", n, err)
+	}
+	p := make([]byte, 9)
+	if n, err := w.ReadAt(p, 4090); n != 9 || err != nil || string(p) != "devmem tx" {
+		t.Fatalf("ReadAt = %q, %v", p[:n], err)
+	}
+	for _, off := range []int64{-1, 8190, 8193} {
+		if _, err := w.WriteAt([]byte("abc"), off); !errors.Is(err, unix.EFAULT) {
+			t.Errorf("WriteAt(%d): %v, want EFAULT", off, err)
+		}
+	}
 }

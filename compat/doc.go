@@ -16,6 +16,13 @@
 //     recvmsg(2) with MSG_SOCK_DEVMEM passed through, DontNeed is the raw
 //     setsockopt(SO_DEVMEM_DONTNEED) whose return value is the count of
 //     freed fragments.
+//   - It is also a devmemapi.TXProvider: BindTX sends NETDEV_CMD_BIND_TX
+//     (no admin capability needed) and maps the TX dmabuf for writing;
+//     Dial gives KernelTXConns whose SendMsg is sendmsg(2) with the
+//     iovecs' bases as dmabuf offsets, SCM_DEVMEM_DMABUF and MSG_ZEROCOPY,
+//     and whose RecvErrQueue and PollErrQueue read the zerocopy
+//     completions from MSG_ERRQUEUE. A program written against
+//     devmemapi sends on either backend.
 //
 // It does not configure the NIC: header split, hds-thresh, ntuple rules
 // that steer flows to the bound queues and RSS away from them are the
@@ -44,7 +51,7 @@
 // # Errors
 //
 // Every errno the kernel's devmem code defines is one row of the table in
-// package compat/devmemerr; both backends return *devmemerr.Error values,
+// package devmemapi/devmemerr; both backends return *devmemerr.Error values,
 // so errors.Is(err, unix.EOPNOTSUPP) and devmemerr.Match work the same on
 // either.
 //

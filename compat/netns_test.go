@@ -2,8 +2,11 @@ package compat_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -331,4 +334,75 @@ func TestNetnsKernelProvider(t *testing.T) {
 			t.Errorf("queues after refused binds: %+v, %v", qs, err)
 		}
 	})
+}
+
+// TestNetnsKernelProviderTX proves the kernel backend's devmem TX against
+// Linux on a veth: bind-tx through the provider reaches the kernel, which
+// refuses it (EOPNOTSUPP, "Driver does not support netmem TX"), nothing
+// stays bound and no fd leaks; Dial connects a kernel TCP socket across
+// the pair whose devmem sendmsg gets the kernel's own errors.
+func TestNetnsKernelProviderTX(t *testing.T) {
+	testutil.CheckFDs(t)
+	testutil.Watchdog(t, watchdog)
+	p := testutil.NewPair(t, netns.Options{SharedAddr: true}) // the kernel's socket needs the address
+	in(t, p.Emu, func() {
+		kp, err := compat.NewKernelProvider(compat.KernelOptions{Ifname: p.EmuIf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer kp.Close()
+		_, err = kp.BindTX(devmemapi.BindTXConfig{DmabufFD: memfd(t)})
+		if !devmemerr.Match(err, devmemerr.BindTXNoNetmemTX) || !errors.Is(err, unix.EOPNOTSUPP) ||
+			!strings.HasSuffix(err.Error(), "bind-tx: Driver does not support netmem TX: operation not supported") {
+			t.Errorf("BindTX on veth: %v", err)
+		}
+	})
+	var ln net.Listener
+	in(t, p.Peer, func() {
+		var err error
+		if ln, err = net.Listen("tcp", netip.AddrPortFrom(p.PeerAddr.Addr(), 0).String()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	in(t, p.Emu, func() {
+		kp, err := compat.NewKernelProvider(compat.KernelOptions{Ifname: p.EmuIf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer kp.Close()
+		c, err := kp.Dial(context.Background(), netip.MustParseAddrPort(ln.Addr().String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SetZeroCopy(true); err != nil {
+			t.Fatal(err)
+		}
+		// No TX binding can exist on this kernel's veth: the id is
+		// unknown to net_devmem_get_binding.
+		_, err = devmemapi.SendDmabuf(c, 12345, []devmemapi.Iovec{{Base: 0, Len: 100}}, 0)
+		if !devmemerr.Match(err, devmemerr.SendMsgUnknownBinding) {
+			t.Errorf("send with an unknown dmabuf id over the veth: %v", err)
+		}
+	})
+}
+
+// TestNetnsDefaultAutorelease reads the running kernel's bind-rx policy:
+// the default token mode follows whether bind-rx takes
+// NETDEV_A_DMABUF_AUTORELEASE (Linux 6.18 does not: autorelease on).
+func TestNetnsDefaultAutorelease(t *testing.T) {
+	c, err := netdev.Dial(nil)
+	if err != nil {
+		t.Skipf("no netdev family: %v", err)
+	}
+	defer c.Close()
+	has, err := c.HasAutoreleaseAttr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := netdev.HostAutorelease()
+	if d.On == has || d.Series != has {
+		t.Fatalf("attribute present %v, default %+v", has, d)
+	}
+	t.Logf("this kernel: %v", d)
 }

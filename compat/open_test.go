@@ -12,6 +12,7 @@ import (
 	"github.com/xdevmem/xdevmem/compat"
 	"github.com/xdevmem/xdevmem/compat/netdevtest"
 	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/internal/testutil"
 )
 
@@ -166,7 +167,7 @@ func TestKernelProviderFake(t *testing.T) {
 	}
 
 	_, err = p.BindRX(devmemapi.BindRXConfig{Queues: []uint32{9}, DmabufFD: fd})
-	if !errors.Is(err, unix.ERANGE) || !strings.Contains(err.Error(), "bind rx eth0 queues [9]: bind-rx: rx queue index out of range") {
+	if !errors.Is(err, unix.EINVAL) || !devmemerr.Match(err, devmemerr.BindRXQueueRange) || !strings.HasPrefix(err.Error(), "bind rx eth0 queues [9]: bind-rx: ") {
 		t.Errorf("queue 9: %v", err)
 	}
 	_, err = p.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}})

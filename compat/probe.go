@@ -76,6 +76,11 @@ type ProbeResult struct {
 	// interface instead; nil when the probe could not tell (no such
 	// interface).
 	Emulation *Emulation `json:"emulation,omitempty"`
+	// TokenMode is the token release mode a bind-rx without the
+	// autorelease attribute gets from this kernel, and why; the emulation
+	// defaults to the same, so a program sees one behaviour on either
+	// backend.
+	TokenMode netdev.AutoreleaseDefault `json:"token_mode"`
 }
 
 // Emulation is the probe's word on the emulated backend, which needs an
@@ -183,6 +188,7 @@ func (r *ProbeResult) WriteTable(w io.Writer) error {
 			fmt.Fprintf(tw, "emulation: not possible — %s\n", em.Detail)
 		}
 	}
+	fmt.Fprintf(tw, "token mode: autorelease=%d by default — %s; the emulation defaults to the same (-a 0|1 chooses)\n", b2i(r.TokenMode.On), r.TokenMode.Reason)
 	return tw.Flush()
 }
 
@@ -254,7 +260,9 @@ func (e Env) Probe(ifname string) (*ProbeResult, error) {
 	if err == nil {
 		defer nd.Close()
 		add(e.familyCheck(nd.Family()))
+		r.TokenMode = netdev.DefaultAutorelease(nd)
 	} else {
+		r.TokenMode = netdev.AutoreleaseDefault{On: true, Reason: "no netdev family; upstream devmem frees tokens per socket on close (autorelease on)"}
 		nd = nil
 		c := Check{Name: CheckNetdevFamily, Status: StatusFail, Err: err, Errno: errnoName(err)}
 		if errors.Is(err, unix.ENOENT) {
@@ -561,4 +569,11 @@ func (e Env) RunProbe(w io.Writer, ifname string, asJSON bool) (ok bool, err err
 		return r.Supported(), fmt.Errorf("probe %s: write: %w", ifname, err)
 	}
 	return r.Supported(), nil
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

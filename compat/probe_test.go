@@ -380,3 +380,36 @@ func TestProbeEmulationNote(t *testing.T) {
 		t.Errorf("Open(auto, lo) = choice %+v, %v; emulated constructor called %d times", ch, err, calls)
 	}
 }
+
+// TestProbeTokenMode: the probe says which token release mode a bind-rx
+// without the attribute gets and why (from bind-rx's policy): 1 on an
+// upstream kernel, the series' 0 on a kernel with the autorelease series.
+func TestProbeTokenMode(t *testing.T) {
+	for _, series := range []bool{false, true} {
+		k := netdevtest.New()
+		k.AutoreleaseSeries = series
+		k.AddDevice(devmemNIC())
+		r, err := fakeEnv(t, k, false).Probe("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.TokenMode.On == series || r.TokenMode.Series != series || r.TokenMode.Reason == "" {
+			t.Errorf("series %v: token mode %+v", series, r.TokenMode)
+		}
+		var buf bytes.Buffer
+		if err := r.WriteTable(&buf); err != nil {
+			t.Fatal(err)
+		}
+		want := "token mode: autorelease=1 by default — this kernel's bind-rx has no NETDEV_A_DMABUF_AUTORELEASE"
+		if series {
+			want = "token mode: autorelease=0 by default — this kernel's bind-rx takes NETDEV_A_DMABUF_AUTORELEASE"
+		}
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("series %v: table lacks %q:\n%s", series, want, buf.String())
+		}
+		js, _ := json.Marshal(r)
+		if !bytes.Contains(js, []byte(`"token_mode":{"autorelease":`)) {
+			t.Errorf("JSON lacks token_mode: %s", js)
+		}
+	}
+}

@@ -111,11 +111,11 @@ func NewKernelConn(c *net.TCPConn) (*KernelConn, error) {
 // the read deadline) unless flags hold MSG_DONTWAIT. Kernel errors come
 // back as *devmemerr.Error (op recvmsg) matching their errno; a passed
 // deadline matches os.ErrDeadlineExceeded, a closed conn net.ErrClosed.
-// An empty p returns 0 at once, as the kernel does for a zero-length read.
+// An empty p is passed on as a zero-length iovec: the kernel then waits for
+// data like any read (target one byte), takes none, and on devmem data
+// still answers EFAULT without MSG_SOCK_DEVMEM or reports the next piece in
+// a zero-size control message (tcp_recvmsg_locked, tcp_recvmsg_dmabuf).
 func (k *KernelConn) RecvMsg(p, oob []byte, flags int) (n, oobn int, err error) {
-	if len(p) == 0 {
-		return 0, 0, nil
-	}
 	k.rmu.Lock()
 	defer k.rmu.Unlock()
 	k.rp, k.roob, k.rflags = p, oob, flags
@@ -156,6 +156,25 @@ func (k *KernelConn) DontNeed(tokens []devmemapi.DmabufToken) (int, error) {
 	k.dmu.Lock()
 	defer k.dmu.Unlock()
 	k.dbuf = devmemapi.AppendTokens(k.dbuf[:0], tokens)
+	if err := k.rc.Control(k.dontNeedFn); err != nil {
+		return 0, fmt.Errorf("dontneed: %w", err)
+	}
+	if k.derr != nil {
+		err := k.derr
+		k.derr = nil
+		return 0, err
+	}
+	return k.dn, nil
+}
+
+// DontNeedOpt is DontNeed on a raw option value (an array of struct
+// dmabuf_token, native byte order), passed to the kernel as it is, so its
+// optlen checks apply (devmemerr.DontNeedShortOptlen, DontNeedBadOptlen,
+// DontNeedTooManyTokens).
+func (k *KernelConn) DontNeedOpt(optval []byte) (int, error) {
+	k.dmu.Lock()
+	defer k.dmu.Unlock()
+	k.dbuf = append(k.dbuf[:0], optval...)
 	if err := k.rc.Control(k.dontNeedFn); err != nil {
 		return 0, fmt.Errorf("dontneed: %w", err)
 	}

@@ -65,7 +65,34 @@ func TestKernelConnRecv(t *testing.T) {
 		t.Errorf("at EOF: %d, %d, %v", n, oobn, err)
 	}
 	if n, _, err := c.RecvMsg(nil, oob, 0); n != 0 || err != nil {
-		t.Errorf("empty p: %d, %v", n, err)
+		t.Errorf("empty p at EOF: %d, %v", n, err)
+	}
+}
+
+// TestKernelConnZeroLength: a zero-length read goes to the kernel, which
+// treats it as tcp_recvmsg_locked does (target one byte): with nothing
+// queued it waits, or answers EAGAIN with MSG_DONTWAIT; with data queued
+// it returns 0 and takes nothing.
+func TestKernelConnZeroLength(t *testing.T) {
+	c, peer := pair(t)
+	if _, _, err := c.RecvMsg(nil, nil, unix.MSG_DONTWAIT); !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("zero-length read, nothing queued, MSG_DONTWAIT: %v; want EAGAIN", err)
+	}
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, _, err := c.RecvMsg(nil, nil, 0); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("zero-length read, nothing queued: %v; want it to wait until the deadline", err)
+	}
+	c.SetReadDeadline(time.Time{})
+	if _, err := peer.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n, _, err := c.RecvMsg(nil, nil, 0); n != 0 || err != nil {
+		t.Fatalf("zero-length read over data: %d, %v", n, err)
+	}
+	p := make([]byte, 8)
+	if n, _, err := c.RecvMsg(p, nil, 0); err != nil || string(p[:n]) != "abc" {
+		t.Fatalf("read after the zero-length read: %q, %v", p[:n], err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package compat
 
 import (
+	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +44,7 @@ const (
 	udmabufFlagsCloexec = 0x01
 
 	dmaBufSyncRead  = 1 << 0
+	dmaBufSyncWrite = 1 << 1
 	dmaBufSyncStart = 0 << 2
 	dmaBufSyncEnd   = 1 << 2
 )
@@ -89,12 +91,57 @@ func setsockoptDontNeed(fd int, optval []byte) (int, error) {
 	return int(r), nil
 }
 
-// recvmsg is recvmsg(2) into p (which must not be empty) and oob, with
-// flags passed through; errno is 0 on success. Unlike unix.Recvmsg it does not allocate and never
-// substitutes a one-byte buffer for an empty p.
+// rawIovec is struct iovec with iov_base as a number: a devmem send puts a
+// dmabuf offset there, which must not sit in a Go pointer field.
+type rawIovec struct {
+	base uint64
+	len  uint64
+}
+
+// sendmsgDevmem is sendmsg(2) with iovecs whose bases are dmabuf offsets,
+// the control buffer oob and flags; errno is 0 on success.
+func sendmsgDevmem(fd int, iov []rawIovec, oob []byte, flags int) (n int, errno unix.Errno) {
+	var msg unix.Msghdr
+	if len(iov) > 0 {
+		msg.Iov = (*unix.Iovec)(unsafe.Pointer(&iov[0]))
+		msg.SetIovlen(len(iov))
+	}
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
+	r, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	runtime.KeepAlive(iov)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), 0
+}
+
+// recvmsgErrqueue is recvmsg(fd, MSG_ERRQUEUE|flags) with no data buffer:
+// the control messages go to oob; recvflags are the returned msg_flags.
+func recvmsgErrqueue(fd int, oob []byte, flags int) (oobn, recvflags int, errno unix.Errno) {
+	var msg unix.Msghdr
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
+	_, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags|unix.MSG_ERRQUEUE))
+	if e != 0 {
+		return 0, 0, e
+	}
+	return int(msg.Controllen), int(msg.Flags), 0
+}
+
+// recvmsg is recvmsg(2) into p and oob, with flags passed through; errno
+// is 0 on success. Unlike unix.Recvmsg it does not allocate and never
+// substitutes a one-byte buffer for an empty p: an empty p is a zero-length
+// iovec, as a C caller's would be.
 func recvmsg(fd int, p, oob []byte, flags int) (n, oobn int, errno unix.Errno) {
 	var iov unix.Iovec
-	iov.Base = &p[0]
+	if len(p) > 0 {
+		iov.Base = &p[0]
+	}
 	iov.SetLen(len(p))
 	var msg unix.Msghdr
 	msg.Iov = &iov

@@ -44,7 +44,10 @@ type BindRXConfig struct {
 	// DmabufFD is a caller-supplied dmabuf (kernel backend); -1 or 0 lets
 	// the backend make one where it can.
 	DmabufFD int
-	// Autorelease selects the token release mode: nil leaves the default.
+	// Autorelease selects the token release mode (the autorelease series'
+	// NETDEV_A_DMABUF_AUTORELEASE): nil leaves the backend's default, the
+	// kernel's own on the kernel backend (autorelease on upstream) and the
+	// same host kernel's on the emulation.
 	Autorelease *bool
 }
 
@@ -62,9 +65,12 @@ type Listener interface {
 type Conn interface {
 	// RecvMsg is shaped like unix.Recvmsg. With MSG_SOCK_DEVMEM in flags it
 	// fills oob with SCM_DEVMEM_DMABUF messages (payload in the dmabuf, n
-	// counts their bytes) or one SCM_DEVMEM_LINEAR message (payload copied
-	// into p). Without the flag, dmabuf data fails with EFAULT. At end of
-	// stream it returns n = 0 and a nil error.
+	// counts their bytes), each packet's possibly preceded by an
+	// SCM_DEVMEM_LINEAR message for its part copied into p; ordinary data
+	// comes copied into p with no control message, and never in the same
+	// call as devmem data. Without the flag, dmabuf data fails with EFAULT.
+	// MSG_PEEK, MSG_TRUNC, MSG_WAITALL and MSG_DONTWAIT act as on a kernel
+	// TCP socket. At end of stream it returns n = 0 and a nil error.
 	RecvMsg(p, oob []byte, flags int) (n, oobn int, err error)
 	// DontNeed returns tokens (SO_DEVMEM_DONTNEED) and reports how many
 	// fragments it freed.

@@ -16,9 +16,13 @@
 // FragSize), the token that holds it (FragToken) and the binding it landed in
 // (DmabufID). The returned n counts the fragment bytes. The application reads
 // the payload from the dmabuf itself (Binding.ReadAt, or a mapping) and then
-// returns the tokens with Conn.DontNeed. Data that did not split off into the
-// dmabuf is copied into p and reported with one SCM_DEVMEM_LINEAR message
-// whose FragSize is the byte count. One RecvMsg never mixes the two.
+// returns the tokens with Conn.DontNeed. When a packet's payload split late,
+// the part left in host memory is copied into p and reported with an
+// SCM_DEVMEM_LINEAR message whose FragSize is the byte count, just before
+// the packet's SCM_DEVMEM_DMABUF messages; successive LINEAR parts follow
+// each other in p. A packet whose payload did not split at all is ordinary
+// data: copied into p with no devmem control message, readable without
+// MSG_SOCK_DEVMEM. One RecvMsg never mixes ordinary and devmem data.
 //
 // Reading dmabuf data without MSG_SOCK_DEVMEM fails with EFAULT, as in the
 // kernel.

@@ -180,43 +180,17 @@ func AppendDmabufTxCmsg(dst []byte, dmabufID uint32) []byte {
 }
 
 // ParseDmabufTxCmsg reads the control buffer of a send with the kernel's
-// rules (net/core/sock.c sock_cmsg_send and __sock_cmsg_send): a message
-// whose length is short or runs past the buffer is EINVAL; messages of other
-// levels are skipped; at SOL_SOCKET, SCM_DEVMEM_DMABUF must have cmsg_len
-// CMSG_LEN(4) (else EINVAL) and sets the id (the last one wins),
-// SCM_RIGHTS and SCM_CREDENTIALS are ignored, and every other type is EINVAL
-// (the kernel's default; the few it accepts with their own checks, such as
-// SO_MARK, are not honoured by a devmem backend). found reports whether an
-// SCM_DEVMEM_DMABUF message was present.
+// rules (ParseSendCmsg, for a privileged socket without SO_TXTIME) and
+// returns the SCM_DEVMEM_DMABUF id (the last one wins); found reports
+// whether such a message was present. The other SOL_SOCKET messages a TCP
+// socket takes (SO_MARK, SO_PRIORITY, SO_TIMESTAMPING) are checked and
+// accepted; a malformed or refused one is EINVAL.
 func ParseDmabufTxCmsg(oob []byte) (dmabufID uint32, found bool, err error) {
-	for off := 0; off < len(oob); {
-		if len(oob)-off < cmsgHdrLen {
-			// for_each_cmsghdr stops when no header fits.
-			break
-		}
-		l := binary.NativeEndian.Uint64(oob[off:])
-		if l < cmsgHdrLen || l > uint64(len(oob)-off) {
-			return 0, false, syscall.EINVAL
-		}
-		level := int32(binary.NativeEndian.Uint32(oob[off+8:]))
-		typ := int32(binary.NativeEndian.Uint32(oob[off+12:]))
-		if level == unix.SOL_SOCKET {
-			switch typ {
-			case unix.SCM_RIGHTS, unix.SCM_CREDENTIALS:
-				// Accepted and ignored on a TCP socket.
-			case SCM_DEVMEM_DMABUF:
-				if l != CmsgLenDmabufTx {
-					return 0, false, syscall.EINVAL
-				}
-				dmabufID = binary.NativeEndian.Uint32(oob[off+cmsgHdrLen:])
-				found = true
-			default:
-				return 0, false, syscall.EINVAL
-			}
-		}
-		off += cmsgAlignUp(int(l))
+	ck, err := ParseSendCmsg(oob, SendCmsgOptions{Privileged: true})
+	if err != nil {
+		return 0, false, err
 	}
-	return dmabufID, found, nil
+	return ck.DmabufID, ck.HasDmabufID, nil
 }
 
 // PutZerocopyCmsg writes one completion notification into oob as the

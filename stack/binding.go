@@ -2,6 +2,7 @@ package stack
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -29,46 +30,55 @@ type rxBinding struct {
 var _ devmemapi.Binding = (*rxBinding)(nil)
 
 // BindRX implements devmemapi.Provider: it binds the stack's UMEM region (the
-// emulated dmabuf) to its RX queue. The kernel's errors apply: an empty
-// queue list or a non-RX queue is EINVAL, a queue the stack does not run is
-// ERANGE, a queue already bound is EEXIST, another interface is ENODEV, and
-// an autorelease mode other than the one in force while RX bindings exist is
-// EBUSY.
+// emulated dmabuf) to logical RX queues. The kernel's errors apply, in the
+// kernel's order (Linux 6.18 netdev_nl_bind_rx_doit): an empty queue list is
+// EINVAL, another interface ENODEV, a queue at or beyond the channel count
+// EINVAL (checked while the list is read, before anything else), an
+// autorelease mode other than the one in force while RX bindings exist
+// EBUSY, header split off or a non-zero hds-thresh EINVAL, and a queue
+// already bound EEXIST. A queue named twice is bound once.
 func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 	if s.closing.Load() {
 		return nil, fmt.Errorf("bind rx: %w", devmemapi.ErrClosed)
 	}
-	if cfg.Ifindex != 0 && cfg.Ifindex != s.ifindex {
-		return nil, fmt.Errorf("bind rx: ifindex %d: this stack runs on ifindex %d: %w", cfg.Ifindex, s.ifindex, devmemerr.BindRXNoDevice.Err())
-	}
 	if len(cfg.Queues) == 0 {
 		return nil, fmt.Errorf("bind rx: no queues: %w", devmemerr.BindRXMissingAttr.Err())
+	}
+	if cfg.Ifindex != 0 && cfg.Ifindex != s.ifindex {
+		return nil, fmt.Errorf("bind rx: ifindex %d: this stack runs on ifindex %d: %w", cfg.Ifindex, s.ifindex, devmemerr.BindRXNoDevice.Err())
 	}
 	s.steer.mu.Lock()
 	channels := s.steer.channels
 	defer s.steer.mu.Unlock()
+	var queues []uint32
 	for _, q := range cfg.Queues {
 		if int(q) >= channels {
 			return nil, fmt.Errorf("bind rx queue %d (%d channels): %w", q, channels, devmemerr.BindRXQueueRange.Err())
 		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.checkBindRings(); err != nil {
-		return nil, err
-	}
-	for _, q := range cfg.Queues {
-		if cur := s.bound[q].Load(); cur != nil {
-			return nil, fmt.Errorf("bind rx queue %d (bound to dmabuf %d): %w", q, cur.id, devmemerr.BindRXQueueBound.Err())
+		if !slices.Contains(queues, q) {
+			queues = append(queues, q)
 		}
 	}
-	mode, err := tokens.Default.Acquire(cfg.Autorelease)
+	slices.Sort(queues)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	mode, err := tokens.Default.Acquire(s.bindMode(cfg.Autorelease))
 	if err != nil {
 		return nil, fmt.Errorf("bind rx: %w", err)
 	}
-	b := &rxBinding{s: s, id: nextBindingID.Add(1), queues: append([]uint32(nil), cfg.Queues...)}
+	if err := s.checkBindRings(); err != nil {
+		tokens.Default.Release()
+		return nil, err
+	}
+	for _, q := range queues {
+		if cur := s.bound[q].Load(); cur != nil {
+			tokens.Default.Release()
+			return nil, fmt.Errorf("bind rx queue %d (bound to dmabuf %d): %w", q, cur.id, devmemerr.BindRXQueueBound.Err())
+		}
+	}
+	b := &rxBinding{s: s, id: nextBindingID.Add(1), queues: queues}
 	b.tb = tokens.NewBinding(b.id, s.region, int(s.region.Frames()), mode)
-	for _, q := range cfg.Queues {
+	for _, q := range queues {
 		s.bound[q].Store(b)
 	}
 	s.bindings[b] = struct{}{}
@@ -94,9 +104,12 @@ func (b *rxBinding) ReadAt(p []byte, off int64) (int, error) {
 // equivalent of mmap on a dmabuf fd). It is valid until the stack closes.
 func (b *rxBinding) Bytes() []byte { return b.s.region.Bytes() }
 
-// Close implements devmemapi.Binding: the queue is unbound (later payload is
-// delivered as ordinary bytes), fragments not yet read fail with ENODEV, and
-// in autorelease-off mode every outstanding uref is freed.
+// Close implements devmemapi.Binding: the queues are unbound (later payload
+// is delivered as ordinary bytes) and the binding's queue user is dropped,
+// as in the series' v10. Fragments already queued stay deliverable to
+// autorelease-on sockets and to autorelease-off sockets tied to the binding,
+// which keep it alive; a socket not tied yet gets ENODEV once no tied
+// socket is left, and then every outstanding uref is freed.
 func (b *rxBinding) Close() error {
 	b.once.Do(func() {
 		b.closed.Store(true)
@@ -110,4 +123,14 @@ func (b *rxBinding) Close() error {
 		b.s.mu.Unlock()
 	})
 	return nil
+}
+
+// bindMode is the token release mode a bind-rx asks for: the request's
+// attribute, or the stack's default (DefaultAutorelease).
+func (s *Stack) bindMode(req *bool) *bool {
+	if req != nil {
+		return req
+	}
+	on := s.autorelease
+	return &on
 }

@@ -215,7 +215,7 @@ func (s *Stack) newConn(ep tcpip.Endpoint, wq *waiter.Queue, ra tcpip.FullAddres
 		s.cnt.flowsRefused.Add(1)
 		return nil, fmt.Errorf("accept: no fragment queue for %v:%d: %w", ra.Addr, ra.Port, unix.ECONNABORTED)
 	}
-	mode := false
+	mode := s.autorelease
 	if b := s.bindingFor(s.steer.queueOf(fl)); b != nil {
 		mode = b.tb.Autorelease()
 	}
@@ -310,27 +310,85 @@ func (c *Conn) DontNeedOpt(optval []byte) (int, error) {
 }
 
 // RecvMsg implements devmemapi.Conn; see that interface and package
-// devmemapi for the semantics. Besides MSG_SOCK_DEVMEM it honours
-// MSG_DONTWAIT.
+// devmemapi for the semantics. It follows tcp_recvmsg_locked and
+// tcp_recvmsg_dmabuf (Linux 6.18):
+//
+//   - Ordinary (readable) bytes and devmem data (dmabuf fragments, each with
+//     SCM_DEVMEM_DMABUF, and the linear part of a segment that also has
+//     fragments, copied into p with SCM_DEVMEM_LINEAR just before them)
+//     never mix in one call. Devmem data without MSG_SOCK_DEVMEM is EFAULT;
+//     a control buffer without room for the first control message is
+//     ETOOSMALL; once it is full the call returns what it took.
+//   - len(p) bounds the bytes taken, dmabuf bytes included (they count in
+//     n but are not copied). A zero-length p takes nothing, but on devmem
+//     data still reports the next piece with a zero-size control message
+//     (a dmabuf fragment's carries a token that holds a reference), as the
+//     kernel does.
+//   - MSG_PEEK leaves the data queued; on devmem data it still hands out
+//     tokens, each holding a reference until DONTNEED, as the kernel's
+//     tcp_recvmsg_dmabuf does.
+//   - MSG_TRUNC takes the bytes without copying them or reporting them:
+//     no control messages, no tokens, no EFAULT, whatever their kind.
+//   - MSG_WAITALL waits until len(p) bytes were taken, the stream ends or
+//     the deadline passes, but still stops where the data changes between
+//     ordinary and devmem or the control buffer is full.
+//   - MSG_DONTWAIT returns EAGAIN instead of waiting when nothing is ready.
+//
+// An error with bytes already taken returns the bytes, as the kernel does.
 func (c *Conn) RecvMsg(p, oob []byte, flags int) (n, oobn int, err error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	c.s.cnt.recvCalls.Add(1)
-	devmem := flags&devmemapi.MSG_SOCK_DEVMEM != 0
+	r := recvCall{
+		p: p, oob: oob,
+		devmem:  flags&devmemapi.MSG_SOCK_DEVMEM != 0,
+		peek:    flags&unix.MSG_PEEK != 0,
+		trunc:   flags&unix.MSG_TRUNC != 0,
+		class:   -1,
+		slots:   len(oob) / devmemapi.CmsgSpaceDmabuf,
+		wantAll: flags&unix.MSG_WAITALL != 0,
+	}
+	// sock_rcvlowat: the whole length with MSG_WAITALL, else one byte
+	// (one byte even for a zero-length read, which therefore waits).
+	target := 1
+	if r.wantAll && len(p) > 0 {
+		target = len(p)
+	}
 	for {
 		select {
 		case <-c.closed:
+			if r.n > 0 {
+				return r.n, r.oobn, nil
+			}
 			return 0, 0, fmt.Errorf("recvmsg: %w", devmemapi.ErrClosed)
 		default:
 		}
-		n, oobn, err, again := c.tryRecv(p, oob, devmem)
-		if !again {
-			return n, oobn, err
+		res, err := c.step(&r)
+		switch {
+		case err != nil:
+			if r.n > 0 {
+				return r.n, r.oobn, nil
+			}
+			return 0, 0, err
+		case res == stepMore:
+			continue
+		case res == stepStop, res == stepEOF:
+			return r.n, r.oobn, nil
+		}
+		// Nothing at the read point (yet).
+		if r.n >= target {
+			return r.n, r.oobn, nil
 		}
 		if flags&unix.MSG_DONTWAIT != 0 {
+			if r.n > 0 {
+				return r.n, r.oobn, nil
+			}
 			return 0, 0, fmt.Errorf("recvmsg: %w", unix.EAGAIN)
 		}
 		if err := c.wait(); err != nil {
+			if r.n > 0 {
+				return r.n, r.oobn, nil
+			}
 			return 0, 0, err
 		}
 	}
@@ -344,144 +402,257 @@ func (c *Conn) wait() error {
 	return nil
 }
 
-// tryRecv does one non-blocking receive; again reports that nothing was
-// ready.
-func (c *Conn) tryRecv(p, oob []byte, devmem bool) (n, oobn int, err error, again bool) {
+// recvCall is one RecvMsg call's state (tcp_recvmsg_locked's locals).
+type recvCall struct {
+	p, oob              []byte
+	devmem, peek, trunc bool
+	wantAll             bool
+	n                   int    // bytes taken: copied, in the dmabuf, or discarded (MSG_TRUNC)
+	pn                  int    // bytes copied into p
+	oobn                int    // control bytes written
+	slots               int    // control messages that still fit
+	class               int8   // -1 before the first bytes, else classOf their kind
+	peeked              uint64 // MSG_PEEK: stream bytes past the read point taken so far
+}
+
+// stepResult says how a step of RecvMsg ended.
+type stepResult uint8
+
+const (
+	stepEmpty stepResult = iota // nothing at the read point yet
+	stepMore                    // took bytes; more may follow at once
+	stepStop                    // the call is complete (kind change, buffer or control full)
+	stepEOF                     // end of stream
+)
+
+// Data classes: what one recvmsg never mixes (skb_frags_readable).
+const (
+	classReadable int8 = 0 // ordinary bytes, no control message
+	classDevmem   int8 = 1 // dmabuf fragments and the linear parts before them
+)
+
+func classOf(k fragKind) int8 {
+	if k == kindPlain {
+		return classReadable
+	}
+	return classDevmem
+}
+
+// step takes one run of contiguous bytes at the read point (past what this
+// call peeked): of one class (any class with MSG_TRUNC), bounded by what is
+// left of p and, for devmem data, by the control messages that still fit.
+func (c *Conn) step(r *recvCall) (stepResult, error) {
 	s := c.s
 	fl := c.fl
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	fq := &fl.fq
 
-	f := fq.front()
-	if f == nil {
+	start := fq.readOff + r.peeked
+	i := fq.find(start)
+	if i < 0 {
 		// Nothing mapped at the read point: end of stream, an error, or
 		// nothing yet. Anything readable here was never mapped: a bug.
-		c.cw.reset(1)
+		c.cw.reset(int64(r.peeked) + 1)
 		res, terr := c.ep.Read(&c.cw, tcpip.ReadOptions{Peek: true})
-		if terr == nil && res.Count > 0 {
-			s.cnt.unmapped.Add(uint64(res.Count))
-			return 0, 0, fmt.Errorf("recvmsg: %d readable bytes at stream offset %d have no fragment: %w", res.Count, fq.readOff, unix.EIO), false
+		if terr == nil && uint64(res.Count) > r.peeked {
+			s.cnt.unmapped.Add(uint64(res.Count) - r.peeked)
+			return 0, fmt.Errorf("recvmsg: readable bytes at stream offset %d have no fragment: %w", start, unix.EIO)
 		}
 		return c.readErr(terr)
 	}
-	kind := f.kind
-	if kind == kindDmabuf {
-		if !devmem {
-			s.cnt.efault.Add(1)
-			return 0, 0, fmt.Errorf("recvmsg: dmabuf data without MSG_SOCK_DEVMEM: %w", devmemerr.RecvMsgNoDevmemFlag.Err()), false
+	f := fq.at(i)
+	cls := classOf(f.kind)
+	if !r.trunc {
+		if r.class >= 0 && r.class != cls {
+			return stepStop, nil
 		}
-		if err := c.deliverable(f.bind); err != nil {
-			return 0, 0, err, false
+		if cls == classDevmem {
+			if !r.devmem {
+				s.cnt.efault.Add(1)
+				return 0, fmt.Errorf("recvmsg: dmabuf data without MSG_SOCK_DEVMEM: %w", devmemerr.RecvMsgNoDevmemFlag.Err())
+			}
+			if r.slots == 0 {
+				s.cnt.etoosmall.Add(1)
+				return 0, fmt.Errorf("recvmsg: control buffer of %d bytes has no room for a dmabuf_cmsg: %w", len(r.oob), devmemerr.RecvMsgCmsgSpace.Err())
+			}
+			if f.kind == kindDmabuf {
+				if err := c.deliverable(f.bind); err != nil {
+					return 0, err
+				}
+			}
 		}
 	}
-	slots := len(oob) / devmemapi.CmsgSpaceDmabuf
-	if devmem && kind != kindPlain && slots == 0 {
-		s.cnt.etoosmall.Add(1)
-		return 0, 0, fmt.Errorf("recvmsg: control buffer of %d bytes holds no dmabuf_cmsg: %w", len(oob), devmemerr.RecvMsgCmsgSpace.Err()), false
-	}
-	if len(p) == 0 {
-		return 0, 0, nil, false
+	limit := uint64(len(r.p) - r.n)
+	if limit == 0 {
+		// A zero-length read: the kernel still reports the next devmem
+		// piece with a zero-size control message.
+		if !r.trunc && cls == classDevmem {
+			if err := c.emit(r, f, start-f.off, 0); err != nil {
+				return 0, err
+			}
+		}
+		return stepStop, nil
 	}
 
-	// Plan: the run of same-kind, contiguous bytes from the read point that
-	// fits p and the control buffer.
-	limit := uint64(len(p))
+	// Plan: the run of contiguous bytes of the class from start.
 	var want uint64
-	nfr := 0
-	for i := 0; want < limit; i++ {
-		g := fq.at(i)
-		if g == nil || g.off != fq.readOff+want || g.kind != kind {
+	slots := r.slots
+	for j, cur := i, start; want < limit; j++ {
+		g := fq.at(j)
+		if g == nil || g.off > cur || (j > i && g.off != cur) {
 			break
 		}
-		if kind == kindDmabuf {
-			if nfr == slots || c.deliverable(g.bind) != nil {
+		if !r.trunc && classOf(g.kind) != cls {
+			break
+		}
+		if !r.trunc && cls == classDevmem {
+			if slots == 0 || g.kind == kindDmabuf && c.ts.CanDeliver(g.bind.tb) != nil {
 				break
 			}
-			nfr++
+			slots--
 		}
-		want += uint64(g.n)
+		want += g.end() - cur
+		cur = g.end()
 	}
 	want = min(want, limit)
 
-	c.cw.reset(int64(want))
-	res, terr := c.ep.Read(&c.cw, tcpip.ReadOptions{})
+	// Take the bytes from gVisor (it holds placeholders: nothing is
+	// copied).
+	c.cw.reset(int64(r.peeked + want))
+	res, terr := c.ep.Read(&c.cw, tcpip.ReadOptions{Peek: r.peek})
 	if terr != nil {
 		return c.readErr(terr)
 	}
 	got := uint64(res.Count)
-	total := got
-	pn := 0
-	mem := s.region.Bytes()
-	for got > 0 {
-		g := fq.front()
-		if g == nil {
-			s.cnt.unmapped.Add(got)
-			err = fmt.Errorf("recvmsg: %d bytes at stream offset %d have no fragment: %w", got, fq.readOff, unix.EIO)
-			total -= got
+	if r.peek {
+		got -= min(got, r.peeked)
+	}
+	if got == 0 {
+		return stepEmpty, nil
+	}
+
+	// Deliver them, fragment by fragment.
+	var err error
+	cur, j, left := start, i, got
+	for left > 0 {
+		g := fq.at(j)
+		if g == nil || g.off > cur || cur >= g.end() {
+			s.cnt.unmapped.Add(left)
+			err = fmt.Errorf("recvmsg: %d bytes at stream offset %d have no fragment: %w", left, cur, unix.EIO)
 			break
 		}
-		k := uint32(min(uint64(g.n), got))
-		if kind == kindDmabuf {
-			tok, derr := c.ts.Deliver(g.bind.tb, g.frame)
-			if derr != nil {
-				// Raced with an unbind after planning: the bytes are gone.
-				err = fmt.Errorf("recvmsg: %w", derr)
-				total -= got
+		k := min(g.end()-cur, left)
+		if !r.trunc {
+			if err = c.emit(r, g, cur-g.off, k); err != nil {
+				// Raced with a drain or close after planning: the bytes
+				// are gone.
 				break
 			}
-			cm := devmemapi.DmabufCmsg{FragOffset: g.addr, FragSize: k, FragToken: tok, DmabufID: g.bind.id}
-			oobn, _ = devmemapi.PutDmabufCmsg(oob, oobn, devmemapi.SCM_DEVMEM_DMABUF, &cm)
-			s.cnt.frags.Add(1)
-		} else {
-			pn += copy(p[pn:], mem[g.addr:g.addr+uint64(k)])
-			s.cnt.copied[kind].Add(uint64(k))
+		}
+		r.n += int(k)
+		cur += k
+		left -= k
+		if r.peek {
+			if cur == g.end() {
+				j++
+			}
+			continue
 		}
 		frame := g.frame
-		if fq.consume(k) {
+		if fq.consume(uint32(k)) {
 			c.unpin = append(c.unpin, frame)
 		}
-		got -= uint64(k)
 	}
-	if kind == kindLinear && devmem && pn > 0 {
-		cm := devmemapi.DmabufCmsg{FragSize: uint32(pn)}
-		oobn, _ = devmemapi.PutDmabufCmsg(oob, oobn, devmemapi.SCM_DEVMEM_LINEAR, &cm)
+	if r.peek {
+		r.peeked += got - left
 	}
-	s.cnt.delivered[kind].Add(total)
 	if len(c.unpin) > 0 {
 		s.region.Unpin(c.unpin...)
 		c.unpin = c.unpin[:0]
 	}
-	if total > 0 {
-		err = nil // report what was delivered, as the kernel does
+	r.class = cls
+	switch {
+	case err != nil:
+		return 0, err
+	case r.n == len(r.p), !r.trunc && cls == classDevmem && r.slots == 0:
+		return stepStop, nil
 	}
-	return int(total), oobn, err, false
+	return stepMore, nil
 }
 
-// deliverable checks that a fragment of binding b can be handed to this
-// socket: ENODEV once b is unbound, EFAULT for a binding other than the one
-// an autorelease-off socket is tied to.
-func (c *Conn) deliverable(b *rxBinding) error {
-	if b.closed.Load() || b.tb.Unbound() {
-		c.s.cnt.enodev.Add(1)
-		return fmt.Errorf("recvmsg: dmabuf %d was unbound: %w", b.id, devmemerr.RecvMsgUnbound.Err())
+// emit hands the application k bytes of g from off within it: a dmabuf
+// fragment as a token and an SCM_DEVMEM_DMABUF message, a linear part copied
+// into p with an SCM_DEVMEM_LINEAR message, ordinary bytes copied into p.
+func (c *Conn) emit(r *recvCall, g *frag, off, k uint64) error {
+	s := c.s
+	addr := g.addr + off
+	switch g.kind {
+	case kindDmabuf:
+		tok, err := c.ts.Deliver(g.bind.tb, g.frame)
+		if err != nil {
+			return c.deliverErr(g.bind, err)
+		}
+		cm := devmemapi.DmabufCmsg{FragOffset: addr, FragSize: uint32(k), FragToken: tok, DmabufID: g.bind.id}
+		r.oobn, _ = devmemapi.PutDmabufCmsg(r.oob, r.oobn, devmemapi.SCM_DEVMEM_DMABUF, &cm)
+		r.slots--
+		s.cnt.frags.Add(1)
+	case kindLinear:
+		mem := s.region.Bytes()
+		r.pn += copy(r.p[r.pn:], mem[addr:addr+k])
+		cm := devmemapi.DmabufCmsg{FragSize: uint32(k)}
+		r.oobn, _ = devmemapi.PutDmabufCmsg(r.oob, r.oobn, devmemapi.SCM_DEVMEM_LINEAR, &cm)
+		r.slots--
+		s.cnt.copied[kindLinear].Add(k)
+	default:
+		mem := s.region.Bytes()
+		r.pn += copy(r.p[r.pn:], mem[addr:addr+k])
+		s.cnt.copied[kindPlain].Add(k)
 	}
-	if tb := c.ts.Binding(); tb != nil && tb != b.tb {
-		c.s.cnt.efault.Add(1)
-		return fmt.Errorf("recvmsg: fragment of dmabuf %d on a socket tied to dmabuf %d: %w", b.id, tb.ID(), devmemerr.RecvMsgOtherBinding.Err())
-	}
+	s.cnt.delivered[g.kind].Add(k)
 	return nil
 }
 
-// readErr converts a gVisor read error into RecvMsg's results.
-func (c *Conn) readErr(terr tcpip.Error) (int, int, error, bool) {
+// deliverable checks that a fragment of binding b can be handed to this
+// socket (tokens.Socket.CanDeliver, the series' v10 rules): in
+// autorelease-off mode EFAULT for a binding other than the one the socket
+// is tied to, ENODEV for a binding without users left (unbound, no socket
+// tied) when the socket is not tied yet. A tied socket keeps its binding
+// alive after unbind, and autorelease-on sockets always receive what was
+// queued.
+func (c *Conn) deliverable(b *rxBinding) error {
+	return c.deliverErr(b, c.ts.CanDeliver(b.tb))
+}
+
+// deliverErr turns a refusal of the token layer into the table's recvmsg
+// case, counted.
+func (c *Conn) deliverErr(b *rxBinding, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.ENODEV):
+		c.s.cnt.enodev.Add(1)
+		return fmt.Errorf("recvmsg: dmabuf %d was unbound and has no socket tied to it: %w", b.id, devmemerr.RecvMsgUnbound.Err())
+	case errors.Is(err, unix.EFAULT):
+		c.s.cnt.efault.Add(1)
+		id := uint32(0)
+		if tb := c.ts.Binding(); tb != nil {
+			id = tb.ID()
+		}
+		return fmt.Errorf("recvmsg: fragment of dmabuf %d on a socket tied to dmabuf %d: %w", b.id, id, devmemerr.RecvMsgOtherBinding.Err())
+	}
+	return fmt.Errorf("recvmsg: %w", err)
+}
+
+// readErr converts a gVisor read error into a step's result.
+func (c *Conn) readErr(terr tcpip.Error) (stepResult, error) {
 	switch terr.(type) {
 	case nil, *tcpip.ErrWouldBlock:
-		return 0, 0, nil, true
+		return stepEmpty, nil
 	case *tcpip.ErrClosedForReceive:
-		return 0, 0, nil, false // end of stream
+		return stepEOF, nil
 	}
-	return 0, 0, fmt.Errorf("recvmsg: %w", tcpipErr(terr)), false
+	return 0, fmt.Errorf("recvmsg: %w", tcpipErr(terr))
 }
 
 // Close implements devmemapi.Conn: the connection closes, its fragment queue

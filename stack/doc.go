@@ -29,16 +29,19 @@
 //
 // # Linear and plain data
 //
-// Payload shorter than Config.HDSThresh is "linear": RecvMsg copies it into
-// p and reports it with SCM_DEVMEM_LINEAR. So is the payload of a segment
-// that arrived in IP fragments: the reassembler (reasm.go) copies the
-// fragments' data, rebuilds the segment in free UMEM frames and runs it
-// through the split as if it had arrived whole, its fragments recorded as
-// linear in the fragment queue like any other segment's. Payload that arrives while no
-// binding covers the queue is ordinary data, copied into p without devmem
-// control messages, as the kernel delivers an unbound queue's data. One
-// RecvMsg never mixes dmabuf data with copied data; reading dmabuf data
-// without MSG_SOCK_DEVMEM fails with EFAULT.
+// A segment the device did not split is ordinary data, as the kernel's
+// readable skb is: RecvMsg copies it into p without devmem control messages,
+// and MSG_SOCK_DEVMEM is not needed to read it. That is payload that arrives
+// while no binding covers the queue, payload shorter than Config.HDSThresh
+// or no longer than Config.LinearHead, and the payload of a segment that
+// arrived in IP fragments: the reassembler (reasm.go) copies the fragments'
+// data, rebuilds the segment in free UMEM frames and runs it through the
+// split as if it had arrived whole. With Config.LinearHead a split segment
+// keeps its first bytes "linear": RecvMsg copies them into p with
+// SCM_DEVMEM_LINEAR, followed in the same call by the segment's
+// SCM_DEVMEM_DMABUF fragments (tcp_recvmsg_dmabuf). One RecvMsg never mixes
+// ordinary data with devmem data; reading devmem data without
+// MSG_SOCK_DEVMEM fails with EFAULT.
 //
 // # Exhaustion
 //

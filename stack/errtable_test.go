@@ -43,7 +43,7 @@ func TestErrnoTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got[devmemerr.BindRXQueueBound.Name] = bindErr(devmemapi.BindRXConfig{Queues: []uint32{0}})
+	got[devmemerr.BindRXQueueBound.Name] = bindErr(devmemapi.BindRXConfig{Queues: []uint32{0}, Autorelease: &off})
 
 	ln, err := s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
 	if err != nil {

@@ -8,11 +8,15 @@ type fragKind uint8
 const (
 	// kindDmabuf payload stays in the UMEM and is delivered as a token.
 	kindDmabuf fragKind = iota
-	// kindLinear payload is below the header-split threshold of a bound
-	// queue: copied into p and reported with SCM_DEVMEM_LINEAR.
+	// kindLinear is the linear part of a segment that also has dmabuf
+	// fragments (Config.LinearHead): copied into p and reported with
+	// SCM_DEVMEM_LINEAR, ahead of the fragments in the same recvmsg.
 	kindLinear
-	// kindPlain payload arrived while no binding covered the queue:
-	// ordinary bytes, copied into p with no devmem control message.
+	// kindPlain is ordinary (readable) data, copied into p with no devmem
+	// control message: payload that arrived while no binding covered the
+	// queue, payload the device left whole in the header buffer (below
+	// Config.HDSThresh, or no longer than Config.LinearHead), and
+	// reassembled IP fragments.
 	kindPlain
 )
 
@@ -151,6 +155,17 @@ func (fq *fragQueue) front() *frag {
 		return nil
 	}
 	return &fq.q[fq.head]
+}
+
+// find returns the index (from the front) of the fragment holding the byte
+// at stream offset off, or -1 when that byte has not arrived.
+func (fq *fragQueue) find(off uint64) int {
+	live := fq.q[fq.head:]
+	k := sort.Search(len(live), func(k int) bool { return live[k].end() > off })
+	if k == len(live) || live[k].off > off {
+		return -1
+	}
+	return k
 }
 
 // at returns the i-th queued fragment from the front, or nil.

@@ -161,10 +161,15 @@ func recvAll(t testing.TB, c *Conn, want int, p, oob []byte, frags []devmemapi.F
 		}
 		got += n
 		toks = toks[:0]
+		if len(fs) == 0 && check != nil {
+			check(p[:n]) // ordinary bytes
+		}
+		pos := 0
 		for _, f := range fs {
 			if check != nil {
 				if f.Linear {
-					check(p[:f.FragSize])
+					check(p[pos : pos+int(f.FragSize)])
+					pos += int(f.FragSize)
 				} else {
 					check(mem[f.FragOffset : f.FragOffset+uint64(f.FragSize)])
 				}

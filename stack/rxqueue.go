@@ -43,7 +43,7 @@ type rxQueue struct {
 	starvedSince time.Time // when the fill ring last ran dry; zero while it is not
 
 	// linear is set while a reassembled segment takes the receive path:
-	// its payload is delivered linear, whatever its length.
+	// its payload is delivered as ordinary bytes, whatever its length.
 	linear bool
 	rdescs []unix.XDPDesc // the reassembled segment's frames
 }
@@ -71,19 +71,39 @@ func (q *rxQueue) lookup(key flowKey) *flow {
 	return f
 }
 
-// placement decides how a segment's payload reaches the application: the
-// binding of the logical queue fl is steered to (nil for an unbound queue,
-// whose payload is ordinary bytes) and, with a binding, dmabuf fragments
-// or — below the device's split threshold — linear data.
+// placement decides how a segment's payload reaches the application: as
+// dmabuf fragments of the binding of the logical queue fl is steered to,
+// or as ordinary bytes when the queue has no binding or the device left the
+// whole payload in the header buffer — below its split threshold
+// (Config.HDSThresh), no longer than its linear head (Config.LinearHead), or
+// a reassembled segment. A whole-linear skb is readable memory in the
+// kernel: its bytes come without devmem control messages.
 func (q *rxQueue) placement(fl *flow, payloadLen int) (*rxBinding, fragKind) {
 	bnd := q.s.bindingFor(q.s.steer.queueOf(fl))
 	switch {
-	case bnd == nil:
+	case bnd == nil, q.linear, payloadLen < q.s.cfg.HDSThresh, payloadLen <= q.s.cfg.LinearHead:
 		return nil, kindPlain
-	case payloadLen < q.s.cfg.HDSThresh || q.linear:
-		return bnd, kindLinear
 	}
 	return bnd, kindDmabuf
+}
+
+// insert records a segment's payload piece of n bytes with sequence number
+// seq at UMEM address addr of frame in fl's fragment queue (fl.mu held). A
+// dmabuf piece that starts the payload keeps its first Config.LinearHead
+// bytes as the segment's linear part. It returns the fragments queued (one
+// pin each) or -1 beyond the window (see fragQueue.insert).
+func (q *rxQueue) insert(fl *flow, seq uint32, n int, addr uint64, frame uint32, kind fragKind, bnd *rxBinding, first bool) int {
+	head := 0
+	if kind == kindDmabuf && first {
+		head = min(q.s.cfg.LinearHead, n)
+	}
+	// The tail first: its end is the segment's, so the window check is
+	// the whole segment's.
+	k := fl.fq.insert(seq+uint32(head), n-head, addr+uint64(head), frame, kind, bnd)
+	if k >= 0 && head > 0 {
+		k += fl.fq.insert(seq, head, addr, frame, kindLinear, bnd)
+	}
+	return k
 }
 
 // rxLoop is the receive goroutine: refill, take a batch, split, deliver.
@@ -275,9 +295,22 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 		q.free = append(q.free, frame)
 		return
 	}
+	if testHookLookedUp != nil {
+		testHookLookedUp()
+	}
 	bnd, kind := q.placement(fl, sp.PayloadLen)
 	fl.mu.Lock()
-	k := fl.fq.insert(sp.Seq, sp.PayloadLen, d.Addr+uint64(sp.PayloadOff), frame, kind, bnd)
+	if fl.dead.Load() {
+		// The connection closed after the lookup: its queue was drained
+		// and nobody would drain a new entry (the frame would stay
+		// pinned). gVisor answers for the closed endpoint.
+		fl.mu.Unlock()
+		s.cnt.noFlow.Add(1)
+		q.deliverCopy(b, sp)
+		q.free = append(q.free, frame)
+		return
+	}
+	k := q.insert(fl, sp.Seq, sp.PayloadLen, d.Addr+uint64(sp.PayloadOff), frame, kind, bnd, true)
 	fl.mu.Unlock()
 	if k < 0 {
 		s.cnt.dropOutOfWindow.Add(1)
@@ -317,8 +350,9 @@ func (q *rxQueue) fragment(b []byte, more [][]byte, sp Split) {
 // deliverReassembled writes a reassembled segment into free UMEM frames, as
 // if it had arrived that way (in several frames, like a multi-buffer jumbo
 // frame, when it does not fit one), and handles it with its payload
-// delivered linear: a NIC's header split leaves fragments whole, and the
-// segment the kernel reassembles from them is readable memory.
+// delivered as ordinary bytes: a NIC's header split leaves fragments
+// whole, and the segment the kernel reassembles from them is readable
+// memory, which recvmsg copies without devmem control messages.
 func (q *rxQueue) deliverReassembled(seg []byte) {
 	s := q.s
 	r := s.region
@@ -479,6 +513,14 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 	seq, left := sp.Seq, sp.PayloadLen
 	beyond := false
 	fl.mu.Lock()
+	if fl.dead.Load() {
+		// Closed after the lookup (see handle).
+		fl.mu.Unlock()
+		s.cnt.noFlow.Add(1)
+		q.deliverCopyMulti(b0, q.more, sp)
+		freeAll()
+		return
+	}
 	for i, d := range descs {
 		off, n := uint64(0), int(d.Len)
 		if i == 0 {
@@ -487,7 +529,7 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 		n = min(n, left)
 		k := 0
 		if n > 0 && !beyond {
-			k = fl.fq.insert(seq, n, d.Addr+off, r.FrameOf(d.Addr), kind, bnd)
+			k = q.insert(fl, seq, n, d.Addr+off, r.FrameOf(d.Addr), kind, bnd, i == 0)
 			if k < 0 {
 				beyond, k = true, 0
 			}
@@ -542,3 +584,7 @@ func (q *rxQueue) deliverCopyMulti(b0 []byte, more [][]byte, sp Split) {
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
 	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.TrustChecksum)
 }
+
+// testHookLookedUp, when set (tests only), runs between a segment's flow
+// lookup and its queueing: where a close can slip in.
+var testHookLookedUp func()

@@ -17,6 +17,7 @@ import (
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
+	"github.com/xdevmem/xdevmem/compat/netdev"
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/umem"
 )
@@ -58,12 +59,23 @@ type Config struct {
 	// and the RSS spread refer to (see steer.go); 0 means Queues.
 	Channels int
 	// HDSThresh is the emulated device's header-split threshold: TCP
-	// payloads shorter than it stay in the header buffer and are delivered
-	// linear (copied, SCM_DEVMEM_LINEAR). 0 splits every payload. It models
-	// the device, not the ethtool setting of the same name (see Rings,
-	// whose bind-rx checks it does not trigger), so applications can
-	// exercise their linear-data handling.
+	// payloads shorter than it stay whole in the header buffer, so the
+	// segment has no dmabuf fragment and its bytes are ordinary data
+	// (copied, no devmem control message, readable without
+	// MSG_SOCK_DEVMEM), as the kernel delivers a readable skb. 0 splits
+	// every payload. It models the device, not the ethtool setting of the
+	// same name (see Rings, whose bind-rx checks it does not trigger).
 	HDSThresh int
+	// LinearHead models a device that splits late: it leaves the first
+	// LinearHead bytes of every split segment's payload in the header
+	// buffer. They reach the application copied into p with
+	// SCM_DEVMEM_LINEAR, followed in the same recvmsg by the segment's
+	// SCM_DEVMEM_DMABUF fragments, as the kernel delivers the linear part
+	// of an skb that also has dmabuf frags. A payload no longer than
+	// LinearHead has no fragment and is ordinary data. 0 (the default)
+	// splits exactly at the payload; applications set it to exercise their
+	// SCM_DEVMEM_LINEAR handling.
+	LinearHead int
 	// TrustChecksum skips software checksum verification (benchmarks only;
 	// corrupted frames would then reach the application).
 	TrustChecksum bool
@@ -89,6 +101,13 @@ type Config struct {
 	// chaining descriptors that point into the TX dmabuf (tx.go; for
 	// comparison and for kernels without multi-buffer AF_XDP TX).
 	TXCopy bool
+	// Autorelease is the token release mode of a bind-rx that does not
+	// choose one (BindRXConfig.Autorelease nil). nil means the host
+	// kernel's (netdev.HostAutorelease): autorelease on where the
+	// kernel's bind-rx lacks NETDEV_A_DMABUF_AUTORELEASE, as every
+	// upstream kernel does, the series' 0 where it has it; so a program
+	// behaves the same when the auto backend picks the kernel.
+	Autorelease *bool
 }
 
 // Stack is an emulated devmem TCP stack: an AF_XDP socket and XDP program on
@@ -118,6 +137,8 @@ type Stack struct {
 
 	addrMode    AddressMode
 	addrModeWhy string
+	autorelease bool        // the default token mode (Config.Autorelease)
+	autoWhy     string      // why
 	ports       *portTable  // nil in in-process tests
 	netns       *nsHandle   // the namespace New ran in
 	neigh       *neighTable // shared-address mode only
@@ -175,8 +196,8 @@ func New(cfg Config) (_ *Stack, err error) {
 	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > MaxChannels {
 		return nil, fmt.Errorf("xdevmem stack: %d queues, %d channels (1 to %d): %w", cfg.Queues, cfg.Channels, MaxChannels, unix.EINVAL)
 	}
-	if cfg.HDSThresh < 0 {
-		return nil, fmt.Errorf("xdevmem stack: hds-thresh %d: %w", cfg.HDSThresh, unix.EINVAL)
+	if cfg.HDSThresh < 0 || cfg.LinearHead < 0 {
+		return nil, fmt.Errorf("xdevmem stack: hds-thresh %d, linear head %d: %w", cfg.HDSThresh, cfg.LinearHead, unix.EINVAL)
 	}
 	if cfg.MTU > MaxMTU {
 		return nil, fmt.Errorf("xdevmem stack: MTU %d of %s is too large (at most %d, in up to %d frames of %d bytes with XDP multi-buffer): %w",
@@ -346,8 +367,23 @@ func newStackState(cfg Config, prefixes []netip.Prefix) *Stack {
 	s.flows.maxFrags = s.budget.maxFrags
 	s.setPrefixes(prefixes)
 	s.steer.init(max(cfg.Channels, 1))
+	if cfg.Autorelease != nil {
+		s.autorelease, s.autoWhy = *cfg.Autorelease, "set by the configuration"
+	} else {
+		d := hostAutorelease()
+		s.autorelease, s.autoWhy = d.On, "the host kernel's default: "+d.Reason
+	}
 	return s
 }
+
+// hostAutorelease is the host kernel's default token mode (a variable for
+// tests).
+var hostAutorelease = netdev.HostAutorelease
+
+// DefaultAutorelease reports the token release mode a bind-rx without the
+// autorelease attribute gets (Config.Autorelease, else the host kernel's)
+// and why, in words for a person.
+func (s *Stack) DefaultAutorelease() (on bool, why string) { return s.autorelease, s.autoWhy }
 
 // MaxChannels bounds the logical RX queues (channels) of the emulated NIC.
 const MaxChannels = 64

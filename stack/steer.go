@@ -139,6 +139,8 @@ func (s *Stack) SetChannels(n int) error {
 
 // SetRSS spreads flows that no rule matches over logical queues [0, n)
 // (ethtool -X IFACE equal N), keeping them off the queues at and above n.
+// n beyond the channel count is EINVAL, as the kernel refuses an
+// indirection table naming a missing queue.
 func (s *Stack) SetRSS(n int) error {
 	s.steer.mu.Lock()
 	defer s.steer.mu.Unlock()
@@ -151,12 +153,14 @@ func (s *Stack) SetRSS(n int) error {
 }
 
 // AddFlowRule installs a rule and returns its id; rules match in the order
-// they were added. A queue at or beyond the channel count is ERANGE.
+// they were added. A queue at or beyond the channel count is EINVAL, as a
+// driver refuses an ntuple rule's ring (ethtool: "Cannot insert RX class
+// rule: Invalid argument").
 func (s *Stack) AddFlowRule(r FlowRule) (int, error) {
 	s.steer.mu.Lock()
 	defer s.steer.mu.Unlock()
 	if r.Queue < 0 || r.Queue >= s.steer.channels {
-		return 0, fmt.Errorf("flow rule: queue %d out of %d: %w", r.Queue, s.steer.channels, unix.ERANGE)
+		return 0, fmt.Errorf("flow rule: queue %d out of %d: %w", r.Queue, s.steer.channels, unix.EINVAL)
 	}
 	id := s.steer.nextID
 	s.steer.nextID++

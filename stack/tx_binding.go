@@ -172,3 +172,16 @@ func (b *txBinding) release() {
 		b.s.region.ReleaseSpan(b.first, b.n)
 	})
 }
+
+// netPrivileged reports whether the process has CAP_NET_ADMIN or
+// CAP_NET_RAW in its effective set: the privilege a socket's SO_MARK and
+// high SO_PRIORITY control messages need (ns_capable in __sock_cmsg_send).
+func netPrivileged() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	return has(unix.CAP_NET_ADMIN) || has(unix.CAP_NET_RAW)
+}

@@ -20,6 +20,7 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 )
 
 const (
@@ -230,9 +231,15 @@ func (c *TXConn) SetWriteDeadline(t time.Time) error {
 }
 
 // SendMsg implements devmemapi.Sender with the kernel's checks, in the
-// kernel's order (net/ipv4/tcp.c tcp_sendmsg_locked):
+// kernel's order (net/ipv4/tcp.c tcp_sendmsg_locked), each failing with its
+// devmemerr sendmsg case:
 //
-//   - the control buffer is parsed first (sock_cmsg_send); its error is
+//   - more than UIO_MAXIOV (1024) iovecs is EMSGSIZE (import_iovec, before
+//     anything else);
+//   - the control buffer is parsed first (sock_cmsg_send, with the
+//     process's CAP_NET_ADMIN/CAP_NET_RAW as the privilege SO_MARK and
+//     SO_PRIORITY above 6 need); SO_MARK, SO_PRIORITY and SO_TIMESTAMPING
+//     are accepted (and have no effect on the emulated link); its error is
 //     held back like sockc_err;
 //   - with MSG_ZEROCOPY, SO_ZEROCOPY and a nonzero length, the dmabuf id is
 //     looked up (net_devmem_get_binding): no such TX binding EINVAL, another
@@ -249,7 +256,18 @@ func (c *TXConn) SetWriteDeadline(t time.Time) error {
 // EAGAIN. Each call that queued data takes the next send number.
 func (c *TXConn) SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, error) {
 	t := c.eng
-	id, hasID, cerr := devmemapi.ParseDmabufTxCmsg(oob)
+	if len(iov) > devmemapi.UIO_MAXIOV {
+		t.cnt.einval.Add(1)
+		return 0, fmt.Errorf("sendmsg: %d iovecs: %w", len(iov), devmemerr.SendMsgTooManyIovecs.Err())
+	}
+	ck, cerr := devmemapi.ParseSendCmsg(oob, devmemapi.SendCmsgOptions{Privileged: true})
+	if (cerr != nil || ck.HasMark || ck.HasPriority && ck.Priority > 6) && !netPrivileged() {
+		// Only a mark or a high priority needs the capability: ask for
+		// it (a syscall) only then, or on the error path, and parse
+		// again with the kernel's order of errors.
+		ck, cerr = devmemapi.ParseSendCmsg(oob, devmemapi.SendCmsgOptions{})
+	}
+	id, hasID := ck.DmabufID, ck.HasDmabufID
 	var size uint64
 	for _, v := range iov {
 		if v.Len > 1<<62 || size+v.Len > 1<<62 {
@@ -267,10 +285,10 @@ func (c *TXConn) SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, err
 		if b, err = c.s.lookupTXBinding(id); err != nil {
 			if errors.Is(err, unix.ENODEV) {
 				t.cnt.enodev.Add(1)
-			} else {
-				t.cnt.einval.Add(1)
+				return 0, fmt.Errorf("sendmsg: %w", devmemerr.SendMsgOtherDevice.Err())
 			}
-			return 0, fmt.Errorf("sendmsg: %w", err)
+			t.cnt.einval.Add(1)
+			return 0, fmt.Errorf("sendmsg: %w: %w", err, devmemerr.SendMsgUnknownBinding.Err())
 		}
 	}
 	if devmem && (!zcFlag || !sockZC) {
@@ -279,7 +297,7 @@ func (c *TXConn) SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, err
 		if zcFlag {
 			what = "SO_ZEROCOPY"
 		}
-		return 0, fmt.Errorf("sendmsg: a dmabuf send needs %s: %w", what, unix.EINVAL)
+		return 0, fmt.Errorf("sendmsg: a dmabuf send needs %s: %w", what, devmemerr.SendMsgNoZerocopy.Err())
 	}
 	select {
 	case <-c.closed:
@@ -291,7 +309,11 @@ func (c *TXConn) SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, err
 	}
 	if cerr != nil {
 		t.cnt.einval.Add(1)
-		return 0, fmt.Errorf("sendmsg: control message: %w", cerr)
+		row := devmemerr.SendMsgBadCmsg
+		if errors.Is(cerr, unix.EPERM) {
+			row = devmemerr.SendMsgCmsgPerm
+		}
+		return 0, fmt.Errorf("sendmsg: control message: %w", row.Err())
 	}
 	if size == 0 {
 		return 0, nil
@@ -303,7 +325,7 @@ func (c *TXConn) SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, err
 	for i, v := range iov {
 		if v.Len != 0 && (v.Base >= b.size || v.Len > b.size-v.Base) {
 			t.cnt.efault.Add(1)
-			return 0, fmt.Errorf("sendmsg: iovec %d [%d, +%d) is outside the %d-byte dmabuf %d: %w", i, v.Base, v.Len, b.size, b.id, unix.EFAULT)
+			return 0, fmt.Errorf("sendmsg: iovec %d [%d, +%d) is outside the %d-byte dmabuf %d: %w", i, v.Base, v.Len, b.size, b.id, devmemerr.SendMsgOutsideDmabuf.Err())
 		}
 	}
 

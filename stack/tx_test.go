@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -276,7 +277,8 @@ func TestInprocTXSend(t *testing.T) {
 }
 
 // TestInprocTXChunks3 sends with iovecs of at most 3 bytes, as ncdevmem -z 3
-// builds them, and with send calls of at most 3 bytes each. Consecutive
+// builds them (at most 1024 per call), and with send calls of at most 3
+// bytes each. Consecutive
 // dmabuf bytes join into one extent and go out as multi-buffer segments;
 // scattered tiny sends need more descriptors than an skb has frags and are
 // copied (counted).
@@ -287,13 +289,18 @@ func TestInprocTXChunks3(t *testing.T) {
 	for off := uint64(0); off < line; off += 3 {
 		iov = append(iov, devmemapi.Iovec{Base: off, Len: min(3, line-off)})
 	}
-	if n, err := devmemapi.SendDmabuf(c, b.ID(), iov, 0); err != nil || n != line {
-		t.Fatalf("chunked send: %d %v", n, err)
+	// At most UIO_MAXIOV iovecs per call, as ncdevmem's do_client.
+	sends := uint64(0)
+	for rest := iov; len(rest) > 0; sends++ {
+		part := rest[:min(len(rest), devmemapi.UIO_MAXIOV)]
+		rest = rest[len(part):]
+		if n, err := devmemapi.SendDmabuf(c, b.ID(), part, 0); err != nil || n != 3*len(part) && len(rest) > 0 {
+			t.Fatalf("chunked send: %d %v", n, err)
+		}
 	}
 	want := append([]byte(nil), b.Bytes()[:line]...)
 	// Then 2000 calls of 1 to 3 bytes from consecutive offsets.
 	stream := uint64(line)
-	sends := uint64(1)
 	tiny := func(off func(stream uint64) uint64) {
 		for i := 0; i < 2000; i++ {
 			n := uint64(i%3 + 1)
@@ -391,6 +398,14 @@ func TestInprocTXErrors(t *testing.T) {
 	cm := func(id uint32) []byte { return devmemapi.AppendDmabufTxCmsg(nil, id) }
 	badLen := devmemapi.AppendDmabufTxCmsg(nil, b.ID())
 	binary.NativeEndian.PutUint64(badLen, 24)
+	ts := func(flags uint32) []byte {
+		b := make([]byte, 24)
+		binary.NativeEndian.PutUint64(b, 20)
+		binary.NativeEndian.PutUint32(b[8:], uint32(unix.SOL_SOCKET))
+		binary.NativeEndian.PutUint32(b[12:], unix.SO_TIMESTAMPING_NEW)
+		binary.NativeEndian.PutUint32(b[16:], flags)
+		return b
+	}
 	for _, tc := range []struct {
 		name  string
 		iov   []devmemapi.Iovec
@@ -398,24 +413,28 @@ func TestInprocTXErrors(t *testing.T) {
 		flags int
 		zc    bool
 		want  error
+		row   devmemerr.Case
 	}{
-		{"unknown dmabuf id", one, cm(999999), devmemapi.MSG_ZEROCOPY, true, unix.EINVAL},
-		{"rx binding id", one, cm(rx.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EINVAL},
-		{"unbound id", one, cm(closedB.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EINVAL},
-		{"another device's binding", one, cm(ob.ID()), devmemapi.MSG_ZEROCOPY, true, unix.ENODEV},
-		{"no MSG_ZEROCOPY", one, cm(b.ID()), 0, true, unix.EINVAL},
-		{"no MSG_ZEROCOPY, empty", nil, cm(b.ID()), 0, true, unix.EINVAL},
-		{"no SO_ZEROCOPY", one, cm(b.ID()), devmemapi.MSG_ZEROCOPY, false, unix.EINVAL},
-		{"offset past the end", []devmemapi.Iovec{{Base: 64 << 10, Len: 1}}, cm(b.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EFAULT},
-		{"length past the end", []devmemapi.Iovec{{Base: 0, Len: 10}, {Base: 60 << 10, Len: 5000}}, cm(b.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EFAULT},
-		{"huge length", []devmemapi.Iovec{{Base: 1, Len: 1<<64 - 1}}, cm(b.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EINVAL},
-		{"bad cmsg length", one, badLen, devmemapi.MSG_ZEROCOPY, true, unix.EINVAL},
-		{"no dmabuf cmsg", one, nil, devmemapi.MSG_ZEROCOPY, true, unix.EFAULT},
+		{"unknown dmabuf id", one, cm(999999), devmemapi.MSG_ZEROCOPY, true, unix.EINVAL, devmemerr.SendMsgUnknownBinding},
+		{"rx binding id", one, cm(rx.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EINVAL, devmemerr.SendMsgUnknownBinding},
+		{"unbound id", one, cm(closedB.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EINVAL, devmemerr.SendMsgUnknownBinding},
+		{"another device's binding", one, cm(ob.ID()), devmemapi.MSG_ZEROCOPY, true, unix.ENODEV, devmemerr.SendMsgOtherDevice},
+		{"no MSG_ZEROCOPY", one, cm(b.ID()), 0, true, unix.EINVAL, devmemerr.SendMsgNoZerocopy},
+		{"no MSG_ZEROCOPY, empty", nil, cm(b.ID()), 0, true, unix.EINVAL, devmemerr.SendMsgNoZerocopy},
+		{"no SO_ZEROCOPY", one, cm(b.ID()), devmemapi.MSG_ZEROCOPY, false, unix.EINVAL, devmemerr.SendMsgNoZerocopy},
+		{"offset past the end", []devmemapi.Iovec{{Base: 64 << 10, Len: 1}}, cm(b.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EFAULT, devmemerr.SendMsgOutsideDmabuf},
+		{"length past the end", []devmemapi.Iovec{{Base: 0, Len: 10}, {Base: 60 << 10, Len: 5000}}, cm(b.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EFAULT, devmemerr.SendMsgOutsideDmabuf},
+		{"huge length", []devmemapi.Iovec{{Base: 1, Len: 1<<64 - 1}}, cm(b.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EINVAL, devmemerr.Case{}},
+		{"bad cmsg length", one, badLen, devmemapi.MSG_ZEROCOPY, true, unix.EINVAL, devmemerr.SendMsgBadCmsg},
+		{"SO_TIMESTAMPING RX flag", one, append(ts(unix.SOF_TIMESTAMPING_RX_SOFTWARE), cm(b.ID())...), devmemapi.MSG_ZEROCOPY, true, unix.EINVAL, devmemerr.SendMsgBadCmsg},
+		{"no dmabuf cmsg", one, nil, devmemapi.MSG_ZEROCOPY, true, unix.EFAULT, devmemerr.Case{}},
+		{"1025 iovecs", make([]devmemapi.Iovec, devmemapi.UIO_MAXIOV+1), cm(b.ID()), devmemapi.MSG_ZEROCOPY, true, unix.EMSGSIZE, devmemerr.SendMsgTooManyIovecs},
+		{"1025 iovecs, bad id", make([]devmemapi.Iovec, devmemapi.UIO_MAXIOV+1), cm(999999), devmemapi.MSG_ZEROCOPY, true, unix.EMSGSIZE, devmemerr.SendMsgTooManyIovecs},
 	} {
 		c.SetZeroCopy(tc.zc)
 		n, err := c.SendMsg(tc.iov, tc.oob, tc.flags)
-		if n != 0 || !errors.Is(err, tc.want) {
-			t.Errorf("%s: %d, %v; want %v", tc.name, n, err, tc.want)
+		if n != 0 || !errors.Is(err, tc.want) || (tc.row.Name != "" && !devmemerr.Match(err, tc.row)) {
+			t.Errorf("%s: %d, %v; want %v (%s)", tc.name, n, err, tc.want, tc.row.Name)
 		}
 	}
 	c.SetZeroCopy(true)
@@ -430,13 +449,29 @@ func TestInprocTXErrors(t *testing.T) {
 	if st := c.Stats(); st.Sends != 0 || st.Queued != 0 {
 		t.Fatalf("failed sends left %+v", st)
 	}
-	// The first good send is number 0.
-	if n, err := devmemapi.SendDmabuf(c, b.ID(), one, 0); n != 10 || err != nil {
-		t.Fatalf("good send: %d %v", n, err)
+	// The first good send is number 0. SO_MARK, SO_PRIORITY and TX
+	// SO_TIMESTAMPING control messages are accepted with it (the tests
+	// run privileged), 1024 iovecs too.
+	mark := make([]byte, 24)
+	binary.NativeEndian.PutUint64(mark, 20)
+	binary.NativeEndian.PutUint32(mark[8:], uint32(unix.SOL_SOCKET))
+	binary.NativeEndian.PutUint32(mark[12:], unix.SO_MARK)
+	prio := slices.Clone(mark)
+	binary.NativeEndian.PutUint32(prio[12:], unix.SO_PRIORITY)
+	oob := slices.Concat(mark, prio, ts(unix.SOF_TIMESTAMPING_TX_SOFTWARE), cm(b.ID()))
+	if n, err := c.SendMsg(one, oob, devmemapi.MSG_ZEROCOPY); n != 10 || err != nil {
+		t.Fatalf("good send with SO_MARK, SO_PRIORITY, SO_TIMESTAMPING: %d %v", n, err)
+	}
+	many := make([]devmemapi.Iovec, devmemapi.UIO_MAXIOV)
+	for i := range many {
+		many[i] = devmemapi.Iovec{Base: uint64(i), Len: 1}
+	}
+	if n, err := devmemapi.SendDmabuf(c, b.ID(), many, 0); n != devmemapi.UIO_MAXIOV || err != nil {
+		t.Fatalf("send of 1024 iovecs: %d %v", n, err)
 	}
 	var tr devmemapi.ZerocopyTracker
-	rs := waitCompletions(t, c, &tr, 1)
-	if len(rs) != 1 || rs[0].Lo != 0 || rs[0].Hi != 0 {
+	rs := waitCompletions(t, c, &tr, 2)
+	if tr.Completed() != 2 || !tr.Covers(2) {
 		t.Fatalf("completions %v", rs)
 	}
 	if _, _, err := c.RecvErrQueue(make([]byte, 64), 0); !errors.Is(err, unix.EAGAIN) {

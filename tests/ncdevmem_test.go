@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdevmem/xdevmem/compat/netdev"
 	"github.com/xdevmem/xdevmem/internal/harness"
 	"github.com/xdevmem/xdevmem/internal/netns"
 	"github.com/xdevmem/xdevmem/internal/pattern"
@@ -65,7 +66,10 @@ func newNcEnvFamily(t *testing.T, ipv6 bool) *ncEnv {
 	if err := os.Symlink(bin, link); err != nil {
 		t.Fatal(err)
 	}
-	opts := netns.Options{Prefix: "xdt"}
+	// Two RX queues: ncdevmem binds the last and spreads RSS over the
+	// others, and refuses a device with fewer (the emulated NIC has the
+	// interface's queues).
+	opts := netns.Options{Prefix: "xdt", RxQueues: 2, TxQueues: 2}
 	if ipv6 {
 		opts.PeerAddr, opts.EmuAddr = harness.IPv6Addrs()
 	}
@@ -297,6 +301,46 @@ func TestNcdevmemDevmemPy(t *testing.T) {
 		}
 	})
 
+	// The emulated NIC has the interface's RX queues (here 2): a queue
+	// beyond them fails as on a real NIC, at RSS set-up (ethtool -X equal
+	// 7: EINVAL) or, with -n, at bind-rx (EINVAL); XDEVMEM_CHANNELS sets
+	// another count, which ncdevmem reports.
+	t.Run("queues", func(t *testing.T) {
+		port := e.randPort()
+		base := fmt.Sprintf("%s -l -f %s -s %s -p %d", e.bin, e.ifname, e.addr, port)
+		for _, tc := range []struct {
+			args string
+			want []string
+		}{
+			{"-t 7 -q 1", []string{"2 RX channels (the active RX queues of " + e.ifname, "Cannot set RX flow hash configuration", "invalid argument", "ncdevmem: Failed to configure rss"}},
+			{"-n -t 7 -q 1", []string{"netdev_bind_rx: invalid argument", "ncdevmem: Failed to bind"}},
+			{"-t 1 -q 2", []string{"netdev_bind_rx: invalid argument", "ncdevmem: Failed to bind"}},
+		} {
+			start := time.Now()
+			out, err := local.Command("sh", "-c", base+" "+tc.args).CombinedOutput()
+			if err == nil {
+				t.Errorf("%s: succeeded on a 2-queue NIC:\n%s", tc.args, out)
+				continue
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("%s: output lacks %q:\n%s", tc.args, w, out)
+				}
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("%s: took %v to fail", tc.args, d)
+			}
+		}
+		listen := "XDEVMEM_CHANNELS=8 " + base + " -t 7 -q 1 -c " + e.remote + " -v 7"
+		b := ncStart(t, local, "sh", listen)
+		waitPortListen(t, local, port, b)
+		ncCmd(t, remote, "bash", rxPipe("1K", e.socatSend(port, 0)))
+		ncExpectOK(t, b, "XDEVMEM_CHANNELS=8 -t 7")
+		if se := b.stderr.String(); !strings.Contains(se, "8 RX channels (XDEVMEM_CHANNELS=8)") || totalReceived(se) != 1024 {
+			t.Fatalf("stderr:\n%s", lastLines(se, 20))
+		}
+	})
+
 	t.Run("check_rx", func(t *testing.T) {
 		port := e.randPort()
 		socat := e.socatSend(port, 0)
@@ -309,6 +353,13 @@ func TestNcdevmemDevmemPy(t *testing.T) {
 		if !strings.Contains(so, "Validated buffer") || !strings.Contains(se, "received frag_page=") ||
 			!strings.Contains(se, "ncdevmem: ok") || totalReceived(se) != 1024 {
 			t.Fatalf("stdout:\n%s\nstderr:\n%s", so, se)
+		}
+		// Without -a the token mode is the host kernel's default, and
+		// ncdevmem says which and why.
+		host := netdev.HostAutorelease()
+		want := fmt.Sprintf("xdevmem: token mode autorelease=%d (the host kernel's default: %s)", b2i(host.On), host.Reason)
+		if !strings.Contains(se, want) {
+			t.Fatalf("stderr lacks %q:\n%s", want, se)
 		}
 	})
 
@@ -447,11 +498,15 @@ func TestNcdevmemDevmemPy(t *testing.T) {
 			ncCmd(t, remote, "bash", "yes $(echo -e \x01\x02\x03\x04\x05\x06) |             head -c 1K | "+socat)
 			ncExpectOK(t, b, tc.name)
 			se := b.stderr.String()
-			if strings.Contains(tc.extra, "-U 1") {
+			// Series v10: unbinding before the first recvmsg leaves a
+			// binding without users, so only an autorelease-off socket
+			// (not tied yet) gets ENODEV; autorelease-on sockets never
+			// do, and receive what was queued.
+			if tc.extra == "-a 0 -U 1" {
 				if !strings.Contains(se, "no such device") || strings.Contains(se, "received frag_page=") {
-					t.Fatalf("-U 1: recvmsg did not fail with ENODEV before any fragment:\n%s", lastLines(se, 15))
+					t.Fatalf("-a 0 -U 1: recvmsg did not fail with ENODEV before any fragment:\n%s", lastLines(se, 15))
 				}
-			} else if totalReceived(se) != 1024 || !strings.Contains(b.stdout.String(), "Validated buffer") {
+			} else if totalReceived(se) != 1024 || !strings.Contains(b.stdout.String(), "Validated buffer") || strings.Contains(se, "no such device") {
 				t.Fatalf("received %d bytes:\n%s", totalReceived(se), lastLines(se, 15))
 			}
 		})
@@ -483,4 +538,11 @@ func kernelTCP(t *testing.T, ns *netns.NS) map[string]int64 {
 		t.Fatalf("no Tcp counters in /proc/net/snmp: %s", out)
 	}
 	return m
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

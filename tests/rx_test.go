@@ -114,18 +114,26 @@ func waitCmd(c *exec.Cmd, d time.Duration) error {
 }
 
 // TestHeaderSplitSizes: payloads of every size from 1 to 8192 bytes arrive
-// entirely as dmabuf frags with the threshold at 0, and entirely as
-// SCM_DEVMEM_LINEAR with the bytes in p when the threshold is above every
-// segment's payload.
+// entirely as dmabuf frags with the threshold at 0; entirely as ordinary
+// bytes (no devmem control message: the kernel's readable skb) when the
+// threshold is above every segment's payload; and, from a device that
+// leaves the first 100 payload bytes of each split segment in the header
+// buffer (Config.LinearHead), as SCM_DEVMEM_LINEAR parts followed by their
+// fragments, in stream order.
 func TestHeaderSplitSizes(t *testing.T) {
 	testutil.Watchdog(t, 3*time.Minute)
 	for _, tc := range []struct {
 		name   string
-		thresh int
+		cfg    stack.Config
+		plain  bool
 		linear bool
-	}{{"thresh=0", 0, false}, {"thresh=9000", 9000, true}} {
+	}{
+		{"thresh=0", stack.Config{}, false, false},
+		{"thresh=9000", stack.Config{HDSThresh: 9000}, true, false},
+		{"linear-head=100", stack.Config{LinearHead: 100}, false, true},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, harness.Options{Stack: stack.Config{HDSThresh: tc.thresh}})
+			w := newWorld(t, harness.Options{Stack: tc.cfg})
 			connc := acceptOne(t, w)
 			var total uint64
 			for n := 1; n <= 8192; n++ {
@@ -158,12 +166,19 @@ func TestHeaderSplitSizes(t *testing.T) {
 			defer conn.Close()
 			res := receiveValidated(t, w, conn, 11, total)
 			waitErr(t, errc, "send")
-			if tc.linear {
-				if res.LinearBytes != total || res.Frags != 0 {
-					t.Fatalf("linear %d bytes, %d frags: want all %d linear", res.LinearBytes, res.Frags, total)
+			switch {
+			case tc.plain:
+				if res.PlainBytes != total || res.Frags != 0 || res.Linear != 0 {
+					t.Fatalf("plain %d bytes, %d frags, %d linear msgs: want all %d as ordinary bytes", res.PlainBytes, res.Frags, res.Linear, total)
 				}
-			} else if res.DmabufBytes != total || res.Linear != 0 || res.Plain != 0 {
-				t.Fatalf("dmabuf %d bytes, %d linear msgs: want all %d in the dmabuf", res.DmabufBytes, res.Linear, total)
+			case tc.linear:
+				if res.Linear == 0 || res.Frags == 0 || res.LinearBytes+res.DmabufBytes+res.PlainBytes != total || res.LinearBytes > 100*res.Linear {
+					t.Fatalf("linear %d bytes in %d msgs, dmabuf %d in %d frags, plain %d: want linear heads of at most 100 bytes before fragments", res.LinearBytes, res.Linear, res.DmabufBytes, res.Frags, res.PlainBytes)
+				}
+			default:
+				if res.DmabufBytes != total || res.Linear != 0 || res.Plain != 0 {
+					t.Fatalf("dmabuf %d bytes, %d linear msgs: want all %d in the dmabuf", res.DmabufBytes, res.Linear, total)
+				}
 			}
 			checkStats(t, w.Stack.Stats())
 		})

@@ -39,6 +39,13 @@ type Binding struct {
 	frames      Frames
 	autorelease bool
 	unbound     atomic.Bool
+	// users counts what keeps the urefs alive, as the series' (v10)
+	// binding->users: 1 for the RX queues until Unbind, plus one per
+	// autorelease-off socket tied to the binding until it closes. When it
+	// reaches 0 the urefs are drained and no socket can tie any more.
+	users atomic.Int32
+	// drained is set, once users reached 0, before the urefs are dropped.
+	drained atomic.Bool
 	// urefs[i] counts the autorelease-off tokens outstanding on frame i;
 	// each unit holds one Frames reference.
 	urefs []atomic.Uint32
@@ -59,12 +66,14 @@ func NewBinding(id uint32, frames Frames, nframes int, autorelease bool) *Bindin
 	if nframes < 0 || uint64(nframes) > maxFrames {
 		panic(fmt.Sprintf("tokens: NewBinding with %d frames", nframes))
 	}
-	return &Binding{
+	b := &Binding{
 		id:          id,
 		frames:      frames,
 		autorelease: autorelease,
 		urefs:       make([]atomic.Uint32, nframes),
 	}
+	b.users.Store(1) // the RX queues
+	return b
 }
 
 // ID returns the binding's dmabuf id (DmabufCmsg.DmabufID).
@@ -80,22 +89,63 @@ func (b *Binding) FrameCount() int { return len(b.urefs) }
 // Unbound reports whether Unbind has been called.
 func (b *Binding) Unbound() bool { return b.unbound.Load() }
 
-// Unbind tears the binding down, as closing the netlink socket does: it
-// drops every outstanding autorelease-off user reference (releasing one
-// frame reference per uref) and returns how many it dropped. Afterwards
-// deliveries from the binding fail with ENODEV in both modes.
-// Autorelease-on tokens are not touched: they belong to their sockets and
-// are freed by DONTNEED or close.
+// Drained reports whether the binding has no users left: it was unbound
+// and no autorelease-off socket is tied to it any more. Its urefs are
+// then gone and no socket can tie to it.
+func (b *Binding) Drained() bool { return b.drained.Load() }
+
+// Users returns the binding's users: 1 for its RX queues until Unbind,
+// plus one per autorelease-off socket tied to it and not yet closed.
+func (b *Binding) Users() int { return int(b.users.Load()) }
+
+// Unbind tears the binding's queues down, as closing the netlink socket
+// does, and drops their user (v10 net_devmem_unbind_dmabuf). If no
+// autorelease-off socket is tied to the binding that was the last user:
+// every outstanding uref is dropped now (one frame reference each) and
+// Unbind returns how many. Otherwise the tied sockets keep the binding
+// alive: their deliveries and DONTNEEDs go on working, and the urefs are
+// dropped when the last of them closes (Socket.Close returns that count
+// then). Autorelease-on tokens are never touched: they belong to their
+// sockets and are freed by DONTNEED or close.
 //
 // Unbind is idempotent: calls after the first return 0. It is safe
-// concurrently with Deliver and DontNeed: every uref is dropped exactly once,
-// by Unbind, by DONTNEED, or by a delivery that lost the race and undoes
-// itself.
+// concurrently with Deliver, DontNeed and Socket.Close: every uref is
+// dropped exactly once, by the drain, by DONTNEED, or by a delivery that
+// lost the race and undoes itself.
 func (b *Binding) Unbind() (freed int) {
 	if !b.unbound.CompareAndSwap(false, true) {
 		return 0
 	}
-	// Deliver increments a uref and then loads unbound; we stored unbound
+	return b.userPut()
+}
+
+// userGet takes a user unless none is left (atomic_inc_not_zero).
+func (b *Binding) userGet() bool {
+	for {
+		n := b.users.Load()
+		if n <= 0 {
+			return false
+		}
+		if b.users.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// userPut drops a user; the last one drains the urefs and returns how many
+// it dropped.
+func (b *Binding) userPut() int {
+	if b.users.Add(-1) != 0 {
+		return 0
+	}
+	return b.drain()
+}
+
+// drain is net_devmem_dmabuf_binding_put_urefs: it drops every outstanding
+// uref, releasing one frame reference per uref.
+func (b *Binding) drain() (freed int) {
+	b.drained.Store(true)
+	// Deliver increments a uref and then loads drained; we stored drained
 	// and now read every uref. With sequentially consistent atomics one of
 	// the two sees the other, so no uref survives unnoticed.
 	var buf []uint32

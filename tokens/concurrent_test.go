@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -102,26 +103,33 @@ func TestConcurrentDontNeedWhileDeliver(t *testing.T) {
 }
 
 // TestConcurrentUnbind races Unbind with deliveries and returns on several
-// sockets tied to the binding. Every reference is dropped exactly once.
+// sockets tied to the binding, then the sockets' closes with each other:
+// the tied sockets keep the binding alive (deliveries never fail), the
+// last close drains it, and every reference is dropped exactly once.
 func TestConcurrentUnbind(t *testing.T) {
 	for range 20 {
 		const nframes = 32
 		f := newFakeFrames(nframes)
 		b := NewBinding(1, f, nframes, false)
 		var wg sync.WaitGroup
-		var delivered, returned atomic.Int64
+		var delivered, returned, drained atomic.Int64
 		started := make(chan struct{}, 4)
+		stop := make(chan struct{})
 		for g := range 4 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				s := NewSocket(false)
+				defer func() { drained.Add(int64(s.Close())) }()
 				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
 					fr := uint32((g*7 + i) % nframes)
 					if _, err := s.Deliver(b, fr); err != nil {
-						if !errors.Is(err, unix.ENODEV) {
-							t.Error(err)
-						}
+						t.Error(err)
 						return
 					}
 					delivered.Add(1)
@@ -143,12 +151,15 @@ func TestConcurrentUnbind(t *testing.T) {
 			<-started
 		}
 		unbound := b.Unbind()
+		time.Sleep(time.Millisecond)
+		close(stop)
 		wg.Wait()
 		f.checkZero(t)
-		// Deliveries that lost the race to Unbind undo themselves, so
-		// Unbind may have dropped a few urefs of failed deliveries.
-		if got := returned.Load() + int64(unbound); got < delivered.Load() || got > delivered.Load()+4 {
-			t.Fatalf("returned %d + unbound %d, delivered %d", returned.Load(), unbound, delivered.Load())
+		if !b.Drained() || unbound != 0 {
+			t.Fatalf("drained %v, Unbind freed %d with sockets tied", b.Drained(), unbound)
+		}
+		if got := returned.Load() + drained.Load(); got != delivered.Load() {
+			t.Fatalf("returned %d + drained %d, delivered %d", returned.Load(), drained.Load(), delivered.Load())
 		}
 		if t.Failed() {
 			return

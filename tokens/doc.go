@@ -39,12 +39,14 @@
 // increments it, DONTNEED decrements it if positive. Delivery takes no lock
 // and DONTNEED no table lock, and neither allocates: that is where the
 // series' ~13% CPU saving comes from. Because a token does not say which binding it belongs to, a
-// socket is tied to the first binding it receives from: a fragment of
-// another binding fails with EFAULT, a binding already unbound with
-// ENODEV, and DONTNEED before any delivery with EINVAL. Tokens are shared
-// by all sockets tied to a binding (the same frame index is the same
-// uref), and closing a socket frees nothing: leaked urefs are dropped when
-// the binding is unbound.
+// socket is tied to the first binding it receives from and becomes one of
+// its users (v10 binding->users): a fragment of another binding fails with
+// EFAULT, tying to a binding without users left (unbound, no socket tied)
+// with ENODEV, and DONTNEED before any delivery with EINVAL. Tokens are
+// shared by all sockets tied to a binding (the same frame index is the
+// same uref), and closing a socket frees nothing by itself: leaked urefs
+// are dropped when the binding's last user goes, that is once it is
+// unbound and every socket tied to it has closed.
 //
 // # Choosing the mode: the two uAPI forms
 //
@@ -127,18 +129,20 @@
 // same. In autorelease-off mode the kernel never wraps either (its
 // range check breaks first).
 //
-// After Unbind every uref is 0: DONTNEED through a socket tied to the
-// binding still succeeds and frees nothing, as in the series (the socket
-// keeps its binding reference for this case).
+// A tied socket keeps its binding alive past Unbind: its deliveries and
+// DONTNEEDs go on working until it closes (v10 binding->users).
 //
 // # Close and unbind
 //
-// Socket.Close frees every autorelease-on token of the socket and nothing
-// in autorelease-off mode. Binding.Unbind drops every uref of the binding
-// (one frame reference each) and makes further deliveries from it fail
-// with ENODEV in both modes; autorelease-on tokens stay with their sockets
-// until DONTNEED or close. After both, no frame holds a reference taken by
-// this package.
+// Socket.Close frees every autorelease-on token of the socket and, in
+// autorelease-off mode, drops the socket's user of its binding.
+// Binding.Unbind drops the RX queues' user. Whichever drops a binding's
+// last user drains it: every uref is dropped (one frame reference each)
+// and no socket can tie to it any more (ENODEV). Autorelease-on sockets
+// never get ENODEV: fragments queued before the unbind are delivered, and
+// their tokens stay with their sockets until DONTNEED or close. After every
+// socket closed and every binding was unbound, no frame holds a reference
+// taken by this package.
 //
 // # Concurrency and allocation
 //

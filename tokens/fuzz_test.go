@@ -29,6 +29,8 @@ type mBinding struct {
 	f       *fakeFrames
 	auto    bool
 	unbound bool
+	users   int // the queues (until unbind) and the tied open sockets
+	drained bool
 	urefs   []int
 }
 
@@ -46,7 +48,7 @@ type mSocket struct {
 // manualOut is what an autorelease-off socket can return: its binding's
 // urefs (the token namespace is the binding's).
 func (ms *mSocket) manualOut() int {
-	if ms.auto || ms.tie == nil || ms.tie.unbound {
+	if ms.auto || ms.tie == nil || ms.tie.drained {
 		return 0
 	}
 	n := 0
@@ -74,9 +76,7 @@ func (ms *mSocket) deliver(mb *mBinding, frame uint32) (uint32, unix.Errno) {
 		ms.auto, ms.fixed = mb.auto, true
 	}
 	if ms.auto {
-		if mb.unbound {
-			return 0, unix.ENODEV
-		}
+		// No unbound check: queued fragments outlive the binding.
 		if len(ms.toks) >= fuzzLimit {
 			return 0, unix.EBUSY
 		}
@@ -95,12 +95,13 @@ func (ms *mSocket) deliver(mb *mBinding, frame uint32) (uint32, unix.Errno) {
 		return 0, unix.EFAULT
 	}
 	if ms.tie == nil {
-		if mb.unbound {
+		if mb.users == 0 {
 			return 0, unix.ENODEV
 		}
+		mb.users++
 		ms.tie = mb
 	}
-	if mb.unbound {
+	if mb.drained {
 		return 0, unix.ENODEV
 	}
 	mb.urefs[frame]++
@@ -164,6 +165,9 @@ func (ms *mSocket) close() int {
 	ms.closed = true
 	n := len(ms.toks)
 	ms.toks = map[uint32]mTok{}
+	if ms.tie != nil {
+		n += ms.tie.put()
+	}
 	return n
 }
 
@@ -183,6 +187,17 @@ func (mb *mBinding) unbind() int {
 		return 0
 	}
 	mb.unbound = true
+	return mb.put()
+}
+
+// put drops a user; the last one drains the urefs (v10
+// net_devmem_dmabuf_binding_user_put).
+func (mb *mBinding) put() int {
+	mb.users--
+	if mb.users > 0 {
+		return 0
+	}
+	mb.drained = true
 	n := 0
 	for i := range mb.urefs {
 		n += mb.urefs[i]
@@ -205,7 +220,7 @@ type fuzzWorld struct {
 func (w *fuzzWorld) newBinding(auto bool) *mBinding {
 	w.nextID++
 	f := newFakeFrames(w.nframes)
-	mb := &mBinding{real: NewBinding(w.nextID, f, w.nframes, auto), f: f, auto: auto, urefs: make([]int, w.nframes)}
+	mb := &mBinding{real: NewBinding(w.nextID, f, w.nframes, auto), f: f, auto: auto, users: 1, urefs: make([]int, w.nframes)}
 	w.bindings = append(w.bindings, mb)
 	return mb
 }
@@ -289,8 +304,9 @@ func (w *fuzzWorld) check() {
 		if got := mb.real.Outstanding(); got != sum {
 			t.Fatalf("binding %d: Outstanding = %d, model %d", mb.real.ID(), got, sum)
 		}
-		if mb.real.Unbound() != mb.unbound {
-			t.Fatalf("binding %d: Unbound = %v", mb.real.ID(), mb.real.Unbound())
+		if mb.real.Unbound() != mb.unbound || mb.real.Drained() != mb.drained || mb.real.Users() != mb.users {
+			t.Fatalf("binding %d: Unbound %v, Drained %v, Users %d; model %v, %v, %d",
+				mb.real.ID(), mb.real.Unbound(), mb.real.Drained(), mb.real.Users(), mb.unbound, mb.drained, mb.users)
 		}
 		for fr, n := range want[mb] {
 			if got := mb.f.ref(uint32(fr)); got != n {

@@ -294,14 +294,21 @@ func TestSetAutoreleaseBusy(t *testing.T) {
 }
 
 func TestSetAutoreleaseAfterUnbind(t *testing.T) {
-	// Mode 0 tokens die with the binding: once it is unbound the socket
-	// holds none and may switch.
+	// A tied socket keeps its binding's urefs past the unbind (v10
+	// binding->users): it still holds its token and may switch only once
+	// it returned it. Its close then drains the binding.
 	w := newWorld(t, false, 4)
 	mustDeliver(t, w.s, w.b, 1)
 	wantErrno(t, "SetAutorelease", w.s.SetAutorelease(true), unix.EBUSY)
 	w.b.Unbind()
+	wantErrno(t, "SetAutorelease after unbind", w.s.SetAutorelease(true), unix.EBUSY)
+	mustDontNeed(t, w.s, 1, tk(1, 1))
 	if err := w.s.SetAutorelease(true); err != nil {
 		t.Fatal(err)
+	}
+	w.s.Close()
+	if !w.b.Drained() {
+		t.Fatal("the tied socket's close left the unbound binding undrained")
 	}
 	w.f.checkZero(t)
 }

@@ -53,8 +53,10 @@ type Socket struct {
 	tab table
 
 	// binding is the autorelease-off tie: the first binding the socket
-	// received from in that mode.
+	// received from in that mode. The tie holds one of the binding's users
+	// until the socket closes (put tells whether it was dropped).
 	binding atomic.Pointer[Binding]
+	put     atomic.Bool
 
 	// relMu guards rel, the release batch of DONTNEED and close. Lock
 	// order: relMu before mu.
@@ -121,25 +123,30 @@ func (s *Socket) Binding() *Binding { return s.binding.Load() }
 // records (b, frame). A full table (MaxToken tokens) fails with EBUSY.
 //
 // Autorelease off: the token is frame, and the frame's uref in b is
-// incremented. The socket is tied to the first binding it receives from: a
-// fragment of another binding fails with EFAULT.
+// incremented. The socket is tied to the first binding it receives from
+// and becomes one of its users (v10 tcp_recvmsg_dmabuf): a fragment of
+// another binding fails with EFAULT, and tying to a binding without users
+// left (unbound, no socket tied) fails with ENODEV. A tied socket keeps
+// its binding alive after Unbind: its deliveries go on.
 //
-// In both modes a binding already unbound fails with ENODEV, a closed
-// socket with EBADF and a frame outside b with EINVAL; on failure no
-// reference is left behind.
+// Autorelease on there is no such check: fragments queued before an unbind
+// are delivered, as the kernel's page-pool references keep their memory.
+//
+// A closed socket fails with EBADF and a frame outside b with EINVAL; on
+// failure no reference is left behind.
 func (s *Socket) Deliver(b *Binding, frame uint32) (token uint32, err error) {
 	// Fast path: autorelease off, already tied to b. The checks are those
 	// of deliverManual, which handles everything else.
 	if m := s.mode.Load(); m == modeFixed && s.binding.Load() == b && uint64(frame) < uint64(len(b.urefs)) &&
-		!s.closed.Load() && !b.unbound.Load() {
+		!s.closed.Load() && !b.drained.Load() {
 		b.frames.Hold(frame)
 		u := &b.urefs[frame]
 		u.Add(1)
-		if !b.unbound.Load() && !s.switching.Load() && s.mode.Load() == m {
+		if !b.drained.Load() && !s.closed.Load() && !s.switching.Load() && s.mode.Load() == m {
 			return frame, nil
 		}
-		// Lost a race with Unbind or SetAutorelease: undo, then take the
-		// slow path (see deliverManual).
+		// Lost a race with Close, the drain or SetAutorelease: undo, then
+		// take the slow path (see deliverManual).
 		if decIfPositive(u) {
 			b.releaseOne(frame)
 		}
@@ -191,9 +198,6 @@ func (s *Socket) adopt(b *Binding) uint32 {
 // deliverAuto is Deliver with autorelease on; m is the mode word Deliver
 // dispatched on. retry is true if the mode changed meanwhile.
 func (s *Socket) deliverAuto(b *Binding, frame uint32, m uint32) (token uint32, retry bool, err error) {
-	if b.unbound.Load() {
-		return 0, false, unboundError(b)
-	}
 	// The reference is taken before the token becomes visible, so a
 	// concurrent DONTNEED that frees it releases a held frame.
 	b.frames.Hold(frame)
@@ -225,40 +229,103 @@ func (s *Socket) deliverManual(b *Binding, frame uint32, m uint32) (token uint32
 		if tied != nil {
 			return 0, false, tiedError(tied, b)
 		}
-		if b.unbound.Load() {
-			return 0, false, unboundError(b)
-		}
-		if !s.binding.CompareAndSwap(nil, b) {
-			if tied = s.binding.Load(); tied != b {
-				return 0, false, tiedError(tied, b)
-			}
+		if err := s.tie(b); err != nil {
+			return 0, false, err
 		}
 	}
-	if b.unbound.Load() {
+	if b.drained.Load() {
 		return 0, false, unboundError(b)
 	}
 	b.frames.Hold(frame)
 	u := &b.urefs[frame]
 	u.Add(1)
-	// Dekker-style handshakes, both with sequentially consistent atomics:
-	// Unbind stores unbound then reads every uref; SetAutorelease stores
+	// Dekker-style handshakes, all with sequentially consistent atomics:
+	// the drain stores drained then reads every uref; Close stores closed
+	// then drops the tie's user (possibly draining); SetAutorelease stores
 	// switching, reads every uref, stores the new mode and clears
-	// switching. We incremented the uref and now load unbound, switching
-	// and the mode. Either we see their store here or they see our
-	// increment.
-	if b.unbound.Load() || s.switching.Load() || s.mode.Load() != m {
-		// Undo. If Unbind already took our uref it also released the
+	// switching. We incremented the uref and now load drained, closed,
+	// switching and the mode. Either we see their store here or they see
+	// our increment.
+	if b.drained.Load() || s.closed.Load() || s.switching.Load() || s.mode.Load() != m {
+		// Undo. If the drain already took our uref it also released the
 		// frame reference; otherwise we give both back.
 		if decIfPositive(u) {
 			b.releaseOne(frame)
 		}
-		if b.unbound.Load() {
+		if s.closed.Load() {
+			return 0, false, errClosed
+		}
+		if b.drained.Load() {
 			return 0, false, unboundError(b)
 		}
 		runtime.Gosched() // let SetAutorelease finish
 		return 0, true, nil
 	}
 	return frame, false, nil
+}
+
+// tie makes b the socket's binding and the socket one of b's users, or
+// fails: ENODEV when b has no users left, EFAULT when the socket got tied
+// to another binding meanwhile, EBADF when it closed meanwhile.
+func (s *Socket) tie(b *Binding) error {
+	if !b.userGet() {
+		return unboundError(b)
+	}
+	if !s.binding.CompareAndSwap(nil, b) {
+		// Tied meanwhile (to b: it holds a user already, so this put
+		// cannot be b's last).
+		b.userPut()
+		if tied := s.binding.Load(); tied != b {
+			return tiedError(tied, b)
+		}
+		return nil
+	}
+	// Close stores closed and then loads the tie; we stored the tie and
+	// now load closed. Whoever sees the other drops the user, once.
+	if s.closed.Load() {
+		s.putTie()
+		return errClosed
+	}
+	return nil
+}
+
+// putTie drops the tie's user on the binding, once; it returns the urefs
+// the drain dropped if that was the binding's last user.
+func (s *Socket) putTie() int {
+	b := s.binding.Load()
+	if b == nil || !s.put.CompareAndSwap(false, true) {
+		return 0
+	}
+	return b.userPut()
+}
+
+// CanDeliver reports, without taking anything, whether Deliver could hand
+// this socket a fragment of b: EBADF when the socket is closed; in
+// autorelease-off mode (or before the mode is fixed, for a binding in that
+// mode) EFAULT when the socket is tied to another binding and ENODEV when
+// it is not tied and b has no users left. Autorelease-on sockets can
+// always receive. The stack uses it to end a recvmsg before a fragment
+// that cannot be delivered, as the kernel's tcp_recvmsg_dmabuf stops there.
+func (s *Socket) CanDeliver(b *Binding) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	m := s.mode.Load()
+	if m&modeFixed == 0 && b.autorelease || m&modeFixed != 0 && m&modeAuto != 0 {
+		return nil
+	}
+	switch tied := s.binding.Load(); {
+	case tied == b:
+		if b.drained.Load() {
+			return unboundError(b)
+		}
+		return nil
+	case tied != nil:
+		return tiedError(tied, b)
+	case b.users.Load() <= 0:
+		return unboundError(b)
+	}
+	return nil
 }
 
 // DontNeed returns tokens, as setsockopt(SO_DEVMEM_DONTNEED) does
@@ -278,9 +345,8 @@ func (s *Socket) deliverManual(b *Binding, frame uint32, m uint32) (token uint32
 // tie the call fails with EINVAL. A token at or beyond the binding's frame
 // count ends its entry (not counted, as in the kernel). Otherwise the
 // frame's uref is decremented if positive and, if it was, one frame
-// reference is released. After the binding was unbound every uref is 0, so
-// DONTNEED succeeds and frees nothing (the kernel series keeps the socket's
-// binding reference for exactly this case).
+// reference is released. The tie keeps the binding's urefs alive after
+// Unbind, so DONTNEED goes on freeing (v10 binding->users).
 //
 // On a closed socket it fails with EBADF. It is safe concurrently with
 // Deliver, Close, Unbind and other DontNeed calls, and does not allocate.
@@ -425,8 +491,11 @@ outer:
 // Close releases the socket's token state, as the kernel's
 // tcp_v4_destroy_sock does, and returns the number of tokens it freed.
 // Autorelease on: every outstanding token is freed and its frame reference
-// released. Autorelease off: nothing is freed; the urefs stay with the
-// binding until DONTNEED through another socket or Unbind.
+// released. Autorelease off: the socket stops being a user of the binding
+// it is tied to; if that was the binding's last user (it was unbound and
+// no other tied socket is open), the binding's urefs are drained and
+// counted in the result. Otherwise nothing is freed: the urefs stay with
+// the binding until DONTNEED through another socket or the drain.
 //
 // Afterwards Deliver, DontNeed and SetAutorelease fail with EBADF and
 // Outstanding returns 0. Close is idempotent (later calls return 0).
@@ -450,13 +519,13 @@ func (s *Socket) Close() (freed int) {
 		}
 	})
 	r.flush()
-	return freed
+	return freed + s.putTie()
 }
 
 // Outstanding returns the number of tokens the socket can return in its
 // current mode. Autorelease on: the tokens in its table. Autorelease off:
 // the urefs outstanding on its tied binding (Binding.Outstanding,
-// O(frames)), 0 without a tie or once the binding is unbound. In that mode a token is a
+// O(frames)), 0 without a tie or once the binding drained. In that mode a token is a
 // frame index in a namespace shared by every socket tied to the binding:
 // any of them may return it, as in the kernel, so the tokens a socket can
 // return are the binding's.
@@ -477,7 +546,7 @@ func (s *Socket) manualOutstanding() int {
 		return 0
 	}
 	b := s.binding.Load()
-	if b == nil || b.unbound.Load() {
+	if b == nil || b.drained.Load() {
 		return 0
 	}
 	return b.Outstanding()

@@ -348,18 +348,74 @@ func TestManualTie(t *testing.T) {
 	_, err = s.Deliver(b2, 1)
 	wantErrno(t, "Deliver from an unbound foreign binding", err, unix.EFAULT)
 
-	// Unbinding the tied binding: deliveries fail ENODEV.
-	if got := b1.Unbind(); got != 1 {
-		t.Fatalf("Unbind freed %d, want 1", got)
+	// Unbinding the tied binding (series v10): the socket is one of its
+	// users and keeps it alive. Its token survives, deliveries go on, and
+	// DONTNEED frees.
+	if b1.Users() != 2 {
+		t.Fatalf("users %d, want 2 (queues and the tied socket)", b1.Users())
+	}
+	if got := b1.Unbind(); got != 0 {
+		t.Fatalf("Unbind freed %d with a socket tied, want 0", got)
+	}
+	if b1.Drained() || b1.Outstanding() != 1 || f1.ref(2) != 1 {
+		t.Fatalf("after unbind: drained %v, outstanding %d, frame 2 refs %d", b1.Drained(), b1.Outstanding(), f1.ref(2))
+	}
+	mustDeliver(t, s, b1, 3)
+	mustDontNeed(t, s, 2, tk(2, 2))
+	f1.checkZero(t)
+	mustDeliver(t, s, b1, 1)
+	// The socket's close drops the last user: the drain frees what is
+	// left, and nobody can tie to the binding any more.
+	if got := s.Close(); got != 1 {
+		t.Fatalf("Close freed %d, want the 1 outstanding uref", got)
+	}
+	if !b1.Drained() || b1.Users() != 0 {
+		t.Fatalf("after close: drained %v, users %d", b1.Drained(), b1.Users())
 	}
 	f1.checkZero(t)
-	_, err = s.Deliver(b1, 2)
-	wantErrno(t, "Deliver from the unbound tied binding", err, unix.ENODEV)
+	s2 := NewSocket(false)
+	_, err = s2.Deliver(b1, 2)
+	wantErrno(t, "Deliver on a fresh socket from the drained binding", err, unix.ENODEV)
 	f1.checkZero(t)
-	// DONTNEED after unbind: succeeds, frees nothing.
-	mustDontNeed(t, s, 0, tk(0, 4))
-	if s.Outstanding() != 0 {
-		t.Fatalf("Outstanding after unbind = %d", s.Outstanding())
+}
+
+// TestManualUnbindSharedBinding: an unbound binding with a tied socket
+// still has users, so another socket may tie to it (atomic_inc_not_zero),
+// and the urefs survive until the last tied socket closes.
+func TestManualUnbindSharedBinding(t *testing.T) {
+	f := newFakeFrames(4)
+	b := NewBinding(1, f, 4, false)
+	s1, s2 := NewSocket(false), NewSocket(false)
+	mustDeliver(t, s1, b, 0)
+	b.Unbind()
+	if err := s2.CanDeliver(b); err != nil {
+		t.Fatalf("CanDeliver on a binding s1 keeps alive: %v", err)
+	}
+	mustDeliver(t, s2, b, 1)
+	if s1.Close() != 0 || b.Drained() {
+		t.Fatal("first close drained a binding s2 still uses")
+	}
+	// Tokens are the binding's: s2 returns the one s1 received.
+	mustDontNeed(t, s2, 1, tk(0, 1))
+	if got := s2.Close(); got != 1 || !b.Drained() {
+		t.Fatalf("last close freed %d, drained %v; want 1, true", got, b.Drained())
+	}
+	f.checkZero(t)
+	wantErrno(t, "CanDeliver after the drain", NewSocket(false).CanDeliver(b), unix.ENODEV)
+	wantErrno(t, "CanDeliver on a closed socket", s2.CanDeliver(b), unix.EBADF)
+	other := NewBinding(2, newFakeFrames(4), 4, false)
+	s3 := NewSocket(false)
+	mustDeliver(t, s3, other, 0)
+	wantErrno(t, "CanDeliver from a second binding", s3.CanDeliver(b), unix.EFAULT)
+	// A socket set to autorelease on (v6 option) receives from any
+	// binding; one that has not chosen follows the binding's mode.
+	s4 := NewSocket(true)
+	wantErrno(t, "CanDeliver, mode not chosen, drained manual binding", s4.CanDeliver(b), unix.ENODEV)
+	if err := s4.SetAutorelease(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s4.CanDeliver(b); err != nil {
+		t.Fatalf("autorelease-on socket, drained binding: %v", err)
 	}
 }
 
@@ -386,9 +442,14 @@ func TestAutoreleaseUnbound(t *testing.T) {
 	if w.f.ref(1) != 1 || w.s.Outstanding() != 1 {
 		t.Fatal("Unbind touched an autorelease-on token")
 	}
-	_, err := w.s.Deliver(w.b, 2)
-	wantErrno(t, "Deliver after unbind", err, unix.ENODEV)
-	mustDontNeed(t, w.s, 1, tk(tok, 1))
+	// Fragments queued before the unbind are still delivered: the
+	// kernel's autorelease-on path has no ENODEV (the page pool's
+	// references keep the memory).
+	tok2 := mustDeliver(t, w.s, w.b, 2)
+	if err := w.s.CanDeliver(w.b); err != nil {
+		t.Fatalf("CanDeliver after unbind: %v", err)
+	}
+	mustDontNeed(t, w.s, 2, tk(tok, 1), tk(tok2, 1))
 	w.f.checkZero(t)
 }
 
@@ -459,6 +520,7 @@ func TestUnbindBatches(t *testing.T) {
 	for i := range 1000 {
 		mustDeliver(t, s, b, uint32(i%300))
 	}
+	s.Close()
 	if got := b.Unbind(); got != 1000 {
 		t.Fatalf("Unbind freed %d, want 1000", got)
 	}

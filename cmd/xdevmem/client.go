@@ -70,7 +70,7 @@ func runClient(args []string) error {
 	txSize := uint64(8 << 20)
 	fs.Var(sizeValue{&txSize}, "tx-size", "TX dmabuf size: the slots sends use in turn; a slot is refilled only after its send completed")
 	var umemSize uint64
-	fs.Var(sizeValue{&umemSize}, "umem", "UMEM size (default 16MiB + --tx-size)")
+	fs.Var(sizeValue{&umemSize}, "umem", "UMEM size (default 16MiB per RX queue + --tx-size)")
 	prefixLen := fs.Int("prefix-len", 0, "prefix length of -c (default 24 for IPv4, 64 for IPv6)")
 	txCopy := fs.Bool("tx-copy", false, "copy payload into TX frames instead of multi-buffer descriptors (for comparison)")
 	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for the connection and for the last completions")
@@ -138,7 +138,9 @@ func runClient(args []string) error {
 		return fmt.Errorf("--send-size %d must be positive and at most --tx-size %d", sendSize, txSize)
 	}
 	if umemSize == 0 {
-		umemSize = 16<<20 + txSize
+		// Each RX queue's fill ring holds 16 MiB of frames; the TX
+		// dmabuf is a contiguous span beside them.
+		umemSize = uint64(stack.RXQueueCount(*ifname))*16<<20 + txSize
 	}
 	if err := requireRoot("client"); err != nil {
 		return err
@@ -293,12 +295,14 @@ func runClient(args []string) error {
 	defer close(done)
 	var iov []devmemapi.Iovec
 	var start time.Time
-	for {
-		slot := sum.Sends % slots
-		if sum.Sends >= slots {
-			// The slot's previous send must be complete before the
+	// slotEnd[i] is one past the number of the last send from slot i; its
+	// bytes may be rewritten once that send completed.
+	slotEnd := make([]uint64, slots)
+	for slot := uint64(0); ; slot = (slot + 1) % slots {
+		if slotEnd[slot] > 0 {
+			// The slot's previous sends must be complete before the
 			// slot is written again.
-			if err := waitFor(sum.Sends - slots); err != nil {
+			if err := waitFor(slotEnd[slot] - 1); err != nil {
 				return report(err)
 			}
 		}
@@ -316,18 +320,29 @@ func runClient(args []string) error {
 			if start.IsZero() {
 				start = time.Now()
 			}
-			k, err := devmemapi.SendDmabuf(conn, b.ID(), iov, 0)
-			if err != nil {
-				return report(fmt.Errorf("sendmsg: %w", err))
+			// At most UIO_MAXIOV iovecs per sendmsg (more is EMSGSIZE), as
+			// ncdevmem's do_client sends at most MAX_IOV at a time.
+			for rest := iov; len(rest) > 0; {
+				part := rest[:min(len(rest), devmemapi.UIO_MAXIOV)]
+				rest = rest[len(part):]
+				want := 0
+				for _, v := range part {
+					want += int(v.Len)
+				}
+				k, err := devmemapi.SendDmabuf(conn, b.ID(), part, 0)
+				if err != nil {
+					return report(fmt.Errorf("sendmsg: %w", err))
+				}
+				if *verbose {
+					fmt.Fprintf(os.Stderr, "sendmsg_ret=%d\n", k)
+				}
+				if k != want {
+					return report(fmt.Errorf("did not send all bytes %d vs %d", k, want))
+				}
+				sum.Sends++
+				sum.Bytes += uint64(k)
 			}
-			if *verbose {
-				fmt.Fprintf(os.Stderr, "sendmsg_ret=%d\n", k)
-			}
-			if k != n {
-				return report(fmt.Errorf("did not send all bytes %d vs %d", k, n))
-			}
-			sum.Sends++
-			sum.Bytes += uint64(n)
+			slotEnd[slot] = sum.Sends
 			if err := drain(); err != nil {
 				return report(err)
 			}

@@ -60,6 +60,7 @@ type demoSummary struct {
 	RxFrames        uint64           `json:"rx_frames"`
 	TCPSegments     uint64           `json:"tcp_segments_after_gro"`
 	TxFrames        uint64           `json:"tx_frames"`
+	AutoreleaseWhy  string           `json:"autorelease_reason"`
 	AddressMode     string           `json:"address_mode"`
 	AddressWhy      string           `json:"address_mode_reason"`
 	Drops           stack.Drops      `json:"drops"`
@@ -188,6 +189,11 @@ func runDemo(args []string) error {
 	}
 	if ab, ok := w.Binding.(interface{ Autorelease() bool }); ok {
 		sum.Autorelease = ab.Autorelease()
+	}
+	if autoP != nil {
+		sum.AutoreleaseWhy = "chosen with -a"
+	} else {
+		_, sum.AutoreleaseWhy = w.Stack.DefaultAutorelease()
 	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -472,6 +478,7 @@ func printDemo(w io.Writer, s demoSummary) {
 	fmt.Fprintf(w, "xdevmem demo: %s\n", status)
 	fmt.Fprintf(w, "  path        kernel TCP client (%s) -> veth -> XDP (%s) -> AF_XDP copy mode -> UMEM -> header split -> gVisor TCP -> devmem tokens\n", s.PeerNamespace, s.XDPMode)
 	fmt.Fprintf(w, "  stack       %s in %s, MTU %d, UMEM %s (%d frames), autorelease=%d\n", s.StackAddress, s.StackNamespace, s.MTU, humanBytes(s.UMEMBytes), s.Frames, b2i(s.Autorelease))
+	fmt.Fprintf(w, "  token mode  autorelease=%d: %s\n", b2i(s.Autorelease), s.AutoreleaseWhy)
 	fmt.Fprintf(w, "  address     %s: %s\n", s.AddressMode, s.AddressWhy)
 	fmt.Fprintf(w, "  received    %d bytes in %.3f s: %.1f MB/s (%.2f Gbit/s)\n", s.Bytes, s.Seconds, s.MBps, s.Gbps)
 	if s.KernelMBps > 0 {

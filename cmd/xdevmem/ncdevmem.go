@@ -56,7 +56,7 @@ const (
 // Unbind modes of the autorelease series (enum unbind_mode_type).
 const (
 	unbindNormal     = 0 // UNBIND_MODE_NORMAL: unbind at exit
-	unbindBeforeRecv = 1 // UNBIND_MODE_BEFORE_RECV: recvmsg then fails ENODEV, which is success
+	unbindBeforeRecv = 1 // UNBIND_MODE_BEFORE_RECV: with autorelease off recvmsg then fails ENODEV, which is success
 	unbindAfterRecv  = 2 // UNBIND_MODE_AFTER_RECV: unbind after the first recvmsg
 	unbindInval      = 3 // UNBIND_MODE_INVAL
 )
@@ -109,7 +109,13 @@ The kernel selftest's ncdevmem, its command line unchanged (getopt "` + ncOptstr
 through a link named ncdevmem. Without -s and -c it probes IFACE; with -l it is the RX server
 (-v validates the pattern, -L fails on linear data, -t/-q pick the queues, -a the token mode,
 -U when to unbind); otherwise it is the TX client sending stdin (-z: bytes per iovec).
-XDEVMEM_BACKEND=auto|kernel|emulated picks the backend (default auto).
+XDEVMEM_BACKEND=auto|kernel|emulated picks the backend (default auto). The emulated NIC has the
+interface's active RX queues as channels (XDEVMEM_CHANNELS=N sets another count, reported at start).
+
+It mirrors the current selftest's ncdevmem (tools/testing/selftests/drivers/net/hw/ncdevmem.c with
+devmem TX, plus the autorelease series' -a/-U): -v N expects 1, 2, ..., N-1 and then '\n' in each
+period. Linux 6.12's ncdevmem expected 0 there instead (its users piped the stream through
+tr \\n \\0); that stream is accepted too, the first period deciding which.
 `
 
 // runNcdevmem is the "ncdevmem" command: ncdevmem.c's main().
@@ -212,7 +218,7 @@ func (nc *ncdevmem) main(args []string) int {
 			nc.prErr("no interface %q", nc.ifname)
 			return 1
 		}
-		if err := nc.open(netip.Prefix{}, false); err != nil {
+		if err := nc.open(netip.Prefix{}); err != nil {
 			return 1
 		}
 		if nc.startQueue < 0 && nc.numQueues < 0 {
@@ -256,7 +262,7 @@ func (nc *ncdevmem) main(args []string) int {
 			nc.prErr("no interface %q", nc.ifname)
 			return 1
 		}
-		if err := nc.open(ifacePrefix(nc.ifname, addr), nc.skipConfig); err != nil {
+		if err := nc.open(ifacePrefix(nc.ifname, addr)); err != nil {
 			return 1
 		}
 	}
@@ -265,7 +271,11 @@ func (nc *ncdevmem) main(args []string) int {
 		if nc.nic != nil {
 			n, _ = nc.nic.rxQueues()
 		} else {
-			n = emulatedChannels(nc.ifname, -1, -1, nc.skipConfig) // the client's emulated NIC
+			var err error
+			if n, _, err = emulatedChannels(nc.ifname); err != nil { // the client's emulated NIC
+				nc.prErr("%v", err)
+				return 1
+			}
 		}
 		if n < 2 {
 			nc.prErr("number of device queues is too low")
@@ -303,14 +313,18 @@ func (nc *ncdevmem) main(args []string) int {
 // open chooses the backend through compat.Open (the kernel's devmem where
 // the interface passes the probe, else the emulation) and creates it with
 // the stack's address addr (a throwaway one for the probe).
-func (nc *ncdevmem) open(addr netip.Prefix, skipConfig bool) error {
+func (nc *ncdevmem) open(addr netip.Prefix) error {
 	if !addr.IsValid() {
 		// The probe has no -s: the emulated NIC gets an address from
 		// TEST-NET-1 (RFC 5737), to which no real traffic is addressed,
 		// for the fraction of a second the probe runs.
 		addr = netip.MustParsePrefix("192.0.2.1/32")
 	}
-	channels := emulatedChannels(nc.ifname, nc.startQueue, nc.numQueues, skipConfig)
+	channels, chWhy, err := emulatedChannels(nc.ifname)
+	if err != nil {
+		nc.prErr("%v", err)
+		return err
+	}
 	prov, choice, err := compat.Open(compat.Options{
 		Backend: nc.backend,
 		Ifname:  nc.ifname,
@@ -334,9 +348,11 @@ func (nc *ncdevmem) open(addr netip.Prefix, skipConfig bool) error {
 		nc.nic = &emuNIC{nc: nc, st: st}
 		mode, why := st.AddressMode()
 		nc.logf("xdevmem: %s address: %s\n", mode, why)
+		nc.logf("xdevmem: emulated NIC on %s: %d RX channels (%s)\n", nc.ifname, st.Channels(), chWhy)
 	} else {
 		nc.nic = &ethtoolNIC{nc: nc}
 	}
+	nc.logTokenMode(choice)
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
@@ -348,21 +364,46 @@ func (nc *ncdevmem) open(addr netip.Prefix, skipConfig bool) error {
 	return nil
 }
 
-// emulatedChannels is the emulated NIC's channel count (ethtool -l): the
-// interface's RX queues, at least what -t/-q name and, unless -n is given,
-// at least 2 so that ncdevmem's default queue choice (the last queue bound,
-// RSS over the others) works on a single-queue veth. With -n nothing is
-// configured, so RSS spreads over every channel: a single-queue interface
-// then has one channel, which every flow reaches.
-func emulatedChannels(ifname string, start, num int, skipConfig bool) int {
-	n := activeRXQueues(ifname)
-	if start >= 0 && num > 0 {
-		n = max(n, start+num)
+// logTokenMode says which token release mode a bind-rx without -a gets and
+// why: the host kernel's default on both backends (autorelease on upstream,
+// the series' 0 where bind-rx takes the attribute), unless -a chooses.
+func (nc *ncdevmem) logTokenMode(choice *compat.Choice) {
+	var on bool
+	var why string
+	switch {
+	case nc.st != nil:
+		on, why = nc.st.DefaultAutorelease()
+	case choice != nil && choice.Probe != nil:
+		on, why = choice.Probe.TokenMode.On, "the kernel's default: "+choice.Probe.TokenMode.Reason
+	default:
+		return
 	}
-	if !skipConfig {
-		n = max(n, 2)
+	if nc.autorelease != nil {
+		nc.logf("xdevmem: token mode autorelease=%d (-a; without it: autorelease=%d, %s)\n", b2i(*nc.autorelease), b2i(on), why)
+		return
 	}
-	return min(n, 64)
+	nc.logf("xdevmem: token mode autorelease=%d (%s)\n", b2i(on), why)
+}
+
+// ncChannelsEnv sets the emulated NIC's channel count explicitly, since
+// ncdevmem has no flag for it.
+const ncChannelsEnv = "XDEVMEM_CHANNELS"
+
+// emulatedChannels is the emulated NIC's RX channel count (ethtool -l): the
+// interface's active RX queues, as the real NIC's would be, or
+// XDEVMEM_CHANNELS (1 to 64) when set. why says which, for the report. A
+// queue at or beyond it fails as on the real NIC: bind-rx EINVAL, RSS and
+// flow rules naming it EINVAL (ethtool's "Invalid argument").
+func emulatedChannels(ifname string) (n int, why string, err error) {
+	if v := os.Getenv(ncChannelsEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > stack.MaxChannels {
+			return 0, "", fmt.Errorf("%s=%q: want 1 to %d", ncChannelsEnv, v, stack.MaxChannels)
+		}
+		return n, fmt.Sprintf("%s=%d", ncChannelsEnv, n), nil
+	}
+	n = min(activeRXQueues(ifname), stack.MaxChannels)
+	return n, fmt.Sprintf("the active RX queues of %s; %s=N sets another count", ifname, ncChannelsEnv), nil
 }
 
 // activeRXQueues is the number of RX queues in use on ifname, from the
@@ -859,25 +900,50 @@ func sourcePrefix(ifname string, server netip.Addr) (netip.Prefix, error) {
 }
 
 // validator is ncdevmem's validate_buffer: the stream is 1, 2, ..., N-1,
-// '\n' (seed 0 stands for '\n'); up to 20 mismatches are reported and
+// then the period's last byte; up to 20 mismatches are reported and
 // tolerated, the 21st fails. Every checked buffer prints "Validated buffer"
 // on stdout.
+//
+// The current selftest's ncdevmem (the one with devmem TX and the
+// autorelease series' -a/-U, which xdevmem mirrors) expects '\n' as the
+// last byte, so that `yes $(echo -e \\x01...\\x06)` feeds it. Linux 6.12's
+// expects 0 there (its users pipe the stream through tr \\n \\0). Both are
+// accepted: the first period's last byte decides which, and every later
+// period must end the same way.
 type validator struct {
 	seed   uint8
 	errors int
 	period uint64
 	nc     *ncdevmem
 	init   bool
+	// last is the byte that ends a period: '\n', 0 (6.12), or -1 until
+	// the first period end decides.
+	last int
 }
+
+// ncdevmem612Last is the byte 6.12's validate_buffer expects at the end of
+// a period.
+const ncdevmem612Last = 0
 
 func (v *validator) check(p []byte) bool {
 	if !v.init {
-		v.seed, v.init = 1, true
+		v.seed, v.init, v.last = 1, true, -1
 	}
 	for i, b := range p {
 		expected := v.seed
 		if expected == 0 {
-			expected = '\n'
+			switch {
+			case v.last >= 0:
+				expected = uint8(v.last)
+			case b == '\n' || b == ncdevmem612Last:
+				v.last = int(b)
+				expected = b
+				if b == ncdevmem612Last {
+					v.nc.logf("xdevmem: -v %d: the stream's periods end in 0, as Linux 6.12's ncdevmem expects (not '\\n'); validating that way\n", v.period)
+				}
+			default:
+				expected = '\n'
+			}
 		}
 		if b != expected {
 			v.nc.logf("Failed validation: expected=%d, actual=%d, index=%d\n", expected, b, i)

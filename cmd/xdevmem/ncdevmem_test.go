@@ -82,6 +82,30 @@ func TestValidator(t *testing.T) {
 	}
 }
 
+// TestValidator612: a stream whose periods end in 0, as Linux 6.12's
+// ncdevmem expects (its users pipe through tr \\n \\0), validates too, the
+// first period deciding; a later period ending in '\n' is then a mismatch.
+func TestValidator612(t *testing.T) {
+	var out, errs bytes.Buffer
+	nc := &ncdevmem{stdout: bufio.NewWriter(&out), stderr: bufio.NewWriter(&errs)}
+	v := &validator{period: 7, nc: nc}
+	stream := bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 0}, 10)
+	if !v.check(stream[:9]) || !v.check(stream[9:]) {
+		t.Fatal("6.12 stream refused")
+	}
+	if v.errors != 0 {
+		t.Fatalf("%d mismatches on a 6.12 stream", v.errors)
+	}
+	v.check([]byte{1, 2, 3, 4, 5, 6, '\n'})
+	if v.errors != 1 {
+		t.Fatalf("a '\\n' period after 0 periods: %d mismatches, want 1", v.errors)
+	}
+	nc.flush()
+	if !strings.Contains(errs.String(), "periods end in 0, as Linux 6.12's ncdevmem expects") {
+		t.Errorf("stderr does not say which ncdevmem the stream suits: %s", errs.String())
+	}
+}
+
 // TestFlowSpec: the ethtool command ncdevmem's configure_flow_steering
 // builds, spaces included.
 func TestFlowSpec(t *testing.T) {

@@ -40,6 +40,8 @@ type serverSummary struct {
 	Validated      bool    `json:"validated"`
 	DmabufID       uint32  `json:"dmabuf_id"`
 	Queue          int     `json:"queue"`
+	Autorelease    bool    `json:"autorelease"`
+	AutoreleaseWhy string  `json:"autorelease_reason"`
 	AddressMode    string  `json:"address_mode,omitempty"`
 	AddressWhy     string  `json:"address_mode_reason,omitempty"`
 	XDPMode        string  `json:"xdp_mode"`
@@ -106,11 +108,11 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 	fs.IntVar(&f.first, "t", 0, "first RX queue to bind; the server steers its port to it, as ncdevmem's ntuple rule")
 	fs.IntVar(&f.nq, "q", 1, "number of RX queues to bind")
 	auto := autoreleaseFlag(fs, "autorelease `mode`: 0 or 1 (default: the binding's default)")
-	fs.IntVar(&f.unbindWhen, "U", 0, "unbind the dmabuf: 0 at exit, 1 before the first recvmsg (which then fails with ENODEV), 2 after the last recvmsg, before closing the socket")
+	fs.IntVar(&f.unbindWhen, "U", 0, "unbind the dmabuf: 0 at exit, 1 before the first recvmsg (which then fails with ENODEV with -a 0; a socket that received keeps its binding), 2 after the last recvmsg, before closing the socket")
 	fs.StringVar(&f.out, "o", "", "write the received stream to FILE (- for stdout), read from the dmabuf at the fragment offsets")
 	fs.IntVar(&f.prefixLen, "prefix-len", 0, "prefix length of -s (default 24 for IPv4, 64 for IPv6)")
 	fs.Var(sizeValue{&f.umemSize}, "umem", "UMEM (emulated dmabuf) size")
-	fs.IntVar(&f.hds, "hds-thresh", 0, "header-split threshold: smaller payloads arrive linear")
+	fs.IntVar(&f.hds, "hds-thresh", 0, "header-split threshold of the emulated device: smaller payloads arrive as ordinary bytes, without devmem control messages (then not a steering error)")
 	fs.BoolVar(&f.trust, "trust-checksum", false, "skip software checksum verification (benchmarking only)")
 	fs.BoolVar(&f.jsonOut, "json", false, "print the summary as JSON (on stderr when -o - is used)")
 	fs.BoolVar(&f.quiet, "quiet", false, "no progress lines")
@@ -301,6 +303,18 @@ func (r *serverRun) setup(ifc *net.Interface) error {
 	}
 	r.b = b
 	r.sum.DmabufID = b.ID()
+	if ab, ok := b.(interface{ Autorelease() bool }); ok {
+		r.sum.Autorelease = ab.Autorelease()
+	}
+	switch {
+	case f.autorelease != nil:
+		r.sum.AutoreleaseWhy = "chosen with -a"
+	case r.st != nil:
+		_, r.sum.AutoreleaseWhy = r.st.DefaultAutorelease()
+	default:
+		r.sum.AutoreleaseWhy = "the kernel's default"
+	}
+	fmt.Fprintf(os.Stderr, "xdevmem server: token mode autorelease=%d (%s)\n", b2i(r.sum.Autorelease), r.sum.AutoreleaseWhy)
 	steer := "the kernel backend: steer the flow to the bound queue with an ntuple rule (ethtool -N), as ncdevmem does"
 	if r.st != nil {
 		// As ncdevmem's ntuple rule: this server's flows go to the first
@@ -491,7 +505,7 @@ func (r *serverRun) receive(conn devmemapi.Conn) {
 	if rerr == nil && linearErr != nil {
 		rerr = linearErr
 	}
-	if rerr == nil && res.Plain > 0 {
+	if rerr == nil && res.Plain > 0 && f.hds == 0 {
 		// ncdevmem exits with "flow steering error" on the first such
 		// call; a devmem server must never pass without devmem.
 		rerr = fmt.Errorf("%d recvmsg calls returned data without devmem control messages: the flow was not steered to a bound queue (flow steering error)", res.Plain)

@@ -2,6 +2,7 @@ package netdev_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -253,13 +254,23 @@ func TestBindRXErrors(t *testing.T) {
 		{name: "tx queue", req: netdev.BindRXRequest{Ifindex: 7, FD: theDmabuf, Queues: []netdev.QueueRef{{ID: 0, Type: netdev.QueueTypeTX}}},
 			want: devmemerr.BindRXQueueType},
 		{name: "queue range", req: netdev.BindRXRequest{Ifindex: 7, FD: theDmabuf, Queues: netdev.RXQueues(0, 4)}, want: devmemerr.BindRXQueueRange},
+		// 6.18 reads the queue list before it looks at the dmabuf fd.
+		{name: "queue range before the fd", req: netdev.BindRXRequest{Ifindex: 7, FD: 1 << 30, Queues: netdev.RXQueues(4)}, want: devmemerr.BindRXQueueRange},
+		{name: "queue range, 6.12 to 6.17", setup: func(k *netdevtest.Kernel, _ *netdevtest.Device) { k.Before618 = true },
+			req: netdev.BindRXRequest{Ifindex: 7, FD: theDmabuf, Queues: netdev.RXQueues(0, 4)}, want: devmemerr.BindRXQueueRangeMP},
+		{name: "queue range after the fd, 6.12 to 6.17", setup: func(k *netdevtest.Kernel, _ *netdevtest.Device) { k.Before618 = true },
+			req: netdev.BindRXRequest{Ifindex: 7, FD: 1 << 30, Queues: netdev.RXQueues(4)}, want: devmemerr.BindRXBadFD},
+		{name: "no dma device", setup: func(_ *netdevtest.Kernel, d *netdevtest.Device) { d.NoDMA = true },
+			req: netdev.BindRXRequest{Ifindex: 7, FD: 1 << 30, Queues: netdev.RXQueues(0)}, want: devmemerr.BindRXNoDMA},
+		{name: "dma device mismatch", setup: func(_ *netdevtest.Kernel, d *netdevtest.Device) { d.QueueDMADevs = []int{0, 0, 1, 1} },
+			req: netdev.BindRXRequest{Ifindex: 7, FD: theDmabuf, Queues: netdev.RXQueues(2, 1)}, want: devmemerr.BindRXDMAMismatch,
+			wantTx: "DMA device mismatch between queue 2 and 1 (multi-PF device?)"},
 		{name: "hds off", setup: func(_ *netdevtest.Kernel, d *netdevtest.Device) { d.TCPDataSplit = ethnl.TCPDataSplitDisabled },
 			want: devmemerr.BindRXHDSDisabled},
 		{name: "hds thresh", setup: func(_ *netdevtest.Kernel, d *netdevtest.Device) { d.HDSThresh = 256 },
 			want: devmemerr.BindRXHDSThresh},
 		{name: "xdp", setup: func(_ *netdevtest.Kernel, d *netdevtest.Device) { d.XDPAttached = true },
 			want: devmemerr.BindRXXDPAttached},
-		{name: "queue twice", req: netdev.BindRXRequest{Ifindex: 7, FD: theDmabuf, Queues: netdev.RXQueues(1, 1)}, want: devmemerr.BindRXQueueBound},
 		{name: "af_xdp", setup: func(_ *netdevtest.Kernel, d *netdevtest.Device) { d.XSKQueues = []uint32{0} },
 			want: devmemerr.BindRXAFXDP},
 		{name: "not picked up", setup: func(_ *netdevtest.Kernel, d *netdevtest.Device) { d.IgnoresProvider = true },
@@ -297,7 +308,7 @@ func TestBindRXErrors(t *testing.T) {
 			if text != "" && !strings.Contains(err.Error(), text) {
 				t.Errorf("error text %q lacks the kernel's %q", err, text)
 			}
-			if tt.wantTx == "" && !devmemerr.Match(err, tt.want) {
+			if (tt.wantTx == "" || tt.want.Message != "") && !devmemerr.Match(err, tt.want) {
 				t.Errorf("Match(%v, %s) = false", err, tt.want.Name)
 			}
 			if c, _ := devmemerr.Classify(err); tt.want.Message != "" && c.Name != tt.want.Name {
@@ -320,6 +331,22 @@ func TestBindRXErrors(t *testing.T) {
 	_, err := dial(t, k).BindRX(netdev.BindRXRequest{Ifindex: 7, FD: fd, Queues: netdev.RXQueues(1), Autorelease: &off})
 	if !devmemerr.Match(err, devmemerr.BindRXAutoreleaseMismatch) || !strings.Contains(err.Error(), "autorelease=1") {
 		t.Errorf("mode mismatch: %v", err)
+	}
+	// Absent means 0 on a series kernel.
+	if _, err := dial(t, k).BindRX(netdev.BindRXRequest{Ifindex: 7, FD: fd, Queues: netdev.RXQueues(2)}); !devmemerr.Match(err, devmemerr.BindRXAutoreleaseMismatch) {
+		t.Errorf("absent attribute with the system at 1: %v", err)
+	}
+
+	// 6.18 reads the queue list into a bitmap: a queue named twice is
+	// bound once.
+	k = netdevtest.New()
+	k.AddDevice(nic())
+	fd = newDmabuf(t, k)
+	if _, err := dial(t, k).BindRX(netdev.BindRXRequest{Ifindex: 7, FD: fd, Queues: netdev.RXQueues(3, 1, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	if bs := k.Bindings(); len(bs) != 1 || !slices.Equal(bs[0].Queues, []uint32{1, 3}) {
+		t.Errorf("bindings %+v, want queues [1 3]", bs)
 	}
 }
 
@@ -391,6 +418,27 @@ func TestBindTX(t *testing.T) {
 	if _, err := c.BindTX(99, fd); !devmemerr.Match(err, devmemerr.BindTXNoDevice) {
 		t.Errorf("no device: %v", err)
 	}
+	if _, err := c.BindTX(7, 1<<30); !devmemerr.Match(err, devmemerr.BindTXBadFD) {
+		t.Errorf("bad fd: %v", err)
+	}
+	if _, err := c.BindTX(7, notDmabuf(t)); !devmemerr.Match(err, devmemerr.BindTXNotDmabuf) {
+		t.Errorf("not a dmabuf: %v", err)
+	}
+	k.Update(7, func(d *netdevtest.Device) { d.NoDMA = true })
+	if _, err := c.BindTX(7, fd); !devmemerr.Match(err, devmemerr.BindTXNoDMA) {
+		t.Errorf("no dma device: %v", err)
+	}
+	k.Update(7, func(d *netdevtest.Device) { d.NoDMA = false })
+
+	// bind-tx is not admin-only (the netdev family gives it no
+	// GENL_ADMIN_PERM): an unprivileged caller binds.
+	k.Unprivileged = true
+	if id, err := dial(t, k).BindTX(7, fd); err != nil || id == 0 {
+		t.Errorf("unprivileged bind-tx = %d, %v; want a binding", id, err)
+	}
+	if _, err := dial(t, k).BindRX(netdev.BindRXRequest{Ifindex: 7, FD: fd, Queues: netdev.RXQueues(0)}); !devmemerr.Match(err, devmemerr.BindRXNotAdmin) {
+		t.Errorf("unprivileged bind-rx: %v", err)
+	}
 }
 
 // notDmabuf is an open file the fake does not know as a dmabuf.
@@ -401,4 +449,37 @@ func notDmabuf(t *testing.T) int {
 	}
 	t.Cleanup(func() { unix.Close(fd) })
 	return fd
+}
+
+// TestDefaultAutorelease: the kernel's default token mode comes from
+// bind-rx's policy. Without NETDEV_A_DMABUF_AUTORELEASE (upstream, 6.18
+// included) it is 1, per-socket tokens freed on close; with the series'
+// u8 attribute it is the series' default, 0; without bind-rx it is 1.
+func TestDefaultAutorelease(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		setup  func(k *netdevtest.Kernel)
+		on     bool
+		series bool
+	}{
+		{"6.18", nil, true, false},
+		{"autorelease series", func(k *netdevtest.Kernel) { k.AutoreleaseSeries = true }, false, true},
+		{"no bind-rx", func(k *netdevtest.Kernel) { k.NoBindRX = true }, true, false},
+	} {
+		k := netdevtest.New()
+		if tc.setup != nil {
+			tc.setup(k)
+		}
+		c := dial(t, k)
+		d := netdev.DefaultAutorelease(c)
+		if d.On != tc.on || d.Series != tc.series || d.Reason == "" {
+			t.Errorf("%s: %+v; want on %v series %v", tc.name, d, tc.on, tc.series)
+		}
+		if !tc.series && tc.name != "no bind-rx" {
+			p, err := c.BindRXPolicy()
+			if err != nil || len(p) != 3 || p[netdev.AttrDmabufFD] != unix.NL_ATTR_TYPE_U32 {
+				t.Errorf("%s: bind-rx policy %v, %v", tc.name, p, err)
+			}
+		}
+	}
 }

@@ -39,6 +39,14 @@ func (a attrs) u32(t uint16) uint32 {
 	return nlenc.Uint32(v[len(v)-1][:4])
 }
 
+func (a attrs) u16(t uint16) uint16 {
+	v := a[t]
+	if len(v) == 0 || len(v[len(v)-1]) < 2 {
+		return 0
+	}
+	return nlenc.Uint16(v[len(v)-1][:2])
+}
+
 // unknownAttr is the policy check genetlink runs before a doit: an
 // attribute above the policy's maximum fails EINVAL with this text.
 var unknownAttr = &kerr{unix.EINVAL, "Unknown attribute type"}
@@ -144,7 +152,12 @@ func (k *Kernel) boundTo(ifindex int, q uint32) uint32 {
 	return 0
 }
 
-// bindRX follows netdev_nl_bind_rx_doit of Linux 6.18 check by check.
+// bindRX follows netdev_nl_bind_rx_doit of Linux 6.18 check by check (of
+// 6.12 to 6.17 with Kernel.Before618): the policy, the attributes, the
+// device and its queue-management ops, the queue list
+// (netdev_nl_read_rxq_bitmap), the queues' DMA device, the dmabuf, the
+// autorelease mode (series), then each queue in ascending order
+// (__net_mp_open_rxq).
 func (k *Kernel) bindRX(s *socket, a attrs) ([][]byte, *kerr) {
 	if k.Unprivileged {
 		return nil, fail(devmemerr.BindRXNotAdmin)
@@ -168,21 +181,7 @@ func (k *Kernel) bindRX(s *socket, a attrs) ([][]byte, *kerr) {
 	if !d.QueueMgmt {
 		return nil, fail(devmemerr.BindRXNoQueueOps)
 	}
-	var auto *bool
-	if v := a[netdev.AttrDmabufAutorelease]; len(v) > 0 && len(v[0]) > 0 {
-		on := v[0][0] != 0
-		auto = &on
-		for _, b := range k.bindings {
-			if !b.TX && b.Autorelease != nil && *b.Autorelease != on {
-				c := devmemerr.BindRXAutoreleaseMismatch
-				return nil, &kerr{c.Errno, fmt.Sprintf(c.Message, boolInt(*b.Autorelease))}
-			}
-		}
-	}
-	fd := int(a.u32(netdev.AttrDmabufFD))
-	if e := k.dmabufGet(fd); e != nil {
-		return nil, e
-	}
+	// The queue list becomes a bitmap: a queue named twice is bound once.
 	var queues []uint32
 	for _, nest := range a[netdev.AttrDmabufQueues] {
 		q, ok := decode(nest)
@@ -196,10 +195,43 @@ func (k *Kernel) bindRX(s *socket, a attrs) ([][]byte, *kerr) {
 			return nil, fail(devmemerr.BindRXQueueType)
 		}
 		id := q.u32(netdev.AttrQueueID)
-		if e := k.openRXQueue(d, id, queues); e != nil {
+		if !k.Before618 && int(id) >= d.RXQueues {
+			return nil, fail(devmemerr.BindRXQueueRange)
+		}
+		if !slices.Contains(queues, id) {
+			queues = append(queues, id)
+		}
+	}
+	slices.Sort(queues)
+	if !k.Before618 {
+		if e := dmaDevice(d, queues); e != nil {
 			return nil, e
 		}
-		queues = append(queues, id)
+	}
+	fd := int(a.u32(netdev.AttrDmabufFD))
+	if e := k.dmabufGet(fd); e != nil {
+		return nil, e
+	}
+	var auto *bool
+	if k.AutoreleaseSeries {
+		// The attribute is optional and defaults to 0; the mode is
+		// system-wide while RX bindings exist.
+		on := false
+		if v := a[netdev.AttrDmabufAutorelease]; len(v) > 0 && len(v[0]) > 0 {
+			on = v[0][0] != 0
+		}
+		auto = &on
+		for _, b := range k.bindings {
+			if !b.TX && b.Autorelease != nil && *b.Autorelease != on {
+				c := devmemerr.BindRXAutoreleaseMismatch
+				return nil, &kerr{c.Errno, fmt.Sprintf(c.Message, boolInt(*b.Autorelease))}
+			}
+		}
+	}
+	for _, id := range queues {
+		if e := k.openRXQueue(d, id); e != nil {
+			return nil, e
+		}
 	}
 	k.nextID++
 	b := &Binding{ID: k.nextID, Ifindex: d.Ifindex, FD: fd, Queues: queues, Autorelease: auto, sock: s}
@@ -209,33 +241,55 @@ func (k *Kernel) bindRX(s *socket, a attrs) ([][]byte, *kerr) {
 	return [][]byte{reply(netdev.CmdBindRX, netdev.FamilyVersion, ae)}, nil
 }
 
-// openRXQueue follows __net_mp_open_rxq; pending are the queues this
-// request bound already.
-func (k *Kernel) openRXQueue(d *Device, id uint32, pending []uint32) *kerr {
+// dmaDevice follows netdev_nl_get_dma_dev and the first check of
+// net_devmem_bind_dmabuf: every queue must have the same DMA device, and
+// there must be one.
+func dmaDevice(d *Device, queues []uint32) *kerr {
+	if d.NoDMA {
+		c := devmemerr.BindRXNoDMA
+		return &kerr{c.Errno, c.Message}
+	}
+	prev, prevDev := uint32(0), -1
+	for _, q := range queues {
+		dev := 0
+		if int(q) < len(d.QueueDMADevs) {
+			dev = d.QueueDMADevs[q]
+		}
+		if prevDev >= 0 && dev != prevDev {
+			c := devmemerr.BindRXDMAMismatch
+			return &kerr{c.Errno, fmt.Sprintf("DMA device mismatch between queue %d and %d (multi-PF device?)", q, prev)}
+		}
+		prev, prevDev = q, dev
+	}
+	return nil
+}
+
+// openRXQueue follows __net_mp_open_rxq for one queue.
+func (k *Kernel) openRXQueue(d *Device, id uint32) *kerr {
 	switch {
 	case int(id) >= d.RXQueues:
-		return fail(devmemerr.BindRXQueueRange)
+		return fail(devmemerr.BindRXQueueRangeMP)
 	case d.TCPDataSplit != 2:
 		return fail(devmemerr.BindRXHDSDisabled)
 	case d.HDSThresh != 0:
 		return fail(devmemerr.BindRXHDSThresh)
 	case d.XDPAttached:
 		return fail(devmemerr.BindRXXDPAttached)
-	case k.boundTo(d.Ifindex, id) != 0 || slices.Contains(pending, id):
+	case k.boundTo(d.Ifindex, id) != 0:
 		return fail(devmemerr.BindRXQueueBound)
 	case slices.Contains(d.XSKQueues, id):
 		return fail(devmemerr.BindRXAFXDP)
+	case d.NoQueueRestart:
+		return fail(devmemerr.BindRXNoQueueRestart)
 	case d.IgnoresProvider:
 		return fail(devmemerr.BindRXNotPickedUp)
 	}
 	return nil
 }
 
-// bindTX follows netdev_nl_bind_tx_doit.
+// bindTX follows netdev_nl_bind_tx_doit. It is not an admin operation, so
+// Kernel.Unprivileged does not refuse it.
 func (k *Kernel) bindTX(s *socket, a attrs) ([][]byte, *kerr) {
-	if k.Unprivileged {
-		return nil, fail(devmemerr.BindTXNotAdmin)
-	}
 	for t := range a {
 		if t > netdev.AttrDmabufFD || t == netdev.AttrDmabufQueues {
 			return nil, unknownAttr
@@ -250,6 +304,9 @@ func (k *Kernel) bindTX(s *socket, a attrs) ([][]byte, *kerr) {
 	}
 	if !d.NetmemTX {
 		return nil, fail(devmemerr.BindTXNoNetmemTX)
+	}
+	if d.NoDMA {
+		return nil, fail(devmemerr.BindTXNoDMA)
 	}
 	fd := int(a.u32(netdev.AttrDmabufFD))
 	if e := k.dmabufGet(fd); e != nil {

@@ -8,7 +8,9 @@
 //
 // # What it models
 //
-//   - nlctrl CTRL_CMD_GETFAMILY for "netdev" and "ethtool", with the ops list.
+//   - nlctrl CTRL_CMD_GETFAMILY for "netdev" and "ethtool", with the ops
+//     list, and CTRL_CMD_GETPOLICY for bind-rx (with the autorelease
+//     attribute on a series kernel).
 //   - netdev dev-get, queue-get (dump by ifindex; queues of up devices only),
 //     bind-rx and bind-tx, including the autorelease attribute when
 //     Kernel.AutoreleaseSeries is set.
@@ -86,6 +88,18 @@ type Device struct {
 	// IgnoresProvider is a driver that restarts the queue without the
 	// memory provider (bind-rx ENODATA).
 	IgnoresProvider bool
+	// NoQueueRestart is a driver that takes the netdev instance lock but
+	// cannot restart a queue (no queue_mgmt_ops): bind-rx fails EOPNOTSUPP
+	// when it opens the queue.
+	NoQueueRestart bool
+	// NoDMA is a device without a DMA device (a software device with
+	// queue-management ops): bind-rx and bind-tx fail EOPNOTSUPP "Device
+	// doesn't support DMA".
+	NoDMA bool
+	// QueueDMADevs gives RX queue i the DMA device QueueDMADevs[i] (0
+	// beyond the slice): a bind-rx over queues of different DMA devices
+	// fails EOPNOTSUPP "DMA device mismatch ..." (a multi-PF NIC).
+	QueueDMADevs []int
 	// NotEthernet is a device without Ethernet framing (loopback, a
 	// tunnel): Ethernet reports false for it.
 	NotEthernet bool
@@ -123,7 +137,8 @@ type Request struct {
 
 // Kernel is the fake. The zero value is not usable; call New.
 type Kernel struct {
-	// Unprivileged makes admin operations (bind-rx, bind-tx) fail EPERM.
+	// Unprivileged makes admin operations fail EPERM: bind-rx, not
+	// bind-tx, which the netdev family does not mark admin-only.
 	Unprivileged bool
 	// NoNetdev is a kernel without the netdev family.
 	NoNetdev bool
@@ -132,8 +147,13 @@ type Kernel struct {
 	// NoBindTX is a kernel before devmem TX (no bind-tx op).
 	NoBindTX bool
 	// AutoreleaseSeries is a kernel with the autorelease series (v7+):
-	// bind-rx takes the autorelease attribute and the mode is system-wide.
+	// bind-rx takes the autorelease attribute (absent: 0) and the mode is
+	// system-wide.
 	AutoreleaseSeries bool
+	// Before618 is a kernel from 6.12 to 6.17: bind-rx checks a queue id
+	// only when it opens the queue (ERANGE "rx queue index out of range",
+	// after the dmabuf fd) and has no DMA-device checks.
+	Before618 bool
 
 	mu       sync.Mutex
 	devs     map[int]*Device
@@ -368,6 +388,11 @@ func (k *Kernel) handle(s *socket, m netlink.Message) []netlink.Message {
 	switch m.Header.Type {
 	case unix.GENL_ID_CTRL:
 		fam = "nlctrl"
+		if gm.Header.Command == unix.CTRL_CMD_GETPOLICY {
+			dump = true
+			replies, e = k.getPolicy(gm)
+			break
+		}
 		replies, e = k.getFamily(gm)
 	case NetdevFamilyID:
 		fam = netdev.FamilyName
@@ -453,6 +478,39 @@ func reply(cmd uint8, version uint8, ae *netlink.AttributeEncoder) []byte {
 	}
 	gb, _ := (&genetlink.Message{Header: genetlink.Header{Command: cmd, Version: version}, Data: b}).MarshalBinary()
 	return gb
+}
+
+// getPolicy answers CTRL_CMD_GETPOLICY for netdev's bind-rx: ifindex
+// (u32), queues (nested), fd (u32) and, on a series kernel, autorelease
+// (u8), as the kernel's policy dump reports them.
+func (k *Kernel) getPolicy(gm genetlink.Message) ([][]byte, *kerr) {
+	a, ok := decode(gm.Data)
+	if !ok {
+		return nil, &kerr{unix.EINVAL, ""}
+	}
+	if a.u16(unix.CTRL_ATTR_FAMILY_ID) != NetdevFamilyID || k.NoNetdev {
+		return nil, &kerr{unix.ENOENT, ""}
+	}
+	if !a.has(unix.CTRL_ATTR_OP) || uint8(a.u32(unix.CTRL_ATTR_OP)) != netdev.CmdBindRX || k.NoBindRX {
+		return nil, &kerr{unix.ENOENT, ""}
+	}
+	attrs := map[uint16]uint32{
+		netdev.AttrDmabufIfindex: unix.NL_ATTR_TYPE_U32,
+		netdev.AttrDmabufQueues:  unix.NL_ATTR_TYPE_NESTED,
+		netdev.AttrDmabufFD:      unix.NL_ATTR_TYPE_U32,
+	}
+	if k.AutoreleaseSeries {
+		attrs[netdev.AttrDmabufAutorelease] = unix.NL_ATTR_TYPE_U8
+	}
+	msgs, err := genl.EncodeDoPolicy(NetdevFamilyID, netdev.CmdBindRX, attrs)
+	if err != nil {
+		panic(err)
+	}
+	out := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		out[i], _ = (&genetlink.Message{Header: genetlink.Header{Command: unix.CTRL_CMD_GETPOLICY, Version: 2}, Data: m}).MarshalBinary()
+	}
+	return out, nil
 }
 
 func (k *Kernel) getFamily(gm genetlink.Message) ([][]byte, *kerr) {

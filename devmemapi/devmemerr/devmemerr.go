@@ -14,7 +14,8 @@
 // Cases of one operation are listed in the order the kernel checks them
 // (net/core/netdev-genl.c netdev_nl_bind_rx_doit, net/core/devmem.c,
 // net/core/netdev_rx_queue.c __net_mp_open_rxq, net/core/sock.c
-// sock_devmem_dontneed, net/ipv4/tcp.c tcp_recvmsg_dmabuf, Linux 6.18).
+// sock_devmem_dontneed and __sock_cmsg_send, net/ipv4/tcp.c
+// tcp_recvmsg_dmabuf and tcp_sendmsg_locked, Linux 6.18).
 // Where two cases share an errno and carry no message, Lookup returns the
 // first, the one the kernel reaches first.
 //
@@ -46,6 +47,8 @@ const (
 	OpDontNeed Op = "dontneed"
 	// OpRecvMsg is recvmsg on a socket receiving devmem data.
 	OpRecvMsg Op = "recvmsg"
+	// OpSendMsg is sendmsg with SCM_DEVMEM_DMABUF (devmem TX).
+	OpSendMsg Op = "sendmsg"
 )
 
 // Case is one error the kernel's devmem code defines.
@@ -57,8 +60,8 @@ type Case struct {
 	// Errno is the error number the kernel returns.
 	Errno unix.Errno
 	// Message is the extended-ack text the kernel sets, empty when it sets
-	// none. It may hold one fmt verb (autorelease mismatch); Case.Err fills
-	// it.
+	// none. It may hold fmt verbs (autorelease mismatch, DMA device
+	// mismatch); Case.Err fills them.
 	Message string
 	// When says what condition makes the kernel fail this way.
 	When string
@@ -91,11 +94,12 @@ func (e *Error) Error() string {
 // Unwrap returns the errno, so errors.Is matches it.
 func (e *Error) Unwrap() error { return e.Errno }
 
-// Err returns the case as an *Error; args fill a fmt verb in Message.
+// Err returns the case as an *Error; args fill the verbs in Message (the
+// kernel's printf verbs: %d and %u).
 func (c Case) Err(args ...any) error {
 	msg := c.Message
 	if len(args) > 0 {
-		msg = fmt.Sprintf(msg, args...)
+		msg = fmt.Sprintf(strings.ReplaceAll(msg, "%u", "%d"), args...)
 	}
 	return &Error{Op: c.Op, Errno: c.Errno, Message: msg}
 }

@@ -24,11 +24,15 @@ func TestTable(t *testing.T) {
 		{"bind-rx/missing-attr", unix.EINVAL, ""},
 		{"bind-rx/no-device", unix.ENODEV, ""},
 		{"bind-rx/no-queue-ops", unix.EOPNOTSUPP, ""},
-		{"bind-rx/bad-fd", unix.EBADF, ""},
-		{"bind-rx/not-dmabuf", unix.EINVAL, ""},
 		{"bind-rx/queue-attr", unix.EINVAL, ""},
 		{"bind-rx/queue-type", unix.EINVAL, ""},
-		{"bind-rx/queue-range", unix.ERANGE, "rx queue index out of range"},
+		{"bind-rx/queue-range", unix.EINVAL, ""},
+		{"bind-rx/dma-mismatch", unix.EOPNOTSUPP, "DMA device mismatch between queue %u and %u (multi-PF device?)"},
+		{"bind-rx/no-dma", unix.EOPNOTSUPP, "Device doesn't support DMA"},
+		{"bind-rx/bad-fd", unix.EBADF, ""},
+		{"bind-rx/not-dmabuf", unix.EINVAL, ""},
+		{"bind-rx/autorelease-mismatch", unix.EBUSY, "System already configured with autorelease=%d"},
+		{"bind-rx/queue-range-mp", unix.ERANGE, "rx queue index out of range"},
 		{"bind-rx/hds-disabled", unix.EINVAL, "tcp-data-split is disabled"},
 		{"bind-rx/hds-thresh", unix.EINVAL, "hds-thresh is not zero"},
 		{"bind-rx/xdp-attached", unix.EEXIST, "unable to custom memory provider to device with XDP program attached"},
@@ -36,11 +40,12 @@ func TestTable(t *testing.T) {
 		{"bind-rx/af-xdp", unix.EBUSY, "designated queue already in use by AF_XDP"},
 		{"bind-rx/no-queue-restart", unix.EOPNOTSUPP, ""},
 		{"bind-rx/not-picked-up", unix.ENODATA, ""},
-		{"bind-rx/autorelease-mismatch", unix.EBUSY, "System already configured with autorelease=%d"},
-		{"bind-tx/not-admin", unix.EPERM, ""},
 		{"bind-tx/missing-attr", unix.EINVAL, ""},
 		{"bind-tx/no-device", unix.ENODEV, ""},
 		{"bind-tx/no-netmem-tx", unix.EOPNOTSUPP, "Driver does not support netmem TX"},
+		{"bind-tx/no-dma", unix.EOPNOTSUPP, "Device doesn't support DMA"},
+		{"bind-tx/bad-fd", unix.EBADF, ""},
+		{"bind-tx/not-dmabuf", unix.EINVAL, ""},
 		{"dontneed/short-optlen", unix.EINVAL, ""},
 		{"dontneed/not-tcp", unix.EBADF, ""},
 		{"dontneed/bad-optlen", unix.EINVAL, ""},
@@ -50,6 +55,13 @@ func TestTable(t *testing.T) {
 		{"recvmsg/cmsg-space", unix.Errno(524), ""},
 		{"recvmsg/other-binding", unix.EFAULT, ""},
 		{"recvmsg/unbound", unix.ENODEV, ""},
+		{"sendmsg/too-many-iovecs", unix.EMSGSIZE, ""},
+		{"sendmsg/unknown-binding", unix.EINVAL, ""},
+		{"sendmsg/other-device", unix.ENODEV, ""},
+		{"sendmsg/no-zerocopy", unix.EINVAL, ""},
+		{"sendmsg/bad-cmsg", unix.EINVAL, ""},
+		{"sendmsg/cmsg-perm", unix.EPERM, ""},
+		{"sendmsg/outside-dmabuf", unix.EFAULT, ""},
 	}
 	if len(devmemerr.Cases) != len(want) {
 		t.Fatalf("table has %d cases, want %d", len(devmemerr.Cases), len(want))
@@ -79,8 +91,11 @@ func TestTable(t *testing.T) {
 func TestLookup(t *testing.T) {
 	for _, c := range devmemerr.Cases {
 		msg := c.Message
-		if strings.Contains(msg, "%d") {
+		switch strings.Count(msg, "%") {
+		case 1:
 			msg = fmt.Sprintf(msg, 1)
+		case 2:
+			msg = fmt.Sprintf(msg, 3, 2)
 		}
 		got, ok := devmemerr.Lookup(c.Op, c.Errno, msg)
 		if !ok {
@@ -104,6 +119,11 @@ func TestLookup(t *testing.T) {
 		{devmemerr.OpBindTX, unix.EOPNOTSUPP, "Driver does not support netmem TX", "bind-tx/no-netmem-tx"},
 		{devmemerr.OpDontNeed, unix.EINVAL, "", "dontneed/short-optlen"},
 		{devmemerr.OpRecvMsg, unix.EFAULT, "", "recvmsg/no-devmem-flag"},
+		// A real NIC's DMA errors have their own rows, not the
+		// message-less "no queue management ops" one.
+		{devmemerr.OpBindRX, unix.EOPNOTSUPP, "Device doesn't support DMA", "bind-rx/no-dma"},
+		{devmemerr.OpBindRX, unix.EOPNOTSUPP, "DMA device mismatch between queue 1 and 0 (multi-PF device?)", "bind-rx/dma-mismatch"},
+		{devmemerr.OpSendMsg, unix.EINVAL, "", "sendmsg/unknown-binding"},
 		// An unknown message falls back to the message-less row.
 		{devmemerr.OpBindRX, unix.EINVAL, "Unknown attribute type", "bind-rx/missing-attr"},
 	} {
@@ -126,10 +146,14 @@ func TestErr(t *testing.T) {
 		args []any
 		text string
 	}{
-		{devmemerr.BindRXQueueRange, nil, "bind-rx: rx queue index out of range: numerical result out of range"},
+		{devmemerr.BindRXQueueRangeMP, nil, "bind-rx: rx queue index out of range: numerical result out of range"},
+		{devmemerr.BindRXDMAMismatch, []any{3, 2}, "bind-rx: DMA device mismatch between queue 3 and 2 (multi-PF device?): operation not supported"},
+		{devmemerr.BindRXNoDMA, nil, "bind-rx: Device doesn't support DMA: operation not supported"},
+		{devmemerr.SendMsgTooManyIovecs, nil, "sendmsg: message too long"},
 		{devmemerr.BindRXNoQueueOps, nil, "bind-rx: operation not supported"},
 		{devmemerr.BindRXAutoreleaseMismatch, []any{1}, "bind-rx: System already configured with autorelease=1: device or resource busy"},
 		{devmemerr.BindTXNoNetmemTX, nil, "bind-tx: Driver does not support netmem TX: operation not supported"},
+		{devmemerr.BindTXNoDMA, nil, "bind-tx: Device doesn't support DMA: operation not supported"},
 		{devmemerr.DontNeedNotTCP, nil, "dontneed: bad file descriptor"},
 		{devmemerr.RecvMsgCmsgSpace, nil, "recvmsg: errno 524"},
 	} {

@@ -37,18 +37,6 @@ var (
 		When: "driver lacks queue management ops",
 		Hint: "use a NIC whose driver implements queue management (for example bnxt, gve, mlx5, fbnic), or the emulated backend",
 	}
-	// BindRXBadFD: the dmabuf fd is not an open file.
-	BindRXBadFD = Case{
-		Name: "bind-rx/bad-fd", Op: OpBindRX, Errno: unix.EBADF,
-		When: "the dmabuf fd is not an open file descriptor",
-		Hint: "pass an open dmabuf fd",
-	}
-	// BindRXNotDmabuf: the fd is open but is no dmabuf (dma_buf_get).
-	BindRXNotDmabuf = Case{
-		Name: "bind-rx/not-dmabuf", Op: OpBindRX, Errno: unix.EINVAL,
-		When: "the fd is not a dmabuf",
-		Hint: "export a dmabuf from a GPU driver or make one with /dev/udmabuf",
-	}
 	// BindRXQueueAttr: a queues nest without id or type.
 	BindRXQueueAttr = Case{
 		Name: "bind-rx/queue-attr", Op: OpBindRX, Errno: unix.EINVAL,
@@ -61,12 +49,62 @@ var (
 		When: "a queue's type is not rx",
 		Hint: "bind rx queues only (type 0)",
 	}
-	// BindRXQueueRange: the queue index is not below the number of RX
-	// queues.
+	// BindRXQueueRange: a queue id is not below the device's real RX queue
+	// count. Linux 6.18 checks every id while it reads the queue list
+	// (netdev_nl_read_rxq_bitmap), before it looks at the DMA device or
+	// the dmabuf fd, and answers EINVAL with the bad attribute pointed at
+	// and no message.
 	BindRXQueueRange = Case{
-		Name: "bind-rx/queue-range", Op: OpBindRX, Errno: unix.ERANGE,
+		Name: "bind-rx/queue-range", Op: OpBindRX, Errno: unix.EINVAL,
+		When: "a queue id is not below the device's real RX queue count",
+		Hint: "pick a queue below the RX channel count (ethtool -l IFACE)",
+	}
+	// BindRXDMAMismatch: the bound queues sit on different DMA devices (a
+	// NIC with several PCI functions behind one netdev).
+	BindRXDMAMismatch = Case{
+		Name: "bind-rx/dma-mismatch", Op: OpBindRX, Errno: unix.EOPNOTSUPP,
+		Message: "DMA device mismatch between queue %u and %u (multi-PF device?)",
+		When:    "the requested queues belong to different DMA devices (netdev_nl_get_dma_dev)",
+		Hint:    "bind queues of one DMA device (one PCI function) per bind-rx; bind the others with a second dmabuf",
+	}
+	// BindRXNoDMA: the device has no DMA device to attach the dmabuf to
+	// (a software device with queue-management ops).
+	BindRXNoDMA = Case{
+		Name: "bind-rx/no-dma", Op: OpBindRX, Errno: unix.EOPNOTSUPP,
+		Message: "Device doesn't support DMA",
+		When:    "the device's queues have no DMA device (net_devmem_bind_dmabuf)",
+		Hint:    "bind a physical NIC's queues (a virtual device cannot DMA into a dmabuf), or use the emulated backend",
+	}
+	// BindRXBadFD: the dmabuf fd is not an open file.
+	BindRXBadFD = Case{
+		Name: "bind-rx/bad-fd", Op: OpBindRX, Errno: unix.EBADF,
+		When: "the dmabuf fd is not an open file descriptor",
+		Hint: "pass an open dmabuf fd",
+	}
+	// BindRXNotDmabuf: the fd is open but is no dmabuf (dma_buf_get).
+	BindRXNotDmabuf = Case{
+		Name: "bind-rx/not-dmabuf", Op: OpBindRX, Errno: unix.EINVAL,
+		When: "the fd is not a dmabuf",
+		Hint: "export a dmabuf from a GPU driver or make one with /dev/udmabuf",
+	}
+	// BindRXAutoreleaseMismatch: the autorelease series (v7+) makes the
+	// release mode system-wide; net_devmem_bind_dmabuf checks it after
+	// mapping the dmabuf, before any queue is opened.
+	BindRXAutoreleaseMismatch = Case{
+		Name: "bind-rx/autorelease-mismatch", Op: OpBindRX, Errno: unix.EBUSY,
+		Message: "System already configured with autorelease=%d",
+		When:    "another RX binding exists with the other release mode",
+		Hint:    "bind with the mode already in use, or close the other bindings first",
+		Series:  true,
+	}
+	// BindRXQueueRangeMP: the range check of kernels before 6.18, which
+	// looked at the queue id only when opening the queue
+	// (__net_mp_open_rxq), after the dmabuf fd. 6.18 still has the check
+	// there, but bind-rx no longer reaches it.
+	BindRXQueueRangeMP = Case{
+		Name: "bind-rx/queue-range-mp", Op: OpBindRX, Errno: unix.ERANGE,
 		Message: "rx queue index out of range",
-		When:    "a queue id is not below the device's real RX queue count",
+		When:    "a queue id is not below the RX queue count, on Linux 6.12 to 6.17",
 		Hint:    "pick a queue below the RX channel count (ethtool -l IFACE)",
 	}
 	// BindRXHDSDisabled: header split is off.
@@ -118,25 +156,11 @@ var (
 		When: "the driver restarted the queue without the memory provider",
 		Hint: "the driver does not support devmem on this queue configuration; check its documentation",
 	}
-	// BindRXAutoreleaseMismatch: the autorelease series (v7+) makes the
-	// release mode system-wide.
-	BindRXAutoreleaseMismatch = Case{
-		Name: "bind-rx/autorelease-mismatch", Op: OpBindRX, Errno: unix.EBUSY,
-		Message: "System already configured with autorelease=%d",
-		When:    "another RX binding exists with the other release mode",
-		Hint:    "bind with the mode already in use, or close the other bindings first",
-		Series:  true,
-	}
 )
 
-// bind-tx (netdev_nl_bind_tx_doit).
+// bind-tx (netdev_nl_bind_tx_doit). bind-tx is not an admin-only operation
+// (no GENL_ADMIN_PERM in the netdev family's ops), so it has no EPERM case.
 var (
-	// BindTXNotAdmin: bind-tx is an admin-only genetlink operation.
-	BindTXNotAdmin = Case{
-		Name: "bind-tx/not-admin", Op: OpBindTX, Errno: unix.EPERM,
-		When: "the caller lacks CAP_NET_ADMIN in the device's network namespace",
-		Hint: "run as root or grant CAP_NET_ADMIN",
-	}
 	// BindTXMissingAttr: ifindex or fd missing.
 	BindTXMissingAttr = Case{
 		Name: "bind-tx/missing-attr", Op: OpBindTX, Errno: unix.EINVAL,
@@ -155,6 +179,25 @@ var (
 		Message: "Driver does not support netmem TX",
 		When:    "the driver does not support netmem TX",
 		Hint:    "use a NIC whose driver supports devmem TX, or the emulated backend",
+	}
+	// BindTXNoDMA: the device's TX queue 0 has no DMA device.
+	BindTXNoDMA = Case{
+		Name: "bind-tx/no-dma", Op: OpBindTX, Errno: unix.EOPNOTSUPP,
+		Message: "Device doesn't support DMA",
+		When:    "the device has no DMA device to map the dmabuf for (net_devmem_bind_dmabuf)",
+		Hint:    "bind a physical NIC, or use the emulated backend",
+	}
+	// BindTXBadFD: the dmabuf fd is not an open file.
+	BindTXBadFD = Case{
+		Name: "bind-tx/bad-fd", Op: OpBindTX, Errno: unix.EBADF,
+		When: "the dmabuf fd is not an open file descriptor",
+		Hint: "pass an open dmabuf fd",
+	}
+	// BindTXNotDmabuf: the fd is open but is no dmabuf.
+	BindTXNotDmabuf = Case{
+		Name: "bind-tx/not-dmabuf", Op: OpBindTX, Errno: unix.EINVAL,
+		When: "the fd is not a dmabuf",
+		Hint: "export a dmabuf from a GPU driver or make one with /dev/udmabuf",
 	}
 )
 
@@ -216,12 +259,73 @@ var (
 		Hint:   "steer a socket's flow to queues of one binding",
 		Series: true,
 	}
-	// RecvMsgUnbound: manual mode, the socket's binding is gone.
+	// RecvMsgUnbound: manual mode, a socket not yet tied to a binding
+	// receives a fragment of a binding without users left: unbound, and
+	// no other socket tied to it (v10 tcp_recvmsg_dmabuf,
+	// net_devmem_dmabuf_binding_user_get). A tied socket keeps its binding
+	// alive, and autorelease-on sockets never see this error.
 	RecvMsgUnbound = Case{
 		Name: "recvmsg/unbound", Op: OpRecvMsg, Errno: unix.ENODEV,
-		When:   "autorelease off and the socket's binding was unbound",
-		Hint:   "keep the binding open while its sockets receive",
+		When:   "autorelease off, the socket has not received from the binding yet, and the binding was unbound with no socket tied to it",
+		Hint:   "keep the binding open until its sockets have received (a socket that received once keeps it alive)",
 		Series: true,
+	}
+)
+
+// sendmsg with SCM_DEVMEM_DMABUF (___sys_sendmsg → tcp_sendmsg_locked →
+// sock_cmsg_send, net_devmem_get_binding, zerocopy_fill_skb_from_devmem).
+// The control-message cases are the errors of __sock_cmsg_send, which
+// tcp_sendmsg_locked returns as they are (after the binding checks, which
+// it skips when the control messages are bad).
+var (
+	// SendMsgTooManyIovecs: more than UIO_MAXIOV iovecs (import_iovec,
+	// before the socket is looked at).
+	SendMsgTooManyIovecs = Case{
+		Name: "sendmsg/too-many-iovecs", Op: OpSendMsg, Errno: unix.EMSGSIZE,
+		When: "the message has more than 1024 (UIO_MAXIOV) iovecs",
+		Hint: "send at most 1024 iovecs per call",
+	}
+	// SendMsgUnknownBinding: the dmabuf id names no TX binding.
+	SendMsgUnknownBinding = Case{
+		Name: "sendmsg/unknown-binding", Op: OpSendMsg, Errno: unix.EINVAL,
+		When: "the dmabuf id is no live TX binding (unknown, unbound, or an RX binding)",
+		Hint: "send with the id bind-tx returned, while its netlink socket is open",
+	}
+	// SendMsgOtherDevice: the binding belongs to another device than the
+	// connection's route.
+	SendMsgOtherDevice = Case{
+		Name: "sendmsg/other-device", Op: OpSendMsg, Errno: unix.ENODEV,
+		When: "the TX binding is on another device than the one the connection's route uses",
+		Hint: "bind-tx on the interface the connection leaves through",
+	}
+	// SendMsgNoZerocopy: a dmabuf id without MSG_ZEROCOPY or SO_ZEROCOPY.
+	SendMsgNoZerocopy = Case{
+		Name: "sendmsg/no-zerocopy", Op: OpSendMsg, Errno: unix.EINVAL,
+		When: "the send names a dmabuf id but lacks MSG_ZEROCOPY, or the socket lacks SO_ZEROCOPY",
+		Hint: "setsockopt(SO_ZEROCOPY, 1) once, and send with MSG_ZEROCOPY",
+	}
+	// SendMsgBadCmsg: a control message the kernel refuses: malformed,
+	// of an unknown SOL_SOCKET type, of the wrong length, SO_TIMESTAMPING
+	// flags outside the TX record mask, SCM_TXTIME without SO_TXTIME, or
+	// SCM_TS_OPT_ID on TCP.
+	SendMsgBadCmsg = Case{
+		Name: "sendmsg/bad-cmsg", Op: OpSendMsg, Errno: unix.EINVAL,
+		When: "a control message is malformed or refused by __sock_cmsg_send",
+		Hint: "send SCM_DEVMEM_DMABUF with cmsg_len CMSG_LEN(4), and only the SOL_SOCKET messages a TCP socket takes",
+	}
+	// SendMsgCmsgPerm: SO_MARK, or SO_PRIORITY above 6, without
+	// CAP_NET_ADMIN or CAP_NET_RAW.
+	SendMsgCmsgPerm = Case{
+		Name: "sendmsg/cmsg-perm", Op: OpSendMsg, Errno: unix.EPERM,
+		When: "an SO_MARK control message, or SO_PRIORITY above 6, from a process without CAP_NET_ADMIN or CAP_NET_RAW",
+		Hint: "drop the message, or grant CAP_NET_ADMIN",
+	}
+	// SendMsgOutsideDmabuf: an iovec's offset or end lies outside the
+	// dmabuf.
+	SendMsgOutsideDmabuf = Case{
+		Name: "sendmsg/outside-dmabuf", Op: OpSendMsg, Errno: unix.EFAULT,
+		When: "an iovec's offset or end lies outside the TX dmabuf",
+		Hint: "keep every iov_base + iov_len within the dmabuf's size",
 	}
 )
 
@@ -231,11 +335,15 @@ var Cases = []Case{
 	BindRXMissingAttr,
 	BindRXNoDevice,
 	BindRXNoQueueOps,
-	BindRXBadFD,
-	BindRXNotDmabuf,
 	BindRXQueueAttr,
 	BindRXQueueType,
 	BindRXQueueRange,
+	BindRXDMAMismatch,
+	BindRXNoDMA,
+	BindRXBadFD,
+	BindRXNotDmabuf,
+	BindRXAutoreleaseMismatch,
+	BindRXQueueRangeMP,
 	BindRXHDSDisabled,
 	BindRXHDSThresh,
 	BindRXXDPAttached,
@@ -243,12 +351,13 @@ var Cases = []Case{
 	BindRXAFXDP,
 	BindRXNoQueueRestart,
 	BindRXNotPickedUp,
-	BindRXAutoreleaseMismatch,
 
-	BindTXNotAdmin,
 	BindTXMissingAttr,
 	BindTXNoDevice,
 	BindTXNoNetmemTX,
+	BindTXNoDMA,
+	BindTXBadFD,
+	BindTXNotDmabuf,
 
 	DontNeedShortOptlen,
 	DontNeedNotTCP,
@@ -260,4 +369,12 @@ var Cases = []Case{
 	RecvMsgCmsgSpace,
 	RecvMsgOtherBinding,
 	RecvMsgUnbound,
+
+	SendMsgTooManyIovecs,
+	SendMsgUnknownBinding,
+	SendMsgOtherDevice,
+	SendMsgNoZerocopy,
+	SendMsgBadCmsg,
+	SendMsgCmsgPerm,
+	SendMsgOutsideDmabuf,
 }

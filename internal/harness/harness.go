@@ -147,8 +147,10 @@ func (w *World) Close() error {
 
 // Result summarizes one connection's devmem receive.
 type Result struct {
-	// Bytes is the total received; DmabufBytes and LinearBytes by path.
-	Bytes, DmabufBytes, LinearBytes uint64
+	// Bytes is the total received; DmabufBytes, LinearBytes (with
+	// SCM_DEVMEM_LINEAR) and PlainBytes (without devmem control messages)
+	// by path.
+	Bytes, DmabufBytes, LinearBytes, PlainBytes uint64
 	// Frags counts dmabuf fragments; Linear counts SCM_DEVMEM_LINEAR
 	// messages; Plain counts recvmsg calls that returned data without
 	// devmem control messages.
@@ -232,15 +234,26 @@ func Receive(conn devmemapi.Conn, b devmemapi.Binding, opts ReceiveOptions) (r R
 		}
 		r.Bytes += uint64(n)
 		toks = toks[:0]
-		linear := false
+		// Control messages come in stream order: a linear part's bytes
+		// are the next ones in p, a fragment's are in the dmabuf.
+		pos := 0
 		for _, f := range fs {
 			if opts.OnFrag != nil {
 				opts.OnFrag(f)
 			}
 			if f.Linear {
-				linear = true
 				r.Linear++
 				r.LinearBytes += uint64(f.FragSize)
+				end := pos + int(f.FragSize)
+				if end > n || end > len(p) {
+					return r, fmt.Errorf("linear parts of %d bytes in a %d-byte recvmsg", end, n)
+				}
+				if opts.Sink != nil {
+					if err := opts.Sink(p[pos:end]); err != nil {
+						return r, err
+					}
+				}
+				pos = end
 				continue
 			}
 			if f.DmabufID != b.ID() {
@@ -269,11 +282,11 @@ func Receive(conn devmemapi.Conn, b devmemapi.Binding, opts ReceiveOptions) (r R
 		}
 		if len(fs) == 0 {
 			r.Plain++
-			linear = true
-		}
-		if linear && opts.Sink != nil {
-			if err := opts.Sink(p[:n]); err != nil {
-				return r, err
+			r.PlainBytes += uint64(n)
+			if opts.Sink != nil {
+				if err := opts.Sink(p[:n]); err != nil {
+					return r, err
+				}
 			}
 		}
 		if opts.HoldTokens > 0 {

@@ -6,6 +6,7 @@ package genl
 import (
 	"errors"
 	"fmt"
+	"sort"
 
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
@@ -173,4 +174,152 @@ func Adopt(c *genetlink.Conn, name string) (Family, error) {
 		c.Close()
 	}
 	return f, err
+}
+
+// DoPolicy asks the controller for the policy of command cmd's do handler
+// in family f (CTRL_CMD_GETPOLICY, dumped for one operation; Linux 5.13
+// and later) and returns the type (NL_ATTR_TYPE_*) of each attribute the
+// policy accepts, by attribute number. It needs no privilege. An attribute
+// absent from the map is one the kernel refuses ("Unknown attribute
+// type").
+func DoPolicy(c *genetlink.Conn, f Family, cmd uint8) (map[uint16]uint32, error) {
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint16(unix.CTRL_ATTR_FAMILY_ID, f.ID)
+	ae.Uint32(unix.CTRL_ATTR_OP, uint32(cmd))
+	b, err := ae.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("policy of %s op %d: %w", f.Name, cmd, err)
+	}
+	msgs, err := c.Execute(genetlink.Message{
+		Header: genetlink.Header{Command: unix.CTRL_CMD_GETPOLICY, Version: 1},
+		Data:   b,
+	}, unix.GENL_ID_CTRL, netlink.Request|netlink.Dump)
+	if err != nil {
+		return nil, fmt.Errorf("policy of %s op %d: %w", f.Name, cmd, Err("getpolicy", err))
+	}
+	datas := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		datas[i] = m.Data
+	}
+	attrs, err := ParseDoPolicy(datas, cmd)
+	if err != nil {
+		return nil, fmt.Errorf("policy of %s op %d: %w", f.Name, cmd, err)
+	}
+	return attrs, nil
+}
+
+// ParseDoPolicy decodes the messages of a CTRL_CMD_GETPOLICY dump: the
+// operation's policy indexes (CTRL_ATTR_OP_POLICY) and the policies
+// (CTRL_ATTR_POLICY: index, attribute, NL_POLICY_TYPE_ATTR_TYPE), and
+// returns the attribute types of cmd's do policy. An operation without a
+// do policy takes no attributes: the map is empty.
+func ParseDoPolicy(msgs [][]byte, cmd uint8) (map[uint16]uint32, error) {
+	policies := map[uint32]map[uint16]uint32{}
+	doIdx, haveDo := uint32(0), false
+	for _, b := range msgs {
+		ad, err := netlink.NewAttributeDecoder(b)
+		if err != nil {
+			return nil, err
+		}
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.CTRL_ATTR_OP_POLICY:
+				ad.Nested(func(ops *netlink.AttributeDecoder) error {
+					for ops.Next() {
+						op := ops.Type()
+						ops.Nested(func(p *netlink.AttributeDecoder) error {
+							for p.Next() {
+								if p.Type() == unix.CTRL_ATTR_POLICY_DO && op == uint16(cmd) {
+									doIdx, haveDo = p.Uint32(), true
+								}
+							}
+							return nil
+						})
+					}
+					return nil
+				})
+			case unix.CTRL_ATTR_POLICY:
+				ad.Nested(func(pols *netlink.AttributeDecoder) error {
+					for pols.Next() {
+						idx := uint32(pols.Type())
+						pols.Nested(func(as *netlink.AttributeDecoder) error {
+							for as.Next() {
+								attr := as.Type()
+								as.Nested(func(props *netlink.AttributeDecoder) error {
+									for props.Next() {
+										if props.Type() == unix.NL_POLICY_TYPE_ATTR_TYPE {
+											if policies[idx] == nil {
+												policies[idx] = map[uint16]uint32{}
+											}
+											policies[idx][attr] = props.Uint32()
+										}
+									}
+									return nil
+								})
+							}
+							return nil
+						})
+					}
+					return nil
+				})
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, err
+		}
+	}
+	out := map[uint16]uint32{}
+	if haveDo {
+		for a, t := range policies[doIdx] {
+			out[a] = t
+		}
+	}
+	return out, nil
+}
+
+// EncodeDoPolicy encodes the replies of a CTRL_CMD_GETPOLICY dump for one
+// operation whose do policy (index 0) has attrs (number → NL_ATTR_TYPE_*),
+// one message per attribute after the operation's, as the kernel sends
+// them; for fakes of the kernel.
+func EncodeDoPolicy(familyID uint16, cmd uint8, attrs map[uint16]uint32) ([][]byte, error) {
+	var out [][]byte
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint16(unix.CTRL_ATTR_FAMILY_ID, familyID)
+	ae.Nested(unix.CTRL_ATTR_OP_POLICY, func(ae *netlink.AttributeEncoder) error {
+		ae.Nested(uint16(cmd), func(ae *netlink.AttributeEncoder) error {
+			ae.Uint32(unix.CTRL_ATTR_POLICY_DO, 0)
+			return nil
+		})
+		return nil
+	})
+	b, err := ae.Encode()
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, b)
+	keys := make([]int, 0, len(attrs))
+	for a := range attrs {
+		keys = append(keys, int(a))
+	}
+	sort.Ints(keys)
+	for _, a := range keys {
+		ae := netlink.NewAttributeEncoder()
+		ae.Uint16(unix.CTRL_ATTR_FAMILY_ID, familyID)
+		ae.Nested(unix.CTRL_ATTR_POLICY, func(ae *netlink.AttributeEncoder) error {
+			ae.Nested(0, func(ae *netlink.AttributeEncoder) error {
+				ae.Nested(uint16(a), func(ae *netlink.AttributeEncoder) error {
+					ae.Uint32(unix.NL_POLICY_TYPE_ATTR_TYPE, attrs[uint16(a)])
+					return nil
+				})
+				return nil
+			})
+			return nil
+		})
+		b, err := ae.Encode()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }

@@ -2,6 +2,7 @@ package genl
 
 import (
 	"errors"
+	"maps"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -77,4 +78,28 @@ func FuzzParseFamily(f *testing.F) {
 			t.Fatalf("round trip: %+v != %+v", fam, again)
 		}
 	})
+}
+
+// TestDoPolicyRoundTrip: a policy dump as the kernel sends it (one message
+// for the operation, one per attribute) parses back to the attribute
+// types of the operation's do policy; another operation's dump has none.
+func TestDoPolicyRoundTrip(t *testing.T) {
+	attrs := map[uint16]uint32{1: unix.NL_ATTR_TYPE_U32, 2: unix.NL_ATTR_TYPE_NESTED, 3: unix.NL_ATTR_TYPE_U32, 5: unix.NL_ATTR_TYPE_U8}
+	msgs, err := EncodeDoPolicy(0x20, 13, attrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1+len(attrs) {
+		t.Fatalf("%d messages, want %d", len(msgs), 1+len(attrs))
+	}
+	got, err := ParseDoPolicy(msgs, 13)
+	if err != nil || !maps.Equal(got, attrs) {
+		t.Fatalf("ParseDoPolicy = %v, %v; want %v", got, err, attrs)
+	}
+	if got, err := ParseDoPolicy(msgs, 15); err != nil || len(got) != 0 {
+		t.Fatalf("another op: %v, %v", got, err)
+	}
+	if _, err := ParseDoPolicy([][]byte{{1, 2, 3}}, 13); err == nil {
+		t.Fatal("malformed dump parsed")
+	}
 }
