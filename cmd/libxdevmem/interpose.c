@@ -129,6 +129,11 @@ static inline long ret(long r, int err)
 	return r;
 }
 
+// ret_after is ret for a call written as the argument: the handler's
+// result is evaluated before *err is read (C leaves the order of a call's
+// arguments open).
+static inline long ret_after(long r, const int *err) { return ret(r, *err); }
+
 // refuse fails a call on an emulated fd in a fork child: the emulated
 // socket lives in the parent's stack.
 static inline int refuse(int fd)
@@ -373,7 +378,7 @@ off_t lseek(int fd, off_t off, int whence)
 {
 	if (kind(fd) == XD_DMABUF) {
 		int err = 0;
-		return (off_t)ret(xdgo_lseek(fd, off, whence, &err), err);
+		return (off_t)ret_after(xdgo_lseek(fd, off, whence, &err), &err);
 	}
 	return get_lseek()(fd, off, whence);
 }
@@ -431,7 +436,7 @@ int listen(int fd, int backlog)
 		if (refuse(fd))
 			return -1;
 		int err = 0;
-		return (int)ret(xdgo_listen(fd, backlog, &err), err);
+		return (int)ret_after(xdgo_listen(fd, backlog, &err), &err);
 	}
 	return get_listen()(fd, backlog);
 }
@@ -442,7 +447,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *lenp, int flags)
 		if (refuse(fd))
 			return -1;
 		int err = 0;
-		return (int)ret(xdgo_accept(fd, (uintptr_t)addr, (uintptr_t)lenp, flags, &err), err);
+		return (int)ret_after(xdgo_accept(fd, (uintptr_t)addr, (uintptr_t)lenp, flags, &err), &err);
 	}
 	return get_accept4()(fd, addr, lenp, flags);
 }
@@ -614,7 +619,7 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int n, int flags, struct time
 		if (refuse(fd))
 			return -1;
 		int err = 0;
-		return (int)ret(xdgo_mmsg(fd, (uintptr_t)vec, n, flags, 0, &err), err);
+		return (int)ret_after(xdgo_mmsg(fd, (uintptr_t)vec, n, flags, 0, &err), &err);
 	}
 	return get_recvmmsg()(fd, vec, n, flags, timeout);
 }
@@ -625,7 +630,7 @@ int sendmmsg(int fd, struct mmsghdr *vec, unsigned int n, int flags)
 		if (refuse(fd))
 			return -1;
 		int err = 0;
-		return (int)ret(xdgo_mmsg(fd, (uintptr_t)vec, n, flags, 1, &err), err);
+		return (int)ret_after(xdgo_mmsg(fd, (uintptr_t)vec, n, flags, 1, &err), &err);
 	}
 	return get_sendmmsg()(fd, vec, n, flags);
 }
@@ -657,7 +662,7 @@ int getsockopt(int fd, int level, int name, void *val, socklen_t *lenp)
 		if (refuse(fd))
 			return -1;
 		int err = 0;
-		return (int)ret(xdgo_getsockopt(fd, level, name, (uintptr_t)val, (uintptr_t)lenp, &err), err);
+		return (int)ret_after(xdgo_getsockopt(fd, level, name, (uintptr_t)val, (uintptr_t)lenp, &err), &err);
 	}
 	return get_getsockopt()(fd, level, name, val, lenp);
 }
@@ -668,7 +673,7 @@ int getsockname(int fd, struct sockaddr *addr, socklen_t *lenp)
 		if (refuse(fd))
 			return -1;
 		int err = 0;
-		return (int)ret(xdgo_sockname(fd, 0, (uintptr_t)addr, (uintptr_t)lenp, &err), err);
+		return (int)ret_after(xdgo_sockname(fd, 0, (uintptr_t)addr, (uintptr_t)lenp, &err), &err);
 	}
 	return get_getsockname()(fd, addr, lenp);
 }
@@ -679,7 +684,7 @@ int getpeername(int fd, struct sockaddr *addr, socklen_t *lenp)
 		if (refuse(fd))
 			return -1;
 		int err = 0;
-		return (int)ret(xdgo_sockname(fd, 1, (uintptr_t)addr, (uintptr_t)lenp, &err), err);
+		return (int)ret_after(xdgo_sockname(fd, 1, (uintptr_t)addr, (uintptr_t)lenp, &err), &err);
 	}
 	return get_getpeername()(fd, addr, lenp);
 }
@@ -690,7 +695,7 @@ int shutdown(int fd, int how)
 		if (refuse(fd))
 			return -1;
 		int err = 0;
-		return (int)ret(xdgo_shutdown(fd, how, &err), err);
+		return (int)ret_after(xdgo_shutdown(fd, how, &err), &err);
 	}
 	return get_shutdown()(fd, how);
 }
@@ -726,7 +731,7 @@ int poll(struct pollfd *fds, nfds_t n, int timeout)
 	if (any_emu(fds, n)) {
 		int err = 0;
 		long long ns = timeout < 0 ? -1 : (long long)timeout * 1000000LL;
-		return (int)ret(xdgo_poll((uintptr_t)fds, n, ns, 0, &err), err);
+		return (int)ret_after(xdgo_poll((uintptr_t)fds, n, ns, 0, &err), &err);
 	}
 	return get_poll()(fds, n, timeout);
 }
@@ -735,7 +740,7 @@ int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_
 {
 	if (any_emu(fds, n)) {
 		int err = 0;
-		return (int)ret(xdgo_poll((uintptr_t)fds, n, ts_ns(ts), (uintptr_t)mask, &err), err);
+		return (int)ret_after(xdgo_poll((uintptr_t)fds, n, ts_ns(ts), (uintptr_t)mask, &err), &err);
 	}
 	return get_ppoll()(fds, n, ts, mask);
 }
@@ -850,7 +855,7 @@ int epoll_wait(int epfd, struct epoll_event *evs, int max, int timeout)
 	if (kind(epfd) == XD_EPOLL) {
 		int err = 0;
 		long long ns = timeout < 0 ? -1 : (long long)timeout * 1000000LL;
-		return (int)ret(xdgo_epoll_wait(epfd, (uintptr_t)evs, max, ns, 0, &err), err);
+		return (int)ret_after(xdgo_epoll_wait(epfd, (uintptr_t)evs, max, ns, 0, &err), &err);
 	}
 	return get_epoll_wait()(epfd, evs, max, timeout);
 }
@@ -860,7 +865,7 @@ int epoll_pwait(int epfd, struct epoll_event *evs, int max, int timeout, const s
 	if (kind(epfd) == XD_EPOLL) {
 		int err = 0;
 		long long ns = timeout < 0 ? -1 : (long long)timeout * 1000000LL;
-		return (int)ret(xdgo_epoll_wait(epfd, (uintptr_t)evs, max, ns, (uintptr_t)mask, &err), err);
+		return (int)ret_after(xdgo_epoll_wait(epfd, (uintptr_t)evs, max, ns, (uintptr_t)mask, &err), &err);
 	}
 	return get_epoll_pwait()(epfd, evs, max, timeout, mask);
 }

@@ -262,7 +262,7 @@ func (l *Lib) MmapOffset(fd int, length uint64, off int64, prot, flags int) (int
 	if off < 0 || off%pageSize != 0 || uint64(off)/pageSize+pages > d.size/pageSize {
 		return -1, unix.EINVAL
 	}
-	if flags&(unix.MAP_SHARED|unix.MAP_SHARED_VALIDATE) == 0 {
+	if t := flags & 0x0f; t != unix.MAP_SHARED && t != unix.MAP_SHARED_VALIDATE { // MAP_TYPE
 		return -1, unix.EINVAL
 	}
 	return off + d.off, nil

@@ -310,8 +310,9 @@ func (l *Lib) ethtoolChannels(n *nic, c EthtoolCmd, o *ethtoolOut) {
 			return
 		}
 	}
-	// ethnl_set_channels: the maximums, then at least one RX and one TX
-	// channel, then what uses the channels.
+	// ethnl_set_channels: the maximums, at least one RX and one TX
+	// channel, then ethtool_check_max_channel: the RSS indirection table,
+	// the ntuple rules, the memory providers (bound queues).
 	if rx > maxChannels || tx > maxChannels || combined != 0 {
 		o.fail("netlink error: requested channel count exceeds maximum\nnetlink error: Invalid argument\n")
 		return
@@ -320,15 +321,25 @@ func (l *Lib) ethtoolChannels(n *nic, c EthtoolCmd, o *ethtoolOut) {
 		o.fail("netlink error: requested channel counts would result in no RX or TX channel being configured\nnetlink error: Invalid argument\n")
 		return
 	}
+	if n.rss > 0 && rx <= n.rss-1 {
+		o.fail("netlink error: requested channel counts are too low for existing indirection table (%d)\nnetlink error: Invalid argument\n", n.rss-1)
+		return
+	}
 	for _, r := range n.rules {
-		if r.r.Queue >= rx {
+		if rx <= r.r.Queue {
 			o.fail("netlink error: requested channel counts are too low for existing ntuple filter settings\nnetlink error: Invalid argument\n")
 			return
 		}
 	}
 	if n.st != nil {
+		for q := n.channels - 1; q >= rx; q-- {
+			if _, bound := n.st.BoundTo(q); bound {
+				o.fail("netlink error: requested channel counts are too low for existing memory provider setting (%d)\nnetlink error: Invalid argument\n", q+1)
+				return
+			}
+		}
 		if err := n.st.SetChannels(rx); err != nil {
-			o.fail("netlink error: requested channel counts are too low due to memory provider settings\nnetlink error: Invalid argument\n")
+			o.fail("netlink error: %s\nnetlink error: %s\n", errMessage(err), errText(err))
 			return
 		}
 	}
@@ -442,9 +453,14 @@ func (l *Lib) ethtoolNtuple(n *nic, c EthtoolCmd, o *ethtoolOut) {
 	o.printf("Added rule with ID %d\n", nr.id)
 }
 
-// errText is an error's errno text ("Invalid argument").
+// errText is an error's errno text as strerror has it ("Invalid
+// argument").
 func errText(err error) string {
-	return unix.ErrnoName(unix.Errno(Errno(err)))
+	t := unix.Errno(Errno(err)).Error()
+	if t == "" {
+		return t
+	}
+	return strings.ToUpper(t[:1]) + t[1:]
 }
 
 // errMessage is the message part of an error from the stack ("set rings:

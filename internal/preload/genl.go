@@ -549,11 +549,13 @@ func (l *Lib) bindRX(g *genlSock, a attrs, nests []uint32) ([][]byte, *nlErr) {
 	if n == nil {
 		return nil, errOf(devmemerr.BindRXNoDevice.Err())
 	}
-	var auto *bool
+	// Upstream kernels free a socket's tokens when it closes (autorelease
+	// on); the autorelease series' attribute chooses.
+	on := true
 	if v := a.last(netdev.AttrDmabufAutorelease); len(v) > 0 {
-		on := v[0] != 0
-		auto = &on
+		on = v[0] != 0
 	}
+	auto := &on
 	d, e := l.dmabufOf(a.u32(netdev.AttrDmabufFD))
 	if e != nil {
 		return nil, e

@@ -32,16 +32,18 @@ import (
 // An RX dmabuf is the whole UMEM: received frames land in it (frame
 // offset = dmabuf offset, so the program's own mapping shows the
 // payload). A TX dmabuf is the UMEM's first frames, reserved for the
-// program's payload, followed by TXTailSize bytes the stack receives into
-// and builds headers in.
+// program's payload, followed by memory the stack receives into and
+// builds headers in (txTail).
 
-// TXTailSize is the memory a TX-only stack adds behind the TX dmabuf.
-const TXTailSize = 16 << 20
+// txTail is the memory a TX stack adds behind the TX dmabuf: a full fill
+// ring per RX queue and room for TX frames.
+func txTail(queues int) uint64 { return uint64(queues*2048+1024) * umem.DefaultFrameSize }
 
 // nic is one emulated NIC. Its fields are guarded by Lib.mu.
 type nic struct {
 	ifindex    int
 	name       string
+	queues     int // the interface's active RX queues: AF_XDP sockets
 	rings      stack.Rings
 	channels   int // RX channels, the logical RX queues
 	txChannels int
@@ -78,7 +80,7 @@ func (l *Lib) nicFor(ifindex int) *nic {
 		return nil
 	}
 	ch := activeRXQueues(ifc)
-	n := &nic{ifindex: ifindex, name: ifc.Name, rings: stack.Rings{TCPDataSplit: true},
+	n := &nic{ifindex: ifindex, name: ifc.Name, rings: stack.Rings{TCPDataSplit: true}, queues: ch,
 		channels: max(ch, 2), txChannels: max(ch, 2), ntuple: true}
 	l.nics[ifindex] = n
 	return n
@@ -162,7 +164,7 @@ func (l *Lib) ensureStack(n *nic, d *dmabuf, tx bool) error {
 	frames := uint32(d.size / umem.DefaultFrameSize)
 	rc := umem.RegionConfig{File: &umem.FileBacking{FD: d.fd, Offset: d.off, Size: d.size}}
 	if tx {
-		rc.Size = d.size + TXTailSize
+		rc.Size = d.size + txTail(n.queues)
 	}
 	region, err := umem.NewRegion(rc)
 	if err != nil {
@@ -179,7 +181,7 @@ func (l *Lib) ensureStack(n *nic, d *dmabuf, tx bool) error {
 		region.Close()
 		return err
 	}
-	cfg := stack.Config{Ifname: n.name, Region: region, Channels: n.channels}
+	cfg := stack.Config{Ifname: n.name, Region: region, Queues: n.queues, Channels: n.channels}
 	if v4.IsValid() {
 		cfg.Addr, cfg.Addr6 = v4, v6
 	} else {
