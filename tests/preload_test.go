@@ -138,7 +138,7 @@ type preloadWorld struct {
 	lib          string
 }
 
-func newPreloadWorld(t *testing.T) *preloadWorld {
+func newPreloadWorld(t testing.TB) *preloadWorld {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	lib := libxdevmem(t)
@@ -572,6 +572,13 @@ var emuOnlyRows = map[string]string{
 	"udmabuf/over-limit":          "-1/22", // above size_limit_mb (64)
 	"udmabuf/not-sealed":          "-1/22", // check_memfd_seals: F_SEAL_SHRINK missing
 	"udmabuf/bad-fd":              "-1/77", // fget failed: EBADFD
+	// Not the kernel's: a fork child cannot use the parent's emulated
+	// socket (documented), but its plain fds work.
+	"fork/child-plain-fd":     "0/0",
+	"fork/child-recv":         "-95/0", // -EOPNOTSUPP
+	"fork/child-dontneed":     "-95/0",
+	"fork/child-close":        "0/0",
+	"fork/parent-still-works": "1/0", // SO_TYPE: SOCK_STREAM
 }
 
 // TestPreloadBadInput runs a table of calls with bad pointers, short and

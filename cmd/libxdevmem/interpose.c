@@ -56,8 +56,18 @@ static inline int active(void) { return __atomic_load_n(&state, __ATOMIC_ACQUIRE
 
 static inline int in_child(void) { return __atomic_load_n(&state, __ATOMIC_ACQUIRE) == XD_CHILD; }
 
-// kind is the fd's kind while the library is active, else XD_PLAIN.
-static inline int kind(int fd) { return active() ? xd_get_kind(fd) : XD_PLAIN; }
+// kind is the fd's kind while the library is active, else XD_PLAIN; in a
+// fork child, emulated sockets keep their kind so that calls on them are
+// refused (refuse) instead of reaching the socketpair.
+static inline int kind(int fd)
+{
+	int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+	if (s == XD_ACTIVE)
+		return xd_get_kind(fd);
+	if (s == XD_CHILD && xd_get_kind(fd) == XD_EMU)
+		return XD_EMU;
+	return XD_PLAIN;
+}
 
 // The real functions, resolved on first use (the Go runtime may call mmap
 // before the constructor below runs).
@@ -275,7 +285,7 @@ int close(int fd)
 // dup_done tells Go that newfd now names what oldfd names.
 static int dup_done(int oldfd, int newfd)
 {
-	if (newfd >= 0 && kind(oldfd) != XD_PLAIN)
+	if (newfd >= 0 && active() && xd_get_kind(oldfd) != XD_PLAIN)
 		xdgo_dup(oldfd, newfd);
 	return newfd;
 }
@@ -842,6 +852,8 @@ int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct timespec *ts
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
 	if (kind(fd) == XD_EMU) {
+		if (refuse(fd))
+			return -1;
 		int err = 0;
 		int r = xdgo_epoll_ctl(epfd, op, fd, (uintptr_t)ev, &err);
 		if (r != XD_PASS)

@@ -13,6 +13,7 @@
 // tx: copies stdin into a udmabuf, binds it for TX and sends it from there
 // in CHUNK-byte iovecs (dmabuf offsets), waiting for every zerocopy
 // completion. -n uses non-blocking sockets, waiting with poll or epoll (-w).
+// An IPv4 ADDR makes an AF_INET socket, an IPv6 one an AF_INET6 socket.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -181,21 +182,31 @@ static void wait_for(int fd, short events)
 	close(ep);
 }
 
+// tcp_socket makes an AF_INET or AF_INET6 socket for addr and fills sa
+// (sizeof(*sa) fits both) with addr and port.
 static int tcp_socket(const char *addr, int port, struct sockaddr_in6 *sa)
 {
+	struct sockaddr_in *sin = (void *)sa;
 	memset(sa, 0, sizeof(*sa));
+	int fam = AF_INET6;
 	sa->sin6_family = AF_INET6;
 	sa->sin6_port = htons(port);
 	if (inet_pton(AF_INET6, addr, &sa->sin6_addr) != 1) {
-		char mapped[64];
-		snprintf(mapped, sizeof(mapped), "::ffff:%s", addr);
-		if (inet_pton(AF_INET6, mapped, &sa->sin6_addr) != 1)
+		fam = AF_INET;
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		if (inet_pton(AF_INET, addr, &sin->sin_addr) != 1)
 			error(1, 0, "bad address %s", addr);
 	}
-	int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
+	int fd = socket(fam, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
 	if (fd < 0)
 		error(1, errno, "socket");
 	return fd;
+}
+
+static socklen_t salen(const struct sockaddr_in6 *sa)
+{
+	return sa->sin6_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
 // ---- rx ----
@@ -219,7 +230,7 @@ static int do_rx(const char *ifname, const char *addr, int port, int queue)
 	struct sockaddr_in6 sa;
 	int ls = tcp_socket(addr, port, &sa), one = 1;
 	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(ls, (void *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0)
+	if (bind(ls, (void *)&sa, salen(&sa)) < 0 || listen(ls, 1) < 0)
 		error(1, errno, "bind/listen %s:%d", addr, port);
 	fprintf(stderr, "rx: listening on %s:%d\n", addr, port);
 	wait_for(ls, POLLIN);
@@ -295,7 +306,7 @@ static int do_tx(const char *ifname, const char *addr, int port)
 	if (setsockopt(s, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0 ||
 	    setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, ifname, strlen(ifname) + 1) < 0)
 		error(1, errno, "setsockopt");
-	if (connect(s, (void *)&sa, sizeof(sa)) < 0) {
+	if (connect(s, (void *)&sa, salen(&sa)) < 0) {
 		if (errno != EINPROGRESS)
 			error(1, errno, "connect %s:%d", addr, port);
 		wait_for(s, POLLOUT);

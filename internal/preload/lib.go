@@ -159,6 +159,23 @@ func (l *Lib) choose() bool {
 	return true
 }
 
+// Debug reports whether XDEVMEM_DEBUG=1 asked for a log of the calls.
+func (l *Lib) Debug() bool { return l.cfg.Debug }
+
+// Trace logs one call the library served (XDEVMEM_DEBUG=1): its name,
+// fd, result and errno.
+func (l *Lib) Trace(call string, fd int, r int64, err error) {
+	if r == Pass {
+		l.logf("%s(%d) -> libc", call, fd)
+		return
+	}
+	if err != nil {
+		l.logf("%s(%d) = -1 %s", call, fd, unix.ErrnoName(unix.Errno(Errno(err))))
+		return
+	}
+	l.logf("%s(%d) = %d", call, fd, r)
+}
+
 // logf writes a debug line (XDEVMEM_DEBUG=1) to stderr with a raw write,
 // so that the application's stdio buffers are not involved.
 func (l *Lib) logf(format string, args ...any) {

@@ -12,6 +12,7 @@
 #undef main
 
 #include <netinet/tcp.h>
+#include <sys/wait.h>
 #include <time.h>
 
 static int emu, kern, dfd, udev;
@@ -62,14 +63,17 @@ static void setup(const char *ifname, const char *addr, int port)
 	if (system(cmd))
 		error(1, 0, "%s", cmd);
 	bind_dmabuf(if_nametoindex(ifname), dfd, 1);
+	// AF_INET6 sockets, an IPv4 address v4-mapped, as ncdevmem does.
 	struct sockaddr_in6 sa;
-	int ls = tcp_socket(addr, port, &sa);
+	char mapped[64];
+	snprintf(mapped, sizeof(mapped), strchr(addr, ':') ? "%s" : "::ffff:%s", addr);
+	int ls = tcp_socket(mapped, port, &sa);
 	if (bind(ls, (void *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0)
 		error(1, errno, "emulated listener");
-	int kls = tcp_socket("127.0.0.1", port, &sa);
+	int kls = tcp_socket("::ffff:127.0.0.1", port, &sa);
 	if (bind(kls, (void *)&sa, sizeof(sa)) < 0 || listen(kls, 1) < 0)
 		error(1, errno, "kernel listener");
-	int kc = tcp_socket("127.0.0.1", port, &sa);
+	int kc = tcp_socket("::ffff:127.0.0.1", port, &sa);
 	if (connect(kc, (void *)&sa, sizeof(sa)) < 0)
 		error(1, errno, "kernel connect");
 	printf("ready\n");
@@ -227,6 +231,36 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	EMU("udmabuf/not-sealed", ioctl(udev, UDMABUF_CREATE, &c));
 	c.memfd = 1000;
 	EMU("udmabuf/bad-fd", ioctl(udev, UDMABUF_CREATE, &c));
+
+	// fork: the child keeps its plain fds; the emulated socket lives in
+	// the parent's stack, so the child's calls on it are EOPNOTSUPP (and
+	// close works). The parent's socket is untouched.
+	int pfd[2];
+	if (pipe(pfd) < 0)
+		error(1, errno, "pipe");
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid == 0) {
+		long r[4];
+		errno = 0;
+		r[0] = write(pfd[1], "x", 1) == 1 ? 0 : -errno;
+		errno = 0;
+		r[1] = recv(emu, data, sizeof(data), MSG_DONTWAIT) < 0 ? -errno : 0;
+		errno = 0;
+		r[2] = setsockopt(emu, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, 8) < 0 ? -errno : 0;
+		r[3] = close(emu) < 0 ? -errno : 0;
+		write(pfd[1], r, sizeof(r));
+		_exit(0);
+	}
+	char x;
+	long r[4];
+	if (pid < 0 || read(pfd[0], &x, 1) != 1 || read(pfd[0], r, sizeof(r)) != sizeof(r) || waitpid(pid, NULL, 0) != pid)
+		error(1, errno, "fork");
+	EMU("fork/child-plain-fd", r[0]);
+	EMU("fork/child-recv", r[1]);
+	EMU("fork/child-dontneed", r[2]);
+	EMU("fork/child-close", r[3]);
+	EMU("fork/parent-still-works", (len = 4, getsockopt(emu, SOL_SOCKET, SO_TYPE, &v, &len) ?: v));
 	fflush(stdout);
 	return 0;
 }
