@@ -326,6 +326,12 @@ func TestPreloadNcdevmem(t *testing.T) {
 			t.Fatalf("ncdevmem without the library: %v\n%s", err, out)
 		}
 		t.Logf("without the library: %v: %s", err, strings.TrimSpace(string(out)))
+		// XDEVMEM_BACKEND=kernel: the library leaves the program to the
+		// kernel, which has no devmem here.
+		out2, err2 := w.command(w.lib, []string{"XDEVMEM_BACKEND=kernel"}, nc, "-f", w.ifname, "-t", "1", "-q", "2").CombinedOutput()
+		if err2 == nil || string(out2) != string(out) {
+			t.Fatalf("under the library with XDEVMEM_BACKEND=kernel: %v\n%s", err2, out2)
+		}
 	})
 
 	// run_devmem_tests, then main() returns 1 (6.12's ncdevmem only
@@ -534,7 +540,7 @@ func preloadCheck(t *testing.T, w *preloadWorld, env []string, size int, args ..
 		t.Cleanup(func() { c.Close() })
 		go func() {
 			c.Write(make([]byte, size))
-			if args[0] == "leak" {
+			if args[0] == "leak" || args[0] == "threads" {
 				c.Close()
 			}
 		}()
@@ -655,6 +661,21 @@ func TestPreloadTokenLeak(t *testing.T) {
 		t.Fatalf("accounting at exit: %s", m[0])
 	}
 	t.Logf("after leaking 8 MiB of tokens and exiting: %s", m[0])
+}
+
+// TestPreloadThreads: one thread receives with MSG_SOCK_DEVMEM, another
+// returns the tokens, a third polls the socket, all at once.
+func TestPreloadThreads(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	w := newPreloadWorld(t)
+	b, stdout, stderr := preloadCheck(t, w, nil, 32<<20, "threads")
+	if code := b.wait(t, time.Minute); code != 0 {
+		t.Fatalf("preload_check threads exited %d:\n%s%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stdout.String(), "threads: 33554432 bytes") {
+		t.Fatalf("stdout: %s", stdout)
+	}
+	t.Logf("%s", lastLines(strings.TrimSpace(stdout.String()), 1))
 }
 
 // TestPreloadRecvmsgCost reports the cost of a recvmsg(MSG_SOCK_DEVMEM)

@@ -6,12 +6,14 @@
 //
 //   preload_check badinput IFACE ADDR PORT   # prints one "row" line per call
 //   preload_check leak IFACE ADDR PORT       # receives to EOF, returns no token
+//   preload_check threads IFACE ADDR PORT    # receives, releases and polls on three threads
 //   preload_check bench IFACE ADDR PORT N    # ns per recvmsg, emulated and kernel
 #define main example_main
 #include "../../examples/c/devmem_example.c"
 #undef main
 
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -286,6 +288,91 @@ static int do_leak(const char *ifname, const char *addr, int port)
 	exit(0); // no close, no DONTNEED
 }
 
+// do_threads receives on one thread and returns the tokens on another,
+// with a third polling the socket meanwhile, until the peer closes.
+static pthread_mutex_t tmu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t tcv = PTHREAD_COND_INITIALIZER;
+static uint32_t tq[1 << 16];
+static size_t tq_head, tq_tail, t_freed, t_polls;
+static int t_done;
+
+static void *releaser(void *arg)
+{
+	(void)arg;
+	struct dmabuf_token toks[128];
+	for (;;) {
+		pthread_mutex_lock(&tmu);
+		while (tq_head == tq_tail && !t_done)
+			pthread_cond_wait(&tcv, &tmu);
+		int n = 0;
+		while (tq_head != tq_tail && n < 128)
+			toks[n++] = (struct dmabuf_token){tq[tq_head++ % (1 << 16)], 1};
+		int done = t_done && tq_head == tq_tail;
+		pthread_mutex_unlock(&tmu);
+		if (n) {
+			int r = setsockopt(emu, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, n * sizeof(toks[0]));
+			if (r != n)
+				error(1, errno, "DONTNEED freed %d of %d", r, n);
+			t_freed += r;
+		}
+		if (done)
+			return NULL;
+	}
+}
+
+static void *poller(void *arg)
+{
+	(void)arg;
+	while (!__atomic_load_n(&t_done, __ATOMIC_ACQUIRE)) {
+		struct pollfd p = {.fd = emu, .events = POLLIN};
+		if (poll(&p, 1, 10) < 0)
+			error(1, errno, "poll");
+		t_polls++;
+	}
+	return NULL;
+}
+
+static int do_threads(const char *ifname, const char *addr, int port)
+{
+	setup(ifname, addr, port);
+	pthread_t rel, pol;
+	pthread_create(&rel, NULL, releaser, NULL);
+	pthread_create(&pol, NULL, poller, NULL);
+	static char data[65536], ctrl[256 * CMSG_SPACE(sizeof(struct dmabuf_cmsg))];
+	size_t total = 0, frags = 0;
+	for (;;) {
+		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
+		ssize_t n = recvmsg(emu, &m, MSG_SOCK_DEVMEM);
+		if (n < 0)
+			error(1, errno, "recvmsg");
+		if (n == 0)
+			break;
+		total += n;
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+			struct dmabuf_cmsg *d = (void *)CMSG_DATA(cm);
+			if (cm->cmsg_type != SCM_DEVMEM_DMABUF)
+				continue;
+			for (uint32_t i = 0; i < d->frag_size; i++)
+				if (dmem[d->frag_offset + i])
+					error(1, 0, "fragment at %llu: byte %u is %d", (unsigned long long)d->frag_offset, i, dmem[d->frag_offset + i]);
+			pthread_mutex_lock(&tmu);
+			tq[tq_tail++ % (1 << 16)] = d->frag_token;
+			pthread_cond_signal(&tcv);
+			pthread_mutex_unlock(&tmu);
+			frags++;
+		}
+	}
+	pthread_mutex_lock(&tmu);
+	__atomic_store_n(&t_done, 1, __ATOMIC_RELEASE);
+	pthread_cond_signal(&tcv);
+	pthread_mutex_unlock(&tmu);
+	pthread_join(rel, NULL);
+	pthread_join(pol, NULL);
+	printf("threads: %zu bytes, %zu frags, %zu tokens freed, %zu polls\n", total, frags, t_freed, t_polls);
+	return t_freed == frags ? 0 : 1;
+}
+
 static long long now_ns(void)
 {
 	struct timespec ts;
@@ -333,6 +420,8 @@ int main(int argc, char **argv)
 		error(2, 0, "usage: %s badinput|leak|bench IFACE ADDR PORT [N]", argv[0]);
 	if (!strcmp(argv[1], "badinput"))
 		return do_badinput(argv[2], argv[3], atoi(argv[4]));
+	if (!strcmp(argv[1], "threads"))
+		return do_threads(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "leak"))
 		return do_leak(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "bench") && argc > 5)
