@@ -181,7 +181,11 @@ int __libc_start_main(main_fn main, int argc, char **argv, void (*init)(void), v
 {
 	int (*real)(main_fn, int, char **, void (*)(void), void (*)(void), void (*)(void), void *) =
 		dlsym(RTLD_NEXT, "__libc_start_main");
-	xd_set_state(xdgo_init());
+	Dl_info self, prog;
+	// Built as a program (go build, go run) rather than a library, this
+	// runs before the Go runtime: stay out of the way, and let main say so.
+	if (!dladdr((void *)__libc_start_main, &self) || !dladdr((void *)main, &prog) || self.dli_fbase != prog.dli_fbase)
+		xd_set_state(xdgo_init());
 	return real(main, argc, argv, init, fini, rtld_fini, stack_end);
 }
 

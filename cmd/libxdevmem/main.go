@@ -27,6 +27,8 @@ package main
 import "C"
 
 import (
+	"os"
+
 	"github.com/xdevmem/xdevmem/internal/preload"
 )
 
@@ -236,4 +238,8 @@ func xdgo_popen(cmd *C.char, status *C.int) C.int {
 	return C.int(fd)
 }
 
-func main() {}
+// main runs only when the package is built as a program by mistake.
+func main() {
+	os.Stderr.WriteString("libxdevmem is a library: go build -buildmode=c-shared -o libxdevmem.so ./cmd/libxdevmem, then LD_PRELOAD=$PWD/libxdevmem.so PROGRAM\n")
+	os.Exit(2)
+}
