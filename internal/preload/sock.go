@@ -494,7 +494,8 @@ func (l *Lib) Recv(fd int, msgp UPtr, flags int, namelenp UPtr) (int, error) {
 		}
 		m.Namelen = nl
 	}
-	iov, total, err := ReadIovecs(m.Iov, m.Iovlen, nil)
+	var iovs [8]Iovec
+	iov, total, err := ReadIovecs(m.Iov, m.Iovlen, iovs[:0])
 	if err != nil {
 		return -1, err
 	}
@@ -701,7 +702,8 @@ func (l *Lib) Send(fd int, msgp UPtr, flags int) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	iov, total, err := ReadIovecs(m.Iov, m.Iovlen, nil)
+	var iovs [8]Iovec
+	iov, total, err := ReadIovecs(m.Iov, m.Iovlen, iovs[:0])
 	if err != nil {
 		return -1, err
 	}

@@ -196,7 +196,12 @@ func ReadIovecs(p UPtr, n uint64, dst []Iovec) ([]Iovec, int, error) {
 	if n == 0 {
 		return dst[:0], 0, nil
 	}
-	b := make([]byte, n*sizeofIovec)
+	var small [8 * sizeofIovec]byte
+	b := small[:]
+	if n > 8 {
+		b = make([]byte, n*sizeofIovec)
+	}
+	b = b[:n*sizeofIovec]
 	if err := CopyIn(b, p); err != nil {
 		return dst, 0, err
 	}
