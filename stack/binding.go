@@ -85,6 +85,15 @@ func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 	return b, nil
 }
 
+// BoundTo reports the id of the dmabuf bound to logical RX queue q, if any
+// (netdev queue-get's dmabuf attribute).
+func (s *Stack) BoundTo(q int) (uint32, bool) {
+	if b := s.bindingFor(q); b != nil {
+		return b.id, true
+	}
+	return 0, false
+}
+
 // ID implements devmemapi.Binding.
 func (b *rxBinding) ID() uint32 { return b.id }
 

@@ -33,6 +33,9 @@ type Listener struct {
 	addr   net.Addr
 	closed chan struct{}
 	once   sync.Once
+
+	notifyMu sync.Mutex
+	notify   []*waiter.Entry // SetNotify's, one per ep; guarded by notifyMu
 }
 
 type listenEP struct {
@@ -162,6 +165,7 @@ func (l *Listener) Accept() (devmemapi.Conn, error) {
 func (l *Listener) Close() error {
 	l.once.Do(func() {
 		close(l.closed)
+		l.SetNotify(nil)
 		for _, e := range l.eps {
 			e.wq.EventUnregister(&e.we)
 			e.ep.Close()
@@ -196,6 +200,12 @@ type Conn struct {
 	cw       countWriter
 	unpin    []uint32
 	deadline atomic.Int64 // unix nanoseconds; 0 = none
+
+	weOut waiter.Entry
+	chOut chan struct{} // writable, for Send
+
+	notifyMu sync.Mutex
+	notify   *waiter.Entry // SetNotify's; guarded by notifyMu
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -232,6 +242,8 @@ func (s *Stack) newConn(ep tcpip.Endpoint, wq *waiter.Queue, ra tcpip.FullAddres
 	}
 	c.we, c.ch = waiter.NewChannelEntry(waiter.EventIn | waiter.EventHUp | waiter.EventErr)
 	wq.EventRegister(&c.we)
+	c.weOut, c.chOut = waiter.NewChannelEntry(waiter.EventOut | waiter.EventHUp | waiter.EventErr)
+	wq.EventRegister(&c.weOut)
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
@@ -661,6 +673,8 @@ func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.closed)
 		c.wq.EventUnregister(&c.we)
+		c.wq.EventUnregister(&c.weOut)
+		c.SetNotify(nil)
 		c.ep.Close()
 		c.rmu.Lock()
 		unpin := c.s.flows.remove(c.fl, nil)

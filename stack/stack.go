@@ -50,6 +50,11 @@ type Config struct {
 	// RegionSize is the UMEM (dmabuf) size; 0 means 64 MiB. It must pass
 	// CheckRegionSize.
 	RegionSize uint64
+	// Region, if set, is the UMEM to use instead of making one of
+	// RegionSize bytes (libxdevmem passes one whose frames are an
+	// application's udmabuf memfd). The stack owns it from New on, also
+	// when New fails, and closes it on Close.
+	Region *umem.Region
 	// Queues is how many of the interface's RX queues (0 to Queues-1) get
 	// an AF_XDP socket and a receive goroutine, all sharing the UMEM; 0
 	// means every RX queue the interface has. Traffic arriving on a queue
@@ -137,12 +142,13 @@ type Stack struct {
 
 	addrMode    AddressMode
 	addrModeWhy string
-	autorelease bool        // the default token mode (Config.Autorelease)
-	autoWhy     string      // why
-	ports       *portTable  // nil in in-process tests
-	netns       *nsHandle   // the namespace New ran in
-	neigh       *neighTable // shared-address mode only
-	tx          txState     // devmem TX (tx.go)
+	autorelease bool          // the default token mode (Config.Autorelease)
+	autoWhy     string        // why
+	ports       *portTable    // nil in in-process tests
+	netns       *nsHandle     // the namespace New ran in
+	neigh       *neighTable   // shared-address mode only
+	tx          txState       // devmem TX (tx.go)
+	keptFrames  atomic.Uint32 // frames of BindTXReserved spans: never free
 
 	mu        sync.Mutex
 	rings     Rings // guarded by mu
@@ -157,6 +163,14 @@ var _ devmemapi.Provider = (*Stack)(nil)
 // netstack. Call it from a thread in the interface's network namespace; the
 // stack works from any goroutine afterwards.
 func New(cfg Config) (_ *Stack, err error) {
+	adopted := false // cfg.Region is s.region, which s.Close closes
+	if cfg.Region != nil {
+		defer func() {
+			if err != nil && !adopted {
+				cfg.Region.Close()
+			}
+		}()
+	}
 	prefixes, err := cfg.prefixes()
 	if err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
@@ -179,6 +193,9 @@ func New(cfg Config) (_ *Stack, err error) {
 	}
 	if cfg.MTU == 0 {
 		cfg.MTU = ifc.MTU
+	}
+	if cfg.Region != nil {
+		cfg.RegionSize = cfg.Region.Size()
 	}
 	if cfg.RegionSize == 0 {
 		cfg.RegionSize = DefaultRegionSize
@@ -230,7 +247,9 @@ func New(cfg Config) (_ *Stack, err error) {
 			}
 		}
 	}()
-	if s.region, err = umem.NewRegion(umem.RegionConfig{Size: cfg.RegionSize}); err != nil {
+	if cfg.Region != nil {
+		s.region, adopted = cfg.Region, true
+	} else if s.region, err = umem.NewRegion(umem.RegionConfig{Size: cfg.RegionSize}); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 	for q := 0; q < cfg.Queues; q++ {
@@ -587,7 +606,7 @@ func (s *Stack) Close() error {
 	if s.region != nil {
 		// Give late frees a moment, then unmap.
 		deadline := time.Now().Add(time.Second)
-		for s.region.Snapshot().Free != s.region.Frames() && time.Now().Before(deadline) {
+		for s.region.Snapshot().Free+s.keptFrames.Load() != s.region.Frames() && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		if err := s.region.Close(); err != nil {

@@ -29,6 +29,7 @@ type txBinding struct {
 	n     uint32 // frames
 	base  uint64 // UMEM address of dmabuf offset 0
 	size  uint64
+	keep  bool // the span stays reserved after release (BindTXReserved)
 
 	// refs counts what still needs the span: pending send calls and
 	// payload descriptors in flight. The span goes back to the region
@@ -73,6 +74,44 @@ func (s *Stack) BindTX(cfg devmemapi.BindTXConfig) (devmemapi.TXBinding, error) 
 	}
 	b := &txBinding{s: s, id: nextBindingID.Add(1), first: first, n: uint32(n), base: s.region.FrameAddr(first), size: size}
 	for f := first; f < first+uint32(n); f++ {
+		t.owner[f].Store(b)
+	}
+	t.bmu.Lock()
+	t.bindings[b] = struct{}{}
+	t.bmu.Unlock()
+	txBindings.Store(b.id, b)
+	return b, nil
+}
+
+// BindTXReserved binds, as BindTX does, frames first to first+n-1 that the
+// caller reserved itself before New (umem.Region.ReserveSpanAt on
+// Config.Region): libxdevmem's TX dmabuf is the application's memfd, which
+// is a known span of the UMEM. size is the dmabuf's size (at most n
+// frames). When the binding is released the span stays reserved, so the
+// stack never receives into memory the application owns.
+func (s *Stack) BindTXReserved(ifindex int, first, n uint32, size uint64) (devmemapi.TXBinding, error) {
+	if s.closing.Load() {
+		return nil, fmt.Errorf("bind tx: %w", devmemapi.ErrClosed)
+	}
+	if ifindex != 0 && ifindex != s.ifindex {
+		return nil, fmt.Errorf("bind tx: ifindex %d: this stack runs on ifindex %d: %w", ifindex, s.ifindex, devmemerr.BindTXNoDevice.Err())
+	}
+	fs := uint64(s.region.FrameSize())
+	if n == 0 || first >= s.region.Frames() || n > s.region.Frames()-first || size == 0 || size > uint64(n)*fs {
+		return nil, fmt.Errorf("bind tx: span of %d frames at %d for %d bytes in a UMEM of %d frames: %w", n, first, size, s.region.Frames(), unix.EINVAL)
+	}
+	t, err := s.engine()
+	if err != nil {
+		return nil, fmt.Errorf("bind tx: %w", err)
+	}
+	for f := first; f < first+n; f++ {
+		if t.owner[f].Load() != nil {
+			return nil, fmt.Errorf("bind tx: frame %d belongs to another TX binding: %w", f, unix.EBUSY)
+		}
+	}
+	b := &txBinding{s: s, id: nextBindingID.Add(1), first: first, n: n, base: s.region.FrameAddr(first), size: size, keep: true}
+	s.keptFrames.Add(n)
+	for f := first; f < first+n; f++ {
 		t.owner[f].Store(b)
 	}
 	t.bmu.Lock()
@@ -169,7 +208,9 @@ func (b *txBinding) release() {
 		delete(t.bindings, b)
 		t.bmu.Unlock()
 		b.released.Store(true)
-		b.s.region.ReleaseSpan(b.first, b.n)
+		if !b.keep {
+			b.s.region.ReleaseSpan(b.first, b.n)
+		}
 	})
 }
 

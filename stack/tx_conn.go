@@ -97,6 +97,10 @@ type TXConn struct {
 	aborted  bool
 	errCh    chan struct{}
 
+	notifyMu    sync.Mutex
+	notifyEntry *waiter.Entry          // SetNotify's; guarded by notifyMu
+	notifyFn    atomic.Pointer[func()] // SetNotify's fn, for completions
+
 	closed    chan struct{}
 	closeOnce sync.Once
 }
@@ -606,6 +610,9 @@ func (c *TXConn) emitLocked(id uint32) {
 	case c.errCh <- struct{}{}:
 	default:
 	}
+	if fn := c.notifyFn.Load(); fn != nil {
+		(*fn)()
+	}
 }
 
 // peerReset ends the connection's sends: pending calls complete once their
@@ -761,6 +768,7 @@ func (c *TXConn) Close() error {
 		close(c.closed)
 		c.wq.EventUnregister(&c.weOut)
 		c.wq.EventUnregister(&c.weIn)
+		c.SetNotify(nil)
 		c.ep.Close()
 		go c.linger()
 	})

@@ -19,7 +19,7 @@ var (
 )
 
 // xdevmemBinary builds cmd/xdevmem once per test process.
-func xdevmemBinary(t *testing.T) string {
+func xdevmemBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "xdevmem-bin-")

@@ -6,8 +6,11 @@
 //
 // # Frames
 //
-// A Region is page-aligned anonymous memory cut into frames (4096 bytes by
-// default). A frame is the emulation's net_iov: the unit a token refers to.
+// A Region is page-aligned memory cut into frames (4096 bytes by
+// default): anonymous, or with its first frames the pages of a file that
+// another mapping also shows (FileBacking: libxdevmem makes an
+// application's udmabuf memfd the UMEM, so the application reads payload
+// through its own mapping of its dmabuf). A frame is the emulation's net_iov: the unit a token refers to.
 // Each frame has a reference count in two halves: references held by the
 // stack (a connection's fragment queue pins the frame while payload in it is
 // undelivered) and references held by the application (one per token or

@@ -24,10 +24,31 @@ const (
 
 // RegionConfig sizes a Region.
 type RegionConfig struct {
-	// Size is the region size in bytes, rounded down to whole frames.
+	// Size is the region size in bytes, rounded down to whole frames. With
+	// File set, 0 means File.Size.
 	Size uint64
 	// FrameSize is 2048 or 4096 (AF_XDP aligned mode); 0 means 4096.
 	FrameSize uint32
+	// File, if set, backs the region's first File.Size bytes with a file
+	// (a memfd an application also maps: its dmabuf) instead of anonymous
+	// memory; the rest of the region, if any, is anonymous.
+	File *FileBacking
+}
+
+// FileBacking is the file part of a Region: Size bytes of the file open as
+// FD, from Offset, mapped shared, so that what the kernel writes into those
+// frames is what every other mapping of the file reads. The region keeps
+// its own mapping: the caller may close FD once NewRegion returns.
+type FileBacking struct {
+	// FD is an open file (a memfd, or a file on tmpfs or hugetlbfs).
+	FD int
+	// Offset is where the region starts in the file; a multiple of the
+	// page size.
+	Offset int64
+	// Size is how many bytes of the file the region maps: whole frames,
+	// all within the file (else EINVAL: touching a page past the end of
+	// a file is SIGBUS).
+	Size uint64
 }
 
 // Region is the UMEM memory: the emulation's dmabuf. It owns the frames, their
@@ -63,12 +84,25 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 	if fs != 2048 && fs != 4096 {
 		return nil, fmt.Errorf("umem region: frame size %d: must be 2048 or 4096: %w", fs, unix.EINVAL)
 	}
-	n := cfg.Size / uint64(fs)
-	if n < 64 || n > 1<<24 {
-		return nil, fmt.Errorf("umem region: %d bytes gives %d frames of %d bytes (need 64 to 16M frames): %w", cfg.Size, n, fs, unix.EINVAL)
+	size := cfg.Size
+	if cfg.File != nil && size == 0 {
+		size = cfg.File.Size
 	}
-	mem, err := mmapAnon(int(n) * int(fs))
-	if err != nil {
+	n := size / uint64(fs)
+	if n < 64 || n > 1<<24 {
+		return nil, fmt.Errorf("umem region: %d bytes gives %d frames of %d bytes (need 64 to 16M frames): %w", size, n, fs, unix.EINVAL)
+	}
+	var mem []byte
+	var err error
+	if f := cfg.File; f != nil {
+		if f.Size == 0 || f.Size%uint64(fs) != 0 || f.Size > n*uint64(fs) || f.Offset < 0 || f.Offset%int64(unix.Getpagesize()) != 0 {
+			return nil, fmt.Errorf("umem region: file part of %d bytes at offset %d in a %d-byte region of %d-byte frames: %w",
+				f.Size, f.Offset, n*uint64(fs), fs, unix.EINVAL)
+		}
+		if mem, err = mmapFile(f.FD, f.Offset, int(f.Size), int(n)*int(fs)); err != nil {
+			return nil, fmt.Errorf("umem region: map %d bytes of fd %d at offset %d: %w", f.Size, f.FD, f.Offset, err)
+		}
+	} else if mem, err = mmapAnon(int(n) * int(fs)); err != nil {
 		return nil, fmt.Errorf("umem region: mmap %d bytes: %w", n*uint64(fs), err)
 	}
 	r := &Region{

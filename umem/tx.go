@@ -86,6 +86,30 @@ func (r *Region) ReserveSpan(n uint32) (first uint32, err error) {
 	return first, nil
 }
 
+// ReserveSpanAt takes frames first to first+n-1 off the free list, as
+// ReserveSpan does, for a caller that needs the span at a known place (a
+// file part of the region: FileBacking). A frame that is not free is EBUSY
+// and nothing is reserved; call it before sockets post frames.
+func (r *Region) ReserveSpanAt(first, n uint32) error {
+	if n == 0 || first >= r.nframes || n > r.nframes-first {
+		return fmt.Errorf("umem span of %d frames at %d (region has %d): %w", n, first, r.nframes, unix.EINVAL)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	kept := make([]uint32, 0, len(r.free))
+	for _, f := range r.free {
+		if f < first || f >= first+n {
+			kept = append(kept, f)
+		}
+	}
+	if len(r.free)-len(kept) != int(n) {
+		return fmt.Errorf("umem span: %d of frames %d to %d are not free: %w", int(n)-(len(r.free)-len(kept)), first, first+n-1, unix.EBUSY)
+	}
+	r.free = kept
+	r.tx.Add(int64(n))
+	return nil
+}
+
 // ReleaseSpan returns a span from ReserveSpan to the free list. Nothing may
 // still be queued for sending from it.
 func (r *Region) ReleaseSpan(first, n uint32) {

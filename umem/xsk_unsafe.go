@@ -1,6 +1,7 @@
 package umem
 
 import (
+	"fmt"
 	"sync/atomic"
 	"unsafe"
 
@@ -14,6 +15,32 @@ func mmapAnon(n int) ([]byte, error) {
 }
 
 func munmap(b []byte) error { return unix.Munmap(b) }
+
+// mmapFile maps fileBytes of fd from off shared, followed by anonymous
+// memory up to total bytes, as one contiguous range. A file shorter than
+// off+fileBytes is EINVAL.
+func mmapFile(fd int, off int64, fileBytes, total int) ([]byte, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < off+int64(fileBytes) {
+		return nil, fmt.Errorf("file of %d bytes (mode %#o) cannot back %d bytes at offset %d: %w", st.Size, st.Mode, fileBytes, off, unix.EINVAL)
+	}
+	const prot = unix.PROT_READ | unix.PROT_WRITE
+	if total == fileBytes {
+		return unix.Mmap(fd, off, fileBytes, prot, unix.MAP_SHARED|unix.MAP_POPULATE)
+	}
+	mem, err := mmapAnon(total)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := unix.MmapPtr(fd, off, unsafe.Pointer(&mem[0]), uintptr(fileBytes), prot, unix.MAP_SHARED|unix.MAP_FIXED|unix.MAP_POPULATE); err != nil {
+		unix.Munmap(mem)
+		return nil, err
+	}
+	return mem, nil
+}
 
 func registerUMEM(fd int, mem []byte, frameSize uint32, headroom uint32) error {
 	reg := unix.XDPUmemReg{

@@ -1,0 +1,957 @@
+// The interposers: libc's entry points of the devmem uAPI, exported by
+// libxdevmem.so so that LD_PRELOAD puts them before libc's. Each one looks
+// at the fd's kind (xd.h) and either calls libc's own function, found with
+// dlsym(RTLD_NEXT, ...), or hands the call to Go (main.go). Nothing here
+// dereferences an application pointer: Go reads and writes application
+// memory, and turns a bad pointer into EFAULT as the kernel does.
+//
+// The Go runtime makes its own system calls directly, so nothing the
+// library does re-enters these functions, with one exception: with cgo
+// the runtime maps memory through libc's mmap, which passes straight
+// through here (fd -1).
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/netlink.h>
+#include <netinet/in.h>
+
+#include "xd.h"
+#include "_cgo_export.h"
+
+static unsigned char kinds[XD_MAXFD];
+static int state = XD_LOADING;
+
+void xd_set_kind(int fd, int kind)
+{
+	if (fd >= 0 && fd < XD_MAXFD)
+		__atomic_store_n(&kinds[fd], (unsigned char)kind, __ATOMIC_RELEASE);
+}
+
+int xd_get_kind(int fd)
+{
+	if (fd < 0 || fd >= XD_MAXFD)
+		return XD_PLAIN;
+	return __atomic_load_n(&kinds[fd], __ATOMIC_ACQUIRE);
+}
+
+void xd_set_state(int s) { __atomic_store_n(&state, s, __ATOMIC_RELEASE); }
+
+static inline int active(void) { return __atomic_load_n(&state, __ATOMIC_ACQUIRE) == XD_ACTIVE; }
+
+static inline int in_child(void) { return __atomic_load_n(&state, __ATOMIC_ACQUIRE) == XD_CHILD; }
+
+// kind is the fd's kind while the library is active, else XD_PLAIN; in a
+// fork child, emulated sockets keep their kind so that calls on them are
+// refused (refuse) instead of reaching the socketpair.
+static inline int kind(int fd)
+{
+	int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+	if (s == XD_ACTIVE)
+		return xd_get_kind(fd);
+	if (s == XD_CHILD && xd_get_kind(fd) == XD_EMU)
+		return XD_EMU;
+	return XD_PLAIN;
+}
+
+// The real functions, resolved on first use (the Go runtime may call mmap
+// before the constructor below runs).
+#define REAL(name) \
+	static __typeof__(name) *real_##name; \
+	static __typeof__(name) *get_##name(void) \
+	{ \
+		__typeof__(name) *f = __atomic_load_n(&real_##name, __ATOMIC_ACQUIRE); \
+		if (!f) { \
+			f = (__typeof__(name) *)dlsym(RTLD_NEXT, #name); \
+			__atomic_store_n(&real_##name, f, __ATOMIC_RELEASE); \
+		} \
+		return f; \
+	}
+
+REAL(open)
+REAL(open64)
+REAL(openat)
+REAL(openat64)
+REAL(close)
+REAL(dup)
+REAL(dup2)
+REAL(dup3)
+REAL(fcntl)
+REAL(ioctl)
+REAL(mmap)
+REAL(mmap64)
+REAL(lseek)
+REAL(lseek64)
+REAL(socket)
+REAL(bind)
+REAL(connect)
+REAL(listen)
+REAL(accept)
+REAL(accept4)
+REAL(read)
+REAL(readv)
+REAL(write)
+REAL(writev)
+REAL(recv)
+REAL(recvfrom)
+REAL(recvmsg)
+REAL(recvmmsg)
+REAL(send)
+REAL(sendto)
+REAL(sendmsg)
+REAL(sendmmsg)
+REAL(setsockopt)
+REAL(getsockopt)
+REAL(getsockname)
+REAL(getpeername)
+REAL(shutdown)
+REAL(poll)
+REAL(ppoll)
+REAL(select)
+REAL(pselect)
+REAL(epoll_ctl)
+REAL(epoll_wait)
+REAL(epoll_pwait)
+REAL(system)
+REAL(popen)
+REAL(pclose)
+
+// ret sets errno from a Go handler's result.
+static inline long ret(long r, int err)
+{
+	if (r < 0)
+		errno = err;
+	return r;
+}
+
+// ret_after is ret for a call written as the argument: the handler's
+// result is evaluated before *err is read (C leaves the order of a call's
+// arguments open).
+static inline long ret_after(long r, const int *err) { return ret(r, *err); }
+
+// refuse fails a call on an emulated fd in a fork child: the emulated
+// socket lives in the parent's stack.
+static inline int refuse(int fd)
+{
+	if (in_child() && xd_get_kind(fd) == XD_EMU) {
+		errno = EOPNOTSUPP;
+		return 1;
+	}
+	return 0;
+}
+
+static void child_after_fork(void) { xd_set_state(state == XD_ACTIVE ? XD_CHILD : state); }
+
+__attribute__((constructor(101))) static void xd_constructor(void)
+{
+	pthread_atfork(NULL, NULL, child_after_fork);
+}
+
+// At exit the emulated sockets close and the stacks go down, as the
+// kernel closes an exiting process's files.
+__attribute__((destructor)) static void xd_destructor(void)
+{
+	if (__atomic_load_n(&state, __ATOMIC_ACQUIRE) == XD_ACTIVE) {
+		xd_set_state(XD_LOADING); // from here every call goes to libc
+		xdgo_exit();
+	}
+}
+
+// __libc_start_main runs after every shared object's constructors and
+// before the program's own: the point where the Go runtime can be waited
+// for safely. Calls made earlier pass to libc.
+typedef int (*main_fn)(int, char **, char **);
+int __libc_start_main(main_fn main, int argc, char **argv, void (*init)(void), void (*fini)(void),
+		      void (*rtld_fini)(void), void *stack_end)
+{
+	int (*real)(main_fn, int, char **, void (*)(void), void (*)(void), void (*)(void), void *) =
+		dlsym(RTLD_NEXT, "__libc_start_main");
+	Dl_info self, prog;
+	// Built as a program (go build, go run) rather than a library, this
+	// runs before the Go runtime: stay out of the way, and let main say so.
+	if (!dladdr((void *)__libc_start_main, &self) || !dladdr((void *)main, &prog) || self.dli_fbase != prog.dli_fbase)
+		xd_set_state(xdgo_init());
+	return real(main, argc, argv, init, fini, rtld_fini, stack_end);
+}
+
+// ---- files: /dev/udmabuf, dmabufs, fd lifetime ----
+
+static const char udmabuf_path[] = "/dev/udmabuf";
+
+static int is_udmabuf(int dirfd, const char *path)
+{
+	// path is the application's: reading it is what libc's open does too.
+	return active() && path && (dirfd == AT_FDCWD || path[0] == '/') && strcmp(path, udmabuf_path) == 0;
+}
+
+// open_udmabuf returns XD_PASS when the kernel backend serves the
+// program (the real device is opened then).
+static int open_udmabuf(const char *path, int flags, mode_t mode)
+{
+	int err = 0;
+	int fd = xdgo_open((char *)path, flags, (int)mode, &err);
+	return fd == XD_PASS ? XD_PASS : (int)ret(fd, err);
+}
+
+static mode_t open_mode(int flags, va_list ap)
+{
+	return (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, mode_t) : 0;
+}
+
+int open(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = open_mode(flags, ap);
+	va_end(ap);
+	if (is_udmabuf(AT_FDCWD, path)) {
+		int fd = open_udmabuf(path, flags, mode);
+		if (fd != XD_PASS)
+			return fd;
+	}
+	return get_open()(path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = open_mode(flags, ap);
+	va_end(ap);
+	if (is_udmabuf(AT_FDCWD, path)) {
+		int fd = open_udmabuf(path, flags, mode);
+		if (fd != XD_PASS)
+			return fd;
+	}
+	return get_open64()(path, flags, mode);
+}
+
+int openat(int dirfd, const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = open_mode(flags, ap);
+	va_end(ap);
+	if (is_udmabuf(dirfd, path)) {
+		int fd = open_udmabuf(path, flags, mode);
+		if (fd != XD_PASS)
+			return fd;
+	}
+	return get_openat()(dirfd, path, flags, mode);
+}
+
+int openat64(int dirfd, const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = open_mode(flags, ap);
+	va_end(ap);
+	if (is_udmabuf(dirfd, path)) {
+		int fd = open_udmabuf(path, flags, mode);
+		if (fd != XD_PASS)
+			return fd;
+	}
+	return get_openat64()(dirfd, path, flags, mode);
+}
+
+// The _FORTIFY_SOURCE entry points.
+int __open_2(const char *path, int flags) { return open(path, flags); }
+int __open64_2(const char *path, int flags) { return open64(path, flags); }
+int __openat_2(int dirfd, const char *path, int flags) { return openat(dirfd, path, flags); }
+int __openat64_2(int dirfd, const char *path, int flags) { return openat64(dirfd, path, flags); }
+
+int close(int fd)
+{
+	if (xd_get_kind(fd) != XD_PLAIN) {
+		int k = xd_get_kind(fd);
+		xd_set_kind(fd, XD_PLAIN);
+		if (k != XD_PLAIN && state == XD_ACTIVE)
+			xdgo_close(fd);
+	}
+	return get_close()(fd);
+}
+
+// dup_done tells Go that newfd now names what oldfd names.
+static int dup_done(int oldfd, int newfd)
+{
+	if (newfd >= 0 && active() && xd_get_kind(oldfd) != XD_PLAIN)
+		xdgo_dup(oldfd, newfd);
+	return newfd;
+}
+
+// dup_target drops what newfd named before dup2/dup3 replace it.
+static void dup_target(int oldfd, int newfd)
+{
+	if (oldfd != newfd && xd_get_kind(newfd) != XD_PLAIN) {
+		xd_set_kind(newfd, XD_PLAIN);
+		if (active())
+			xdgo_close(newfd);
+	}
+}
+
+int dup(int fd) { return dup_done(fd, get_dup()(fd)); }
+
+int dup2(int oldfd, int newfd)
+{
+	if (oldfd != newfd && fcntl(oldfd, F_GETFD) >= 0)
+		dup_target(oldfd, newfd);
+	return dup_done(oldfd, get_dup2()(oldfd, newfd));
+}
+
+int dup3(int oldfd, int newfd, int flags)
+{
+	if (oldfd != newfd && fcntl(oldfd, F_GETFD) >= 0)
+		dup_target(oldfd, newfd);
+	return dup_done(oldfd, get_dup3()(oldfd, newfd, flags));
+}
+
+int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	int k = kind(fd);
+	if (k == XD_PLAIN)
+		return get_fcntl()(fd, cmd, arg);
+	if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+		return dup_done(fd, get_fcntl()(fd, cmd, arg));
+	if (refuse(fd))
+		return -1;
+	if (k == XD_EMU) {
+		int err = 0;
+		int r = xdgo_fcntl(fd, cmd, (uintptr_t)arg, &err);
+		if (r != XD_PASS)
+			return (int)ret(r, err);
+	}
+	return get_fcntl()(fd, cmd, arg);
+}
+
+int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	return fcntl(fd, cmd, arg);
+}
+
+int ioctl(int fd, unsigned long req, ...)
+{
+	va_list ap;
+	va_start(ap, req);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	int k = kind(fd);
+	if (k == XD_UDMABUF || k == XD_DMABUF || k == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		int r = xdgo_ioctl(fd, req, (uintptr_t)arg, &err);
+		if (r != XD_PASS)
+			return (int)ret(r, err);
+	}
+	return get_ioctl()(fd, req, arg);
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	if (fd >= 0 && kind(fd) == XD_DMABUF) {
+		int err = 0;
+		long long o = xdgo_mmap_offset(fd, len, off, prot, flags, &err);
+		if (o < 0) {
+			errno = err;
+			return MAP_FAILED;
+		}
+		off = (off_t)o;
+	}
+	return get_mmap()(addr, len, prot, flags, fd, off);
+}
+
+void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return mmap(addr, len, prot, flags, fd, off);
+}
+
+off_t lseek(int fd, off_t off, int whence)
+{
+	if (kind(fd) == XD_DMABUF) {
+		int err = 0;
+		return (off_t)ret_after(xdgo_lseek(fd, off, whence, &err), &err);
+	}
+	return get_lseek()(fd, off, whence);
+}
+
+off_t lseek64(int fd, off_t off, int whence) { return lseek(fd, off, whence); }
+
+// ---- sockets ----
+
+int socket(int domain, int type, int protocol)
+{
+	int fd = get_socket()(domain, type, protocol);
+	if (fd < 0 || !active())
+		return fd;
+	int t = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if ((domain == AF_INET || domain == AF_INET6) && t == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP))
+		xd_set_kind(fd, XD_TCP);
+	else if (domain == AF_NETLINK && protocol == NETLINK_GENERIC)
+		xd_set_kind(fd, XD_GENL);
+	else
+		xd_set_kind(fd, XD_PLAIN);
+	return fd;
+}
+
+int bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	int k = kind(fd);
+	if (k == XD_TCP || k == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		int r = xdgo_bind(fd, (uintptr_t)addr, len, &err);
+		if (r != XD_PASS)
+			return (int)ret(r, err);
+	}
+	return get_bind()(fd, addr, len);
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	int k = kind(fd);
+	if (k == XD_TCP || k == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		int r = xdgo_connect(fd, (uintptr_t)addr, len, &err);
+		if (r != XD_PASS)
+			return (int)ret(r, err);
+	}
+	return get_connect()(fd, addr, len);
+}
+
+int listen(int fd, int backlog)
+{
+	if (kind(fd) == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		return (int)ret_after(xdgo_listen(fd, backlog, &err), &err);
+	}
+	return get_listen()(fd, backlog);
+}
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *lenp, int flags)
+{
+	if (kind(fd) == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		return (int)ret_after(xdgo_accept(fd, (uintptr_t)addr, (uintptr_t)lenp, flags, &err), &err);
+	}
+	return get_accept4()(fd, addr, lenp, flags);
+}
+
+int accept(int fd, struct sockaddr *addr, socklen_t *lenp)
+{
+	if (kind(fd) == XD_EMU)
+		return accept4(fd, addr, lenp, 0);
+	return get_accept()(fd, addr, lenp);
+}
+
+// recv_emu hands a receive to Go: msg is the application's msghdr, or
+// one built here around its buffer (namelenp: where recvfrom wants the
+// address length). XD_PASS: libc's function serves it (a netlink socket
+// with no reply of the library's waiting).
+static ssize_t recv_emu(int fd, struct msghdr *msg, int flags, uintptr_t namelenp)
+{
+	if (refuse(fd))
+		return -1;
+	int err = 0;
+	long long r = xdgo_recv(fd, (uintptr_t)msg, flags, namelenp, &err);
+	return r == XD_PASS ? XD_PASS : ret(r, err);
+}
+
+static ssize_t send_emu(int fd, struct msghdr *msg, int flags)
+{
+	if (refuse(fd))
+		return -1;
+	int err = 0;
+	long long r = xdgo_send(fd, (uintptr_t)msg, flags, &err);
+	if (r == XD_PASS)
+		return XD_PASS;
+	if (r < 0 && err == EPIPE && !(flags & MSG_NOSIGNAL))
+		raise(SIGPIPE); // as the kernel's send does
+	return ret(r, err);
+}
+
+static inline int emu_or_genl(int fd)
+{
+	int k = kind(fd);
+	return k == XD_EMU || k == XD_GENL;
+}
+
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	if (emu_or_genl(fd)) {
+		ssize_t r = recv_emu(fd, msg, flags, 0);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_recvmsg()(fd, msg, flags);
+}
+
+ssize_t recv(int fd, void *buf, size_t len, int flags)
+{
+	if (emu_or_genl(fd)) {
+		struct iovec iov = {.iov_base = buf, .iov_len = len};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+		ssize_t r = recv_emu(fd, &m, flags, 0);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_recv()(fd, buf, len, flags);
+}
+
+ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *addr, socklen_t *lenp)
+{
+	if (emu_or_genl(fd)) {
+		struct iovec iov = {.iov_base = buf, .iov_len = len};
+		struct msghdr m = {.msg_name = addr, .msg_iov = &iov, .msg_iovlen = 1};
+		ssize_t r = recv_emu(fd, &m, flags, addr ? (uintptr_t)lenp : 0);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_recvfrom()(fd, buf, len, flags, addr, lenp);
+}
+
+ssize_t read(int fd, void *buf, size_t len)
+{
+	if (emu_or_genl(fd)) {
+		struct iovec iov = {.iov_base = buf, .iov_len = len};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+		ssize_t r = recv_emu(fd, &m, 0, 0);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_read()(fd, buf, len);
+}
+
+ssize_t readv(int fd, const struct iovec *iov, int n)
+{
+	if (emu_or_genl(fd)) {
+		struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
+		if (n < 0) {
+			errno = EINVAL;
+			return -1;
+		}
+		ssize_t r = recv_emu(fd, &m, 0, 0);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_readv()(fd, iov, n);
+}
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	if (emu_or_genl(fd)) {
+		ssize_t r = send_emu(fd, (struct msghdr *)msg, flags);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_sendmsg()(fd, msg, flags);
+}
+
+ssize_t send(int fd, const void *buf, size_t len, int flags)
+{
+	if (emu_or_genl(fd)) {
+		struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+		ssize_t r = send_emu(fd, &m, flags);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_send()(fd, buf, len, flags);
+}
+
+ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *addr, socklen_t alen)
+{
+	if (emu_or_genl(fd)) {
+		struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+		struct msghdr m = {.msg_name = (void *)addr, .msg_namelen = alen, .msg_iov = &iov, .msg_iovlen = 1};
+		ssize_t r = send_emu(fd, &m, flags);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_sendto()(fd, buf, len, flags, addr, alen);
+}
+
+ssize_t write(int fd, const void *buf, size_t len)
+{
+	if (emu_or_genl(fd)) {
+		struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+		ssize_t r = send_emu(fd, &m, 0);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_write()(fd, buf, len);
+}
+
+ssize_t writev(int fd, const struct iovec *iov, int n)
+{
+	if (emu_or_genl(fd)) {
+		struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
+		if (n < 0) {
+			errno = EINVAL;
+			return -1;
+		}
+		ssize_t r = send_emu(fd, &m, 0);
+		if (r != XD_PASS)
+			return r;
+	}
+	return get_writev()(fd, iov, n);
+}
+
+int recvmmsg(int fd, struct mmsghdr *vec, unsigned int n, int flags, struct timespec *timeout)
+{
+	if (emu_or_genl(fd)) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		return (int)ret_after(xdgo_mmsg(fd, (uintptr_t)vec, n, flags, 0, &err), &err);
+	}
+	return get_recvmmsg()(fd, vec, n, flags, timeout);
+}
+
+int sendmmsg(int fd, struct mmsghdr *vec, unsigned int n, int flags)
+{
+	if (emu_or_genl(fd)) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		return (int)ret_after(xdgo_mmsg(fd, (uintptr_t)vec, n, flags, 1, &err), &err);
+	}
+	return get_sendmmsg()(fd, vec, n, flags);
+}
+
+// The _FORTIFY_SOURCE entry points (the size checks are the compiler's).
+ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen) { return read(fd, buf, len); }
+ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags) { return recv(fd, buf, len, flags); }
+ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags, struct sockaddr *addr, socklen_t *lenp)
+{
+	return recvfrom(fd, buf, len, flags, addr, lenp);
+}
+
+int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+{
+	if (kind(fd) == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		int r = xdgo_setsockopt(fd, level, name, (uintptr_t)val, len, &err);
+		if (r != XD_PASS)
+			return (int)ret(r, err);
+	}
+	return get_setsockopt()(fd, level, name, val, len);
+}
+
+int getsockopt(int fd, int level, int name, void *val, socklen_t *lenp)
+{
+	if (kind(fd) == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		return (int)ret_after(xdgo_getsockopt(fd, level, name, (uintptr_t)val, (uintptr_t)lenp, &err), &err);
+	}
+	return get_getsockopt()(fd, level, name, val, lenp);
+}
+
+int getsockname(int fd, struct sockaddr *addr, socklen_t *lenp)
+{
+	if (kind(fd) == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		return (int)ret_after(xdgo_sockname(fd, 0, (uintptr_t)addr, (uintptr_t)lenp, &err), &err);
+	}
+	return get_getsockname()(fd, addr, lenp);
+}
+
+int getpeername(int fd, struct sockaddr *addr, socklen_t *lenp)
+{
+	if (kind(fd) == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		return (int)ret_after(xdgo_sockname(fd, 1, (uintptr_t)addr, (uintptr_t)lenp, &err), &err);
+	}
+	return get_getpeername()(fd, addr, lenp);
+}
+
+int shutdown(int fd, int how)
+{
+	if (kind(fd) == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		return (int)ret_after(xdgo_shutdown(fd, how, &err), &err);
+	}
+	return get_shutdown()(fd, how);
+}
+
+// ---- readiness ----
+
+// A pointer into the first page is certainly bad: libc's function gets
+// it, and the kernel says EFAULT.
+static inline int bad_ptr(const void *p) { return (uintptr_t)p < 4096; }
+
+static int any_emu(const struct pollfd *fds, nfds_t n)
+{
+	if (!active() || bad_ptr(fds))
+		return 0;
+	// Reading fds[] here is what libc's poll would do before the
+	// kernel's copy: an array at another bad address crashes here
+	// instead of failing EFAULT. Only the fd field is read.
+	for (nfds_t i = 0; i < n; i++)
+		if (xd_get_kind(fds[i].fd) == XD_EMU)
+			return 1;
+	return 0;
+}
+
+static long long ts_ns(const struct timespec *ts)
+{
+	if (!ts)
+		return -1;
+	return (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec;
+}
+
+int poll(struct pollfd *fds, nfds_t n, int timeout)
+{
+	if (any_emu(fds, n)) {
+		int err = 0;
+		long long ns = timeout < 0 ? -1 : (long long)timeout * 1000000LL;
+		return (int)ret_after(xdgo_poll((uintptr_t)fds, n, ns, 0, &err), &err);
+	}
+	return get_poll()(fds, n, timeout);
+}
+
+int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask)
+{
+	if (any_emu(fds, n)) {
+		int err = 0;
+		return (int)ret_after(xdgo_poll((uintptr_t)fds, n, ts_ns(ts), (uintptr_t)mask, &err), &err);
+	}
+	return get_ppoll()(fds, n, ts, mask);
+}
+
+int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen) { return poll(fds, n, timeout); }
+
+// select_emu runs select over poll when an emulated socket is in a set.
+static int select_emu(int nfds, fd_set *r, fd_set *w, fd_set *e, long long ns, const sigset_t *mask, int *handled)
+{
+	*handled = 0;
+	if (!active() || nfds <= 0 || nfds > FD_SETSIZE || (r && bad_ptr(r)) || (w && bad_ptr(w)) || (e && bad_ptr(e)))
+		return 0;
+	int found = 0;
+	for (int fd = 0; fd < nfds && !found; fd++)
+		if (((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)) || (e && FD_ISSET(fd, e))) &&
+		    xd_get_kind(fd) == XD_EMU)
+			found = 1;
+	if (!found)
+		return 0;
+	*handled = 1;
+	struct pollfd pfd[FD_SETSIZE];
+	nfds_t n = 0;
+	for (int fd = 0; fd < nfds; fd++) {
+		short ev = 0;
+		if (r && FD_ISSET(fd, r))
+			ev |= POLLIN;
+		if (w && FD_ISSET(fd, w))
+			ev |= POLLOUT;
+		if (e && FD_ISSET(fd, e))
+			ev |= POLLPRI;
+		if (ev)
+			pfd[n++] = (struct pollfd){.fd = fd, .events = ev};
+	}
+	int err = 0;
+	int rc = xdgo_poll((uintptr_t)pfd, n, ns, (uintptr_t)mask, &err);
+	if (rc < 0) {
+		errno = err;
+		return -1;
+	}
+	if (r)
+		FD_ZERO(r);
+	if (w)
+		FD_ZERO(w);
+	if (e)
+		FD_ZERO(e);
+	int count = 0;
+	for (nfds_t i = 0; i < n; i++) {
+		short re = pfd[i].revents;
+		if (re & POLLNVAL) {
+			errno = EBADF;
+			return -1;
+		}
+		if ((pfd[i].events & POLLIN) && (re & (POLLIN | POLLHUP | POLLERR))) {
+			FD_SET(pfd[i].fd, r);
+			count++;
+		}
+		if ((pfd[i].events & POLLOUT) && (re & (POLLOUT | POLLERR))) {
+			FD_SET(pfd[i].fd, w);
+			count++;
+		}
+		if ((pfd[i].events & POLLPRI) && (re & POLLPRI)) {
+			FD_SET(pfd[i].fd, e);
+			count++;
+		}
+	}
+	return count;
+}
+
+int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv)
+{
+	int handled;
+	long long ns = tv ? (long long)tv->tv_sec * 1000000000LL + (long long)tv->tv_usec * 1000LL : -1;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	int rc = select_emu(nfds, r, w, e, ns, NULL, &handled);
+	if (!handled)
+		return get_select()(nfds, r, w, e, tv);
+	if (tv && rc >= 0) { // Linux select leaves the time not slept in tv
+		struct timespec t1;
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		long long left = ns - ((long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
+		if (left < 0 || rc == 0)
+			left = 0;
+		tv->tv_sec = left / 1000000000LL;
+		tv->tv_usec = (left % 1000000000LL) / 1000;
+	}
+	return rc;
+}
+
+int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct timespec *ts, const sigset_t *mask)
+{
+	int handled;
+	int rc = select_emu(nfds, r, w, e, ts_ns(ts), mask, &handled);
+	if (!handled)
+		return get_pselect()(nfds, r, w, e, ts, mask);
+	return rc;
+}
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	if (kind(fd) == XD_EMU) {
+		if (refuse(fd))
+			return -1;
+		int err = 0;
+		int r = xdgo_epoll_ctl(epfd, op, fd, (uintptr_t)ev, &err);
+		if (r != XD_PASS)
+			return (int)ret(r, err);
+	}
+	return get_epoll_ctl()(epfd, op, fd, ev);
+}
+
+int epoll_wait(int epfd, struct epoll_event *evs, int max, int timeout)
+{
+	if (kind(epfd) == XD_EPOLL) {
+		int err = 0;
+		long long ns = timeout < 0 ? -1 : (long long)timeout * 1000000LL;
+		return (int)ret_after(xdgo_epoll_wait(epfd, (uintptr_t)evs, max, ns, 0, &err), &err);
+	}
+	return get_epoll_wait()(epfd, evs, max, timeout);
+}
+
+int epoll_pwait(int epfd, struct epoll_event *evs, int max, int timeout, const sigset_t *mask)
+{
+	if (kind(epfd) == XD_EPOLL) {
+		int err = 0;
+		long long ns = timeout < 0 ? -1 : (long long)timeout * 1000000LL;
+		return (int)ret_after(xdgo_epoll_wait(epfd, (uintptr_t)evs, max, ns, (uintptr_t)mask, &err), &err);
+	}
+	return get_epoll_pwait()(epfd, evs, max, timeout, mask);
+}
+
+// ---- ethtool through the shell ----
+
+// popen'd streams the library answered itself, with their exit status.
+#define XD_POPENS 16
+static struct {
+	FILE *f;
+	int status;
+} popens[XD_POPENS];
+static pthread_mutex_t popens_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int maybe_ethtool(const char *cmd) { return active() && cmd && strstr(cmd, "ethtool"); }
+
+int system(const char *cmd)
+{
+	if (maybe_ethtool(cmd)) {
+		int status = 0;
+		if (xdgo_system((char *)cmd, &status))
+			return status;
+	}
+	return get_system()(cmd);
+}
+
+FILE *popen(const char *cmd, const char *type)
+{
+	if (maybe_ethtool(cmd) && type && type[0] == 'r') {
+		int status = 0;
+		int fd = xdgo_popen((char *)cmd, &status);
+		if (fd >= 0) {
+			FILE *f = fdopen(fd, strchr(type, 'e') ? "re" : "r");
+			if (!f) {
+				int e = errno;
+				get_close()(fd);
+				errno = e;
+				return NULL;
+			}
+			int stored = 0;
+			pthread_mutex_lock(&popens_mu);
+			for (int i = 0; i < XD_POPENS && !stored; i++)
+				if (!popens[i].f) {
+					popens[i].f = f;
+					popens[i].status = status;
+					stored = 1;
+				}
+			pthread_mutex_unlock(&popens_mu);
+			if (stored)
+				return f;
+			fclose(f); // table full: run the command for real
+		}
+	}
+	return get_popen()(cmd, type);
+}
+
+int pclose(FILE *f)
+{
+	int found = 0, status = 0;
+	pthread_mutex_lock(&popens_mu);
+	for (int i = 0; i < XD_POPENS; i++)
+		if (f && popens[i].f == f) {
+			popens[i].f = NULL;
+			status = popens[i].status;
+			found = 1;
+			break;
+		}
+	pthread_mutex_unlock(&popens_mu);
+	if (!found)
+		return get_pclose()(f);
+	fclose(f);
+	return status;
+}

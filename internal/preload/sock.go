@@ -1,0 +1,811 @@
+package preload
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xdevmem/xdevmem/devmemapi"
+	"github.com/xdevmem/xdevmem/stack"
+)
+
+// Emulated TCP sockets. A program's TCP socket becomes emulated when it
+// binds to an address of an emulated NIC whose stack runs (a dmabuf is
+// bound), binds to the unspecified address after SO_BINDTODEVICE to such a
+// NIC, or connects through such a NIC. Until then it is the kernel's, and
+// it stays so otherwise.
+//
+// # The fd
+//
+// The program's fd is kept but made to name one end (A) of a socketpair;
+// the library holds A and the other end (B). Every socket call on the fd
+// is served by the stack. A and B exist so that poll, select and epoll —
+// which the kernel runs on the fd — see the emulated socket's readiness:
+// while a program polls the socket (it has been passed to poll, select or
+// epoll_ctl), one byte waits in A when the socket is readable (or has an
+// error), A's send buffer is full when it is not writable, and shutting B
+// down shows end of stream (POLLRDHUP) and hang-up. POLLERR, which a
+// socketpair cannot show, and the exact bits are put in by the library's
+// poll, select and epoll_wait, which also drop the wake-ups the byte
+// causes when only POLLERR was due.
+
+// Socket states.
+const (
+	stBound = iota
+	stConnecting
+	stListening
+	stConnected
+	stClosed
+)
+
+// esock is an emulated TCP socket.
+type esock struct {
+	refs
+	l     *Lib
+	n     *nic
+	st    *stack.Stack
+	fam   int // AF_INET or AF_INET6: the program's view
+	a, b  int // the library's ends of the socketpair (A is the program's)
+	dirty atomic.Bool
+
+	mu       sync.Mutex
+	state    int
+	nonblock bool
+	local    netip.AddrPort // as bound (unmapped)
+	ln       *stack.Listener
+	conn     *stack.Conn
+	tx       *stack.TXConn
+	soErr    error // SO_ERROR: a failed connect
+	opts     map[optKey]int32
+	bindDev  string
+	armed    bool // polled: A mirrors the readiness
+	rsig     bool // a byte waits in A
+	wfull    bool // A's send buffer is full
+	rdhup    bool // B shut down for writing
+	hup      bool // B shut down both ways
+	rbuf     []byte
+	obuf     []byte
+	toks     []devmemapi.DmabufToken
+}
+
+type optKey struct{ level, name int32 }
+
+// Option numbers not in x/sys/unix.
+const (
+	soDevmemDontneed    = devmemapi.SO_DEVMEM_DONTNEED
+	soDevmemAutorelease = devmemapi.SO_DEVMEM_AUTORELEASE
+)
+
+func (e *esock) release() {
+	if !e.drop() {
+		return
+	}
+	e.mu.Lock()
+	ln, conn, tx := e.ln, e.conn, e.tx
+	e.state = stClosed
+	e.ln, e.conn, e.tx = nil, nil, nil
+	e.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	if conn != nil {
+		conn.Close()
+	}
+	if tx != nil {
+		tx.Close()
+	}
+	unix.Close(e.a)
+	unix.Close(e.b)
+	e.l.mu.Lock()
+	if e.n.st == e.st {
+		e.n.socks--
+		e.l.maybeRelease(e.n)
+	}
+	e.l.mu.Unlock()
+}
+
+// newProxy makes the socketpair; A's send buffer is as small as the
+// kernel allows, so that filling it takes one write.
+func newProxy() (a, b int, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return -1, -1, err
+	}
+	unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 1)
+	return fds[0], fds[1], nil
+}
+
+// stackFor returns the NIC whose running stack has addr (or, for the
+// unspecified address, the NIC named by dev). l.mu must be held.
+func (l *Lib) stackFor(addr netip.Addr, dev string) *nic {
+	addr = addr.Unmap()
+	for _, n := range l.nics {
+		if n.st == nil {
+			continue
+		}
+		if addr.IsUnspecified() {
+			if dev != "" && dev == n.name {
+				return n
+			}
+			continue
+		}
+		for _, p := range n.st.Addrs() {
+			if p.Addr() == addr {
+				return n
+			}
+		}
+	}
+	return nil
+}
+
+// routeFor returns the NIC whose running stack reaches dst on-link, or
+// the one named by dev. l.mu must be held.
+func (l *Lib) routeFor(dst netip.Addr, dev string) *nic {
+	dst = dst.Unmap()
+	for _, n := range l.nics {
+		if n.st == nil {
+			continue
+		}
+		if dev != "" {
+			if dev == n.name {
+				return n
+			}
+			continue
+		}
+		for _, p := range n.st.Addrs() {
+			if p.Masked().Contains(dst) && p.Addr() != dst {
+				return n
+			}
+		}
+	}
+	return nil
+}
+
+// kernelSockInfo reads what the emulation keeps of a kernel socket.
+func kernelSockInfo(fd int) (fam int, dev string, err error) {
+	fam, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return 0, "", err
+	}
+	dev, _ = unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE)
+	return fam, dev, nil
+}
+
+// adopt turns the kernel TCP socket fd into an emulated socket on n: its
+// options come along, and the fd is made to name A. l.mu must be held.
+func (l *Lib) adopt(fd int, n *nic, fam int, dev string) (*esock, error) {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return nil, err
+	}
+	fdfl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	e := &esock{l: l, n: n, st: n.st, fam: fam, nonblock: fl&unix.O_NONBLOCK != 0, bindDev: dev, opts: map[optKey]int32{}}
+	for _, o := range []struct{ level, name int }{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {unix.SOL_SOCKET, unix.SO_REUSEPORT}, {unix.SOL_SOCKET, unix.SO_ZEROCOPY},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE}, {unix.SOL_SOCKET, unix.SO_RCVBUF}, {unix.SOL_SOCKET, unix.SO_SNDBUF},
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY},
+	} {
+		if v, err := unix.GetsockoptInt(fd, o.level, o.name); err == nil {
+			e.opts[optKey{int32(o.level), int32(o.name)}] = int32(v)
+		}
+	}
+	if fam == unix.AF_INET6 {
+		if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err == nil {
+			e.opts[optKey{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY}] = int32(v)
+		}
+	}
+	a, b, err := newProxy()
+	if err != nil {
+		return nil, err
+	}
+	flags := 0
+	if fdfl&unix.FD_CLOEXEC != 0 {
+		flags = unix.O_CLOEXEC
+	}
+	if err := unix.Dup3(a, fd, flags); err != nil {
+		unix.Close(a)
+		unix.Close(b)
+		return nil, err
+	}
+	e.a, e.b = a, b
+	n.socks++
+	l.install(fd, KindEmu, e)
+	return e, nil
+}
+
+// Bind is bind(2) on a kernel TCP socket (which it may emulate) or an
+// emulated one.
+func (l *Lib) Bind(fd int, sap UPtr, salen uint32) (int, error) {
+	if e, ok := l.get(fd, KindEmu).(*esock); ok {
+		if _, err := sockaddr(e.fam, sap, salen); err != nil {
+			return -1, err
+		}
+		return -1, unix.EINVAL // bound already
+	}
+	fam, dev, err := kernelSockInfo(fd)
+	if err != nil {
+		return Pass, nil
+	}
+	ap, err := sockaddr(fam, sap, salen)
+	if err != nil || !ap.IsValid() {
+		return Pass, nil // the kernel gives the errno
+	}
+	if fam == unix.AF_INET6 && ap.Addr().Is4In6() {
+		if v6only, _ := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); v6only != 0 {
+			return Pass, nil
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := l.stackFor(ap.Addr(), dev)
+	if n == nil {
+		return Pass, nil
+	}
+	e, err := l.adopt(fd, n, fam, dev)
+	if err != nil {
+		return -1, err
+	}
+	e.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	l.logf("bind(%d, %v) emulated on %s", fd, ap, n.name)
+	return 0, nil
+}
+
+// Connect is connect(2) on a kernel TCP socket (emulated when it goes
+// through an emulated NIC) or an emulated one.
+func (l *Lib) Connect(fd int, sap UPtr, salen uint32) (int, error) {
+	e, ok := l.get(fd, KindEmu).(*esock)
+	if !ok {
+		fam, dev, err := kernelSockInfo(fd)
+		if err != nil {
+			return Pass, nil
+		}
+		ap, err := sockaddr(fam, sap, salen)
+		if err != nil || !ap.IsValid() {
+			return Pass, nil
+		}
+		l.mu.Lock()
+		n := l.routeFor(ap.Addr(), dev)
+		if n == nil {
+			l.mu.Unlock()
+			return Pass, nil
+		}
+		e, err = l.adopt(fd, n, fam, dev)
+		l.mu.Unlock()
+		if err != nil {
+			return -1, err
+		}
+		l.logf("connect(%d, %v) emulated on %s", fd, ap, n.name)
+	}
+	ap, err := sockaddr(e.fam, sap, salen)
+	if err != nil {
+		return -1, err
+	}
+	e.mu.Lock()
+	switch e.state {
+	case stConnecting:
+		e.mu.Unlock()
+		return -1, unix.EALREADY
+	case stConnected:
+		e.mu.Unlock()
+		return -1, unix.EISCONN
+	case stListening, stClosed:
+		e.mu.Unlock()
+		return -1, unix.EINVAL
+	}
+	if !ap.IsValid() {
+		e.mu.Unlock()
+		return -1, unix.EAFNOSUPPORT
+	}
+	dst := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	e.state = stConnecting
+	e.soErr = nil
+	nonblock := e.nonblock
+	e.mu.Unlock()
+	dial := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		c, err := e.st.Dial(ctx, dst)
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if err != nil {
+			e.state = stBound
+			e.soErr = err
+			if errors.Is(err, context.DeadlineExceeded) {
+				e.soErr = unix.ETIMEDOUT
+			}
+			e.syncLocked()
+			return e.soErr
+		}
+		if e.state == stClosed {
+			c.Close()
+			return unix.EBADF
+		}
+		e.tx = c.(*stack.TXConn)
+		if v := e.opts[optKey{unix.SOL_SOCKET, unix.SO_ZEROCOPY}]; v != 0 {
+			e.tx.SetZeroCopy(true)
+		}
+		e.state = stConnected
+		if e.armed {
+			e.tx.SetNotify(e.notify)
+		}
+		e.syncLocked()
+		return nil
+	}
+	if nonblock {
+		go dial()
+		return -1, unix.EINPROGRESS
+	}
+	if err := dial(); err != nil {
+		e.mu.Lock()
+		e.soErr = nil // reported here, not again by SO_ERROR
+		e.mu.Unlock()
+		return -1, err
+	}
+	return 0, nil
+}
+
+// Listen is listen(2) on an emulated socket.
+func (l *Lib) Listen(fd, backlog int) (int, error) {
+	e, ok := l.get(fd, KindEmu).(*esock)
+	if !ok {
+		return -1, unix.EBADF
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch e.state {
+	case stListening:
+		return 0, nil
+	case stBound:
+	default:
+		return -1, unix.EINVAL
+	}
+	ln, err := e.st.Listen(e.local)
+	if err != nil {
+		return -1, err
+	}
+	e.ln = ln.(*stack.Listener)
+	e.state = stListening
+	if la, ok := e.ln.Addr().(*net.TCPAddr); ok {
+		e.local = netip.AddrPortFrom(e.local.Addr(), uint16(la.Port))
+	}
+	if e.armed {
+		e.ln.SetNotify(e.notify)
+	}
+	e.syncLocked()
+	l.logf("listen(%d) on %v", fd, e.local)
+	return 0, nil
+}
+
+// Accept is accept4(2) on an emulated socket.
+func (l *Lib) Accept(fd int, sap, lenp UPtr, flags int) (int, error) {
+	e, ok := l.get(fd, KindEmu).(*esock)
+	if !ok {
+		return -1, unix.EBADF
+	}
+	if flags&^(unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC) != 0 {
+		return -1, unix.EINVAL
+	}
+	if sap != 0 {
+		if _, err := ReadU32(lenp); err != nil {
+			return -1, err
+		}
+	}
+	e.mu.Lock()
+	ln, nonblock := e.ln, e.nonblock
+	e.mu.Unlock()
+	if ln == nil {
+		return -1, unix.EINVAL
+	}
+	var c devmemapi.Conn
+	var err error
+	if nonblock {
+		c, err = ln.TryAccept()
+	} else {
+		c, err = ln.Accept()
+	}
+	e.mu.Lock()
+	e.syncLocked()
+	e.mu.Unlock()
+	if err != nil {
+		return -1, err
+	}
+	conn := c.(*stack.Conn)
+	ne := &esock{l: l, n: e.n, st: e.st, fam: e.fam, state: stConnected, conn: conn,
+		nonblock: flags&unix.SOCK_NONBLOCK != 0, opts: map[optKey]int32{}, bindDev: e.bindDev}
+	e.mu.Lock()
+	for k, v := range e.opts {
+		ne.opts[k] = v
+	}
+	e.mu.Unlock()
+	if la, ok := conn.LocalAddr().(*net.TCPAddr); ok {
+		ne.local = la.AddrPort()
+		ne.local = netip.AddrPortFrom(ne.local.Addr().Unmap(), ne.local.Port())
+	}
+	a, b, err := newProxy()
+	if err != nil {
+		conn.Close()
+		return -1, err
+	}
+	cl := unix.F_DUPFD
+	if flags&unix.SOCK_CLOEXEC != 0 {
+		cl = unix.F_DUPFD_CLOEXEC
+	}
+	nfd, err := unix.FcntlInt(uintptr(a), cl, 0)
+	if err != nil || nfd >= MaxFD {
+		if err == nil {
+			unix.Close(nfd)
+			err = unix.EMFILE
+		}
+		unix.Close(a)
+		unix.Close(b)
+		conn.Close()
+		return -1, err
+	}
+	ne.a, ne.b = a, b
+	if sap != 0 {
+		if err := putSockaddr(sap, lenp, encodeSockaddr(ne.fam, ne.peer())); err != nil {
+			unix.Close(nfd)
+			unix.Close(a)
+			unix.Close(b)
+			conn.Close()
+			return -1, err
+		}
+	}
+	l.mu.Lock()
+	if e.n.st == e.st {
+		e.n.socks++
+	}
+	l.mu.Unlock()
+	l.install(nfd, KindEmu, ne)
+	l.logf("accept(%d) = %d from %v", fd, nfd, ne.peer())
+	return nfd, nil
+}
+
+// peer is the connected peer's address.
+func (e *esock) peer() netip.AddrPort {
+	switch {
+	case e.conn != nil:
+		return tcpAddrPort(e.conn.RemoteAddr())
+	case e.tx != nil:
+		return tcpAddrPort(e.tx.RemoteAddr())
+	}
+	return netip.AddrPort{}
+}
+
+// Recv is recvmsg(2) and its variants (recv, recvfrom, read, readv) on
+// an emulated or netlink socket. msgp is the program's msghdr, or one the
+// C side built; namelenp is recvfrom's address length.
+func (l *Lib) Recv(fd int, msgp UPtr, flags int, namelenp UPtr) (int, error) {
+	m, err := ReadMsghdr(msgp)
+	if err != nil {
+		return -1, err
+	}
+	if namelenp != 0 && m.Name != 0 {
+		nl, err := ReadU32(namelenp)
+		if err != nil {
+			return -1, err
+		}
+		m.Namelen = nl
+	}
+	var iovs [8]Iovec
+	iov, total, err := ReadIovecs(m.Iov, m.Iovlen, iovs[:0])
+	if err != nil {
+		return -1, err
+	}
+	if g := l.get(fd, KindGenl); g != nil {
+		return l.genlRecv(fd, m, msgp, iov, flags, namelenp)
+	}
+	e, ok := l.get(fd, KindEmu).(*esock)
+	if !ok {
+		return Pass, nil
+	}
+	n, err := e.recv(m, msgp, iov, total, flags)
+	if err == nil && namelenp != 0 && m.Name != 0 {
+		if err := WriteU32(namelenp, 0); err != nil {
+			return -1, err
+		}
+	}
+	return n, err
+}
+
+// recvBuffers returns scratch buffers for a receive of up to total bytes
+// and controllen bytes of control messages.
+func (e *esock) recvBuffers(total int, controllen uint64) ([]byte, []byte) {
+	const maxData, maxCtrl = 4 << 20, 1 << 20
+	want := min(total, maxData)
+	if cap(e.rbuf) < want {
+		e.rbuf = make([]byte, want)
+	}
+	c := int(min(controllen, maxCtrl))
+	if cap(e.obuf) < c {
+		e.obuf = make([]byte, c)
+	}
+	return e.rbuf[:want], e.obuf[:c]
+}
+
+func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int) (int, error) {
+	e.mu.Lock()
+	state, conn, tx := e.state, e.conn, e.tx
+	dontwait := e.nonblock || flags&unix.MSG_DONTWAIT != 0
+	e.mu.Unlock()
+	if flags&unix.MSG_ERRQUEUE != 0 {
+		return e.recvErrQueue(m, msgp, flags)
+	}
+	if flags&(unix.MSG_PEEK|unix.MSG_OOB|unix.MSG_TRUNC) != 0 && state == stConnected {
+		return -1, unix.EOPNOTSUPP // not emulated
+	}
+	if state != stConnected {
+		return -1, unix.ENOTCONN
+	}
+	if err := probe(m.Control, int(min(m.Controllen, 1<<20))); err != nil {
+		return -1, err
+	}
+	if err := probeIov(iov); err != nil {
+		return -1, err
+	}
+	rflags := flags & devmemapi.MSG_SOCK_DEVMEM
+	if dontwait {
+		rflags |= unix.MSG_DONTWAIT
+	}
+	var n, oobn int
+	var err error
+	var mflags int32
+	// The buffers are the socket's: receives on one socket are
+	// serialized here (the stack serializes them anyway).
+	e.mu.Lock()
+	p, oob := e.recvBuffers(total, m.Controllen)
+	e.mu.Unlock()
+	switch {
+	case conn != nil:
+		n, oobn, err = conn.RecvMsg(p, oob, rflags)
+	case tx != nil:
+		n, err = tx.ReadFlags(p, rflags)
+	}
+	if e.isArmed() {
+		e.mu.Lock()
+		e.syncLocked()
+		e.mu.Unlock()
+	}
+	if err != nil {
+		if errors.Is(err, devmemapi.ErrClosed) {
+			return -1, unix.EBADF
+		}
+		return -1, err
+	}
+	copied := oobn == 0 || binary.NativeEndian.Uint32(oob[12:]) != devmemapi.SCM_DEVMEM_DMABUF
+	if copied && n > 0 {
+		if err := scatter(iov, p[:n]); err != nil {
+			return -1, err
+		}
+	}
+	if oobn > 0 {
+		if err := CopyOut(m.Control, oob[:oobn]); err != nil {
+			e.dropTokens(conn, oob[:oobn])
+			return -1, err
+		}
+	}
+	if msgp != 0 {
+		if m.Name != 0 {
+			if err := WriteU32(msgp.Add(offNamelen), 0); err != nil {
+				return -1, err
+			}
+		}
+		var cl [8]byte
+		binary.NativeEndian.PutUint64(cl[:], uint64(oobn))
+		if err := CopyOut(msgp.Add(offControllen), cl[:]); err != nil {
+			return -1, err
+		}
+		if err := WriteU32(msgp.Add(offMsgFlags), uint32(mflags)); err != nil {
+			return -1, err
+		}
+	}
+	return n, nil
+}
+
+// dropTokens gives back the tokens of fragments the program never saw
+// (its control buffer faulted), as the kernel erases them.
+func (e *esock) dropTokens(conn *stack.Conn, oob []byte) {
+	if conn == nil {
+		return
+	}
+	frags, _ := devmemapi.AppendFrags(nil, oob)
+	var toks []devmemapi.DmabufToken
+	for _, f := range frags {
+		if !f.Linear {
+			toks = append(toks, devmemapi.DmabufToken{TokenStart: f.FragToken, TokenCount: 1})
+		}
+	}
+	for len(toks) > 0 {
+		k := min(len(toks), devmemapi.MaxDontNeedTokens)
+		conn.DontNeed(toks[:k])
+		toks = toks[k:]
+	}
+}
+
+// recvErrQueue is recvmsg(MSG_ERRQUEUE): zerocopy completions of a
+// devmem sending socket; EAGAIN when there are none (always, on a
+// receiving one).
+func (e *esock) recvErrQueue(m Msghdr, msgp UPtr, flags int) (int, error) {
+	e.mu.Lock()
+	tx := e.tx
+	e.mu.Unlock()
+	if tx == nil {
+		return -1, unix.EAGAIN
+	}
+	oob := make([]byte, min(m.Controllen, 4096))
+	var oobn, rflags int
+	var err error
+	if e.fam == unix.AF_INET6 {
+		oobn, rflags, err = recvErrQueue6(tx, oob)
+	} else {
+		oobn, rflags, err = tx.RecvErrQueue(oob, 0)
+	}
+	if e.isArmed() {
+		e.mu.Lock()
+		e.syncLocked()
+		e.mu.Unlock()
+	}
+	if err != nil {
+		return -1, err
+	}
+	if err := CopyOut(m.Control, oob[:oobn]); err != nil {
+		return -1, err
+	}
+	if msgp != 0 {
+		var cl [8]byte
+		binary.NativeEndian.PutUint64(cl[:], uint64(oobn))
+		if err := CopyOut(msgp.Add(offControllen), cl[:]); err != nil {
+			return -1, err
+		}
+		if err := WriteU32(msgp.Add(offMsgFlags), uint32(rflags)); err != nil {
+			return -1, err
+		}
+	}
+	return 0, nil
+}
+
+// recvErrQueue6 is RecvErrQueue for an AF_INET6 socket, whose completions
+// the kernel's ipv6_recv_error reports as SOL_IPV6 / IPV6_RECVERR with a
+// zeroed sockaddr_in6 behind the sock_extended_err.
+func recvErrQueue6(tx *stack.TXConn, oob []byte) (int, int, error) {
+	var v4 [devmemapi.CmsgSpaceZerocopy]byte
+	_, rflags, err := tx.RecvErrQueue(v4[:], 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	const hdr, ee, sin6 = 16, 16, 28
+	var b [hdr + ee + sin6 + 4]byte // CMSG_SPACE(44) = 64
+	binary.NativeEndian.PutUint64(b[0:], hdr+ee+sin6)
+	binary.NativeEndian.PutUint32(b[8:], unix.SOL_IPV6)
+	binary.NativeEndian.PutUint32(b[12:], unix.IPV6_RECVERR)
+	copy(b[hdr:hdr+ee], v4[hdr:hdr+ee])
+	if len(oob) < hdr {
+		return 0, rflags | unix.MSG_CTRUNC, nil
+	}
+	if len(oob) < len(b) {
+		binary.NativeEndian.PutUint64(b[0:], uint64(len(oob)))
+		return copy(oob, b[:]), rflags | unix.MSG_CTRUNC, nil
+	}
+	return copy(oob, b[:]), rflags, nil
+}
+
+// Send is sendmsg(2) and its variants on an emulated or netlink socket.
+func (l *Lib) Send(fd int, msgp UPtr, flags int) (int, error) {
+	m, err := ReadMsghdr(msgp)
+	if err != nil {
+		return -1, err
+	}
+	var iovs [8]Iovec
+	iov, total, err := ReadIovecs(m.Iov, m.Iovlen, iovs[:0])
+	if err != nil {
+		return -1, err
+	}
+	if e, ok := l.get(fd, KindEmu).(*esock); ok {
+		return e.send(m, iov, total, flags)
+	}
+	return l.genlSend(fd, m, iov, total, flags)
+}
+
+func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
+	e.mu.Lock()
+	state, conn, tx := e.state, e.conn, e.tx
+	dontwait := e.nonblock || flags&unix.MSG_DONTWAIT != 0
+	e.mu.Unlock()
+	if m.Controllen > 1<<20 {
+		return -1, unix.ENOBUFS
+	}
+	oob := make([]byte, m.Controllen)
+	if err := CopyIn(oob, m.Control); err != nil {
+		return -1, err
+	}
+	if state == stConnecting {
+		return -1, unix.EAGAIN
+	}
+	if state != stConnected {
+		return -1, unix.EPIPE
+	}
+	sflags := flags & devmemapi.MSG_ZEROCOPY
+	if dontwait {
+		sflags |= unix.MSG_DONTWAIT
+	}
+	var n int
+	var err error
+	_, hasID, _ := devmemapi.ParseDmabufTxCmsg(oob)
+	switch {
+	case tx != nil && (hasID || len(oob) > 0):
+		// iov_base is an offset into the dmabuf, not an address.
+		dv := make([]devmemapi.Iovec, len(iov))
+		for i, v := range iov {
+			dv[i] = devmemapi.Iovec{Base: uint64(v.Base), Len: v.Len}
+		}
+		n, err = tx.SendMsg(dv, oob, sflags)
+	case tx != nil:
+		err = unix.EOPNOTSUPP // plain sends on a devmem TX socket: not emulated
+	case hasID:
+		err = unix.EOPNOTSUPP // devmem TX on an accepted socket: not emulated
+	default:
+		buf := make([]byte, total)
+		if err := gather(buf, iov); err != nil {
+			return -1, err
+		}
+		n, err = conn.Send(buf, sflags)
+	}
+	if e.isArmed() {
+		e.mu.Lock()
+		e.syncLocked()
+		e.mu.Unlock()
+	}
+	if err != nil {
+		if errors.Is(err, devmemapi.ErrClosed) {
+			return -1, unix.EBADF
+		}
+		return -1, err
+	}
+	return n, nil
+}
+
+// Mmsg is recvmmsg(2) and sendmmsg(2): one call per message, stopping at
+// the first error (reported only when no message went through).
+func (l *Lib) Mmsg(fd int, vec UPtr, n uint32, flags int, send bool) (int, error) {
+	if n > maxIov {
+		n = maxIov
+	}
+	done := 0
+	for i := 0; i < int(n); i++ {
+		h := vec.Add(i * sizeofMmsghdr)
+		var r int
+		var err error
+		if send {
+			r, err = l.Send(fd, h, flags)
+		} else {
+			r, err = l.Recv(fd, h, flags, 0)
+		}
+		if r == Pass {
+			err = unix.EOPNOTSUPP
+		}
+		if err != nil {
+			if done == 0 {
+				return -1, err
+			}
+			return done, nil
+		}
+		if err := WriteU32(h.Add(offMmsgLen), uint32(r)); err != nil {
+			if done == 0 {
+				return -1, err
+			}
+			return done, nil
+		}
+		done++
+		if !send && flags&unix.MSG_WAITFORONE != 0 {
+			flags |= unix.MSG_DONTWAIT
+		}
+	}
+	return done, nil
+}

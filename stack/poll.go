@@ -1,0 +1,237 @@
+package stack
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/xdevmem/xdevmem/devmemapi"
+)
+
+// What a C program's poll, select and epoll see of the stack's sockets
+// (libxdevmem emulates them with these): each socket reports its readiness
+// as poll(2) bits and calls a function when the readiness may have changed.
+// Non-blocking variants of the blocking calls complete the picture.
+
+// Readiness bits, as poll(2) has them (and gVisor's waiter.EventMask).
+const (
+	PollIn    = uint32(unix.POLLIN)
+	PollOut   = uint32(unix.POLLOUT)
+	PollErr   = uint32(unix.POLLERR)
+	PollHUp   = uint32(unix.POLLHUP)
+	PollRdHUp = uint32(unix.POLLRDHUP)
+)
+
+// pollMask keeps the bits poll callers see.
+func pollMask(m waiter.EventMask) uint32 {
+	return uint32(m) & (PollIn | PollOut | PollErr | PollHUp | PollRdHUp)
+}
+
+// notifyEntry registers fn on wq for every event; it returns the entry to
+// unregister. fn runs on the stack's goroutines, with gVisor's locks held:
+// it must not block or call the socket.
+func notifyEntry(wq *waiter.Queue, fn func()) *waiter.Entry {
+	e := waiter.NewFunctionEntry(waiter.AllEvents, func(waiter.EventMask) { fn() })
+	wq.EventRegister(&e)
+	return &e
+}
+
+// Readiness reports the listener's poll bits: PollIn while a connection
+// waits to be accepted.
+func (l *Listener) Readiness() uint32 {
+	var m uint32
+	for _, e := range l.eps {
+		m |= pollMask(e.ep.Readiness(waiter.ReadableEvents))
+	}
+	select {
+	case <-l.closed:
+		m |= PollHUp
+	default:
+	}
+	return m
+}
+
+// SetNotify makes fn run whenever a connection arrives (nil stops it). fn
+// must not block or call the listener.
+func (l *Listener) SetNotify(fn func()) {
+	l.notifyMu.Lock()
+	defer l.notifyMu.Unlock()
+	for i, e := range l.notify {
+		l.eps[i].wq.EventUnregister(e)
+	}
+	l.notify = nil
+	if fn == nil {
+		return
+	}
+	for _, e := range l.eps {
+		l.notify = append(l.notify, notifyEntry(&e.wq, fn))
+	}
+}
+
+// TryAccept is Accept without waiting: EAGAIN when no connection is
+// pending.
+func (l *Listener) TryAccept() (devmemapi.Conn, error) {
+	select {
+	case <-l.closed:
+		return nil, fmt.Errorf("accept: %w", devmemapi.ErrClosed)
+	default:
+	}
+	for _, e := range l.eps {
+		var ra tcpip.FullAddress
+		ep, wq, terr := e.ep.Accept(&ra)
+		if terr == nil {
+			c, err := l.s.newConn(ep, wq, ra)
+			if err != nil {
+				ep.Close()
+				return nil, err
+			}
+			return c, nil
+		}
+		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+			return nil, fmt.Errorf("accept: %w", tcpipErr(terr))
+		}
+	}
+	return nil, fmt.Errorf("accept: %w", unix.EAGAIN)
+}
+
+// Readiness reports the connection's poll bits: PollIn when a receive
+// would not block (data, end of stream or an error), PollOut when a send
+// would not, PollRdHUp once the peer has closed its side, PollHUp when
+// both sides are closed, PollErr on a pending error.
+func (c *Conn) Readiness() uint32 {
+	return pollMask(c.ep.Readiness(waiter.AllEvents))
+}
+
+// SetNotify makes fn run whenever the connection's readiness may have
+// changed (nil stops it). fn must not block or call the connection.
+func (c *Conn) SetNotify(fn func()) {
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
+	if c.notify != nil {
+		c.wq.EventUnregister(c.notify)
+		c.notify = nil
+	}
+	if fn != nil {
+		c.notify = notifyEntry(c.wq, fn)
+	}
+}
+
+// Send writes ordinary bytes to the peer (send(2) on a devmem socket's
+// sending side, which is plain TCP). It blocks until all of p is queued,
+// unless flags has MSG_DONTWAIT: then it queues what fits, or fails
+// EAGAIN. A shut-down sending side is EPIPE.
+func (c *Conn) Send(p []byte, flags int) (int, error) {
+	total := 0
+	for total < len(p) {
+		n, terr := c.ep.Write(bytes.NewReader(p[total:]), tcpip.WriteOptions{})
+		total += int(n)
+		switch terr.(type) {
+		case nil:
+			continue
+		case *tcpip.ErrWouldBlock:
+		case *tcpip.ErrClosedForSend:
+			if total > 0 {
+				return total, nil
+			}
+			return 0, fmt.Errorf("send: %w", unix.EPIPE)
+		default:
+			if total > 0 {
+				return total, nil
+			}
+			return 0, fmt.Errorf("send: %w", tcpipErr(terr))
+		}
+		if flags&unix.MSG_DONTWAIT != 0 {
+			if total > 0 {
+				return total, nil
+			}
+			return 0, fmt.Errorf("send: %w", unix.EAGAIN)
+		}
+		if isClosed, _ := waitEvent(0, c.chOut, c.closed); isClosed {
+			return total, fmt.Errorf("send: %w", devmemapi.ErrClosed)
+		}
+	}
+	return total, nil
+}
+
+// Shutdown shuts down the receiving side (unix.SHUT_RD: later receives
+// return end of stream), the sending side (SHUT_WR: FIN after the queued
+// data) or both.
+func (c *Conn) Shutdown(how int) error {
+	var f tcpip.ShutdownFlags
+	switch how {
+	case unix.SHUT_RD:
+		f = tcpip.ShutdownRead
+	case unix.SHUT_WR:
+		f = tcpip.ShutdownWrite
+	case unix.SHUT_RDWR:
+		f = tcpip.ShutdownRead | tcpip.ShutdownWrite
+	default:
+		return fmt.Errorf("shutdown %d: %w", how, unix.EINVAL)
+	}
+	if terr := c.ep.Shutdown(f); terr != nil {
+		return fmt.Errorf("shutdown: %w", tcpipErr(terr))
+	}
+	return nil
+}
+
+// Readiness reports the connection's poll bits as Conn.Readiness does,
+// with PollErr also while zerocopy completions wait in the error queue
+// (as tcp_poll reports a non-empty sk_error_queue).
+func (c *TXConn) Readiness() uint32 {
+	m := pollMask(c.ep.Readiness(waiter.AllEvents))
+	c.mu.Lock()
+	if len(c.errq) > 0 {
+		m |= PollErr
+	}
+	c.mu.Unlock()
+	return m
+}
+
+// SetNotify makes fn run whenever the connection's readiness may have
+// changed, completions included (nil stops it). fn must not block or call
+// the connection.
+func (c *TXConn) SetNotify(fn func()) {
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
+	if c.notifyEntry != nil {
+		c.wq.EventUnregister(c.notifyEntry)
+		c.notifyEntry = nil
+	}
+	if fn != nil {
+		c.notifyEntry = notifyEntry(&c.wq, fn)
+		c.notifyFn.Store(&fn)
+	} else {
+		c.notifyFn.Store(nil)
+	}
+}
+
+// ReadFlags is Read with recv(2)'s MSG_DONTWAIT: without data it fails
+// EAGAIN instead of waiting. At end of stream it returns 0 and no error.
+func (c *TXConn) ReadFlags(p []byte, flags int) (int, error) {
+	if flags&unix.MSG_DONTWAIT == 0 {
+		n, err := c.Read(p)
+		if errors.Is(err, io.EOF) {
+			return 0, nil
+		}
+		return n, err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	w := tcpip.SliceWriter(p)
+	res, terr := c.ep.Read(&w, tcpip.ReadOptions{})
+	switch terr.(type) {
+	case nil:
+		return res.Count, nil
+	case *tcpip.ErrClosedForReceive:
+		return 0, nil
+	case *tcpip.ErrWouldBlock:
+		return 0, fmt.Errorf("read: %w", unix.EAGAIN)
+	}
+	return 0, fmt.Errorf("read: %w", tcpipErr(terr))
+}

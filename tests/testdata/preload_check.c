@@ -1,0 +1,431 @@
+// preload_check: what tests/preload_test.go runs under libxdevmem beside
+// the example (whose helpers it reuses): a table of bad calls on an
+// emulated devmem socket and, where the kernel can answer the same call, on
+// a kernel TCP socket; a program that leaks its tokens and exits; and the
+// cost of a recvmsg.
+//
+//   preload_check badinput IFACE ADDR PORT   # prints one "row" line per call
+//   preload_check leak IFACE ADDR PORT       # receives to EOF, returns no token
+//   preload_check threads IFACE ADDR PORT    # receives, releases and polls on three threads
+//   preload_check bench IFACE ADDR PORT N    # ns per recvmsg, emulated and kernel
+#define main example_main
+#include "../../examples/c/devmem_example.c"
+#undef main
+
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <time.h>
+
+static int emu, kern, dfd, udev;
+static char *dmem;
+
+// row prints a call's result on the emulated socket and on the kernel one
+// ("-" when the kernel has no equivalent here).
+static void row(const char *name, long e, int eerr, int kernel_too, long k, int kerr)
+{
+	printf("row %s emu=%ld/%d", name, e, e < 0 ? eerr : 0);
+	if (kernel_too)
+		printf(" kernel=%ld/%d", k, k < 0 ? kerr : 0);
+	printf("\n");
+}
+
+#define BOTH(name, call)                                     \
+	do {                                                 \
+		int fd = emu;                                \
+		errno = 0;                                   \
+		long e = (call);                             \
+		int ee = errno;                              \
+		fd = kern;                                   \
+		errno = 0;                                   \
+		long k = (call);                             \
+		row(name, e, ee, 1, k, errno);               \
+		(void)fd;                                    \
+	} while (0)
+
+#define EMU(name, call)                          \
+	do {                                     \
+		errno = 0;                       \
+		long e = (call);                 \
+		row(name, e, errno, 0, 0, 0);    \
+	} while (0)
+
+// setup binds a dmabuf to queue 1, listens on ADDR:PORT (emulated) and
+// 127.0.0.1:PORT (kernel), prints "ready" and accepts one connection on
+// each: the test's peer connects to the first, this program to the second.
+static void setup(const char *ifname, const char *addr, int port)
+{
+	char cmd[256];
+	dmem = dmabuf_alloc(&dfd);
+	snprintf(cmd, sizeof(cmd), "ethtool -X %s equal 1", ifname);
+	if (system(cmd))
+		error(1, 0, "%s", cmd);
+	snprintf(cmd, sizeof(cmd), "ethtool -N %s flow-type %s dst-port %d queue 1 >/dev/null", ifname,
+		 strchr(addr, ':') ? "tcp6" : "tcp4", port);
+	if (system(cmd))
+		error(1, 0, "%s", cmd);
+	bind_dmabuf(if_nametoindex(ifname), dfd, 1);
+	// AF_INET6 sockets, an IPv4 address v4-mapped, as ncdevmem does.
+	struct sockaddr_in6 sa;
+	char mapped[64];
+	snprintf(mapped, sizeof(mapped), strchr(addr, ':') ? "%s" : "::ffff:%s", addr);
+	int ls = tcp_socket(mapped, port, &sa);
+	if (bind(ls, (void *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0)
+		error(1, errno, "emulated listener");
+	int kls = tcp_socket("::ffff:127.0.0.1", port, &sa);
+	if (bind(kls, (void *)&sa, sizeof(sa)) < 0 || listen(kls, 1) < 0)
+		error(1, errno, "kernel listener");
+	int kc = tcp_socket("::ffff:127.0.0.1", port, &sa);
+	if (connect(kc, (void *)&sa, sizeof(sa)) < 0)
+		error(1, errno, "kernel connect");
+	printf("ready\n");
+	fflush(stdout);
+	emu = accept(ls, NULL, NULL);
+	kern = accept(kls, NULL, NULL);
+	if (emu < 0 || kern < 0)
+		error(1, errno, "accept");
+	static char buf[65536];
+	memset(buf, 1, sizeof(buf));
+	if (write(kc, buf, sizeof(buf)) != sizeof(buf))
+		error(1, errno, "kernel write");
+	for (int fd = emu;; fd = kern) { // wait for data on both
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 10000) != 1 || !(p.revents & POLLIN))
+			error(1, errno, "no data on fd %d", fd);
+		if (fd == kern)
+			break;
+	}
+}
+
+static int do_badinput(const char *ifname, const char *addr, int port)
+{
+	setup(ifname, addr, port);
+	static char data[4096], ctrl[4096];
+	struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+	struct msghdr ok = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
+	struct msghdr m;
+	struct iovec big[1025];
+	for (int i = 0; i < 1025; i++)
+		big[i] = iov;
+	int one = 1, v = 0;
+	socklen_t len;
+	struct sockaddr_in6 sa;
+	struct dmabuf_token toks[129] = {{0}};
+
+	// recvmsg: the msghdr and iovec array, before any data moves.
+	BOTH("recvmsg/null-msghdr", recvmsg(fd, NULL, MSG_SOCK_DEVMEM));
+	BOTH("recvmsg/bad-msghdr", recvmsg(fd, (void *)8, MSG_SOCK_DEVMEM));
+	m = ok, m.msg_iov = NULL;
+	BOTH("recvmsg/null-iov", recvmsg(fd, &m, MSG_SOCK_DEVMEM));
+	m = ok, m.msg_iov = big, m.msg_iovlen = 1025;
+	BOTH("recvmsg/iovlen-1025", recvmsg(fd, &m, MSG_SOCK_DEVMEM));
+	struct iovec neg = {.iov_base = data, .iov_len = (size_t)-1};
+	m = ok, m.msg_iov = &neg;
+	BOTH("recvmsg/negative-iov-len", recvmsg(fd, &m, MSG_SOCK_DEVMEM));
+	BOTH("recv/null-buf", recv(fd, NULL, 100, MSG_DONTWAIT));
+	// recvmsg on dmabuf data (the kernel's tcp_recvmsg_dmabuf).
+	EMU("recvmsg/dmabuf-without-flag", recvmsg(emu, &ok, 0));
+	m = ok, m.msg_control = NULL, m.msg_controllen = 0;
+	EMU("recvmsg/no-control-room", recvmsg(emu, &m, MSG_SOCK_DEVMEM));
+	m = ok, m.msg_controllen = 20;
+	EMU("recvmsg/short-control", recvmsg(emu, &m, MSG_SOCK_DEVMEM));
+	m = ok, m.msg_control = (void *)16;
+	EMU("recvmsg/bad-control", recvmsg(emu, &m, MSG_SOCK_DEVMEM));
+	EMU("read/dmabuf", read(emu, data, sizeof(data)));
+
+	// SO_DEVMEM_DONTNEED (sock_devmem_dontneed: length, copy, tokens).
+	BOTH("dontneed/null", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, NULL, 8));
+	BOTH("dontneed/bad-pointer", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, (void *)8, 8));
+	BOTH("dontneed/len-7", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, 7));
+	BOTH("dontneed/len-0", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, 0));
+	BOTH("dontneed/129-tokens", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, sizeof(toks)));
+	toks[0] = (struct dmabuf_token){12345, 1};
+	BOTH("dontneed/unknown-token", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, 8));
+	BOTH("dontneed/wrong-level-tcp", setsockopt(fd, IPPROTO_TCP, SO_DEVMEM_DONTNEED, toks, 8));
+	BOTH("getsockopt/dontneed", getsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, &(socklen_t){8}));
+
+	// Other options: lengths, pointers, levels.
+	BOTH("setsockopt/short-int", setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 2));
+	BOTH("setsockopt/null-int", setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, NULL, 4));
+	BOTH("setsockopt/negative-len", setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, -1));
+	BOTH("setsockopt/unknown-level", setsockopt(fd, 9999, 1, &one, 4));
+	BOTH("setsockopt/unknown-name", setsockopt(fd, SOL_SOCKET, 9999, &one, 4));
+	BOTH("setsockopt/tcp-unknown", setsockopt(fd, IPPROTO_TCP, 9999, &one, 4));
+	BOTH("setsockopt/nodelay", setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, 4));
+	BOTH("setsockopt/v6only-after-bind", setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, 4));
+	len = 4;
+	BOTH("getsockopt/null-val", getsockopt(fd, SOL_SOCKET, SO_TYPE, NULL, &len));
+	BOTH("getsockopt/null-len", getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, NULL));
+	len = -1;
+	BOTH("getsockopt/negative-len", getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len));
+	BOTH("getsockopt/type", (len = 4, getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) ?: v * 100 + (int)len));
+	BOTH("getsockopt/short-len", (len = 2, v = 0, getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) ?: v * 100 + (int)len));
+	BOTH("getsockopt/domain", (len = 4, getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &v, &len) ?: v));
+	BOTH("getsockopt/error", (len = 4, getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &len) ?: v));
+	BOTH("getsockopt/unknown", (len = 4, getsockopt(fd, SOL_SOCKET, 9999, &v, &len)));
+
+	// Names, shutdown, state.
+	len = sizeof(sa);
+	BOTH("getsockname/null-addr", getsockname(fd, NULL, &len));
+	BOTH("getsockname/null-len", getsockname(fd, (void *)&sa, NULL));
+	BOTH("getsockname/negative-len", (len = -1, getsockname(fd, (void *)&sa, &len)));
+	BOTH("getsockname/short", (len = 4, getsockname(fd, (void *)&sa, &len) ?: (int)len));
+	BOTH("getpeername/family", (len = sizeof(sa), getpeername(fd, (void *)&sa, &len) ?: sa.sin6_family * 100 + (int)len));
+	BOTH("shutdown/bad-how", shutdown(fd, 7));
+	BOTH("bind/connected", bind(fd, (void *)&sa, sizeof(sa)));
+	BOTH("bind/short-len", bind(fd, (void *)&sa, 8));
+	BOTH("connect/connected", connect(fd, (void *)&sa, sizeof(sa)));
+	BOTH("listen/connected", listen(fd, 1));
+	BOTH("accept/connected", accept(fd, NULL, NULL));
+	BOTH("accept4/bad-flags", accept4(fd, NULL, NULL, 0x40000000));
+	BOTH("fcntl/getfl", fcntl(fd, F_GETFL) & (O_ACCMODE | O_NONBLOCK));
+	BOTH("ioctl/fionread-null", ioctl(fd, FIONREAD, NULL));
+	BOTH("ioctl/unknown", ioctl(fd, 0x12345678, NULL));
+	BOTH("sendmsg/null-msghdr", sendmsg(fd, NULL, 0));
+	BOTH("send/null-buf", send(fd, NULL, 100, MSG_DONTWAIT));
+	BOTH("poll/null", poll(NULL, 1, 0));
+
+	// epoll: one epoll fd per socket; ep(fd) names the socket's.
+	int eps[2] = {epoll_create1(EPOLL_CLOEXEC), epoll_create1(EPOLL_CLOEXEC)};
+#define ep(fd) eps[(fd) == kern]
+	struct epoll_event ev = {.events = EPOLLIN};
+	BOTH("epoll_ctl/null-event", epoll_ctl(ep(fd), EPOLL_CTL_ADD, fd, NULL));
+	BOTH("epoll_ctl/bad-op", epoll_ctl(ep(fd), 99, fd, &ev));
+	BOTH("epoll_ctl/add", epoll_ctl(ep(fd), EPOLL_CTL_ADD, fd, &ev));
+	BOTH("epoll_ctl/add-twice", epoll_ctl(ep(fd), EPOLL_CTL_ADD, fd, &ev));
+	BOTH("epoll_wait/zero-max", epoll_wait(ep(fd), &ev, 0, 0));
+	BOTH("epoll_wait/null-events", epoll_wait(ep(fd), NULL, 1, 0));
+	BOTH("epoll_wait/ready", epoll_wait(ep(fd), &ev, 1, 1000));
+	BOTH("epoll_ctl/del", epoll_ctl(ep(fd), EPOLL_CTL_DEL, fd, NULL));
+
+	// The dmabuf and the udmabuf device (udmabuf_create, dma_buf_ioctl,
+	// dma_buf_mmap_internal, dma_buf_llseek).
+	struct dma_buf_sync sync = {.flags = DMA_BUF_SYNC_START};
+	EMU("sync/null", ioctl(dfd, DMA_BUF_IOCTL_SYNC, NULL));
+	EMU("sync/no-direction", ioctl(dfd, DMA_BUF_IOCTL_SYNC, &sync));
+	sync.flags = 0x100;
+	EMU("sync/unknown-flag", ioctl(dfd, DMA_BUF_IOCTL_SYNC, &sync));
+	sync.flags = DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW;
+	EMU("sync/ok", ioctl(dfd, DMA_BUF_IOCTL_SYNC, &sync));
+	EMU("dmabuf/unknown-ioctl", ioctl(dfd, 0x1234, NULL));
+	EMU("dmabuf/seek-end", lseek(dfd, 0, SEEK_END));
+	EMU("dmabuf/seek-cur", lseek(dfd, 0, SEEK_CUR));
+	EMU("dmabuf/mmap-past-end", mmap(NULL, size + 4096, PROT_READ, MAP_SHARED, dfd, 0) == MAP_FAILED ? -1 : 0);
+	EMU("dmabuf/mmap-private", mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, dfd, 0) == MAP_FAILED ? -1 : 0);
+	udev = open("/dev/udmabuf", O_RDWR);
+	int mfd = memfd_create("check", MFD_ALLOW_SEALING), plain = memfd_create("check", 0);
+	ftruncate(mfd, 1 << 20);
+	ftruncate(plain, 1 << 20);
+	fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK);
+	struct udmabuf_create c = {.memfd = mfd, .offset = 0, .size = 1 << 20};
+	EMU("udmabuf/null", ioctl(udev, UDMABUF_CREATE, NULL));
+	EMU("udmabuf/unknown-ioctl", ioctl(udev, 0x1234, NULL));
+	EMU("udmabuf/ok", ioctl(udev, UDMABUF_CREATE, &c) >= 0 ? 0 : -1);
+	c.size = 0;
+	EMU("udmabuf/size-0", ioctl(udev, UDMABUF_CREATE, &c));
+	c.size = 4096, c.offset = 100;
+	EMU("udmabuf/unaligned", ioctl(udev, UDMABUF_CREATE, &c));
+	c.offset = 0, c.size = 2 << 20;
+	EMU("udmabuf/past-end", ioctl(udev, UDMABUF_CREATE, &c));
+	c.size = 128 << 20;
+	EMU("udmabuf/over-limit", ioctl(udev, UDMABUF_CREATE, &c));
+	c.size = 4096, c.memfd = plain;
+	EMU("udmabuf/not-sealed", ioctl(udev, UDMABUF_CREATE, &c));
+	c.memfd = 1000;
+	EMU("udmabuf/bad-fd", ioctl(udev, UDMABUF_CREATE, &c));
+
+	// fork: the child keeps its plain fds; the emulated socket lives in
+	// the parent's stack, so the child's calls on it are EOPNOTSUPP (and
+	// close works). The parent's socket is untouched.
+	int pfd[2];
+	if (pipe(pfd) < 0)
+		error(1, errno, "pipe");
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid == 0) {
+		long r[4];
+		errno = 0;
+		r[0] = write(pfd[1], "x", 1) == 1 ? 0 : -errno;
+		errno = 0;
+		r[1] = recv(emu, data, sizeof(data), MSG_DONTWAIT) < 0 ? -errno : 0;
+		errno = 0;
+		r[2] = setsockopt(emu, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, 8) < 0 ? -errno : 0;
+		r[3] = close(emu) < 0 ? -errno : 0;
+		write(pfd[1], r, sizeof(r));
+		_exit(0);
+	}
+	char x;
+	long r[4];
+	if (pid < 0 || read(pfd[0], &x, 1) != 1 || read(pfd[0], r, sizeof(r)) != sizeof(r) || waitpid(pid, NULL, 0) != pid)
+		error(1, errno, "fork");
+	EMU("fork/child-plain-fd", r[0]);
+	EMU("fork/child-recv", r[1]);
+	EMU("fork/child-dontneed", r[2]);
+	EMU("fork/child-close", r[3]);
+	EMU("fork/parent-still-works", (len = 4, getsockopt(emu, SOL_SOCKET, SO_TYPE, &v, &len) ?: v));
+	fflush(stdout);
+	return 0;
+}
+
+// do_leak receives to the end and returns no token: exit must free them.
+static int do_leak(const char *ifname, const char *addr, int port)
+{
+	setup(ifname, addr, port);
+	static char data[65536], ctrl[64 * CMSG_SPACE(sizeof(struct dmabuf_cmsg))];
+	size_t total = 0;
+	for (;;) {
+		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
+		ssize_t n = recvmsg(emu, &m, MSG_SOCK_DEVMEM);
+		if (n < 0)
+			error(1, errno, "recvmsg");
+		if (n == 0)
+			break;
+		total += n;
+	}
+	printf("leaked the tokens of %zu bytes\n", total);
+	fflush(stdout);
+	exit(0); // no close, no DONTNEED
+}
+
+// do_threads receives on one thread and returns the tokens on another,
+// with a third polling the socket meanwhile, until the peer closes.
+static pthread_mutex_t tmu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t tcv = PTHREAD_COND_INITIALIZER;
+static uint32_t tq[1 << 16];
+static size_t tq_head, tq_tail, t_freed, t_polls;
+static int t_done;
+
+static void *releaser(void *arg)
+{
+	(void)arg;
+	struct dmabuf_token toks[128];
+	for (;;) {
+		pthread_mutex_lock(&tmu);
+		while (tq_head == tq_tail && !t_done)
+			pthread_cond_wait(&tcv, &tmu);
+		int n = 0;
+		while (tq_head != tq_tail && n < 128)
+			toks[n++] = (struct dmabuf_token){tq[tq_head++ % (1 << 16)], 1};
+		int done = t_done && tq_head == tq_tail;
+		pthread_mutex_unlock(&tmu);
+		if (n) {
+			int r = setsockopt(emu, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, n * sizeof(toks[0]));
+			if (r != n)
+				error(1, errno, "DONTNEED freed %d of %d", r, n);
+			t_freed += r;
+		}
+		if (done)
+			return NULL;
+	}
+}
+
+static void *poller(void *arg)
+{
+	(void)arg;
+	while (!__atomic_load_n(&t_done, __ATOMIC_ACQUIRE)) {
+		struct pollfd p = {.fd = emu, .events = POLLIN};
+		if (poll(&p, 1, 10) < 0)
+			error(1, errno, "poll");
+		t_polls++;
+	}
+	return NULL;
+}
+
+static int do_threads(const char *ifname, const char *addr, int port)
+{
+	setup(ifname, addr, port);
+	pthread_t rel, pol;
+	pthread_create(&rel, NULL, releaser, NULL);
+	pthread_create(&pol, NULL, poller, NULL);
+	static char data[65536], ctrl[256 * CMSG_SPACE(sizeof(struct dmabuf_cmsg))];
+	size_t total = 0, frags = 0;
+	for (;;) {
+		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
+		ssize_t n = recvmsg(emu, &m, MSG_SOCK_DEVMEM);
+		if (n < 0)
+			error(1, errno, "recvmsg");
+		if (n == 0)
+			break;
+		total += n;
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+			struct dmabuf_cmsg *d = (void *)CMSG_DATA(cm);
+			if (cm->cmsg_type != SCM_DEVMEM_DMABUF)
+				continue;
+			for (uint32_t i = 0; i < d->frag_size; i++)
+				if (dmem[d->frag_offset + i])
+					error(1, 0, "fragment at %llu: byte %u is %d", (unsigned long long)d->frag_offset, i, dmem[d->frag_offset + i]);
+			pthread_mutex_lock(&tmu);
+			tq[tq_tail++ % (1 << 16)] = d->frag_token;
+			pthread_cond_signal(&tcv);
+			pthread_mutex_unlock(&tmu);
+			frags++;
+		}
+	}
+	pthread_mutex_lock(&tmu);
+	__atomic_store_n(&t_done, 1, __ATOMIC_RELEASE);
+	pthread_cond_signal(&tcv);
+	pthread_mutex_unlock(&tmu);
+	pthread_join(rel, NULL);
+	pthread_join(pol, NULL);
+	printf("threads: %zu bytes, %zu frags, %zu tokens freed, %zu polls\n", total, frags, t_freed, t_polls);
+	return t_freed == frags ? 0 : 1;
+}
+
+static long long now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+// do_bench times recvmsg(MSG_SOCK_DEVMEM | MSG_DONTWAIT) on an emulated
+// and a kernel socket with nothing to read: the cost of a call.
+static int do_bench(const char *ifname, const char *addr, int port, long n)
+{
+	setup(ifname, addr, port);
+	static char data[65536], ctrl[4096];
+	for (int fd = emu;; fd = kern) { // drain both: 64 KiB each
+		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl};
+		ssize_t n;
+		for (size_t got = 0; got < 65536; got += n) {
+			m.msg_controllen = sizeof(ctrl);
+			if ((n = recvmsg(fd, &m, MSG_SOCK_DEVMEM)) <= 0)
+				error(1, errno, "drain");
+		}
+		if (fd == kern)
+			break;
+	}
+	long long ns[2];
+	for (int i = 0; i < 2; i++) {
+		int fd = i ? kern : emu;
+		long long t0 = now_ns();
+		for (long j = 0; j < n; j++) {
+			struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+			struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
+			if (recvmsg(fd, &m, MSG_SOCK_DEVMEM | MSG_DONTWAIT) >= 0 || errno != EAGAIN)
+				error(1, errno, "recvmsg on an empty socket");
+		}
+		ns[i] = (now_ns() - t0) / n;
+	}
+	printf("bench recvmsg_ns emu=%lld kernel=%lld\n", ns[0], ns[1]);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 5)
+		error(2, 0, "usage: %s badinput|leak|bench IFACE ADDR PORT [N]", argv[0]);
+	if (!strcmp(argv[1], "badinput"))
+		return do_badinput(argv[2], argv[3], atoi(argv[4]));
+	if (!strcmp(argv[1], "threads"))
+		return do_threads(argv[2], argv[3], atoi(argv[4]));
+	if (!strcmp(argv[1], "leak"))
+		return do_leak(argv[2], argv[3], atoi(argv[4]));
+	if (!strcmp(argv[1], "bench") && argc > 5)
+		return do_bench(argv[2], argv[3], atoi(argv[4]), atol(argv[5]));
+	error(2, 0, "unknown command %s", argv[1]);
+	return 2;
+}
