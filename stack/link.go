@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -194,7 +195,7 @@ func (e *linkEndpoint) kicker() {
 	for {
 		select {
 		case <-e.kickc:
-			if err := e.sock.Kick(); err != nil {
+			if err := e.sock.TXKick(); err != nil {
 				e.s.cnt.kickErrors.Add(1)
 			}
 		case <-e.kdone:
@@ -203,28 +204,45 @@ func (e *linkEndpoint) kicker() {
 	}
 }
 
+// linkTXBatch is how many frames WritePackets takes from the socket at a
+// time.
+const linkTXBatch = 64
+
 // WritePackets implements gstack.LinkEndpoint: each packet is copied into a
 // TX frame; the batch is flushed with one kick.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 	if e.sock == nil {
 		return e.writeHook(pkts)
 	}
+	list := pkts.AsSlice()
+	var addrs [linkTXBatch]uint64
+	var descs [linkTXBatch]unix.XDPDesc
 	n := 0
-	for _, pkt := range pkts.AsSlice() {
-		addr, frame, ok := e.sock.TXBuffer()
-		if !ok {
+	for n < len(list) {
+		k := e.sock.TXAcquire(addrs[:min(len(list)-n, linkTXBatch)])
+		if k == 0 {
 			break
 		}
-		off := 0
-		for _, sl := range pkt.AsSlices() {
-			off += copy(frame[off:], sl)
+		for i, pkt := range list[n : n+k] {
+			frame := e.sock.TXFrame(addrs[i])
+			off := 0
+			for _, sl := range pkt.AsSlices() {
+				off += copy(frame[off:], sl)
+			}
+			descs[i] = unix.XDPDesc{Addr: addrs[i], Len: uint32(off)}
 		}
-		e.sock.TXQueue(addr, off)
-		e.s.cnt.txFrames.Add(1)
-		e.s.cnt.txBytes.Add(uint64(off))
-		n++
+		q, _ := e.sock.TXProduce(descs[:k])
+		for _, d := range descs[:q] {
+			e.s.cnt.txFrames.Add(1)
+			e.s.cnt.txBytes.Add(uint64(d.Len))
+		}
+		n += q
+		if q < k {
+			e.sock.TXRelease(addrs[q:k]...)
+			break
+		}
 	}
-	if e.sock.TXPublish() || n < pkts.Len() {
+	if len(list) > 0 {
 		// (Also when frames ran out: a kick drains and completes them.)
 		// The kick runs the transmit (and the peer's receive) inside the
 		// syscall; a dedicated goroutine does it so that TCP processing
@@ -234,7 +252,7 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		default: // a kick is pending already and will send these too
 		}
 	}
-	if n == 0 && pkts.Len() > 0 {
+	if n == 0 && len(list) > 0 {
 		return 0, &tcpip.ErrNoBufferSpace{}
 	}
 	return n, nil

@@ -505,8 +505,8 @@ func (s *Stack) Stats() Stats {
 	}
 	st.TxKickErrors = c.kickErrors.Load()
 	if s.sock != nil {
-		st.TxDrops = s.sock.TXDrops()
-		st.TxKickStalls = s.sock.KickStalls()
+		x, _ := s.sock.Stats()
+		st.TxDrops, st.TxKickStalls = x.TxDrops, x.KickStalls
 	}
 	if s.region != nil {
 		st.Frames = s.region.Snapshot()

@@ -323,7 +323,8 @@ func (s *Stack) engine() (*txEngine, error) {
 	}
 	t.scratch.New = func() any { return &txScratch{} }
 	if s.sock != nil {
-		t.dev = &sockDevice{sock: s.sock, claim: t.claim}
+		s.sock.SetTXClaim(t.claim)
+		t.dev = &sockDevice{sock: s.sock}
 		// Let one kick send a whole ring (the kernel's default is 32
 		// descriptors); older kernels lack the option.
 		_ = s.sock.SetTXBudget(0)
@@ -857,18 +858,23 @@ func finishTCPChecksum(ip, tcp []byte, dl int, paySum uint16) {
 // kicker goroutine (as the receive path's link uses) measured slower here,
 // since with two cores both busy the handoff costs more than it overlaps.
 type sockDevice struct {
-	sock  *umem.Socket
-	claim umem.TXClaim
+	sock *umem.Socket
 }
 
-func (d *sockDevice) acquire(dst []uint64) int { return d.sock.TXAcquire(dst, d.claim) }
+func (d *sockDevice) acquire(dst []uint64) int { return d.sock.TXAcquire(dst) }
 func (d *sockDevice) frame(addr uint64) []byte { return d.sock.TXFrame(addr) }
 func (d *sockDevice) release(addrs ...uint64)  { d.sock.TXRelease(addrs...) }
-func (d *sockDevice) reclaim()                 { d.sock.TXReclaim(d.claim) }
+func (d *sockDevice) reclaim()                 { d.sock.TXReclaim() }
 func (d *sockDevice) close()                   {}
 
 func (d *sockDevice) submit(ds []unix.XDPDesc) (int, error) {
-	return d.sock.TXSubmit(ds, d.claim)
+	n, err := d.sock.TXProduce(ds)
+	if n > 0 {
+		if kerr := d.sock.TXKick(); kerr != nil && err == nil {
+			err = kerr
+		}
+	}
+	return n, err
 }
 
 // hookDevice stands in for the socket in the in-process harness: a chain
