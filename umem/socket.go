@@ -274,7 +274,7 @@ func (s *Socket) Refill() int {
 	if want == 0 {
 		return 0
 	}
-	n := s.region.alloc(s.fillIdx[:min(want, len(s.fillIdx))])
+	n := s.region.Post(s.fillIdx[:min(want, len(s.fillIdx))])
 	if n == 0 {
 		return 0
 	}
@@ -283,7 +283,6 @@ func (s *Socket) Refill() int {
 		s.posted[f] = true
 		s.fillAddrs[i] = s.region.FrameAddr(f)
 	}
-	s.region.posted.Add(int64(n))
 	s.Fill.Produce(s.fillAddrs[:n])
 	s.Fill.Publish()
 	return n
@@ -298,7 +297,7 @@ func (s *Socket) Receive(dst []unix.XDPDesc) int {
 		s.posted[s.region.FrameOf(dst[i].Addr)] = false
 	}
 	if n > 0 {
-		s.region.posted.Add(-int64(n))
+		s.region.Unpost(n)
 	}
 	return n
 }
@@ -376,7 +375,7 @@ func (s *Socket) Close() error {
 				s.posted[f] = false
 			}
 		}
-		s.region.posted.Add(-int64(len(back)))
+		s.region.Unpost(len(back))
 		if len(s.txAll) > 0 {
 			s.region.tx.Add(-int64(len(s.txAll)))
 			back = append(back, s.txAll...)
