@@ -9,18 +9,16 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
-
-	"github.com/xdevmem/xdevmem/umem"
 )
 
 // rxQueue is one RX queue's receive path: its AF_XDP socket, its goroutine
 // and that goroutine's scratch, GRO state, fault injector and flow cache.
 // Everything but the counters it updates belongs to its goroutine.
 type rxQueue struct {
-	e    *linkEndpoint
-	s    *Stack
-	id   int          // the interface's RX queue
-	sock *umem.Socket // nil in in-process tests
+	e   *linkEndpoint
+	s   *Stack
+	id  int    // the interface's RX queue
+	dev Device // its socket
 
 	gro gro.GRO
 	inj *injector
@@ -48,8 +46,8 @@ type rxQueue struct {
 	rdescs []unix.XDPDesc // the reassembled segment's frames
 }
 
-func newRXQueue(e *linkEndpoint, id int, sock *umem.Socket) *rxQueue {
-	q := &rxQueue{e: e, s: e.s, id: id, sock: sock}
+func newRXQueue(e *linkEndpoint, id int, dev Device) *rxQueue {
+	q := &rxQueue{e: e, s: e.s, id: id, dev: dev}
 	if f := e.s.cfg.Faults; f.Enabled() {
 		f.Seed += uint64(id) // one reproducible stream per queue
 		q.inj = newInjector(f)
@@ -90,15 +88,15 @@ func (q *rxQueue) placement(fl *flow, payloadLen int) (*rxBinding, fragKind) {
 func (q *rxQueue) rxLoop() {
 	defer q.e.wg.Done()
 	for !q.e.stopped.Load() {
-		q.sock.Refill()
-		n := q.sock.Receive(q.descs[:])
+		q.dev.Refill()
+		n := q.dev.Receive(q.descs[:])
 		if n == 0 && q.inj != nil && len(q.inj.held) > 0 {
 			q.flushHeld() // the link went quiet: deliver what reordering held back
 			continue
 		}
 		if n == 0 {
 			timeout := 1000
-			if q.sock.Fill.Pending() == 0 {
+			if q.dev.FillPending() == 0 {
 				timeout = 10 // starved: frames come back through tokens
 				if q.starvedSince.IsZero() {
 					q.starvedSince = time.Now()
@@ -107,7 +105,7 @@ func (q *rxQueue) rxLoop() {
 			} else {
 				q.starvedSince = time.Time{}
 			}
-			q.sock.Wait(timeout)
+			q.dev.Wait(timeout)
 			continue
 		}
 		q.handleBatch(q.descs[:n])

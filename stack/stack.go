@@ -26,7 +26,6 @@ import (
 // Defaults of Config.
 const (
 	DefaultRegionSize = 64 << 20
-	DefaultRcvBuf     = 1 << 20 // the in-process tests' window
 	DefaultMTU        = 1500
 )
 
@@ -104,13 +103,12 @@ type Stack struct {
 	ours     [][16]byte     // the same, 16-byte (IPv4-mapped) for the split's check
 	ns       *gstack.Stack
 	region   *umem.Region
-	sock     *umem.Socket
-	prog     *umem.Program
+	devs     []Device      // one per RX queue; devs[0] also transmits
+	prog     *umem.Program // nil on NewOn's devices
 	link     *linkEndpoint
 	cnt      counters
 	budget   rxBudget                               // the UMEM's frame budget (budget.go)
 	window   uint64                                 // bytes past a connection's read offset its fragment queue records
-	socks    []*umem.Socket                         // one per RX queue; socks[0] also transmits
 	bound    [MaxChannels]atomic.Pointer[rxBinding] // logical queue → binding
 	steer    steering
 	flows    flowTable
@@ -120,8 +118,8 @@ type Stack struct {
 
 	addrMode    AddressMode
 	addrModeWhy string
-	ports       *portTable  // nil in in-process tests
-	netns       *nsHandle   // the namespace New ran in
+	ports       *portTable  // the kernel's ports the stack holds; nil on NewOn's devices
+	netns       *nsHandle   // the namespace New ran in; nil on NewOn's devices
 	neigh       *neighTable // shared-address mode only
 	tx          txState     // devmem TX (tx.go)
 
@@ -174,29 +172,9 @@ func New(cfg Config) (_ *Stack, err error) {
 	if autoChannels {
 		cfg.Channels = cfg.Queues
 	}
-	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > MaxChannels {
-		return nil, fmt.Errorf("xdevmem stack: %d queues, %d channels (1 to %d): %w", cfg.Queues, cfg.Channels, MaxChannels, unix.EINVAL)
-	}
-	if cfg.HDSThresh < 0 {
-		return nil, fmt.Errorf("xdevmem stack: hds-thresh %d: %w", cfg.HDSThresh, unix.EINVAL)
-	}
-	if cfg.MTU > MaxMTU {
-		return nil, fmt.Errorf("xdevmem stack: MTU %d of %s is too large (at most %d, in up to %d frames of %d bytes with XDP multi-buffer): %w",
-			cfg.MTU, cfg.Ifname, MaxMTU, (MaxMTU+ethHdrLen+umem.DefaultFrameSize-1)/umem.DefaultFrameSize+1, umem.DefaultFrameSize, unix.EMSGSIZE)
-	}
-	if err := CheckMTU(cfg.MTU, cfg.hasIPv6()); err != nil {
-		return nil, fmt.Errorf("xdevmem stack: %s: %w", cfg.Ifname, err)
-	}
-	if err := CheckRegionSize(cfg.RegionSize, cfg.MTU, cfg.Queues); err != nil {
+	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
-	if err := cfg.sizeRcvBuf(); err != nil {
-		return nil, fmt.Errorf("xdevmem stack: %w", err)
-	}
-	// Above this MTU a frame may not fit one UMEM frame (and veth refuses
-	// single-buffer native XDP): use XDP multi-buffer, a packet in several
-	// frames.
-	multiBuffer := cfg.MTU > SingleBufferMTU
 	s := newStackState(cfg, prefixes)
 	s.ifindex, s.mac = ifc.Index, ifc.HardwareAddr
 	s.addrMode, s.addrModeWhy = mode, modeWhy
@@ -214,11 +192,11 @@ func New(cfg Config) (_ *Stack, err error) {
 	if s.region, err = umem.NewRegion(umem.RegionConfig{Size: cfg.RegionSize}); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
+	var socks []*umem.Socket
 	for q := 0; q < cfg.Queues; q++ {
-		sc := umem.SocketConfig{Queue: q, SG: multiBuffer, RingSize: s.budget.ring}
+		sc := s.socketConfig(q)
 		if q > 0 {
-			sc.Shared = s.socks[0]
-			sc.TXFrames = 1 // only socks[0] transmits
+			sc.Shared = socks[0]
 		}
 		sock, err := umem.NewSocket(s.region, s.ifindex, sc)
 		if err != nil && autoQueues && q > 0 && errors.Is(err, unix.EINVAL) {
@@ -234,10 +212,10 @@ func New(cfg Config) (_ *Stack, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("xdevmem stack: rx queue %d: %w", q, err)
 		}
-		s.socks = append(s.socks, sock)
+		socks = append(socks, sock)
+		s.devs = append(s.devs, sock)
 	}
-	s.sock = s.socks[0]
-	pc := umem.ProgramConfig{Queues: cfg.Queues, Frags: multiBuffer, Ports: mode == AddressShared}
+	pc := umem.ProgramConfig{Queues: cfg.Queues, Frags: cfg.MTU > SingleBufferMTU, Ports: mode == AddressShared}
 	for _, p := range prefixes {
 		if p.Addr().Is4() {
 			pc.IPv4 = append(pc.IPv4, p.Addr())
@@ -262,7 +240,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 	s.ports = newPortTable(steer, mode == AddressDedicated, s.netns)
-	for q, sock := range s.socks {
+	for q, sock := range socks {
 		if err = s.prog.SetSocket(q, sock.FD()); err != nil {
 			return nil, fmt.Errorf("xdevmem stack: %w", err)
 		}
@@ -270,12 +248,115 @@ func New(cfg Config) (_ *Stack, err error) {
 	if err = s.attach(); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
-
-	s.link = newLinkEndpoint(s)
-	if err = s.initNetstack(); err != nil {
+	if err = s.start(); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// Link is what NewOn builds a stack on in place of an interface: devices
+// that stand in for the interface's AF_XDP sockets.
+type Link struct {
+	// MAC is the stack's link address.
+	MAC net.HardwareAddr
+	// Open opens one RX queue's device over the stack's UMEM, configured
+	// as a socket would be (cfg.Queue, ring sizes, TX frames, multi-buffer;
+	// cfg.Shared is not set). The device of queue 0 also transmits. The
+	// stack closes the devices it opened, on Close or when NewOn fails.
+	Open func(region *umem.Region, cfg umem.SocketConfig) (Device, error)
+}
+
+// NewOn builds a stack over devices (see Device; umemtest.Device for tests
+// that run without privileges) instead of an interface's AF_XDP sockets:
+// the receive and transmit paths are New's, with no XDP program, no kernel
+// port holds and no kernel neighbour table — the address is the stack's
+// alone, and gVisor answers ARP itself. cfg.Ifname is not used; cfg.MTU 0
+// means DefaultMTU and cfg.Queues 0 means 1.
+func NewOn(cfg Config, l Link) (_ *Stack, err error) {
+	prefixes, err := cfg.prefixes()
+	if err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	}
+	if len(l.MAC) != 6 || l.Open == nil {
+		return nil, fmt.Errorf("xdevmem stack: a link needs a 6-byte MAC and an Open function: %w", unix.EINVAL)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = DefaultMTU
+	}
+	if cfg.RegionSize == 0 {
+		cfg.RegionSize = DefaultRegionSize
+	}
+	if cfg.Queues == 0 {
+		cfg.Queues = 1
+	}
+	if cfg.Channels == 0 {
+		cfg.Channels = cfg.Queues
+	}
+	if err := cfg.check(); err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	}
+	s := newStackState(cfg, prefixes)
+	s.mac = l.MAC
+	s.addrMode, s.addrModeWhy = AddressDedicated, "a stack on devices has no kernel to share its address with"
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if s.region, err = umem.NewRegion(umem.RegionConfig{Size: cfg.RegionSize}); err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	}
+	for q := 0; q < cfg.Queues; q++ {
+		dev, err := l.Open(s.region, s.socketConfig(q))
+		if err != nil {
+			return nil, fmt.Errorf("xdevmem stack: rx queue %d: %w", q, err)
+		}
+		s.devs = append(s.devs, dev)
+	}
+	if err = s.start(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// check validates a configuration whose defaults are filled in.
+func (cfg *Config) check() error {
+	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > MaxChannels {
+		return fmt.Errorf("%d queues, %d channels (1 to %d): %w", cfg.Queues, cfg.Channels, MaxChannels, unix.EINVAL)
+	}
+	if cfg.HDSThresh < 0 {
+		return fmt.Errorf("hds-thresh %d: %w", cfg.HDSThresh, unix.EINVAL)
+	}
+	if cfg.MTU > MaxMTU {
+		return fmt.Errorf("MTU %d of %s is too large (at most %d, in up to %d frames of %d bytes with XDP multi-buffer): %w",
+			cfg.MTU, cfg.Ifname, MaxMTU, (MaxMTU+ethHdrLen+umem.DefaultFrameSize-1)/umem.DefaultFrameSize+1, umem.DefaultFrameSize, unix.EMSGSIZE)
+	}
+	if err := CheckMTU(cfg.MTU, cfg.hasIPv6()); err != nil {
+		return fmt.Errorf("%s: %w", cfg.Ifname, err)
+	}
+	if err := CheckRegionSize(cfg.RegionSize, cfg.MTU, cfg.Queues); err != nil {
+		return err
+	}
+	return cfg.sizeRcvBuf()
+}
+
+// socketConfig is how RX queue q's socket is configured: rings from the
+// frame budget, TX frames only on queue 0 (the one that transmits), and
+// XDP multi-buffer above SingleBufferMTU, where a frame may not fit one
+// UMEM frame (and veth refuses single-buffer native XDP).
+func (s *Stack) socketConfig(q int) umem.SocketConfig {
+	sc := umem.SocketConfig{Queue: q, SG: s.cfg.MTU > SingleBufferMTU, RingSize: s.budget.ring}
+	if q > 0 {
+		sc.TXFrames = 1
+	}
+	return sc
+}
+
+// start builds the link endpoint over the devices and gVisor's stack over
+// it, which starts the receive goroutines.
+func (s *Stack) start() error {
+	s.link = newLinkEndpoint(s)
+	return s.initNetstack()
 }
 
 // initNetstack creates gVisor's stack over the link endpoint.
@@ -329,8 +410,8 @@ const (
 	MaxMTU          = 9216
 )
 
-// newStackState builds a Stack's bookkeeping (no region, socket or
-// netstack yet), shared by New and the in-process tests.
+// newStackState builds a Stack's bookkeeping (no region, devices or
+// netstack yet), shared by New and NewOn.
 func newStackState(cfg Config, prefixes []netip.Prefix) *Stack {
 	s := &Stack{
 		cfg:       cfg,
@@ -455,8 +536,14 @@ func (s *Stack) isOurs(dst [16]byte) bool {
 // Region is the UMEM: the emulated dmabuf.
 func (s *Stack) Region() *umem.Region { return s.region }
 
-// XDPMode reports how the XDP program is attached ("native" or "generic").
-func (s *Stack) XDPMode() string { return s.prog.Mode() }
+// XDPMode reports how the XDP program is attached ("native" or "generic";
+// "" on NewOn's devices, which have none).
+func (s *Stack) XDPMode() string {
+	if s.prog == nil {
+		return ""
+	}
+	return s.prog.Mode()
+}
 
 // Stats takes a snapshot of the counters.
 func (s *Stack) Stats() Stats {
@@ -494,20 +581,18 @@ func (s *Stack) Stats() Stats {
 		FlowsClosed:        c.flowsClosed.Load(),
 		FlowsEvicted:       c.flowsEvicted.Load(),
 	}
-	for _, sock := range s.socks {
-		x, _ := sock.Stats()
+	for _, dev := range s.devs {
+		x, _ := dev.Stats()
 		st.XSK.RxDropped += x.RxDropped
 		st.XSK.RxInvalidDescs += x.RxInvalidDescs
 		st.XSK.TxInvalidDescs += x.TxInvalidDescs
 		st.XSK.RxRingFull += x.RxRingFull
 		st.XSK.RxFillRingEmpty += x.RxFillRingEmpty
 		st.XSK.TxRingEmpty += x.TxRingEmpty
+		st.TxDrops += x.TxDrops // only devs[0] transmits
+		st.TxKickStalls += x.KickStalls
 	}
 	st.TxKickErrors = c.kickErrors.Load()
-	if s.sock != nil {
-		x, _ := s.sock.Stats()
-		st.TxDrops, st.TxKickStalls = x.TxDrops, x.KickStalls
-	}
 	if s.region != nil {
 		st.Frames = s.region.Snapshot()
 	}
@@ -578,8 +663,8 @@ func (s *Stack) Close() error {
 	for _, b := range bs {
 		b.Close()
 	}
-	for i := len(s.socks) - 1; i >= 0; i-- { // sharers first, the UMEM's owner last
-		if err := s.socks[i].Close(); err != nil {
+	for i := len(s.devs) - 1; i >= 0; i-- { // sharers first, the UMEM's owner last
+		if err := s.devs[i].Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -16,7 +16,6 @@ import (
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/xdevmem/xdevmem/devmemapi"
-	"github.com/xdevmem/xdevmem/umem"
 )
 
 // Devmem TX
@@ -113,21 +112,10 @@ func (sc *txScratch) pop() uint64 {
 	return a
 }
 
-// txDevice is where the engine's frames go: the AF_XDP socket, or the
-// in-process hook of the tests.
-type txDevice interface {
-	acquire(dst []uint64) int
-	frame(addr uint64) []byte
-	release(addrs ...uint64)
-	submit(descs []unix.XDPDesc) (int, error)
-	reclaim()
-	close()
-}
-
 // txEngine is the devmem TX path of one stack.
 type txEngine struct {
 	s     *Stack
-	dev   txDevice
+	dev   Device // the device that transmits (Stack.devs[0])
 	mb    bool   // payload descriptors point into the span
 	chain bool   // the device takes multi-buffer chains
 	mask  uint64 // frame size - 1
@@ -322,27 +310,20 @@ func (s *Stack) engine() (*txEngine, error) {
 		bindings: map[*txBinding]struct{}{},
 	}
 	t.scratch.New = func() any { return &txScratch{} }
-	if s.sock != nil {
-		s.sock.SetTXClaim(t.claim)
-		t.dev = &sockDevice{sock: s.sock}
+	t.dev = s.devs[0]
+	t.dev.SetTXClaim(t.claim)
+	if b, ok := t.dev.(txBudgeter); ok {
 		// Let one kick send a whole ring (the kernel's default is 32
 		// descriptors); older kernels lack the option.
-		_ = s.sock.SetTXBudget(0)
-		ok, err := s.sock.TXProbeMultiBuffer(probeFrame(s.mac), time.Second)
-		if err != nil {
-			return nil, fmt.Errorf("tx engine: %w", err)
-		}
-		t.chain = ok
-		t.mb = ok && !s.cfg.TXCopy
-	} else {
-		hd, err := newHookDevice(t, 64)
-		if err != nil {
-			return nil, err
-		}
-		t.dev = hd
-		t.chain = true
-		t.mb = !s.cfg.TXCopy
+		_ = b.SetTXBudget(0)
 	}
+	ok, err := t.dev.TXProbeMultiBuffer(probeFrame(s.mac), time.Second)
+	if err != nil {
+		t.dev.SetTXClaim(nil)
+		return nil, fmt.Errorf("tx engine: %w", err)
+	}
+	t.chain = ok
+	t.mb = ok && !s.cfg.TXCopy
 	s.tx.eng.Store(t)
 	return t, nil
 }
@@ -389,7 +370,6 @@ func (s *Stack) closeTX() {
 		b.Close()
 		b.release()
 	}
-	t.dev.close()
 }
 
 // register makes c's segments go through the devmem path.
@@ -519,7 +499,7 @@ func (t *txEngine) writePackets(pkts gstack.PacketBufferList) (int, tcpip.Error)
 		t.flush(sc)
 	}
 	if len(sc.avail) > 0 {
-		t.dev.release(sc.avail...)
+		t.dev.TXRelease(sc.avail...)
 		sc.avail = sc.avail[:0]
 	}
 	if done == 0 && len(list) > 0 {
@@ -557,7 +537,7 @@ func (t *txEngine) take(sc *txScratch, n int) bool {
 		if cap(sc.avail)-len(sc.avail) < want {
 			sc.avail = append(make([]uint64, 0, len(sc.avail)+want), sc.avail...)
 		}
-		got := t.dev.acquire(sc.avail[len(sc.avail) : len(sc.avail)+want])
+		got := t.dev.TXAcquire(sc.avail[len(sc.avail) : len(sc.avail)+want])
 		if got == 0 {
 			return false
 		}
@@ -571,7 +551,15 @@ func (t *txEngine) flush(sc *txScratch) bool {
 	if len(sc.descs) == 0 {
 		return true
 	}
-	n, err := t.dev.submit(sc.descs)
+	n, err := t.dev.TXProduce(sc.descs)
+	if n > 0 {
+		// The engine kicks inline: a kicker goroutine (as the link's
+		// WritePackets uses) measured slower here, since with two cores
+		// both busy the handoff costs more than it overlaps.
+		if kerr := t.dev.TXKick(); kerr != nil && err == nil {
+			err = kerr
+		}
+	}
 	all := n == len(sc.descs) && err == nil
 	if n < len(sc.descs) {
 		t.undo(sc, n)
@@ -598,8 +586,8 @@ func (t *txEngine) undo(sc *txScratch, n int) {
 				ch.c.chainDone(ch.start)
 			}
 		}
-		t.dev.release(p.addr)
-		t.dev.release(sc.extras[p.extras:p.extrae]...)
+		t.dev.TXRelease(p.addr)
+		t.dev.TXRelease(sc.extras[p.extras:p.extrae]...)
 	}
 }
 
@@ -641,7 +629,7 @@ func (t *txEngine) build(pkt *gstack.PacketBuffer, sc *txScratch) {
 	}
 	for i := 0; i < nseg; i++ {
 		addr := sc.pop()
-		f := t.dev.frame(addr)
+		f := t.dev.TXFrame(addr)
 		copy(f, hdr)
 		segOff := i * mss
 		segLen := min(mss, dl-segOff)
@@ -689,7 +677,7 @@ func (t *txEngine) emitCopy(sc *txScratch, p *txPkt, addr uint64, f []byte, hl, 
 	sc.descs = append(sc.descs, unix.XDPDesc{Addr: addr, Len: uint32(len(f)), Options: unix.XDP_PKT_CONTD})
 	for off := first; off < n; {
 		a := sc.pop()
-		g := t.dev.frame(a)
+		g := t.dev.TXFrame(a)
 		k := min(n-off, len(g))
 		fill(g[:k], off)
 		off += k
@@ -737,11 +725,11 @@ func (t *txEngine) buildDevmem(c *TXConn, addr uint64, f []byte, hl, dl int, ipH
 	switch res {
 	case mapStale:
 		t.cnt.stale.Add(1)
-		t.dev.release(addr)
+		t.dev.TXRelease(addr)
 		return
 	case mapUnmapped:
 		t.cnt.unmapped.Add(1)
-		t.dev.release(addr)
+		t.dev.TXRelease(addr)
 		return
 	}
 	// The chain is in flight from here until its header frame completes.
@@ -852,124 +840,4 @@ func finishTCPChecksum(ip, tcp []byte, dl int, paySum uint16) {
 	sum := checksum.Checksum(tcp, tcpPseudoSum(ip, len(tcp)+dl))
 	sum = checksum.Combine(sum, paySum)
 	th.SetChecksum(^sum)
-}
-
-// sockDevice is the AF_XDP socket as a txDevice. It kicks inline: a
-// kicker goroutine (as the receive path's link uses) measured slower here,
-// since with two cores both busy the handoff costs more than it overlaps.
-type sockDevice struct {
-	sock *umem.Socket
-}
-
-func (d *sockDevice) acquire(dst []uint64) int { return d.sock.TXAcquire(dst) }
-func (d *sockDevice) frame(addr uint64) []byte { return d.sock.TXFrame(addr) }
-func (d *sockDevice) release(addrs ...uint64)  { d.sock.TXRelease(addrs...) }
-func (d *sockDevice) reclaim()                 { d.sock.TXReclaim() }
-func (d *sockDevice) close()                   {}
-
-func (d *sockDevice) submit(ds []unix.XDPDesc) (int, error) {
-	n, err := d.sock.TXProduce(ds)
-	if n > 0 {
-		if kerr := d.sock.TXKick(); kerr != nil && err == nil {
-			err = kerr
-		}
-	}
-	return n, err
-}
-
-// hookDevice stands in for the socket in the in-process harness: a chain
-// is joined into one frame and handed to the link's txHook, and completes
-// at once.
-type hookDevice struct {
-	t      *txEngine
-	mu     sync.Mutex // the TX lock: guards free, done and the engine's chains
-	frames []uint32
-	free   []uint64
-	done   []uint64
-}
-
-var hookBufs = sync.Pool{New: func() any { return new([1 << 16]byte) }}
-
-func newHookDevice(t *txEngine, n int) (*hookDevice, error) {
-	d := &hookDevice{t: t, frames: make([]uint32, n)}
-	if got := t.s.region.Alloc(d.frames); got != n {
-		t.s.region.Free(d.frames[:got]...)
-		return nil, fmt.Errorf("tx engine: %d of %d TX frames: %w", got, n, unix.ENOMEM)
-	}
-	for _, f := range d.frames {
-		d.free = append(d.free, t.s.region.FrameAddr(f))
-	}
-	return d, nil
-}
-
-func (d *hookDevice) acquire(dst []uint64) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.free) < len(dst) {
-		d.reclaimLocked()
-	}
-	n := min(len(dst), len(d.free))
-	copy(dst, d.free[len(d.free)-n:])
-	d.free = d.free[:len(d.free)-n]
-	return n
-}
-
-func (d *hookDevice) frame(addr uint64) []byte {
-	fs := uint64(d.t.s.region.FrameSize())
-	return d.t.s.region.Bytes()[addr : addr+fs]
-}
-
-func (d *hookDevice) release(addrs ...uint64) {
-	d.mu.Lock()
-	for _, a := range addrs {
-		d.free = append(d.free, a&^d.t.mask)
-	}
-	d.mu.Unlock()
-}
-
-func (d *hookDevice) submit(descs []unix.XDPDesc) (int, error) {
-	mem := d.t.s.region.Bytes()
-	hook := d.t.s.link.txHook
-	bp := hookBufs.Get().(*[1 << 16]byte)
-	defer hookBufs.Put(bp)
-	buf := bp[:]
-	n := 0
-	for i, ds := range descs {
-		n += copy(buf[n:], mem[ds.Addr:ds.Addr+uint64(ds.Len)])
-		if ds.Options&unix.XDP_PKT_CONTD != 0 {
-			continue
-		}
-		if hook != nil {
-			hook(buf[:n]) // without the lock: the hook may inject replies
-		}
-		n = 0
-		d.mu.Lock()
-		for j := i; j >= 0 && (j == i || descs[j].Options&unix.XDP_PKT_CONTD != 0); j-- {
-			d.done = append(d.done, descs[j].Addr)
-		}
-		d.mu.Unlock()
-	}
-	return len(descs), nil
-}
-
-func (d *hookDevice) reclaim() {
-	d.mu.Lock()
-	d.reclaimLocked()
-	d.mu.Unlock()
-}
-
-func (d *hookDevice) reclaimLocked() {
-	for _, a := range d.done {
-		if d.t.claim(a) {
-			continue
-		}
-		d.free = append(d.free, a&^d.t.mask)
-	}
-	d.done = d.done[:0]
-}
-
-func (d *hookDevice) close() {
-	d.reclaim()
-	d.t.s.region.Free(d.frames...)
-	d.frames = nil
 }

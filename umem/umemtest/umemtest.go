@@ -60,6 +60,7 @@ type Device struct {
 	noChains bool
 	transmit atomic.Pointer[func([]byte)]
 	notify   chan struct{} // wakes Wait
+	timer    *time.Timer   // Wait's; receive goroutine only
 
 	mu       sync.Mutex // guards the receive side below
 	cond     *sync.Cond // handled moved, or closed
@@ -77,6 +78,7 @@ type Device struct {
 	txN     uint32
 	txFree  []uint64
 	txQueue []unix.XDPDesc // produced, not yet sent
+	txSpare []unix.XDPDesc // the other queue buffer, while send holds one
 	comp    []uint64       // sent, not yet reclaimed
 	claim   umem.TXClaim
 	txDrops uint64
@@ -154,11 +156,34 @@ func (d *Device) SetTransmit(fn func(frame []byte)) {
 // copied into frames from the fill ring and its descriptors go on the RX
 // ring. It returns how many frames it delivered (the rest were dropped and
 // counted in Stats) once the receive goroutine has handled them — taken
-// them with Receive and come back for more — or the device is closed.
-// Inject must not be called from the receive goroutine.
+// them with Receive and come back for more — or the device is closed, so
+// that a test can look at the outcome at once (with no frames, it waits for
+// what Enqueue put there). Inject must not be called from the receive
+// goroutine, nor from the transmit callback.
 func (d *Device) Inject(frames ...[]byte) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	taken := d.enqueueLocked(frames)
+	target := d.injected
+	for d.handled < target && !d.closed {
+		d.cond.Wait()
+	}
+	return taken
+}
+
+// Enqueue is Inject without the wait: it returns as soon as the frames are
+// on the RX ring, as a peer on a wire goes on sending. It never blocks, so
+// a transmit callback may answer with it. Inject with no frames then waits
+// until the receive goroutine has handled everything enqueued.
+func (d *Device) Enqueue(frames ...[]byte) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.enqueueLocked(frames)
+}
+
+// enqueueLocked puts frames on the RX ring and wakes the receive
+// goroutine (d.mu held).
+func (d *Device) enqueueLocked(frames [][]byte) int {
 	if d.closed {
 		return 0
 	}
@@ -196,13 +221,9 @@ func (d *Device) Inject(frames ...[]byte) int {
 		d.injected += uint64(need)
 		taken++
 	}
-	target := d.injected
 	select {
 	case d.notify <- struct{}{}:
 	default:
-	}
-	for d.handled < target && !d.closed {
-		d.cond.Wait()
 	}
 	return taken
 }
@@ -270,11 +291,15 @@ func (d *Device) Wait(timeout int) error {
 		<-d.notify
 		return nil
 	}
-	t := time.NewTimer(time.Duration(timeout) * time.Millisecond)
-	defer t.Stop()
+	if d.timer == nil {
+		d.timer = time.NewTimer(time.Duration(timeout) * time.Millisecond)
+	} else {
+		d.timer.Reset(time.Duration(timeout) * time.Millisecond)
+	}
 	select {
 	case <-d.notify:
-	case <-t.C:
+		d.timer.Stop()
+	case <-d.timer.C:
 	}
 	return nil
 }
@@ -384,9 +409,14 @@ func (d *Device) send() {
 	d.kickMu.Lock()
 	defer d.kickMu.Unlock()
 	d.txMu.Lock()
-	q := append([]unix.XDPDesc(nil), d.txQueue...)
-	d.txQueue = d.txQueue[:0]
+	q := d.txQueue
+	d.txQueue, d.txSpare = d.txSpare[:0], nil
 	d.txMu.Unlock()
+	defer func() {
+		d.txMu.Lock()
+		d.txSpare = q[:0]
+		d.txMu.Unlock()
+	}()
 	if len(q) == 0 {
 		return
 	}

@@ -114,6 +114,15 @@ func TestInjectReceive(t *testing.T) {
 			t.Fatalf("round %d: Inject returned with %d packets handled", round, got)
 		}
 	}
+	// Enqueue returns at once; Inject with no frames waits for them.
+	if n := d.Enqueue(want...); n != len(want) {
+		t.Fatalf("enqueue: %d of %d", n, len(want))
+	}
+	d.Inject()
+	if rc.mu.Lock(); len(rc.pkts) != 21*len(want) {
+		t.Fatalf("after enqueue and sync: %d packets", len(rc.pkts))
+	}
+	rc.mu.Unlock()
 	rc.close()
 	for i, p := range rc.pkts {
 		if !bytes.Equal(p, want[i%len(want)]) {
