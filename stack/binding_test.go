@@ -25,8 +25,8 @@ func TestBindRXErrors(t *testing.T) {
 		{"empty queue list", nil, devmemapi.BindRXConfig{}, unix.EINVAL, "no queues"},
 		{"queue out of range", nil, devmemapi.BindRXConfig{Queues: []uint32{3}}, unix.ERANGE, "rx queue index out of range"},
 		{"other interface", nil, devmemapi.BindRXConfig{Ifindex: 999, Queues: []uint32{0}}, unix.ENODEV, "ifindex 999"},
-		{"header split off", func() { s.SetRings(Rings{TCPDataSplit: false}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "tcp-data-split is disabled"},
-		{"hds-thresh not zero", func() { s.SetRings(Rings{TCPDataSplit: true, HDSThresh: 256}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "hds-thresh is not zero"},
+		{"header split off", func() { s.NIC().SetRings(Rings{TCPDataSplit: false}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "tcp-data-split is disabled"},
+		{"hds-thresh not zero", func() { s.NIC().SetRings(Rings{TCPDataSplit: true, HDSThresh: 256}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "hds-thresh is not zero"},
 	}
 	for _, c := range cases {
 		if c.setup != nil {
@@ -37,7 +37,7 @@ func TestBindRXErrors(t *testing.T) {
 			t.Errorf("%s: got %v, want %v containing %q", c.name, err, c.errno, c.msg)
 		}
 	}
-	if err := s.SetRings(Rings{TCPDataSplit: true}); err != nil {
+	if err := s.NIC().SetRings(Rings{TCPDataSplit: true}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}})
@@ -48,14 +48,14 @@ func TestBindRXErrors(t *testing.T) {
 		t.Fatalf("second bind: %v, want EEXIST", err)
 	}
 	// While bound, the settings bind-rx depends on cannot change.
-	if err := s.SetRings(Rings{TCPDataSplit: false}); !errors.Is(err, unix.EINVAL) {
+	if err := s.NIC().SetRings(Rings{TCPDataSplit: false}); !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("disable split while bound: %v", err)
 	}
-	if err := s.SetRings(Rings{TCPDataSplit: true, HDSThresh: 1}); !errors.Is(err, unix.EINVAL) {
+	if err := s.NIC().SetRings(Rings{TCPDataSplit: true, HDSThresh: 1}); !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("hds-thresh while bound: %v", err)
 	}
 	b.Close()
-	if err := s.SetRings(Rings{TCPDataSplit: false}); err != nil {
+	if err := s.NIC().SetRings(Rings{TCPDataSplit: false}); err != nil {
 		t.Fatalf("after unbind: %v", err)
 	}
 	if _, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); !errors.Is(err, unix.EINVAL) {

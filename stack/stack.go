@@ -110,7 +110,8 @@ type Stack struct {
 	budget   rxBudget                               // the UMEM's frame budget (budget.go)
 	window   uint64                                 // bytes past a connection's read offset its fragment queue records
 	bound    [MaxChannels]atomic.Pointer[rxBinding] // logical queue → binding
-	steer    steering
+	steer    steering                               // the NIC's channels, RSS and rules (steer.go)
+	nic      NIC
 	flows    flowTable
 	reasm    reassembler
 	closing  atomic.Bool
@@ -124,7 +125,7 @@ type Stack struct {
 	tx          txState     // devmem TX (tx.go)
 
 	mu        sync.Mutex
-	rings     Rings // guarded by mu
+	rings     Rings // the NIC's ring settings; guarded by mu
 	bindings  map[*rxBinding]struct{}
 	listeners map[*Listener]struct{}
 	conns     map[*Conn]struct{}
@@ -423,6 +424,7 @@ func newStackState(cfg Config, prefixes []netip.Prefix) *Stack {
 	}
 	// The fragment queue records what gVisor's window (half of RcvBuf) may
 	// bring with room to spare, never more than the budget allows.
+	s.nic.s = s
 	s.window = min(2*uint64(cfg.RcvBuf)+256<<10, s.budget.window)
 	s.flows.init()
 	s.flows.window = s.window

@@ -309,7 +309,7 @@ func (r *serverRun) setup(ifc *net.Interface) error {
 		if f.client.IsValid() {
 			rule.Src = f.client
 		}
-		if _, err := r.st.AddFlowRule(rule); err != nil {
+		if _, err := r.st.NIC().AddFlowRule(rule); err != nil {
 			return fmt.Errorf("steer port %d to queue %d: %w", f.port, f.first, err)
 		}
 		steer = fmt.Sprintf("port %d steered to queue %d", f.port, f.first)
