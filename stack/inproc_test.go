@@ -293,7 +293,7 @@ func BenchmarkRXPath(b *testing.B) {
 		auto  bool
 	}{{"verify/autorelease=0", false, false}, {"trust-checksum/autorelease=0", true, false}, {"verify/autorelease=1", false, true}} {
 		b.Run(tc.name, func(b *testing.B) {
-			ip := newInproc(b, Config{TrustChecksum: tc.trust})
+			ip := newInproc(b, Config{Lab: Lab{TrustChecksum: tc.trust}})
 			auto := tc.auto
 			if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}, Autorelease: &auto}); err != nil {
 				b.Fatal(err)

@@ -72,7 +72,7 @@ func (e *linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 // Capabilities implements gstack.LinkEndpoint. The endpoint claims RX
 // checksum offload because the header split verifies every IPv4 header and
 // TCP checksum itself, as a NIC's offload does (gVisor could not: the
-// payload it holds is a placeholder). With Config.TrustChecksum nothing is
+// payload it holds is a placeholder). With Config.Lab.TrustChecksum nothing is
 // verified, as documented there.
 //
 // In shared-address mode it does not ask for link address resolution: ARP
@@ -120,7 +120,7 @@ func (e *linkEndpoint) Attach(d gstack.NetworkDispatcher) {
 	}
 	e.dispatcher = d
 	for _, q := range e.queues {
-		q.gro.Init(!e.s.cfg.NoGRO)
+		q.gro.Init(!e.s.cfg.Lab.NoGRO)
 		q.gro.Dispatcher = d
 	}
 	// Frames freed by tokens may end a fill-ring starvation on any queue.

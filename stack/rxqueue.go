@@ -48,7 +48,7 @@ type rxQueue struct {
 
 func newRXQueue(e *linkEndpoint, id int, dev Device) *rxQueue {
 	q := &rxQueue{e: e, s: e.s, id: id, dev: dev}
-	if f := e.s.cfg.Faults; f.Enabled() {
+	if f := e.s.cfg.Lab.Faults; f.Enabled() {
 		f.Seed += uint64(id) // one reproducible stream per queue
 		q.inj = newInjector(f)
 	}
@@ -222,7 +222,7 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 	frame := s.region.FrameOf(d.Addr)
 	b := s.region.Bytes()[d.Addr : d.Addr+uint64(d.Len)]
 	var sp Split
-	v := SplitFrame(b, &sp, !s.cfg.TrustChecksum)
+	v := SplitFrame(b, &sp, !s.cfg.Lab.TrustChecksum)
 	switch {
 	case v == VerdictTCP:
 	case v == VerdictOther:
@@ -362,7 +362,7 @@ func (q *rxQueue) deliverCopy(b []byte, sp Split) {
 	}
 	q.s.cnt.frameCopyBytes.Add(uint64(n))
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(b[:n])})
-	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.TrustChecksum)
+	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.Lab.TrustChecksum)
 }
 
 // deliverSplit hands gVisor the headers (copied) and a placeholder payload.
@@ -432,7 +432,7 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 		}
 	}
 	var sp Split
-	v := SplitFrames(b0, q.more, &sp, !s.cfg.TrustChecksum)
+	v := SplitFrames(b0, q.more, &sp, !s.cfg.Lab.TrustChecksum)
 	switch v {
 	case VerdictTCP:
 	case VerdictOther:
@@ -538,5 +538,5 @@ func (q *rxQueue) deliverCopyMulti(b0 []byte, more [][]byte, sp Split) {
 	}
 	q.s.cnt.frameCopyBytes.Add(uint64(n))
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
-	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.TrustChecksum)
+	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.Lab.TrustChecksum)
 }

@@ -65,9 +65,6 @@ type Config struct {
 	// whose bind-rx checks it does not trigger), so applications can
 	// exercise their linear-data handling.
 	HDSThresh int
-	// TrustChecksum skips software checksum verification (benchmarks only;
-	// corrupted frames would then reach the application).
-	TrustChecksum bool
 	// RcvBuf is each connection's TCP receive buffer (gVisor advertises
 	// half of it as the window); 0 sizes it from the UMEM: what half the
 	// receive frames hold in full-sized segments, at most 8 MiB. The window
@@ -76,19 +73,34 @@ type Config struct {
 	// RcvBuf is lowered to that bound (see budget.go); it must be at least
 	// 4096.
 	RcvBuf int
-	// NoGRO disables coalescing consecutive segments before TCP.
-	NoGRO bool
-	// Faults injects seeded drops, duplicates, reordering, corruption and
-	// truncation into received frames (off by default).
-	Faults Faults
 	// OnAlert, if set, is told once per reason when a run of drops
 	// probably stalls a flow (a peer sending unfinished checksums, an
 	// exhausted dmabuf, ...), so that a hung transfer says why. It runs on
 	// a goroutine of its own.
 	OnAlert func(Alert)
+	// Lab holds switches for measurements and robustness tests; a
+	// deployment leaves them zero.
+	Lab Lab
+}
+
+// Lab are a stack's lab switches (Config.Lab): each makes the stack do
+// what a deployment does not want — skip a check, leave out an
+// optimisation, copy, break frames on purpose — to measure or test it.
+// The zero value turns them all off.
+type Lab struct {
+	// TrustChecksum skips software checksum verification (benchmarks only;
+	// corrupted frames would then reach the application).
+	TrustChecksum bool
+	// NoGRO disables coalescing consecutive segments before TCP.
+	NoGRO bool
+	// Faults injects seeded drops, duplicates, reordering, corruption and
+	// truncation into received frames (off by default). Off, it costs the
+	// receive path one branch per batch.
+	Faults Faults
 	// TXCopy makes devmem TX copy payload into TX frames instead of
 	// chaining descriptors that point into the TX dmabuf (tx.go; for
-	// comparison and for kernels without multi-buffer AF_XDP TX).
+	// comparison and for kernels without multi-buffer AF_XDP TX). The
+	// stack copies anyway on such kernels.
 	TXCopy bool
 }
 

@@ -285,7 +285,7 @@ func (p *txTap) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *gstack
 
 // engine returns the TX engine, installing it on first use: on a socket it
 // probes whether the kernel takes multi-buffer chains. Payload descriptors
-// point into TX dmabufs when it does and Config.TXCopy is off; chains of TX
+// point into TX dmabufs when it does and Config.Lab.TXCopy is off; chains of TX
 // frames (for frames larger than a UMEM frame) need only the former.
 func (s *Stack) engine() (*txEngine, error) {
 	if t := s.tx.eng.Load(); t != nil {
@@ -323,7 +323,7 @@ func (s *Stack) engine() (*txEngine, error) {
 		return nil, fmt.Errorf("tx engine: %w", err)
 	}
 	t.chain = ok
-	t.mb = ok && !s.cfg.TXCopy
+	t.mb = ok && !s.cfg.Lab.TXCopy
 	s.tx.eng.Store(t)
 	return t, nil
 }

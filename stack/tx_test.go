@@ -233,7 +233,7 @@ func TestInprocTXSend(t *testing.T) {
 		copy bool
 	}{{"multi-buffer", false}, {"copy", true}} {
 		t.Run(mode.name, func(t *testing.T) {
-			ip, peer, b, c := txSetup(t, Config{TXCopy: mode.copy}, 1<<20)
+			ip, peer, b, c := txSetup(t, Config{Lab: Lab{TXCopy: mode.copy}}, 1<<20)
 			before := append([]byte(nil), b.Bytes()...)
 			// Sends of assorted sizes and offsets, all within the
 			// pattern's period so the stream stays the pattern.
@@ -549,7 +549,7 @@ func BenchmarkTXPath(b *testing.B) {
 	}{{"multi-buffer", false}, {"copy", true}} {
 		b.Run(mode.name, func(b *testing.B) {
 			const chunk = 256 << 10
-			ip, peer, tb, c := txSetup(b, Config{TXCopy: mode.copy}, 4*chunk)
+			ip, peer, tb, c := txSetup(b, Config{Lab: Lab{TXCopy: mode.copy}}, 4*chunk)
 			peer.mu.Lock()
 			peer.discard = true
 			peer.mu.Unlock()

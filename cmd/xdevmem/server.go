@@ -259,7 +259,7 @@ func runServer(args []string) error {
 		Emulated: func() (devmemapi.Provider, error) {
 			return stack.New(stack.Config{
 				Ifname: f.ifname, Addr: netip.PrefixFrom(f.addr, f.prefixLen), RegionSize: f.umemSize,
-				Channels: max(f.first+f.nq, stack.RXQueueCount(f.ifname)), HDSThresh: f.hds, TrustChecksum: f.trust, Faults: f.faults,
+				Channels: max(f.first+f.nq, stack.RXQueueCount(f.ifname)), HDSThresh: f.hds, Lab: stack.Lab{TrustChecksum: f.trust, Faults: f.faults},
 				OnAlert: r.alert, AddressMode: f.addrMode,
 			})
 		},
