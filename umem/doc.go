@@ -31,6 +31,13 @@
 // and wakes the kernel (TXKick); the kernel returns each address on the
 // completion ring once sent (TXReclaim). One API for both, in tx.go.
 //
+// # A fake for tests
+//
+// Package umemtest has a fake Socket over a real Region, with the kernel's
+// side played by the test (frames injected on the RX ring, transmitted
+// frames handed to a callback); package stack runs on it without
+// privileges.
+//
 // # Accounting
 //
 // Region.Snapshot reports how many frames are free, posted to the kernel,
