@@ -31,8 +31,8 @@ func TestBindRXErrors(t *testing.T) {
 		{"empty queue list", nil, devmemapi.BindRXConfig{}, unix.EINVAL, "no queues"},
 		{"queue out of range", nil, devmemapi.BindRXConfig{Queues: []uint32{3}}, unix.EINVAL, "bind rx queue 3 (1 channels)"},
 		{"other interface", nil, devmemapi.BindRXConfig{Ifindex: 999, Queues: []uint32{0}}, unix.ENODEV, "ifindex 999"},
-		{"header split off", func() { s.SetRings(Rings{TCPDataSplit: false}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "tcp-data-split is disabled"},
-		{"hds-thresh not zero", func() { s.SetRings(Rings{TCPDataSplit: true, HDSThresh: 256}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "hds-thresh is not zero"},
+		{"header split off", func() { s.NIC().SetRings(Rings{TCPDataSplit: false}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "tcp-data-split is disabled"},
+		{"hds-thresh not zero", func() { s.NIC().SetRings(Rings{TCPDataSplit: true, HDSThresh: 256}) }, devmemapi.BindRXConfig{Queues: []uint32{0}}, unix.EINVAL, "hds-thresh is not zero"},
 	}
 	for _, c := range cases {
 		if c.setup != nil {
@@ -43,7 +43,7 @@ func TestBindRXErrors(t *testing.T) {
 			t.Errorf("%s: got %v, want %v containing %q", c.name, err, c.errno, c.msg)
 		}
 	}
-	if err := s.SetRings(Rings{TCPDataSplit: true}); err != nil {
+	if err := s.NIC().SetRings(Rings{TCPDataSplit: true}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}})
@@ -54,14 +54,14 @@ func TestBindRXErrors(t *testing.T) {
 		t.Fatalf("second bind: %v, want EEXIST", err)
 	}
 	// While bound, the settings bind-rx depends on cannot change.
-	if err := s.SetRings(Rings{TCPDataSplit: false}); !errors.Is(err, unix.EINVAL) {
+	if err := s.NIC().SetRings(Rings{TCPDataSplit: false}); !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("disable split while bound: %v", err)
 	}
-	if err := s.SetRings(Rings{TCPDataSplit: true, HDSThresh: 1}); !errors.Is(err, unix.EINVAL) {
+	if err := s.NIC().SetRings(Rings{TCPDataSplit: true, HDSThresh: 1}); !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("hds-thresh while bound: %v", err)
 	}
 	b.Close()
-	if err := s.SetRings(Rings{TCPDataSplit: false}); err != nil {
+	if err := s.NIC().SetRings(Rings{TCPDataSplit: false}); err != nil {
 		t.Fatalf("after unbind: %v", err)
 	}
 	if _, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); !errors.Is(err, unix.EINVAL) {
@@ -78,7 +78,7 @@ func TestBindRXErrors(t *testing.T) {
 func TestBindRXCheckOrder(t *testing.T) {
 	ip := newInproc(t, Config{Channels: 4})
 	s := ip.s
-	s.SetRings(Rings{TCPDataSplit: false})
+	s.NIC().SetRings(Rings{TCPDataSplit: false})
 	_, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0, 9}})
 	if !errors.Is(err, unix.EINVAL) || !devmemerr.Match(err, devmemerr.BindRXQueueRange) {
 		t.Fatalf("queue 9 of 4 with header split off: %v, want the queue-range row (EINVAL, no message)", err)
@@ -106,7 +106,7 @@ func TestBindRXCheckOrder(t *testing.T) {
 		t.Fatalf("refused binds left %d registered bindings", n)
 	}
 
-	s.SetRings(Rings{TCPDataSplit: true})
+	s.NIC().SetRings(Rings{TCPDataSplit: true})
 	b, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{3, 1, 3}})
 	if err != nil {
 		t.Fatalf("queue named twice: %v", err)

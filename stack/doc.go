@@ -50,6 +50,17 @@
 // ring; the kernel then drops packets (Stats.XSK.RxFillRingEmpty) and TCP
 // recovers once tokens come back, as with a real devmem NIC.
 //
+// # Devices
+//
+// The stack runs on one Device per RX queue: what it needs of an AF_XDP
+// socket (receive batch, fill ring, wait and wake, the TX ring and its
+// completions, counters). New opens the interface's sockets (*umem.Socket)
+// with the XDP program; NewOn takes devices that stand in for them, such as
+// umemtest.Device, whose Inject plays the wire, so tests run the product's
+// one path without privileges. The emulated NIC's ethtool settings
+// (rings, channels, RSS, flow rules) are Stack.NIC's; switches for
+// measurements and robustness tests are Config.Lab.
+//
 // # Invariants
 //
 // Stats.DmabufBytesCopied stays 0; Stats.Unmapped stays 0; after Close

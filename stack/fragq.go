@@ -80,10 +80,11 @@ func (fq *fragQueue) offOf(seq uint32) int64 {
 
 // insert records n payload bytes with sequence number seq found at UMEM
 // address addr of frame. It returns how many new fragments it queued (the
-// caller pins the frame that many times), or -1 when the bytes lie beyond the
-// window or the queue holds maxFrags fragments and the bytes do not fill its
-// front hole, in which case the caller must drop the segment so the stack
-// never accepts bytes the queue cannot map.
+// caller pins the frame that many times; 0 for a retransmission of bytes
+// queued or delivered), or -1 when the bytes lie beyond the window or the
+// queue holds maxFrags fragments and the bytes would add one that does not
+// fill its front hole, in which case the caller must drop the segment so
+// the stack never accepts bytes the queue cannot map.
 func (fq *fragQueue) insert(seq uint32, n int, addr uint64, frame uint32, kind fragKind, b *rxBinding) int {
 	if n <= 0 {
 		return 0
@@ -104,6 +105,9 @@ func (fq *fragQueue) insert(seq uint32, n int, addr uint64, frame uint32, kind f
 	nf := frag{off: uint64(start), addr: addr, n: uint32(end - start), frame: frame, kind: kind, bind: b}
 	live := fq.q[fq.head:]
 	if fq.maxFrags > 0 && len(live) >= fq.maxFrags && nf.off >= live[0].off {
+		if covered(live, nf.off, nf.end()) {
+			return 0 // a retransmission of queued bytes: nothing to pin
+		}
 		return -1
 	}
 	if len(live) == 0 || live[len(live)-1].end() <= nf.off {
@@ -136,6 +140,19 @@ func (fq *fragQueue) insert(seq uint32, n int, addr uint64, frame uint32, kind f
 		cur = pieceEnd
 	}
 	return added
+}
+
+// covered reports whether the sorted fragments hold every byte of
+// [off, end).
+func covered(live []frag, off, end uint64) bool {
+	i := sort.Search(len(live), func(k int) bool { return live[k].end() > off })
+	for cur := off; cur < end; i++ {
+		if i >= len(live) || live[i].off > cur {
+			return false
+		}
+		cur = live[i].end()
+	}
+	return true
 }
 
 func (fq *fragQueue) push(f frag) {

@@ -79,6 +79,42 @@ func TestFragQueueGapsAndWindow(t *testing.T) {
 	}
 }
 
+// TestFragQueueRetransmitAtCap: with the queue at maxFrags, a
+// retransmission of bytes it holds — the front segment gVisor dropped
+// (its segment queue over the receive buffer), sent again — maps to the
+// first arrival instead of being refused, which stalled the connection for
+// good; bytes that would add a fragment are still refused.
+func TestFragQueueRetransmitAtCap(t *testing.T) {
+	var fq fragQueue
+	fq.window = 10000
+	fq.maxFrags = 3
+	fq.reset(0, nil)
+	for i, off := range []uint32{0, 200, 400} {
+		if k := fq.insert(off, 100, uint64(i+1)<<12, uint32(i+1), kindDmabuf, nil); k != 1 {
+			t.Fatalf("insert %d: %d", off, k)
+		}
+	}
+	for _, tc := range []struct {
+		seq  uint32
+		n    int
+		want int
+	}{
+		{0, 100, 0},   // the front, again
+		{250, 50, 0},  // inside a queued fragment
+		{400, 100, 0}, // the last one
+		{100, 100, -1},
+		{150, 100, -1}, // partly new
+		{500, 10, -1},
+	} {
+		if k := fq.insert(tc.seq, tc.n, 0x9000, 9, kindDmabuf, nil); k != tc.want {
+			t.Errorf("insert [%d,+%d) at the cap: %d, want %d", tc.seq, tc.n, k, tc.want)
+		}
+	}
+	if fq.len() != 3 {
+		t.Fatalf("%d fragments", fq.len())
+	}
+}
+
 func TestFragQueueSequenceWrap(t *testing.T) {
 	var fq fragQueue
 	fq.reset(0xffffff00, nil)

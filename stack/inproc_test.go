@@ -4,23 +4,24 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
-	"sync"
+	"os"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/umem"
+	"github.com/xdevmem/xdevmem/umem/umemtest"
 )
 
-// The in-process harness runs the real stack (split, fragment queue, gVisor
-// TCP, RecvMsg, tokens) over a fake link: frames are written into the UMEM
-// region and handed to the receive path as descriptors, and what gVisor
-// transmits comes back through txHook. No privileges, no kernel in the loop.
+// The in-process harness runs the real stack (receive loop, split, fragment
+// queue, gVisor TCP, RecvMsg, tokens, the TX paths) on a fake AF_XDP socket
+// (umemtest.Device, through NewOn): frames are injected as the kernel would
+// receive them, and what the stack transmits comes back through the
+// device's transmit callback. No privileges, no kernel in the loop.
 
 var (
 	ipStack = [4]byte{10, 9, 0, 2}
@@ -30,12 +31,17 @@ var (
 )
 
 type inproc struct {
-	t    testing.TB
-	s    *Stack
-	mu   sync.Mutex
-	sent [][]byte // frames gVisor transmitted
-	ack  chan []byte
+	t   testing.TB
+	s   *Stack
+	dev *umemtest.Device // queue 0's: it transmits
+	ack chan []byte
 }
+
+// inprocRcvBuf is the in-process stacks' receive buffer unless the test
+// sets one (lowered, as New lowers it, to what the UMEM's budget allows).
+const inprocRcvBuf = 1 << 20
+
+var _ Device = (*umemtest.Device)(nil)
 
 func newInproc(t testing.TB, cfg Config) *inproc {
 	t.Helper()
@@ -43,31 +49,35 @@ func newInproc(t testing.TB, cfg Config) *inproc {
 		cfg.RegionSize = 16 << 20
 	}
 	if cfg.RcvBuf == 0 {
-		cfg.RcvBuf = DefaultRcvBuf
+		cfg.RcvBuf = inprocRcvBuf
 	}
 	cfg.MTU = 1500
 	cfg.Addr = netip.PrefixFrom(netip.AddrFrom4(ipStack), 24)
-	r, err := umem.NewRegion(umem.RegionConfig{Size: cfg.RegionSize})
+	ip := &inproc{t: t, ack: make(chan []byte, 1024)}
+	s, err := NewOn(cfg, Link{MAC: macEmu, Open: func(r *umem.Region, sc umem.SocketConfig) (Device, error) {
+		d, err := umemtest.New(r, sc, umemtest.Options{Transmit: ip.transmitted})
+		if err == nil && ip.dev == nil {
+			ip.dev = d
+		}
+		return d, err
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newStackState(cfg, []netip.Prefix{cfg.Addr})
-	s.mac, s.region = macEmu, r
-	s.link = newLinkEndpoint(s)
-	ip := &inproc{t: t, s: s, ack: make(chan []byte, 1024)}
-	s.link.txHook = func(f []byte) {
-		c := append([]byte(nil), f...)
-		select {
-		case ip.ack <- c:
-		default:
-		}
-	}
-	if err := s.initNetstack(); err != nil {
-		t.Fatal(err)
-	}
+	ip.s = s
 	s.ns.AddStaticNeighbor(1, ipv4.ProtocolNumber, tcpip.AddrFrom4(ipPeer), tcpip.LinkAddress(macPeer))
 	t.Cleanup(func() { s.Close() })
 	return ip
+}
+
+// transmitted is the default transmit callback: frames go to ack (waitTX),
+// as many as it holds.
+func (ip *inproc) transmitted(f []byte) {
+	c := append([]byte(nil), f...)
+	select {
+	case ip.ack <- c:
+	default:
+	}
 }
 
 // segment builds a frame from the peer with valid checksums.
@@ -104,23 +114,16 @@ func segment(sport, dport uint16, seq, ack uint32, flags uint8, opts, payload []
 	return b
 }
 
-// inject copies frames into free UMEM frames and runs the receive path on
-// them, as the RX ring would deliver them.
+// inject delivers frames to the stack as the kernel would receive them
+// and returns once the receive loop has handled them. A frame the device
+// drops (no fill frame) fails the test.
 func (ip *inproc) inject(frames ...[]byte) {
-	var idx [64]uint32
-	var descs [64]unix.XDPDesc
 	for len(frames) > 0 {
-		n := min(len(frames), len(idx))
-		got := ip.s.region.Alloc(idx[:n])
-		if got < n {
-			ip.t.Fatalf("region exhausted: %v", ip.s.region.Snapshot())
+		n := min(len(frames), rxBatch)
+		if got := ip.dev.Inject(frames[:n]...); got != n {
+			st, _ := ip.dev.Stats()
+			ip.t.Fatalf("%d of %d frames delivered: %+v, %v", got, n, st, ip.s.region.Snapshot())
 		}
-		for i := 0; i < n; i++ {
-			addr := ip.s.region.FrameAddr(idx[i]) + 256
-			copy(ip.s.region.Bytes()[addr:], frames[i])
-			descs[i] = unix.XDPDesc{Addr: addr, Len: uint32(len(frames[i]))}
-		}
-		ip.s.link.queues[0].handleBatch(descs[:n])
 		frames = frames[n:]
 	}
 }
@@ -153,37 +156,79 @@ func (ip *inproc) connect(ln devmemapi.Listener, sport uint16, isn uint32) (*Con
 
 // recvAll reads want bytes as a devmem app and returns the tokens.
 func recvAll(t testing.TB, c *Conn, want int, p, oob []byte, frags []devmemapi.Frag, toks []devmemapi.DmabufToken, check func([]byte)) {
-	mem := c.s.region.Bytes()
 	for got := 0; got < want; {
-		n, fs, err := devmemapi.RecvFrags(c, p, oob, frags, 0)
+		n, err := recvOnce(t, c, p, oob, frags, toks, check)
 		if err != nil {
 			t.Fatal(err)
 		}
 		got += n
-		toks = toks[:0]
-		if len(fs) == 0 && check != nil {
-			check(p[:n]) // ordinary bytes
+	}
+}
+
+// recvOnce is one RecvMsg of recvAll; it returns the error of RecvMsg (a
+// deadline's, say) and fails the test on others. Ordinary bytes (no
+// cmsg) and linear parts come from p, in order; dmabuf fragments from the
+// region.
+func recvOnce(t testing.TB, c *Conn, p, oob []byte, frags []devmemapi.Frag, toks []devmemapi.DmabufToken, check func([]byte)) (int, error) {
+	mem := c.s.region.Bytes()
+	n, fs, err := devmemapi.RecvFrags(c, p, oob, frags, 0)
+	if err != nil {
+		return 0, err
+	}
+	toks = toks[:0]
+	if len(fs) == 0 && check != nil {
+		check(p[:n]) // ordinary bytes
+	}
+	pos := 0
+	for _, f := range fs {
+		if check != nil {
+			if f.Linear {
+				check(p[pos : pos+int(f.FragSize)])
+				pos += int(f.FragSize)
+			} else {
+				check(mem[f.FragOffset : f.FragOffset+uint64(f.FragSize)])
+			}
 		}
-		pos := 0
-		for _, f := range fs {
-			if check != nil {
-				if f.Linear {
-					check(p[pos : pos+int(f.FragSize)])
-					pos += int(f.FragSize)
-				} else {
-					check(mem[f.FragOffset : f.FragOffset+uint64(f.FragSize)])
-				}
-			}
-			if !f.Linear {
-				toks = append(toks, devmemapi.DmabufToken{TokenStart: f.FragToken, TokenCount: 1})
-			}
+		if !f.Linear {
+			toks = append(toks, devmemapi.DmabufToken{TokenStart: f.FragToken, TokenCount: 1})
 		}
-		for len(toks) > 0 {
-			k := min(len(toks), devmemapi.MaxDontNeedTokens)
-			if _, err := c.DontNeed(toks[:k]); err != nil {
-				t.Fatal(err)
+	}
+	for len(toks) > 0 {
+		k := min(len(toks), devmemapi.MaxDontNeedTokens)
+		if _, err := c.DontNeed(toks[:k]); err != nil {
+			t.Fatal(err)
+		}
+		toks = toks[k:]
+	}
+	return n, nil
+}
+
+// peerLoop is a TCP peer's send loop after a hole: until the application
+// has read want bytes, it sends the segment (next) holding the first byte
+// not read and reads what comes, sending that segment again when nothing
+// does — gVisor's segment queue refuses data while it is over its receive
+// buffer, and a peer then retransmits on its timer. It fails the test when
+// nothing comes for several seconds.
+func (ip *inproc) peerLoop(c *Conn, want int, next func(read int) []byte, got *[]byte) {
+	ip.t.Helper()
+	p := make([]byte, 1<<20)
+	oob := make([]byte, 256*devmemapi.CmsgSpaceDmabuf)
+	defer c.SetReadDeadline(time.Time{})
+	idle := time.Duration(0)
+	for len(*got) < want {
+		ip.inject(next(len(*got)))
+		const rto = 100 * time.Millisecond
+		c.SetReadDeadline(time.Now().Add(rto))
+		n, err := recvOnce(ip.t, c, p, oob, nil, nil, func(b []byte) { *got = append(*got, b...) })
+		switch {
+		case err == nil && n > 0:
+			idle = 0
+		case err == nil || errors.Is(err, os.ErrDeadlineExceeded):
+			if idle += rto; idle > 5*time.Second {
+				ip.t.Fatalf("nothing delivered for %v after %d of %d bytes: %+v", idle, len(*got), want, ip.s.Stats())
 			}
-			toks = toks[k:]
+		default:
+			ip.t.Fatal(err)
 		}
 	}
 }
@@ -255,7 +300,7 @@ func BenchmarkRXPath(b *testing.B) {
 		auto  bool
 	}{{"verify/autorelease=0", false, false}, {"trust-checksum/autorelease=0", true, false}, {"verify/autorelease=1", false, true}} {
 		b.Run(tc.name, func(b *testing.B) {
-			ip := newInproc(b, Config{TrustChecksum: tc.trust})
+			ip := newInproc(b, Config{Lab: Lab{TrustChecksum: tc.trust}})
 			auto := tc.auto
 			if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}, Autorelease: &auto}); err != nil {
 				b.Fatal(err)
@@ -309,5 +354,3 @@ func setSeq(f []byte, seq uint32) {
 	sum = checksum.Combine(sum, uint16(seq))
 	binary.BigEndian.PutUint16(tcp[16:], ^sum)
 }
-
-var _ = errors.Is

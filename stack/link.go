@@ -4,12 +4,11 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	"github.com/xdevmem/xdevmem/umem"
 )
 
 // rxBatch is how many descriptors the receive loop takes per ring pass.
@@ -18,13 +17,13 @@ const rxBatch = 64
 // placeholderSize bounds one segment's payload (a 64 KiB chunk).
 const placeholderSize = 1 << 16
 
-// linkEndpoint adapts the AF_XDP socket to gVisor (gVisor's own
+// linkEndpoint adapts the AF_XDP sockets (Devices) to gVisor (gVisor's own
 // pkg/tcpip/link/xdp does the same for the copying path). Its receive loop
 // is the header split: payload bytes stay in the UMEM and gVisor gets the
 // headers plus a placeholder payload of the right length.
 type linkEndpoint struct {
-	s    *Stack
-	sock *umem.Socket
+	s   *Stack
+	dev Device // the device that transmits: queue 0's
 
 	mu         sync.RWMutex
 	dispatcher gstack.NetworkDispatcher
@@ -42,21 +41,14 @@ type linkEndpoint struct {
 	// kickc asks the kicker goroutine to wake the kernel's TX; kdone stops
 	// it (kickc is never closed: WritePackets may still send).
 	kickc, kdone chan struct{}
-
-	// txHook receives transmitted frames when there is no socket
-	// (in-process tests).
-	txHook func(frame []byte)
 }
 
 var _ gstack.LinkEndpoint = (*linkEndpoint)(nil)
 
 func newLinkEndpoint(s *Stack) *linkEndpoint {
-	e := &linkEndpoint{s: s, sock: s.sock, placeholder: buffer.NewViewSize(placeholderSize)}
-	if len(s.socks) == 0 {
-		e.queues = []*rxQueue{newRXQueue(e, 0, nil)} // in-process tests
-	}
-	for i, sock := range s.socks {
-		e.queues = append(e.queues, newRXQueue(e, i, sock))
+	e := &linkEndpoint{s: s, dev: s.devs[0], placeholder: buffer.NewViewSize(placeholderSize)}
+	for i, dev := range s.devs {
+		e.queues = append(e.queues, newRXQueue(e, i, dev))
 	}
 	return e
 }
@@ -80,7 +72,7 @@ func (e *linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 // Capabilities implements gstack.LinkEndpoint. The endpoint claims RX
 // checksum offload because the header split verifies every IPv4 header and
 // TCP checksum itself, as a NIC's offload does (gVisor could not: the
-// payload it holds is a placeholder). With Config.TrustChecksum nothing is
+// payload it holds is a placeholder). With Config.Lab.TrustChecksum nothing is
 // verified, as documented there.
 //
 // In shared-address mode it does not ask for link address resolution: ARP
@@ -128,16 +120,13 @@ func (e *linkEndpoint) Attach(d gstack.NetworkDispatcher) {
 	}
 	e.dispatcher = d
 	for _, q := range e.queues {
-		q.gro.Init(!e.s.cfg.NoGRO)
+		q.gro.Init(!e.s.cfg.Lab.NoGRO)
 		q.gro.Dispatcher = d
-	}
-	if e.sock == nil {
-		return // in-process tests feed frames with handleBatch
 	}
 	// Frames freed by tokens may end a fill-ring starvation on any queue.
 	e.s.region.SetOnFree(func() {
 		for _, q := range e.queues {
-			q.sock.Wake()
+			q.dev.Wake()
 		}
 	})
 	e.kickc = make(chan struct{}, 1)
@@ -169,9 +158,7 @@ func (e *linkEndpoint) SetOnCloseAction(func()) {}
 func (e *linkEndpoint) stop() {
 	e.stopped.Store(true)
 	for _, q := range e.queues {
-		if q.sock != nil {
-			q.sock.Wake()
-		}
+		q.dev.Wake()
 	}
 	if e.kdone != nil {
 		close(e.kdone)
@@ -194,7 +181,7 @@ func (e *linkEndpoint) kicker() {
 	for {
 		select {
 		case <-e.kickc:
-			if err := e.sock.Kick(); err != nil {
+			if err := e.dev.TXKick(); err != nil {
 				e.s.cnt.kickErrors.Add(1)
 			}
 		case <-e.kdone:
@@ -203,28 +190,42 @@ func (e *linkEndpoint) kicker() {
 	}
 }
 
+// linkTXBatch is how many frames WritePackets takes from the socket at a
+// time.
+const linkTXBatch = 64
+
 // WritePackets implements gstack.LinkEndpoint: each packet is copied into a
 // TX frame; the batch is flushed with one kick.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
-	if e.sock == nil {
-		return e.writeHook(pkts)
-	}
+	list := pkts.AsSlice()
+	var addrs [linkTXBatch]uint64
+	var descs [linkTXBatch]unix.XDPDesc
 	n := 0
-	for _, pkt := range pkts.AsSlice() {
-		addr, frame, ok := e.sock.TXBuffer()
-		if !ok {
+	for n < len(list) {
+		k := e.dev.TXAcquire(addrs[:min(len(list)-n, linkTXBatch)])
+		if k == 0 {
 			break
 		}
-		off := 0
-		for _, sl := range pkt.AsSlices() {
-			off += copy(frame[off:], sl)
+		for i, pkt := range list[n : n+k] {
+			frame := e.dev.TXFrame(addrs[i])
+			off := 0
+			for _, sl := range pkt.AsSlices() {
+				off += copy(frame[off:], sl)
+			}
+			descs[i] = unix.XDPDesc{Addr: addrs[i], Len: uint32(off)}
 		}
-		e.sock.TXQueue(addr, off)
-		e.s.cnt.txFrames.Add(1)
-		e.s.cnt.txBytes.Add(uint64(off))
-		n++
+		q, _ := e.dev.TXProduce(descs[:k])
+		for _, d := range descs[:q] {
+			e.s.cnt.txFrames.Add(1)
+			e.s.cnt.txBytes.Add(uint64(d.Len))
+		}
+		n += q
+		if q < k {
+			e.dev.TXRelease(addrs[q:k]...)
+			break
+		}
 	}
-	if e.sock.TXPublish() || n < pkts.Len() {
+	if len(list) > 0 {
 		// (Also when frames ran out: a kick drains and completes them.)
 		// The kick runs the transmit (and the peer's receive) inside the
 		// syscall; a dedicated goroutine does it so that TCP processing
@@ -234,24 +235,8 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		default: // a kick is pending already and will send these too
 		}
 	}
-	if n == 0 && pkts.Len() > 0 {
+	if n == 0 && len(list) > 0 {
 		return 0, &tcpip.ErrNoBufferSpace{}
 	}
 	return n, nil
-}
-
-// writeHook hands transmitted frames to txHook (in-process tests).
-func (e *linkEndpoint) writeHook(pkts gstack.PacketBufferList) (int, tcpip.Error) {
-	var buf [4096]byte
-	for _, pkt := range pkts.AsSlice() {
-		off := 0
-		for _, sl := range pkt.AsSlices() {
-			off += copy(buf[off:], sl)
-		}
-		e.s.cnt.txFrames.Add(1)
-		if e.txHook != nil {
-			e.txHook(buf[:off])
-		}
-	}
-	return pkts.Len(), nil
 }

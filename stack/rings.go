@@ -24,8 +24,9 @@ type Rings struct {
 	HDSThresh uint32
 }
 
-// Rings returns the current ring settings.
-func (s *Stack) Rings() Rings {
+// Rings returns the current ring settings (ethtool -g).
+func (nic *NIC) Rings() Rings {
+	s := nic.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.rings
@@ -34,7 +35,8 @@ func (s *Stack) Rings() Rings {
 // SetRings changes the ring settings as ethtool -G would. While a dmabuf is
 // bound, turning header split off or setting a non-zero hds-thresh fails
 // with EINVAL, as the kernel refuses it for a device with a memory provider.
-func (s *Stack) SetRings(r Rings) error {
+func (nic *NIC) SetRings(r Rings) error {
+	s := nic.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.bindings) > 0 {

@@ -9,18 +9,16 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
-
-	"github.com/xdevmem/xdevmem/umem"
 )
 
 // rxQueue is one RX queue's receive path: its AF_XDP socket, its goroutine
 // and that goroutine's scratch, GRO state, fault injector and flow cache.
 // Everything but the counters it updates belongs to its goroutine.
 type rxQueue struct {
-	e    *linkEndpoint
-	s    *Stack
-	id   int          // the interface's RX queue
-	sock *umem.Socket // nil in in-process tests
+	e   *linkEndpoint
+	s   *Stack
+	id  int    // the interface's RX queue
+	dev Device // its socket
 
 	gro gro.GRO
 	inj *injector
@@ -48,9 +46,9 @@ type rxQueue struct {
 	rdescs []unix.XDPDesc // the reassembled segment's frames
 }
 
-func newRXQueue(e *linkEndpoint, id int, sock *umem.Socket) *rxQueue {
-	q := &rxQueue{e: e, s: e.s, id: id, sock: sock}
-	if f := e.s.cfg.Faults; f.Enabled() {
+func newRXQueue(e *linkEndpoint, id int, dev Device) *rxQueue {
+	q := &rxQueue{e: e, s: e.s, id: id, dev: dev}
+	if f := e.s.cfg.Lab.Faults; f.Enabled() {
 		f.Seed += uint64(id) // one reproducible stream per queue
 		q.inj = newInjector(f)
 	}
@@ -110,15 +108,15 @@ func (q *rxQueue) insert(fl *flow, seq uint32, n int, addr uint64, frame uint32,
 func (q *rxQueue) rxLoop() {
 	defer q.e.wg.Done()
 	for !q.e.stopped.Load() {
-		q.sock.Refill()
-		n := q.sock.Receive(q.descs[:])
+		q.dev.Refill()
+		n := q.dev.Receive(q.descs[:])
 		if n == 0 && q.inj != nil && len(q.inj.held) > 0 {
 			q.flushHeld() // the link went quiet: deliver what reordering held back
 			continue
 		}
 		if n == 0 {
 			timeout := 1000
-			if q.sock.Fill.Pending() == 0 {
+			if q.dev.FillPending() == 0 {
 				timeout = 10 // starved: frames come back through tokens
 				if q.starvedSince.IsZero() {
 					q.starvedSince = time.Now()
@@ -127,7 +125,7 @@ func (q *rxQueue) rxLoop() {
 			} else {
 				q.starvedSince = time.Time{}
 			}
-			q.sock.Wait(timeout)
+			q.dev.Wait(timeout)
 			continue
 		}
 		q.handleBatch(q.descs[:n])
@@ -244,7 +242,7 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 	frame := s.region.FrameOf(d.Addr)
 	b := s.region.Bytes()[d.Addr : d.Addr+uint64(d.Len)]
 	var sp Split
-	v := SplitFrame(b, &sp, !s.cfg.TrustChecksum)
+	v := SplitFrame(b, &sp, !s.cfg.Lab.TrustChecksum)
 	switch {
 	case v == VerdictTCP:
 	case v == VerdictOther:
@@ -398,7 +396,7 @@ func (q *rxQueue) deliverCopy(b []byte, sp Split) {
 	}
 	q.s.cnt.frameCopyBytes.Add(uint64(n))
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(b[:n])})
-	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.TrustChecksum)
+	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.Lab.TrustChecksum)
 }
 
 // deliverSplit hands gVisor the headers (copied) and a placeholder payload.
@@ -468,7 +466,7 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 		}
 	}
 	var sp Split
-	v := SplitFrames(b0, q.more, &sp, !s.cfg.TrustChecksum)
+	v := SplitFrames(b0, q.more, &sp, !s.cfg.Lab.TrustChecksum)
 	switch v {
 	case VerdictTCP:
 	case VerdictOther:
@@ -582,7 +580,7 @@ func (q *rxQueue) deliverCopyMulti(b0 []byte, more [][]byte, sp Split) {
 	}
 	q.s.cnt.frameCopyBytes.Add(uint64(n))
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
-	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.TrustChecksum)
+	q.dispatch(pkt, sp.EtherType, sp.TCPOff > 0 && !q.s.cfg.Lab.TrustChecksum)
 }
 
 // testHookLookedUp, when set (tests only), runs between a segment's flow

@@ -25,7 +25,6 @@ import (
 // Defaults of Config.
 const (
 	DefaultRegionSize = 64 << 20
-	DefaultRcvBuf     = 1 << 20 // the in-process tests' window
 	DefaultMTU        = 1500
 )
 
@@ -81,9 +80,6 @@ type Config struct {
 	// splits exactly at the payload; applications set it to exercise their
 	// SCM_DEVMEM_LINEAR handling.
 	LinearHead int
-	// TrustChecksum skips software checksum verification (benchmarks only;
-	// corrupted frames would then reach the application).
-	TrustChecksum bool
 	// RcvBuf is each connection's TCP receive buffer (gVisor advertises
 	// half of it as the window); 0 sizes it from the UMEM: what half the
 	// receive frames hold in full-sized segments, at most 8 MiB. The window
@@ -92,19 +88,41 @@ type Config struct {
 	// RcvBuf is lowered to that bound (see budget.go); it must be at least
 	// 4096.
 	RcvBuf int
-	// NoGRO disables coalescing consecutive segments before TCP.
-	NoGRO bool
-	// Faults injects seeded drops, duplicates, reordering, corruption and
-	// truncation into received frames (off by default).
-	Faults Faults
 	// OnAlert, if set, is told once per reason when a run of drops
 	// probably stalls a flow (a peer sending unfinished checksums, an
 	// exhausted dmabuf, ...), so that a hung transfer says why. It runs on
 	// a goroutine of its own.
 	OnAlert func(Alert)
+	// Autorelease is the token release mode of a bind-rx that does not
+	// choose one (BindRXConfig.Autorelease nil). nil means the host
+	// kernel's (netdev.HostAutorelease): autorelease on where the
+	// kernel's bind-rx lacks NETDEV_A_DMABUF_AUTORELEASE, as every
+	// upstream kernel does, the series' 0 where it has it; so a program
+	// behaves the same when the auto backend picks the kernel.
+	Autorelease *bool
+	// Lab holds switches for measurements and robustness tests; a
+	// deployment leaves them zero.
+	Lab Lab
+}
+
+// Lab are a stack's lab switches (Config.Lab): each makes the stack do
+// what a deployment does not want — skip a check, leave out an
+// optimisation, copy, break frames on purpose — to measure or test it.
+// The zero value turns them all off.
+type Lab struct {
+	// TrustChecksum skips software checksum verification (benchmarks only;
+	// corrupted frames would then reach the application).
+	TrustChecksum bool
+	// NoGRO disables coalescing consecutive segments before TCP.
+	NoGRO bool
+	// Faults injects seeded drops, duplicates, reordering, corruption and
+	// truncation into received frames (off by default). Off, it costs the
+	// receive path one branch per batch.
+	Faults Faults
 	// TXCopy makes devmem TX copy payload into TX frames instead of
 	// chaining descriptors that point into the TX dmabuf (tx.go; for
-	// comparison and for kernels without multi-buffer AF_XDP TX).
+	// comparison and for kernels without multi-buffer AF_XDP TX). The
+	// stack copies anyway on such kernels.
 	TXCopy bool
 	// Autorelease is the token release mode of a bind-rx that does not
 	// choose one (BindRXConfig.Autorelease nil). nil means the host
@@ -126,15 +144,15 @@ type Stack struct {
 	ours     [][16]byte     // the same, 16-byte (IPv4-mapped) for the split's check
 	ns       *gstack.Stack
 	region   *umem.Region
-	sock     *umem.Socket
-	prog     *umem.Program
+	devs     []Device      // one per RX queue; devs[0] also transmits
+	prog     *umem.Program // nil on NewOn's devices
 	link     *linkEndpoint
 	cnt      counters
 	budget   rxBudget                               // the UMEM's frame budget (budget.go)
 	window   uint64                                 // bytes past a connection's read offset its fragment queue records
-	socks    []*umem.Socket                         // one per RX queue; socks[0] also transmits
 	bound    [MaxChannels]atomic.Pointer[rxBinding] // logical queue → binding
-	steer    steering
+	steer    steering                               // the NIC's channels, RSS and rules (steer.go)
+	nic      NIC
 	flows    flowTable
 	reasm    reassembler
 	closing  atomic.Bool
@@ -144,14 +162,14 @@ type Stack struct {
 	addrModeWhy string
 	autorelease bool          // the default token mode (Config.Autorelease)
 	autoWhy     string        // why
-	ports       *portTable    // nil in in-process tests
-	netns       *nsHandle     // the namespace New ran in
+	ports       *portTable    // the kernel's ports the stack holds; nil on NewOn's devices
+	netns       *nsHandle     // the namespace New ran in; nil on NewOn's devices
 	neigh       *neighTable   // shared-address mode only
 	tx          txState       // devmem TX (tx.go)
 	keptFrames  atomic.Uint32 // frames of BindTXReserved spans: never free
 
 	mu        sync.Mutex
-	rings     Rings // guarded by mu
+	rings     Rings // the NIC's ring settings; guarded by mu
 	bindings  map[*rxBinding]struct{}
 	listeners map[*Listener]struct{}
 	conns     map[*Conn]struct{}
@@ -210,29 +228,9 @@ func New(cfg Config) (_ *Stack, err error) {
 	if autoChannels {
 		cfg.Channels = cfg.Queues
 	}
-	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > MaxChannels {
-		return nil, fmt.Errorf("xdevmem stack: %d queues, %d channels (1 to %d): %w", cfg.Queues, cfg.Channels, MaxChannels, unix.EINVAL)
-	}
-	if cfg.HDSThresh < 0 || cfg.LinearHead < 0 {
-		return nil, fmt.Errorf("xdevmem stack: hds-thresh %d, linear head %d: %w", cfg.HDSThresh, cfg.LinearHead, unix.EINVAL)
-	}
-	if cfg.MTU > MaxMTU {
-		return nil, fmt.Errorf("xdevmem stack: MTU %d of %s is too large (at most %d, in up to %d frames of %d bytes with XDP multi-buffer): %w",
-			cfg.MTU, cfg.Ifname, MaxMTU, (MaxMTU+ethHdrLen+umem.DefaultFrameSize-1)/umem.DefaultFrameSize+1, umem.DefaultFrameSize, unix.EMSGSIZE)
-	}
-	if err := CheckMTU(cfg.MTU, cfg.hasIPv6()); err != nil {
-		return nil, fmt.Errorf("xdevmem stack: %s: %w", cfg.Ifname, err)
-	}
-	if err := CheckRegionSize(cfg.RegionSize, cfg.MTU, cfg.Queues); err != nil {
+	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
-	if err := cfg.sizeRcvBuf(); err != nil {
-		return nil, fmt.Errorf("xdevmem stack: %w", err)
-	}
-	// Above this MTU a frame may not fit one UMEM frame (and veth refuses
-	// single-buffer native XDP): use XDP multi-buffer, a packet in several
-	// frames.
-	multiBuffer := cfg.MTU > SingleBufferMTU
 	s := newStackState(cfg, prefixes)
 	s.ifindex, s.mac = ifc.Index, ifc.HardwareAddr
 	s.addrMode, s.addrModeWhy = mode, modeWhy
@@ -252,11 +250,11 @@ func New(cfg Config) (_ *Stack, err error) {
 	} else if s.region, err = umem.NewRegion(umem.RegionConfig{Size: cfg.RegionSize}); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
+	var socks []*umem.Socket
 	for q := 0; q < cfg.Queues; q++ {
-		sc := umem.SocketConfig{Queue: q, SG: multiBuffer, RingSize: s.budget.ring}
+		sc := s.socketConfig(q)
 		if q > 0 {
-			sc.Shared = s.socks[0]
-			sc.TXFrames = 1 // only socks[0] transmits
+			sc.Shared = socks[0]
 		}
 		sock, err := umem.NewSocket(s.region, s.ifindex, sc)
 		if err != nil && autoQueues && q > 0 && errors.Is(err, unix.EINVAL) {
@@ -272,10 +270,10 @@ func New(cfg Config) (_ *Stack, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("xdevmem stack: rx queue %d: %w", q, err)
 		}
-		s.socks = append(s.socks, sock)
+		socks = append(socks, sock)
+		s.devs = append(s.devs, sock)
 	}
-	s.sock = s.socks[0]
-	pc := umem.ProgramConfig{Queues: cfg.Queues, Frags: multiBuffer, Ports: mode == AddressShared}
+	pc := umem.ProgramConfig{Queues: cfg.Queues, Frags: cfg.MTU > SingleBufferMTU, Ports: mode == AddressShared}
 	for _, p := range prefixes {
 		if p.Addr().Is4() {
 			pc.IPv4 = append(pc.IPv4, p.Addr())
@@ -300,7 +298,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
 	s.ports = newPortTable(steer, mode == AddressDedicated, s.netns)
-	for q, sock := range s.socks {
+	for q, sock := range socks {
 		if err = s.prog.SetSocket(q, sock.FD()); err != nil {
 			return nil, fmt.Errorf("xdevmem stack: %w", err)
 		}
@@ -308,12 +306,115 @@ func New(cfg Config) (_ *Stack, err error) {
 	if err = s.attach(); err != nil {
 		return nil, fmt.Errorf("xdevmem stack: %w", err)
 	}
-
-	s.link = newLinkEndpoint(s)
-	if err = s.initNetstack(); err != nil {
+	if err = s.start(); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// Link is what NewOn builds a stack on in place of an interface: devices
+// that stand in for the interface's AF_XDP sockets.
+type Link struct {
+	// MAC is the stack's link address.
+	MAC net.HardwareAddr
+	// Open opens one RX queue's device over the stack's UMEM, configured
+	// as a socket would be (cfg.Queue, ring sizes, TX frames, multi-buffer;
+	// cfg.Shared is not set). The device of queue 0 also transmits. The
+	// stack closes the devices it opened, on Close or when NewOn fails.
+	Open func(region *umem.Region, cfg umem.SocketConfig) (Device, error)
+}
+
+// NewOn builds a stack over devices (see Device; umemtest.Device for tests
+// that run without privileges) instead of an interface's AF_XDP sockets:
+// the receive and transmit paths are New's, with no XDP program, no kernel
+// port holds and no kernel neighbour table — the address is the stack's
+// alone, and gVisor answers ARP itself. cfg.Ifname is not used; cfg.MTU 0
+// means DefaultMTU and cfg.Queues 0 means 1.
+func NewOn(cfg Config, l Link) (_ *Stack, err error) {
+	prefixes, err := cfg.prefixes()
+	if err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	}
+	if len(l.MAC) != 6 || l.Open == nil {
+		return nil, fmt.Errorf("xdevmem stack: a link needs a 6-byte MAC and an Open function: %w", unix.EINVAL)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = DefaultMTU
+	}
+	if cfg.RegionSize == 0 {
+		cfg.RegionSize = DefaultRegionSize
+	}
+	if cfg.Queues == 0 {
+		cfg.Queues = 1
+	}
+	if cfg.Channels == 0 {
+		cfg.Channels = cfg.Queues
+	}
+	if err := cfg.check(); err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	}
+	s := newStackState(cfg, prefixes)
+	s.mac = l.MAC
+	s.addrMode, s.addrModeWhy = AddressDedicated, "a stack on devices has no kernel to share its address with"
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if s.region, err = umem.NewRegion(umem.RegionConfig{Size: cfg.RegionSize}); err != nil {
+		return nil, fmt.Errorf("xdevmem stack: %w", err)
+	}
+	for q := 0; q < cfg.Queues; q++ {
+		dev, err := l.Open(s.region, s.socketConfig(q))
+		if err != nil {
+			return nil, fmt.Errorf("xdevmem stack: rx queue %d: %w", q, err)
+		}
+		s.devs = append(s.devs, dev)
+	}
+	if err = s.start(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// check validates a configuration whose defaults are filled in.
+func (cfg *Config) check() error {
+	if cfg.Queues < 1 || cfg.Channels < 1 || cfg.Channels > MaxChannels {
+		return fmt.Errorf("%d queues, %d channels (1 to %d): %w", cfg.Queues, cfg.Channels, MaxChannels, unix.EINVAL)
+	}
+	if cfg.HDSThresh < 0 || cfg.LinearHead < 0 {
+		return fmt.Errorf("hds-thresh %d, linear head %d: %w", cfg.HDSThresh, cfg.LinearHead, unix.EINVAL)
+	}
+	if cfg.MTU > MaxMTU {
+		return fmt.Errorf("MTU %d of %s is too large (at most %d, in up to %d frames of %d bytes with XDP multi-buffer): %w",
+			cfg.MTU, cfg.Ifname, MaxMTU, (MaxMTU+ethHdrLen+umem.DefaultFrameSize-1)/umem.DefaultFrameSize+1, umem.DefaultFrameSize, unix.EMSGSIZE)
+	}
+	if err := CheckMTU(cfg.MTU, cfg.hasIPv6()); err != nil {
+		return fmt.Errorf("%s: %w", cfg.Ifname, err)
+	}
+	if err := CheckRegionSize(cfg.RegionSize, cfg.MTU, cfg.Queues); err != nil {
+		return err
+	}
+	return cfg.sizeRcvBuf()
+}
+
+// socketConfig is how RX queue q's socket is configured: rings from the
+// frame budget, TX frames only on queue 0 (the one that transmits), and
+// XDP multi-buffer above SingleBufferMTU, where a frame may not fit one
+// UMEM frame (and veth refuses single-buffer native XDP).
+func (s *Stack) socketConfig(q int) umem.SocketConfig {
+	sc := umem.SocketConfig{Queue: q, SG: s.cfg.MTU > SingleBufferMTU, RingSize: s.budget.ring}
+	if q > 0 {
+		sc.TXFrames = 1
+	}
+	return sc
+}
+
+// start builds the link endpoint over the devices and gVisor's stack over
+// it, which starts the receive goroutines.
+func (s *Stack) start() error {
+	s.link = newLinkEndpoint(s)
+	return s.initNetstack()
 }
 
 // initNetstack creates gVisor's stack over the link endpoint.
@@ -367,8 +468,8 @@ const (
 	MaxMTU          = 9216
 )
 
-// newStackState builds a Stack's bookkeeping (no region, socket or
-// netstack yet), shared by New and the in-process tests.
+// newStackState builds a Stack's bookkeeping (no region, devices or
+// netstack yet), shared by New and NewOn.
 func newStackState(cfg Config, prefixes []netip.Prefix) *Stack {
 	s := &Stack{
 		cfg:       cfg,
@@ -380,6 +481,7 @@ func newStackState(cfg Config, prefixes []netip.Prefix) *Stack {
 	}
 	// The fragment queue records what gVisor's window (half of RcvBuf) may
 	// bring with room to spare, never more than the budget allows.
+	s.nic.s = s
 	s.window = min(2*uint64(cfg.RcvBuf)+256<<10, s.budget.window)
 	s.flows.init()
 	s.flows.window = s.window
@@ -475,8 +577,14 @@ func (s *Stack) isOurs(dst [16]byte) bool {
 // Region is the UMEM: the emulated dmabuf.
 func (s *Stack) Region() *umem.Region { return s.region }
 
-// XDPMode reports how the XDP program is attached ("native" or "generic").
-func (s *Stack) XDPMode() string { return s.prog.Mode() }
+// XDPMode reports how the XDP program is attached ("native" or "generic";
+// "" on NewOn's devices, which have none).
+func (s *Stack) XDPMode() string {
+	if s.prog == nil {
+		return ""
+	}
+	return s.prog.Mode()
+}
 
 // Stats takes a snapshot of the counters.
 func (s *Stack) Stats() Stats {
@@ -514,20 +622,18 @@ func (s *Stack) Stats() Stats {
 		FlowsClosed:        c.flowsClosed.Load(),
 		FlowsEvicted:       c.flowsEvicted.Load(),
 	}
-	for _, sock := range s.socks {
-		x, _ := sock.Stats()
+	for _, dev := range s.devs {
+		x, _ := dev.Stats()
 		st.XSK.RxDropped += x.RxDropped
 		st.XSK.RxInvalidDescs += x.RxInvalidDescs
 		st.XSK.TxInvalidDescs += x.TxInvalidDescs
 		st.XSK.RxRingFull += x.RxRingFull
 		st.XSK.RxFillRingEmpty += x.RxFillRingEmpty
 		st.XSK.TxRingEmpty += x.TxRingEmpty
+		st.TxDrops += x.TxDrops // only devs[0] transmits
+		st.TxKickStalls += x.KickStalls
 	}
 	st.TxKickErrors = c.kickErrors.Load()
-	if s.sock != nil {
-		st.TxDrops = s.sock.TXDrops()
-		st.TxKickStalls = s.sock.KickStalls()
-	}
 	if s.region != nil {
 		st.Frames = s.region.Snapshot()
 	}
@@ -598,8 +704,8 @@ func (s *Stack) Close() error {
 	for _, b := range bs {
 		b.Close()
 	}
-	for i := len(s.socks) - 1; i >= 0; i-- { // sharers first, the UMEM's owner last
-		if err := s.socks[i].Close(); err != nil {
+	for i := len(s.devs) - 1; i >= 0; i-- { // sharers first, the UMEM's owner last
+		if err := s.devs[i].Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}

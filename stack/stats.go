@@ -105,7 +105,7 @@ type Stats struct {
 	XSK umem.Stats
 	// Frames is the UMEM accounting.
 	Frames umem.Accounting
-	// Faults counts injected faults (Config.Faults).
+	// Faults counts injected faults (Config.Lab.Faults).
 	Faults FaultStats
 }
 

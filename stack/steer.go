@@ -105,7 +105,8 @@ func (st *steering) queueOf(fl *flow) int {
 }
 
 // Channels is the number of logical RX queues.
-func (s *Stack) Channels() int {
+func (nic *NIC) Channels() int {
+	s := nic.s
 	s.steer.mu.Lock()
 	defer s.steer.mu.Unlock()
 	return s.steer.channels
@@ -115,7 +116,8 @@ func (s *Stack) Channels() int {
 // 64. It fails with EINVAL when a queue it would remove is bound to a
 // dmabuf or targeted by a rule, as the kernel refuses to shrink channels
 // under a memory provider.
-func (s *Stack) SetChannels(n int) error {
+func (nic *NIC) SetChannels(n int) error {
+	s := nic.s
 	if n < 1 || n > MaxChannels {
 		return fmt.Errorf("set channels %d: want 1 to %d: %w", n, MaxChannels, unix.EINVAL)
 	}
@@ -141,7 +143,8 @@ func (s *Stack) SetChannels(n int) error {
 // (ethtool -X IFACE equal N), keeping them off the queues at and above n.
 // n beyond the channel count is EINVAL, as the kernel refuses an
 // indirection table naming a missing queue.
-func (s *Stack) SetRSS(n int) error {
+func (nic *NIC) SetRSS(n int) error {
+	s := nic.s
 	s.steer.mu.Lock()
 	defer s.steer.mu.Unlock()
 	if n < 1 || n > s.steer.channels {
@@ -156,7 +159,8 @@ func (s *Stack) SetRSS(n int) error {
 // they were added. A queue at or beyond the channel count is EINVAL, as a
 // driver refuses an ntuple rule's ring (ethtool: "Cannot insert RX class
 // rule: Invalid argument").
-func (s *Stack) AddFlowRule(r FlowRule) (int, error) {
+func (nic *NIC) AddFlowRule(r FlowRule) (int, error) {
+	s := nic.s
 	s.steer.mu.Lock()
 	defer s.steer.mu.Unlock()
 	if r.Queue < 0 || r.Queue >= s.steer.channels {
@@ -171,7 +175,8 @@ func (s *Stack) AddFlowRule(r FlowRule) (int, error) {
 }
 
 // DeleteFlowRule removes a rule; an unknown id is ENOENT.
-func (s *Stack) DeleteFlowRule(id int) error {
+func (nic *NIC) DeleteFlowRule(id int) error {
+	s := nic.s
 	s.steer.mu.Lock()
 	defer s.steer.mu.Unlock()
 	if _, ok := s.steer.rules[id]; !ok {

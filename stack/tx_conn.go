@@ -523,7 +523,7 @@ func (c *TXConn) onAck(ack uint32) {
 	if pending {
 		// The frames that carried the data have normally completed by
 		// now (copy mode completes inside the kick): collect them.
-		c.eng.dev.reclaim()
+		c.eng.dev.TXReclaim()
 		c.mu.Lock()
 		c.completeLocked()
 		c.mu.Unlock()
@@ -650,7 +650,7 @@ func (c *TXConn) RecvErrQueue(oob []byte, flags int) (oobn, recvflags int, err e
 	c.mu.Lock()
 	if len(c.errq) == 0 && c.waitingLocked() {
 		c.mu.Unlock()
-		c.eng.dev.reclaim()
+		c.eng.dev.TXReclaim()
 		c.mu.Lock()
 	}
 	if len(c.errq) == 0 {
@@ -692,7 +692,7 @@ func (c *TXConn) PollErrQueue(timeout time.Duration) (bool, error) {
 		}
 		var tick <-chan time.Time
 		if waiting {
-			c.eng.dev.reclaim()
+			c.eng.dev.TXReclaim()
 			tick = time.After(time.Millisecond)
 		}
 		select {

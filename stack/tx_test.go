@@ -25,7 +25,7 @@ import (
 
 // The in-process TX tests run the real TX engine (placeholders in gVisor,
 // the stream map, multi-buffer chains or copies, checksums, completions)
-// against a small fake TCP receiver: the hook device joins each chain into
+// against a small fake TCP receiver: the fake device joins each chain into
 // one frame as the kernel would and hands it to the peer, which checks the
 // checksums, keeps the in-order bytes and ACKs.
 
@@ -59,13 +59,13 @@ type fakePeer struct {
 
 func newFakePeer(t testing.TB, ip *inproc) *fakePeer {
 	p := &fakePeer{t: t, ip: ip, frames: make(chan []byte, 1<<16), stop: make(chan struct{}), done: make(chan struct{}), seq: 777000}
-	ip.s.link.txHook = func(f []byte) {
+	ip.dev.SetTransmit(func(f []byte) {
 		select {
 		case p.frames <- append([]byte(nil), f...):
 		default:
 			p.overflow.Add(1) // a lost frame; TCP recovers
 		}
-	}
+	})
 	go p.run()
 	t.Cleanup(p.close)
 	return p
@@ -85,7 +85,10 @@ func (p *fakePeer) run() {
 		select {
 		case f := <-p.frames:
 			if r := p.handle(f); r != nil {
-				p.ip.inject(r)
+				// As on a wire: the peer goes on without waiting for
+				// the stack's receive loop (a reply the device drops is
+				// a lost segment; TCP recovers).
+				p.ip.dev.Enqueue(r)
 			}
 		case <-p.stop:
 			return
@@ -231,7 +234,7 @@ func TestInprocTXSend(t *testing.T) {
 		copy bool
 	}{{"multi-buffer", false}, {"copy", true}} {
 		t.Run(mode.name, func(t *testing.T) {
-			ip, peer, b, c := txSetup(t, Config{TXCopy: mode.copy}, 1<<20)
+			ip, peer, b, c := txSetup(t, Config{Lab: Lab{TXCopy: mode.copy}}, 1<<20)
 			before := append([]byte(nil), b.Bytes()...)
 			// Sends of assorted sizes and offsets, all within the
 			// pattern's period so the stream stays the pattern.
@@ -572,7 +575,7 @@ func TestInprocTXCloseReleases(t *testing.T) {
 // BenchmarkTXPath is the per-byte cost of the emulated devmem send path
 // besides the kernel: SendMsg, gVisor TCP over placeholders, the stream
 // map, checksums over the dmabuf, chains (or copies), ACK processing and
-// completions. The hook device's join of each chain into a frame stands in
+// completions. The fake device's join of each chain into a frame stands in
 // for the kernel's copy.
 func BenchmarkTXPath(b *testing.B) {
 	for _, mode := range []struct {
@@ -581,7 +584,7 @@ func BenchmarkTXPath(b *testing.B) {
 	}{{"multi-buffer", false}, {"copy", true}} {
 		b.Run(mode.name, func(b *testing.B) {
 			const chunk = 256 << 10
-			ip, peer, tb, c := txSetup(b, Config{TXCopy: mode.copy}, 4*chunk)
+			ip, peer, tb, c := txSetup(b, Config{Lab: Lab{TXCopy: mode.copy}}, 4*chunk)
 			peer.mu.Lock()
 			peer.discard = true
 			peer.mu.Unlock()
@@ -614,11 +617,11 @@ func TestTXSegmentGSO(t *testing.T) {
 	ip := newInproc(t, Config{})
 	var frames [][]byte
 	var mu sync.Mutex
-	ip.s.link.txHook = func(f []byte) {
+	ip.dev.SetTransmit(func(f []byte) {
 		mu.Lock()
 		frames = append(frames, append([]byte(nil), f...))
 		mu.Unlock()
-	}
+	})
 	eng, err := ip.s.engine()
 	if err != nil {
 		t.Fatal(err)
@@ -664,15 +667,11 @@ func TestTXSegmentGSO(t *testing.T) {
 	}
 }
 
-// nopDevice is a txDevice that never transmits (stream-map tests).
-type nopDevice struct{}
+// nopDevice is a Device whose completions are always empty (stream-map
+// tests); its other methods are not called.
+type nopDevice struct{ Device }
 
-func (nopDevice) acquire([]uint64) int               { return 0 }
-func (nopDevice) frame(uint64) []byte                { return nil }
-func (nopDevice) release(...uint64)                  {}
-func (nopDevice) submit([]unix.XDPDesc) (int, error) { return 0, nil }
-func (nopDevice) reclaim()                           {}
-func (nopDevice) close()                             {}
+func (nopDevice) TXReclaim() int { return 0 }
 
 // FuzzTXStreamMap checks the stream map against a model (one address per
 // stream byte): recorded sends with arbitrary iovecs, ACKs that trim it,

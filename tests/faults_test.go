@@ -84,7 +84,7 @@ func TestFaults1GiB64Conns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWorld(t, harness.Options{Stack: stack.Config{RegionSize: 64 << 20, RcvBuf: 256 << 10, Faults: faults}})
+	w := newWorld(t, harness.Options{Stack: stack.Config{RegionSize: 64 << 20, RcvBuf: 256 << 10, Lab: stack.Lab{Faults: faults}}})
 	start := time.Now()
 	runConns(t, w, 64, 16<<20)
 	st := w.Stack.Stats()

@@ -22,13 +22,13 @@ import (
 func TestTwoQueuesOneBound(t *testing.T) {
 	testutil.Watchdog(t, 2*time.Minute)
 	w := newWorld(t, harness.Options{Queues: 2, BindQueues: []uint32{1}})
-	if got := w.Stack.Channels(); got != 2 {
+	if got := w.Stack.NIC().Channels(); got != 2 {
 		t.Fatalf("channels %d, want 2", got)
 	}
-	if err := w.Stack.SetRSS(1); err != nil {
+	if err := w.Stack.NIC().SetRSS(1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Stack.AddFlowRule(stack.FlowRule{DstPort: w.Port, Queue: 1}); err != nil {
+	if _, err := w.Stack.NIC().AddFlowRule(stack.FlowRule{DstPort: w.Port, Queue: 1}); err != nil {
 		t.Fatal(err)
 	}
 	plainLn, err := w.Stack.Listen(netip.AddrPortFrom(netip.Addr{}, 5202))
@@ -153,7 +153,7 @@ func TestInactiveQueues(t *testing.T) {
 		t.Fatalf("stack on 1 of 2 queues: %v", err)
 	}
 	defer st.Close()
-	if st.Channels() != 1 {
-		t.Fatalf("channels %d, want 1", st.Channels())
+	if st.NIC().Channels() != 1 {
+		t.Fatalf("channels %d, want 1", st.NIC().Channels())
 	}
 }

@@ -234,7 +234,7 @@ func TestTX1GiB(t *testing.T) {
 func TestTXCopyMode(t *testing.T) {
 	testutil.Watchdog(t, 2*time.Minute)
 	const size, chunk = 64 << 20, 1 << 20
-	w, b, c, sink := txWorld(t, stack.Config{TXCopy: true}, 7*chunk, 7)
+	w, b, c, sink := txWorld(t, stack.Config{Lab: stack.Lab{TXCopy: true}}, 7*chunk, 7)
 	sendRing(t, b, c, sink, size, chunk)
 	st := w.Stack.TXStats()
 	if st.Mode != "copy" || st.DmabufBytesCopied != st.DmabufBytes || st.MultiBufferPackets != 0 {
@@ -250,7 +250,7 @@ func TestTXJumbo(t *testing.T) {
 	for _, copyMode := range []bool{false, true} {
 		t.Run(fmt.Sprintf("copy=%v", copyMode), func(t *testing.T) {
 			const size, chunk = 128 << 20, 1 << 20
-			w, b, c, sink := txWorldOpts(t, harness.Options{MTU: 9000, Stack: stack.Config{TXCopy: copyMode}}, 7*chunk, 7)
+			w, b, c, sink := txWorldOpts(t, harness.Options{MTU: 9000, Stack: stack.Config{Lab: stack.Lab{TXCopy: copyMode}}}, 7*chunk, 7)
 			sendRing(t, b, c, sink, size, chunk)
 			st := w.Stack.TXStats()
 			if st.Unmapped != 0 || st.Oversize != 0 || st.Segments == 0 || size/st.Segments < 4096 {

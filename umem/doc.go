@@ -28,9 +28,18 @@
 //
 // # Transmit: TX → completion
 //
-// A fixed set of frames is reserved for transmission. The caller copies a
-// packet into a reserved frame, queues it on the TX ring and flushes; the
-// kernel returns the frame on the completion ring once sent.
+// A fixed set of frames is reserved for transmission. The caller takes
+// reserved frames (Socket.TXAcquire), writes packets into them, queues
+// them on the TX ring (TXProduce: single frames or multi-buffer chains)
+// and wakes the kernel (TXKick); the kernel returns each address on the
+// completion ring once sent (TXReclaim). One API for both, in tx.go.
+//
+// # A fake for tests
+//
+// Package umemtest has a fake Socket over a real Region, with the kernel's
+// side played by the test (frames injected on the RX ring, transmitted
+// frames handed to a callback); package stack runs on it without
+// privileges.
 //
 // # Accounting
 //

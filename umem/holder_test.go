@@ -69,7 +69,7 @@ func TestHolderString(t *testing.T) {
 func TestFindHolder(t *testing.T) {
 	pair := testutil.NewPair(t, netns.Options{})
 	cfg := ProgramConfig{IPv4: []netip.Addr{pair.EmuAddr.Addr()}}
-	p := progLoadTest(t, cfg, progVerdicts{})
+	p := progLoadTest(t, cfg)
 	var h Holder
 	err := pair.Emu.Do(func() error {
 		var err error
@@ -88,7 +88,7 @@ func TestFindHolder(t *testing.T) {
 	if h.Ifname != pair.EmuIf || h.ProgID != progID(t, p) || h.LinkID == 0 || h.PID != os.Getpid() || h.Comm == "" {
 		t.Fatalf("holder %+v, want program %d held through a link by pid %d", h, progID(t, p), os.Getpid())
 	}
-	other := progLoadTest(t, cfg, progVerdicts{})
+	other := progLoadTest(t, cfg)
 	err = progAttach(other, pair.Emu, pair.EmuIndex)
 	var iu *InUseError
 	if !errors.Is(err, ErrXDPAttached) || !errors.As(err, &iu) || iu.Holder.LinkID != h.LinkID {

@@ -191,6 +191,19 @@ func (r *Region) alloc(dst []uint32) int {
 // many it took. Give them back with Free, or Pin them.
 func (r *Region) Alloc(dst []uint32) int { return r.alloc(dst) }
 
+// Post takes up to len(dst) free frames for a device's fill ring and
+// returns how many it took. Snapshot counts them as Posted until the device
+// hands them back (Unpost): received into, and then the caller's to Pin or
+// Free, or given back unused (to Free).
+func (r *Region) Post(dst []uint32) int {
+	n := r.alloc(dst)
+	r.posted.Add(int64(n))
+	return n
+}
+
+// Unpost ends the Posted state of n frames taken with Post.
+func (r *Region) Unpost(n int) { r.posted.Add(-int64(n)) }
+
 // putFree pushes frames whose references all dropped.
 func (r *Region) putFree(fs []uint32) {
 	if len(fs) == 0 {

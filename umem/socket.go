@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,7 +46,8 @@ type SocketConfig struct {
 	BindRetry time.Duration
 }
 
-// Stats are a socket's kernel counters (struct xdp_statistics).
+// Stats are a socket's kernel counters (struct xdp_statistics) and its two
+// userspace TX counters.
 type Stats struct {
 	// RxDropped counts packets the kernel dropped for this socket.
 	RxDropped uint64
@@ -62,11 +62,18 @@ type Stats struct {
 	RxFillRingEmpty uint64
 	// TxRingEmpty counts TX wakeups that found the TX ring empty.
 	TxRingEmpty uint64
+
+	// TxDrops (counted in userspace, not by the kernel) counts TX
+	// descriptors not queued for lack of a free TX frame or ring slot.
+	TxDrops uint64
+	// KickStalls (userspace) counts TXKick calls that gave up with
+	// descriptors the kernel had not taken.
+	KickStalls uint64
 }
 
 // Socket is one AF_XDP socket bound to one queue, with the region registered
-// as its UMEM. Refill, Receive and Wait belong to one receive goroutine;
-// the TX methods are safe for concurrent use.
+// as its UMEM. Refill, Receive, FillPending and Wait belong to one receive
+// goroutine; the TX methods (tx.go) are safe for concurrent use.
 type Socket struct {
 	fd      int
 	efd     int
@@ -85,15 +92,15 @@ type Socket struct {
 	fillAddrs []uint64
 	fillIdx   []uint32
 
-	txMu      sync.Mutex
-	txFree    []uint64
-	txPending []unix.XDPDesc
-	txAll     []uint32
-	compBuf   []uint64
-	txDrops   uint64
+	txMu    sync.Mutex
+	txFree  []uint64 // guarded by txMu, as are tx, comp, compBuf and claim
+	txAll   []uint32
+	compBuf []uint64
+	claim   TXClaim
+	txDrops atomic.Uint64
 
 	noNeedWakeup bool
-	kickStalls   atomic.Uint64 // Kick gave up with descriptors left
+	kickStalls   atomic.Uint64 // TXKick gave up with descriptors left
 
 	closeOnce sync.Once
 }
@@ -196,7 +203,6 @@ func NewSocket(region *Region, ifindex int, cfg SocketConfig) (_ *Socket, err er
 	for _, f := range s.txAll {
 		s.txFree = append(s.txFree, region.FrameAddr(f))
 	}
-	s.txPending = make([]unix.XDPDesc, 0, cfg.TXRingSize)
 	s.compBuf = make([]uint64, cfg.TXRingSize)
 	s.posted = make([]bool, region.nframes)
 	s.fillAddrs = make([]uint64, cfg.RingSize)
@@ -268,7 +274,7 @@ func (s *Socket) Refill() int {
 	if want == 0 {
 		return 0
 	}
-	n := s.region.alloc(s.fillIdx[:min(want, len(s.fillIdx))])
+	n := s.region.Post(s.fillIdx[:min(want, len(s.fillIdx))])
 	if n == 0 {
 		return 0
 	}
@@ -277,7 +283,6 @@ func (s *Socket) Refill() int {
 		s.posted[f] = true
 		s.fillAddrs[i] = s.region.FrameAddr(f)
 	}
-	s.region.posted.Add(int64(n))
 	s.Fill.Produce(s.fillAddrs[:n])
 	s.Fill.Publish()
 	return n
@@ -292,7 +297,7 @@ func (s *Socket) Receive(dst []unix.XDPDesc) int {
 		s.posted[s.region.FrameOf(dst[i].Addr)] = false
 	}
 	if n > 0 {
-		s.region.posted.Add(-int64(n))
+		s.region.Unpost(n)
 	}
 	return n
 }
@@ -318,133 +323,30 @@ func (s *Socket) Wait(timeout int) error {
 	return nil
 }
 
+// FillPending is how many frames the fill ring holds that the kernel has
+// not taken yet; 0 means an arriving packet finds no frame and is dropped
+// (Stats.RxFillRingEmpty). Receive goroutine only.
+func (s *Socket) FillPending() int { return s.Fill.Pending() }
+
 // Wake interrupts Wait from another goroutine.
 func (s *Socket) Wake() {
 	b := [8]byte{1}
 	unix.Write(s.efd, b[:])
 }
 
-// TXBuffer reserves a TX frame and returns its UMEM address and bytes; ok is
-// false when every TX frame is in flight. The frame must be queued with
-// TXQueue (or given back with TXDiscard).
-func (s *Socket) TXBuffer() (addr uint64, buf []byte, ok bool) {
-	s.txMu.Lock()
-	defer s.txMu.Unlock()
-	if len(s.txFree) == 0 {
-		s.reclaimLocked()
-		if len(s.txFree) == 0 {
-			s.txDrops++
-			return 0, nil, false
-		}
-	}
-	addr = s.txFree[len(s.txFree)-1]
-	s.txFree = s.txFree[:len(s.txFree)-1]
-	return addr, s.region.mem[addr : addr+uint64(s.region.frameSize)], true
-}
-
-// TXDiscard gives back a reserved frame unsent.
-func (s *Socket) TXDiscard(addr uint64) {
-	s.txMu.Lock()
-	s.txFree = append(s.txFree, addr)
-	s.txMu.Unlock()
-}
-
-// TXQueue queues length bytes at addr for sending at the next TXFlush.
-func (s *Socket) TXQueue(addr uint64, length int) {
-	s.txMu.Lock()
-	s.txPending = append(s.txPending, unix.XDPDesc{Addr: addr, Len: uint32(length)})
-	full := len(s.txPending) == cap(s.txPending)
-	s.txMu.Unlock()
-	if full {
-		s.TXFlush()
-	}
-}
-
-// TXFlush publishes queued frames on the TX ring and wakes the kernel when it
-// needs it. Frames that find the ring full are dropped (and counted), as a
-// NIC drops on a full TX queue; TCP retransmits.
-func (s *Socket) TXFlush() error {
-	if s.TXPublish() {
-		return s.Kick()
-	}
-	return nil
-}
-
-// TXPublish publishes queued frames on the TX ring without waking the
-// kernel and reports whether a Kick is needed for them to go out. It lets a
-// caller move the kick, which in copy mode runs the whole transmit (and on
-// veth the peer's receive) inside the syscall, off a latency-critical
-// goroutine.
-func (s *Socket) TXPublish() (needKick bool) {
-	s.txMu.Lock()
-	defer s.txMu.Unlock()
-	if len(s.txPending) == 0 {
-		return false
-	}
-	s.reclaimLocked()
-	n := s.tx.Produce(s.txPending)
-	for _, d := range s.txPending[n:] {
-		s.txFree = append(s.txFree, d.Addr&^uint64(s.region.frameSize-1))
-		s.txDrops++
-	}
-	s.txPending = s.txPending[:0]
-	s.tx.Publish()
-	return n > 0 && (s.noNeedWakeup || s.tx.needWakeup())
-}
-
-// Kick wakes the kernel to send what the TX ring holds, and keeps waking it
-// until it has taken every published descriptor: in copy mode one sendto
-// sends at most a small batch (and answers EAGAIN with descriptors left), so
-// a single kick can strand the rest — an ACK or a FIN nobody sends until
-// the next kick, which may never come. Safe to call from any goroutine,
-// without locks held.
-func (s *Socket) Kick() error {
-	const maxKicks = 64
-	for i := 0; i < maxKicks; i++ {
-		before := s.tx.consumer.Load()
-		if before == s.tx.producer.Load() {
-			return nil
-		}
-		if err := kickTX(s.fd); err != nil {
-			return fmt.Errorf("xsk: kick tx: %w", err)
-		}
-		if s.tx.consumer.Load() == before {
-			// No progress: the completion ring may be full. Reclaim,
-			// then give the kernel a moment.
-			s.txMu.Lock()
-			s.reclaimLocked()
-			s.txMu.Unlock()
-			runtime.Gosched()
-		}
-	}
-	s.kickStalls.Add(1)
-	return nil
-}
-
-func (s *Socket) reclaimLocked() {
-	n := s.comp.Consume(s.compBuf)
-	for _, a := range s.compBuf[:n] {
-		s.txFree = append(s.txFree, a&^uint64(s.region.frameSize-1))
-	}
-}
-
-// KickStalls counts kicks that gave up with TX descriptors still unsent.
-func (s *Socket) KickStalls() uint64 { return s.kickStalls.Load() }
-
-// TXDrops counts frames not sent for lack of a TX frame or ring slot.
-func (s *Socket) TXDrops() uint64 {
-	s.txMu.Lock()
-	defer s.txMu.Unlock()
-	return s.txDrops
-}
-
-// Stats reads the kernel's counters for the socket.
+// Stats reads the kernel's counters for the socket. The userspace counters
+// are filled in even when the kernel's cannot be read (a closed socket).
 func (s *Socket) Stats() (Stats, error) {
+	own := Stats{TxDrops: s.txDrops.Load(), KickStalls: s.kickStalls.Load()}
 	st, err := getStatistics(s.fd)
 	if err != nil {
-		return Stats{}, fmt.Errorf("xsk: statistics: %w", err)
+		return own, fmt.Errorf("xsk: statistics: %w", err)
 	}
-	return Stats{st.RxDropped, st.RxInvalidDescs, st.TxInvalidDescs, st.RxRingFull, st.RxFillRingEmptyDescs, st.TxRingEmptyDescs}, nil
+	return Stats{
+		RxDropped: st.RxDropped, RxInvalidDescs: st.RxInvalidDescs, TxInvalidDescs: st.TxInvalidDescs,
+		RxRingFull: st.RxRingFull, RxFillRingEmpty: st.RxFillRingEmptyDescs, TxRingEmpty: st.TxRingEmptyDescs,
+		TxDrops: own.TxDrops, KickStalls: own.KickStalls,
+	}, nil
 }
 
 // Close unmaps the rings, closes the socket and returns its posted and TX
@@ -473,7 +375,7 @@ func (s *Socket) Close() error {
 				s.posted[f] = false
 			}
 		}
-		s.region.posted.Add(-int64(len(back)))
+		s.region.Unpost(len(back))
 		if len(s.txAll) > 0 {
 			s.region.tx.Add(-int64(len(s.txAll)))
 			back = append(back, s.txAll...)

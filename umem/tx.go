@@ -3,13 +3,37 @@ package umem
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// This file holds the multi-buffer transmit path and the contiguous spans
-// that back emulated TX dmabufs.
+// This file holds the socket's transmit API and the contiguous spans that
+// back emulated TX dmabufs.
+//
+// # Transmit
+//
+// One API serves single frames and chains alike:
+//
+//   - TXAcquire takes free TX frames (UMEM addresses of frames the socket
+//     reserved), TXFrame gives a frame's bytes and TXRelease gives frames
+//     back unsent;
+//   - TXProduce queues descriptors on the TX ring, whole packets only, and
+//     publishes them; it wakes the kernel only when the ring lacks room;
+//   - TXKick wakes the kernel until it has taken everything queued, then
+//     reclaims completions; TXReclaim takes completions without a kick.
+//
+// A packet may be a chain of descriptors: every descriptor but the last
+// carries XDP_PKT_CONTD, and the kernel joins them into one frame (Linux
+// 6.6+; TXProbeMultiBuffer tells). A stack can put the headers in a TX
+// frame and point the following descriptors at payload in a span, so no
+// payload byte is copied in user space (in copy mode the kernel still
+// copies each descriptor into the skb, as it copies single-buffer frames).
+// Each descriptor's address comes back on the completion ring; addresses
+// that are not TX frames belong to the caller, which says so through the
+// socket's TXClaim (SetTXClaim). Without one, every completed address is
+// taken for a TX frame.
 //
 // # Spans
 //
@@ -17,23 +41,6 @@ import (
 // list (ReserveSpan): the application writes payload there and the stack
 // sends it by UMEM address, so the span must be part of the UMEM the socket
 // registered. Spans count as TX frames in Snapshot until ReleaseSpan.
-//
-// # Multi-buffer transmit
-//
-// One packet may be a chain of descriptors: every descriptor but the last
-// carries XDP_PKT_CONTD, and the kernel joins them into one frame. The
-// stack puts the headers in a TX frame and points the following
-// descriptors at payload in a span, so no payload byte is copied in user
-// space (in copy mode the kernel still copies each descriptor into the skb,
-// as it copies single-buffer frames). Each descriptor's address comes back
-// on the completion ring; addresses that are not TX frames belong to the
-// caller, which says so through a TXClaim.
-//
-// The methods here replace TXBuffer, TXQueue and TXFlush for a caller that
-// sends chains: those methods would take a completed span address for a
-// TX frame. A caller uses one family or the other for the socket's
-// lifetime (the stack switches to this one when a TX binding appears and
-// never switches back).
 
 // TXClaim is called, with the socket's TX lock held, for every address that
 // comes back on the completion ring. It returns true when the address is
@@ -42,10 +49,15 @@ import (
 // the socket's TX methods.
 type TXClaim func(addr uint64) bool
 
-// maxKicks bounds the sendto calls one TXSubmit makes while the kernel
+// maxKicks bounds the sendto calls one TXKick makes while the kernel
 // drains the ring (copy mode sends at most max_tx_budget, 32 by default,
 // descriptors per call).
 const maxKicks = 4096
+
+// maxIdleKicks bounds the kicks in a row that see the kernel take nothing,
+// completions reclaimed in between, before a kick gives up (counted in
+// Stats.KickStalls).
+const maxIdleKicks = 8
 
 // ReserveSpan takes n contiguous frames off the free list and returns the
 // first. It prefers the highest-numbered run (the frames a fresh socket's
@@ -134,18 +146,27 @@ func (s *Socket) SetTXBudget(n int) error {
 	return nil
 }
 
+// SetTXClaim sets the claim completed addresses go through (nil: every
+// address is a TX frame). Completions reclaimed from then on use it.
+func (s *Socket) SetTXClaim(claim TXClaim) {
+	s.txMu.Lock()
+	s.claim = claim
+	s.txMu.Unlock()
+}
+
 // TXAcquire takes up to len(dst) free TX frames (their UMEM addresses),
-// reclaiming completions first when none are free, and returns how many it
-// took. Each must be submitted with TXSubmit or given back with TXRelease.
-func (s *Socket) TXAcquire(dst []uint64, claim TXClaim) int {
+// reclaiming completions first when fewer are free, and returns how many
+// it took (none is counted in Stats.TxDrops). Each must be queued with
+// TXProduce or given back with TXRelease.
+func (s *Socket) TXAcquire(dst []uint64) int {
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
 	if len(s.txFree) < len(dst) {
-		s.reclaimClaimLocked(claim)
+		s.reclaimLocked()
 	}
 	n := min(len(dst), len(s.txFree))
 	if n == 0 {
-		s.txDrops++
+		s.txDrops.Add(1)
 		return 0
 	}
 	copy(dst, s.txFree[len(s.txFree)-n:])
@@ -168,19 +189,19 @@ func (s *Socket) TXRelease(addrs ...uint64) {
 }
 
 // TXReclaim takes what the completion ring holds, passing each address to
-// claim first, and returns how many addresses it took.
-func (s *Socket) TXReclaim(claim TXClaim) int {
+// the claim first, and returns how many addresses it took.
+func (s *Socket) TXReclaim() int {
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
-	return s.reclaimClaimLocked(claim)
+	return s.reclaimLocked()
 }
 
-func (s *Socket) reclaimClaimLocked(claim TXClaim) int {
+func (s *Socket) reclaimLocked() int {
 	total := 0
 	for {
 		n := s.comp.Consume(s.compBuf)
 		for _, a := range s.compBuf[:n] {
-			if claim != nil && claim(a) {
+			if s.claim != nil && s.claim(a) {
 				continue
 			}
 			s.txFree = append(s.txFree, a&^uint64(s.region.frameSize-1))
@@ -192,27 +213,15 @@ func (s *Socket) reclaimClaimLocked(claim TXClaim) int {
 	}
 }
 
-// TXSubmit queues descs (TXProduce) and kicks the kernel until it has
-// taken them (TXKick).
-func (s *Socket) TXSubmit(descs []unix.XDPDesc, claim TXClaim) (int, error) {
-	n, err := s.TXProduce(descs, claim)
-	if n > 0 {
-		if kerr := s.TXKick(claim); kerr != nil && err == nil {
-			err = kerr
-		}
-	}
-	return n, err
-}
-
 // TXProduce queues descs, whole packets only (a packet ends at a
 // descriptor without XDP_PKT_CONTD), and publishes them without waking the
 // kernel, unless the ring lacks room: then it kicks to make some. It
 // returns how many descriptors it queued: fewer than len(descs) when the
-// ring stayed full, and always a whole number of packets. The caller owns
-// what was not queued and must TXKick for the rest to go out. A packet with
-// more descriptors than the ring holds, or descs ending inside a packet,
-// fails with EMSGSIZE / EINVAL.
-func (s *Socket) TXProduce(descs []unix.XDPDesc, claim TXClaim) (int, error) {
+// ring stayed full (the rest counted in Stats.TxDrops), and always a whole
+// number of packets. The caller owns what was not queued and must TXKick
+// for the rest to go out. A packet with more descriptors than the ring
+// holds, or descs ending inside a packet, fails with EMSGSIZE / EINVAL.
+func (s *Socket) TXProduce(descs []unix.XDPDesc) (int, error) {
 	if len(descs) > 0 && descs[len(descs)-1].Options&unix.XDP_PKT_CONTD != 0 {
 		return 0, fmt.Errorf("xsk tx: the last descriptor continues a packet: %w", unix.EINVAL)
 	}
@@ -228,7 +237,7 @@ func (s *Socket) TXProduce(descs []unix.XDPDesc, claim TXClaim) (int, error) {
 			if room == int(s.tx.size) {
 				return done, fmt.Errorf("xsk tx: a packet of more than %d descriptors: %w", room, unix.EMSGSIZE)
 			}
-			if kerr := s.kickDrainLocked(claim); kerr != nil {
+			if kerr := s.kickDrainLocked(); kerr != nil {
 				err = fmt.Errorf("xsk tx: kick: %w", kerr)
 				break
 			}
@@ -243,40 +252,52 @@ func (s *Socket) TXProduce(descs []unix.XDPDesc, claim TXClaim) (int, error) {
 		done += k
 	}
 	if done < len(descs) {
-		s.txDrops += uint64(len(descs) - done)
+		s.txDrops.Add(uint64(len(descs) - done))
 	}
 	return done, err
 }
 
-// TXKick wakes the kernel until it has taken everything queued so far or
-// stops making progress, then reclaims completions. In copy mode the kick
-// runs the transmit (and on veth the peer's receive) inside the syscall;
-// it takes no lock meanwhile, so others may queue more. Safe from any
-// goroutine.
-func (s *Socket) TXKick(claim TXClaim) error {
+// TXKick wakes the kernel until it has taken everything queued so far,
+// then reclaims completions: in copy mode one sendto sends a bounded batch
+// (and answers EAGAIN with descriptors left), so a single kick could
+// strand an ACK or a FIN until some later kick that may never come. When
+// the kernel takes nothing, completions are reclaimed (it stops on a full
+// completion ring) and the kick retries a few times before it gives up
+// (counted in Stats.KickStalls). In copy mode the kick runs the transmit
+// (and on veth the peer's receive) inside the syscall; it takes no lock
+// meanwhile, so others may queue more. Safe from any goroutine.
+func (s *Socket) TXKick() error {
 	s.txMu.Lock()
 	target := s.tx.cachedProd
 	s.txMu.Unlock()
 	var err error
 	idle := 0
-	for i := 0; i < maxKicks && idle < 2; i++ {
+	for i := 0; i < maxKicks && idle < maxIdleKicks; i++ {
 		before := s.tx.consumer.Load()
 		if int32(target-before) <= 0 {
 			break
+		}
+		if !s.noNeedWakeup && !s.tx.needWakeup() {
+			break // the driver consumes on its own (zero-copy)
 		}
 		if err = kickTX(s.fd); err != nil {
 			err = fmt.Errorf("xsk tx: kick: %w", err)
 			break
 		}
 		if s.tx.consumer.Load() == before {
-			// The completion ring may be full: reclaim and retry once.
-			s.TXReclaim(claim)
+			// No progress: the completion ring may be full. Reclaim,
+			// then give the kernel a moment.
+			s.TXReclaim()
 			idle++
+			runtime.Gosched()
 		} else {
 			idle = 0
 		}
 	}
-	s.TXReclaim(claim)
+	if err == nil && idle >= maxIdleKicks {
+		s.kickStalls.Add(1)
+	}
+	s.TXReclaim()
 	return err
 }
 
@@ -295,7 +316,7 @@ func wholePackets(descs []unix.XDPDesc, room int) int {
 // kickDrainLocked kicks until the kernel has consumed every queued
 // descriptor or stops making progress, reclaiming completions in between
 // (the kernel stops when the completion ring is full).
-func (s *Socket) kickDrainLocked(claim TXClaim) error {
+func (s *Socket) kickDrainLocked() error {
 	idle := 0
 	for i := 0; i < maxKicks && idle < 2; i++ {
 		before := s.tx.consumer.Load()
@@ -305,7 +326,7 @@ func (s *Socket) kickDrainLocked(claim TXClaim) error {
 		if err := kickTX(s.fd); err != nil {
 			return err
 		}
-		s.reclaimClaimLocked(claim)
+		s.reclaimLocked()
 		if s.tx.consumer.Load() == before {
 			idle++ // the completion ring may have been full: retry once
 		} else {
@@ -331,7 +352,7 @@ func (s *Socket) TXProbeMultiBuffer(frame []byte, timeout time.Duration) (bool, 
 		return false, err
 	}
 	var addr [1]uint64
-	if s.TXAcquire(addr[:], nil) == 0 {
+	if s.TXAcquire(addr[:]) == 0 {
 		return false, fmt.Errorf("xsk tx probe: no free TX frame: %w", unix.ENOBUFS)
 	}
 	a := addr[0]
@@ -345,7 +366,7 @@ func (s *Socket) TXProbeMultiBuffer(frame []byte, timeout time.Duration) (bool, 
 	}
 	s.txMu.Lock()
 	defer s.txMu.Unlock()
-	s.reclaimClaimLocked(nil)
+	s.reclaimLocked()
 	if s.tx.prodFree(2) < 2 {
 		s.txFree = append(s.txFree, a)
 		return false, fmt.Errorf("xsk tx probe: ring full: %w", unix.ENOBUFS)
@@ -353,19 +374,22 @@ func (s *Socket) TXProbeMultiBuffer(frame []byte, timeout time.Duration) (bool, 
 	s.tx.Produce(chain)
 	s.tx.Publish()
 	seen := 0
+	owner := s.claim
 	claim := func(c uint64) bool {
 		if c == a || c == a+uint64(half) {
 			seen++
 			return true
 		}
-		return false
+		return owner != nil && owner(c)
 	}
+	s.claim = claim
+	defer func() { s.claim = owner }()
 	deadline := time.Now().Add(timeout)
 	for {
 		if err := kickTX(s.fd); err != nil {
 			return false, fmt.Errorf("xsk tx probe: kick: %w", err)
 		}
-		s.reclaimClaimLocked(claim)
+		s.reclaimLocked()
 		if seen == 2 {
 			s.txFree = append(s.txFree, a)
 			after, err := s.Stats()

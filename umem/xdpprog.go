@@ -103,22 +103,9 @@ type Program struct {
 	closed  bool
 }
 
-// XDP actions.
-const (
-	progXDPAborted  = 0
-	progXDPDrop     = 1
-	progXDPPass     = 2
-	progXDPTX       = 3
-	progXDPRedirect = 4
-)
-
-// progVerdicts replaces the redirect with fixed return values, so tests can
-// observe the matcher's decisions through BPF_PROG_TEST_RUN (a redirect into
-// an empty XSKMAP falls back to XDP_PASS and looks like no match).
-type progVerdicts struct {
-	set       bool
-	arp, ipv4 int32
-}
+// progXDPPass is XDP_PASS: what the program returns for frames it does
+// not redirect, and the redirect's fallback for an empty XSKMAP slot.
+const progXDPPass = 2
 
 // Offsets in struct xdp_md.
 const (
@@ -152,10 +139,6 @@ const (
 // LoadProgram checks cfg, creates the XSKMAP and loads the program. It does
 // not attach it; see [Program.Attach].
 func LoadProgram(cfg ProgramConfig) (*Program, error) {
-	return progLoad(cfg, progVerdicts{})
-}
-
-func progLoad(cfg ProgramConfig, v progVerdicts) (*Program, error) {
 	addrs, queues, err := cfg.progCheck()
 	if err != nil {
 		return nil, fmt.Errorf("load xdp program: %w", err)
@@ -199,7 +182,7 @@ func progLoad(cfg ProgramConfig, v progVerdicts) (*Program, error) {
 		Name:         progProgramName,
 		Type:         ebpf.XDP,
 		License:      progLicense,
-		Instructions: progInstructions(addrs, v6, xsks.FD(), portsFD, v),
+		Instructions: progInstructions(addrs, v6, xsks.FD(), portsFD),
 		Flags:        progFlags(cfg),
 	})
 	if err != nil {
@@ -349,7 +332,7 @@ func progNet32(b [4]byte) int32 { return int32(binary.NativeEndian.Uint32(b[:]))
 //	key = tcp->dest;
 //	if (!bpf_map_lookup_elem(&ports, &key)) return XDP_PASS;
 //	goto match;
-func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD, portsFD int, v progVerdicts) asm.Instructions {
+func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD, portsFD int) asm.Instructions {
 	const (
 		ctx  = asm.R6 // struct xdp_md *, kept across the helper call
 		data = asm.R2
@@ -364,14 +347,8 @@ func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD, portsFD int, v 
 			asm.JGT.Reg(tmp, end, "pass"),
 		}
 	}
-	// The test variant returns a verdict per protocol; the real program
-	// redirects both.
-	matchARP, matchIPv4 := "match", "match"
-	if v.set {
-		matchARP, matchIPv4 = "match_arp", "match_ipv4"
-	}
 	shared := portsFD >= 0
-	ipv4Ours, ipv6Ours := matchIPv4, matchIPv4
+	ipv4Ours, ipv6Ours := "match", "match"
 	if shared {
 		ipv4Ours, ipv6Ours = "tcp4", "tcp6"
 	}
@@ -426,7 +403,7 @@ func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD, portsFD int, v 
 			asm.JNE.Imm(val, progNet16(6<<8|4), "pass"),
 			asm.LoadMem(val, data, progARPTPAOff, asm.Word),
 		)
-		insns = append(insns, ours(matchARP)...)
+		insns = append(insns, ours("match")...)
 	}
 
 	// IPv6: version 6, the fixed header in bounds, the destination (at
@@ -504,31 +481,18 @@ func progInstructions(addrs []netip.Addr, v6 [][16]byte, xsksFD, portsFD int, v 
 			asm.Add.Imm(asm.R2, -4),
 			asm.FnMapLookupElem.Call(),
 			asm.JEq.Imm(asm.R0, 0, "pass"),
-			asm.Ja.Label(matchIPv4),
+			asm.Ja.Label("match"),
 		)
 	}
 
-	if v.set {
-		if !shared { // the verifier refuses unreachable code
-			insns = append(insns,
-				asm.Mov.Imm(asm.R0, v.arp).WithSymbol("match_arp"),
-				asm.Return(),
-			)
-		}
-		insns = append(insns,
-			asm.Mov.Imm(asm.R0, v.ipv4).WithSymbol("match_ipv4"),
-			asm.Return(),
-		)
-	} else {
-		insns = append(insns,
-			// bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS)
-			asm.LoadMapPtr(asm.R1, xsksFD).WithSymbol("match"),
-			asm.LoadMem(asm.R2, ctx, progMDRxQueue, asm.Word),
-			asm.Mov.Imm(asm.R3, progXDPPass),
-			asm.FnRedirectMap.Call(),
-			asm.Return(),
-		)
-	}
+	insns = append(insns,
+		// bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS)
+		asm.LoadMapPtr(asm.R1, xsksFD).WithSymbol("match"),
+		asm.LoadMem(asm.R2, ctx, progMDRxQueue, asm.Word),
+		asm.Mov.Imm(asm.R3, progXDPPass),
+		asm.FnRedirectMap.Call(),
+		asm.Return(),
+	)
 	return append(insns,
 		asm.Mov.Imm(asm.R0, progXDPPass).WithSymbol("pass"),
 		asm.Return(),

@@ -26,14 +26,14 @@ func progIPv6FrameTo(dst netip.Addr, version byte, n int) []byte {
 // solicited-node group are matched; anything else passes untouched.
 func TestProgramIPv6(t *testing.T) {
 	ours := netip.MustParseAddr("fd00:211::2")
-	p := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{netip.MustParseAddr("10.1.1.2")}, IPv6: []netip.Addr{ours}}, progTestVerdicts)
+	p := progLoadMatcher(t, ProgramConfig{IPv4: []netip.Addr{netip.MustParseAddr("10.1.1.2")}, IPv6: []netip.Addr{ours}})
 	cases := []struct {
 		name  string
 		frame []byte
 		want  uint32
 	}{
-		{"to us", progIPv6FrameTo(ours, 6, 62), progXDPTX},
-		{"neighbour solicitation group", progIPv6FrameTo(netip.MustParseAddr("ff02::1:ff00:2"), 6, 62), progXDPTX},
+		{"to us", progIPv6FrameTo(ours, 6, 62), progXDPRedirect},
+		{"neighbour solicitation group", progIPv6FrameTo(netip.MustParseAddr("ff02::1:ff00:2"), 6, 62), progXDPRedirect},
 		{"other solicited-node group", progIPv6FrameTo(netip.MustParseAddr("ff02::1:ff00:3"), 6, 62), progXDPPass},
 		{"all nodes", progIPv6FrameTo(netip.MustParseAddr("ff02::1"), 6, 62), progXDPPass},
 		{"other address", progIPv6FrameTo(netip.MustParseAddr("fd00:211::3"), 6, 62), progXDPPass},

@@ -83,7 +83,7 @@ func progFragment(f []byte, field uint16) []byte {
 
 func progLoadPorts(t testing.TB) *Program {
 	t.Helper()
-	p := progLoadTest(t, ProgramConfig{IPv4: progAddrs, IPv6: []netip.Addr{progOurs6}, Ports: true}, progTestVerdicts)
+	p := progLoadMatcher(t, ProgramConfig{IPv4: progAddrs, IPv6: []netip.Addr{progOurs6}, Ports: true})
 	for _, port := range progPorts {
 		if err := p.AddPort(port); err != nil {
 			t.Fatal(err)
@@ -152,7 +152,7 @@ func TestProgramPorts(t *testing.T) {
 	}
 	// IPv6 alone: the IPv4 branch has nothing to match (and must still
 	// load: the verifier refuses unreachable code).
-	v6 := progLoadTest(t, ProgramConfig{IPv6: []netip.Addr{progOurs6}, Ports: true}, progTestVerdicts)
+	v6 := progLoadMatcher(t, ProgramConfig{IPv6: []netip.Addr{progOurs6}, Ports: true})
 	if err := v6.AddPort(5201); err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestProgramPorts(t *testing.T) {
 	if got := progDecide(t, v6, tcp); got != progPass {
 		t.Errorf("IPv6-only program on IPv4: %v", got)
 	}
-	q := progLoadTest(t, ProgramConfig{IPv4: progAddrs}, progTestVerdicts)
+	q := progLoadMatcher(t, ProgramConfig{IPv4: progAddrs})
 	if err := q.AddPort(1); err == nil {
 		t.Error("AddPort on a program without a port map")
 	}

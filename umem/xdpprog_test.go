@@ -172,14 +172,14 @@ func progIPv6Frame(dst []byte) []byte {
 
 // Running the program.
 
-// progTestVerdicts makes the matcher's decisions visible: ARP matches are
-// dropped, IPv4 matches bounced.
-var progTestVerdicts = progVerdicts{set: true, arp: progXDPDrop, ipv4: progXDPTX}
+// progXDPRedirect is XDP_REDIRECT: what bpf_redirect_map returns when the
+// XSKMAP slot holds a socket.
+const progXDPRedirect = 4
 
-func progLoadTest(t testing.TB, cfg ProgramConfig, v progVerdicts) *Program {
+func progLoadTest(t testing.TB, cfg ProgramConfig) *Program {
 	t.Helper()
 	testutil.RequirePrivileged(t)
-	p, err := progLoad(cfg, v)
+	p, err := LoadProgram(cfg)
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}
@@ -188,6 +188,18 @@ func progLoadTest(t testing.TB, cfg ProgramConfig, v progVerdicts) *Program {
 			t.Errorf("close program: %v", err)
 		}
 	})
+	return p
+}
+
+// progLoadMatcher loads the program with an AF_XDP socket in the XSKMAP
+// slot of queue 0, so that BPF_PROG_TEST_RUN makes its decisions visible: a
+// match returns XDP_REDIRECT (the slot is filled), anything else XDP_PASS.
+func progLoadMatcher(t testing.TB, cfg ProgramConfig) *Program {
+	t.Helper()
+	p := progLoadTest(t, cfg)
+	if err := p.SetSocket(0, progXSK(t)); err != nil {
+		t.Fatalf("SetSocket: %v", err)
+	}
 	return p
 }
 
@@ -215,9 +227,12 @@ func progRun(t testing.TB, p *Program, frame []byte, ifindex, queue int) (uint32
 	return ret, nil
 }
 
-// progDecide runs the test variant and turns its return value into a
-// verdict. Frames shorter than an Ethernet header cannot be run (the kernel
-// refuses them); the program never sees them on a real interface either.
+// progDecide runs a program from progLoadMatcher on queue 0 and turns its
+// return value into a verdict: a redirected ARP frame is an ARP match, any
+// other redirected frame an IP match (the program's ARP and IP branches
+// start from the EtherType). Frames shorter than an Ethernet header cannot
+// be run (the kernel refuses them); the program never sees them on a real
+// interface either.
 func progDecide(t testing.TB, p *Program, frame []byte) progVerdict {
 	t.Helper()
 	ret, err := progRun(t, p, frame, 0, 0)
@@ -227,12 +242,12 @@ func progDecide(t testing.TB, p *Program, frame []byte) progVerdict {
 		}
 		t.Fatalf("run %x: %v", frame, err)
 	}
-	switch ret {
-	case progXDPPass:
+	switch {
+	case ret == progXDPPass:
 		return progPass
-	case progXDPDrop:
+	case ret == progXDPRedirect && binary.BigEndian.Uint16(frame[12:]) == 0x0806:
 		return progARP
-	case progXDPTX:
+	case ret == progXDPRedirect:
 		return progIPv4
 	}
 	t.Fatalf("run %x: unexpected return value %d", frame, ret)
@@ -273,14 +288,14 @@ func TestProgramConfigLimits(t *testing.T) {
 	for i := range many {
 		many[i] = netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
 	}
-	p := progLoadTest(t, ProgramConfig{IPv4: many, Queues: MaxProgramQueues}, progVerdicts{})
+	p := progLoadTest(t, ProgramConfig{IPv4: many, Queues: MaxProgramQueues})
 	if p.Queues() != MaxProgramQueues {
 		t.Errorf("Queues() = %d", p.Queues())
 	}
 }
 
 func TestProgramMatch(t *testing.T) {
-	p := progLoadTest(t, ProgramConfig{IPv4: progAddrs}, progTestVerdicts)
+	p := progLoadMatcher(t, ProgramConfig{IPv4: progAddrs})
 
 	garp := progARPFrame(1, progOurs, progOurs)
 	arpPtypeV6 := progARPFrame(1, progPeerIP, progOurs)
@@ -357,7 +372,7 @@ func TestProgramMatch(t *testing.T) {
 // TestProgramTruncated cuts matching frames at every length: an ARP packet
 // shorter than 42 bytes and an IPv4 one shorter than 34 pass.
 func TestProgramTruncated(t *testing.T) {
-	p := progLoadTest(t, ProgramConfig{IPv4: progAddrs}, progTestVerdicts)
+	p := progLoadMatcher(t, ProgramConfig{IPv4: progAddrs})
 	for _, tc := range []struct {
 		name  string
 		frame []byte
@@ -423,7 +438,7 @@ func progRandomFrame(r *rand.Rand) []byte {
 }
 
 func TestProgramRandomFrames(t *testing.T) {
-	p := progLoadTest(t, ProgramConfig{IPv4: progAddrs}, progTestVerdicts)
+	p := progLoadMatcher(t, ProgramConfig{IPv4: progAddrs})
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	r := rand.New(rand.NewPCG(seed, 0))
@@ -458,7 +473,7 @@ func FuzzProgramMatch(f *testing.F) {
 	} {
 		f.Add(seed)
 	}
-	p := progLoadTest(f, ProgramConfig{IPv4: progAddrs}, progTestVerdicts)
+	p := progLoadMatcher(f, ProgramConfig{IPv4: progAddrs})
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		if len(frame) > 1500 {
 			frame = frame[:1500] // single buffer, as on the wire
@@ -472,7 +487,7 @@ func FuzzProgramMatch(f *testing.F) {
 // progXSK makes an AF_XDP socket the XSKMAP accepts: a UMEM with fill and
 // completion rings and an RX ring, not bound. The lead's Socket does this
 // for real; this test keeps to raw syscalls to stand alone.
-func progXSK(t *testing.T) int {
+func progXSK(t testing.TB) int {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -505,7 +520,7 @@ func progXSK(t *testing.T) int {
 func TestProgramRedirect(t *testing.T) {
 	pair := testutil.NewPair(t, netns.Options{RxQueues: 2})
 	ours := pair.EmuAddr.Addr()
-	p := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{ours}, Queues: 2}, progVerdicts{})
+	p := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{ours}, Queues: 2})
 	match := progIPv4Frame(pair.PeerAddr.Addr(), ours, 6, nil, progTCP)
 	arp := progARPFrame(1, pair.PeerAddr.Addr(), ours)
 	other := progIPv4Frame(pair.PeerAddr.Addr(), progOther, 6, nil, progTCP)
@@ -600,7 +615,7 @@ func TestProgramRedirect(t *testing.T) {
 // TestProgramConcurrentClose runs the methods against Close under the race
 // detector: after Close they fail with net.ErrClosed, never crash.
 func TestProgramConcurrentClose(t *testing.T) {
-	p := progLoadTest(t, ProgramConfig{IPv4: progAddrs, Queues: 4}, progVerdicts{})
+	p := progLoadTest(t, ProgramConfig{IPv4: progAddrs, Queues: 4})
 	fd := progXSK(t)
 	done := make(chan struct{})
 	for q := range 4 {
@@ -675,7 +690,7 @@ func progAttach(p *Program, ns *netns.NS, ifindex int, modes ...link.XDPAttachFl
 
 func TestProgramAttach(t *testing.T) {
 	pair := testutil.NewPair(t, netns.Options{})
-	p := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{pair.EmuAddr.Addr()}}, progVerdicts{})
+	p := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{pair.EmuAddr.Addr()}})
 	if p.Mode() != "" {
 		t.Errorf("Mode() before Attach = %q", p.Mode())
 	}
@@ -712,7 +727,7 @@ func TestProgramAttach(t *testing.T) {
 		t.Errorf("Attach after Close: %v", err)
 	}
 
-	q := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{pair.EmuAddr.Addr()}}, progVerdicts{})
+	q := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{pair.EmuAddr.Addr()}})
 	if err := progAttach(q, pair.Emu, 9999); err == nil || !strings.HasPrefix(err.Error(), "attach xdp to ifindex 9999: ") {
 		t.Errorf("Attach to a missing interface: %v", err)
 	}
@@ -722,7 +737,7 @@ func TestProgramAttach(t *testing.T) {
 // what one buffer holds; Attach falls back to generic mode.
 func TestProgramAttachGenericFallback(t *testing.T) {
 	pair := testutil.NewPair(t, netns.Options{MTU: 4000})
-	p := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{pair.EmuAddr.Addr()}}, progVerdicts{})
+	p := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{pair.EmuAddr.Addr()}})
 	if err := progAttach(p, pair.Emu, pair.EmuIndex); err != nil {
 		t.Fatalf("attach: %v", err)
 	}
@@ -789,8 +804,8 @@ func progNetlinkXDP(ifindex, fd int, flags uint32) error {
 func TestProgramAttachBusy(t *testing.T) {
 	pair := testutil.NewPair(t, netns.Options{})
 	cfg := ProgramConfig{IPv4: []netip.Addr{pair.EmuAddr.Addr()}}
-	theirs := progLoadTest(t, cfg, progVerdicts{})
-	ours := progLoadTest(t, cfg, progVerdicts{})
+	theirs := progLoadTest(t, cfg)
+	ours := progLoadTest(t, cfg)
 
 	for _, tc := range []struct {
 		name   string
@@ -889,22 +904,51 @@ func progVethStats(t *testing.T, ns *netns.NS, ifname, counter string) int {
 	return total
 }
 
-// TestProgramLiveTraffic attaches the matcher in native mode with a drop
-// verdict and sends the peer kernel's real traffic at it: ARP and IPv4 for
-// our address are matched, for another address they pass.
+// TestProgramLiveTraffic attaches the program in native mode with an AF_XDP
+// socket on the queue and sends the peer kernel's real traffic at it: ARP
+// and IPv4 for our address arrive on the socket, for another address they
+// pass to the kernel.
 func TestProgramLiveTraffic(t *testing.T) {
 	testutil.Watchdog(t, time.Minute)
 	pair := testutil.NewPair(t, netns.Options{})
 	ours, other := pair.EmuAddr.Addr(), pair.EmuAddr.Addr().Next()
-	p := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{ours}},
-		progVerdicts{set: true, arp: progXDPDrop, ipv4: progXDPDrop})
+	p := progLoadTest(t, ProgramConfig{IPv4: []netip.Addr{ours}})
+	r := newTestRegion(t, 1024)
+	var sock *Socket
+	if err := pair.Emu.Do(func() (err error) {
+		sock, err = NewSocket(r, pair.EmuIndex, SocketConfig{RingSize: 64, TXFrames: 1})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	if err := p.SetSocket(0, sock.FD()); err != nil {
+		t.Fatal(err)
+	}
 	if err := progAttach(p, pair.Emu, pair.EmuIndex); err != nil {
 		t.Fatal(err)
 	}
 	if p.Mode() != "native" {
 		t.Fatalf("mode %q, want native", p.Mode())
 	}
-	drops := func() int { return progVethStats(t, pair.Emu, pair.EmuIf, "xdp_drops") }
+	// arrived takes what reached the socket and returns how many ARP and
+	// IPv4 frames did so far; matched counts them by EtherType.
+	matched := map[uint16]int{}
+	var descs [16]unix.XDPDesc
+	arrived := func() int {
+		for {
+			sock.Refill()
+			n := sock.Receive(descs[:])
+			if n == 0 {
+				break
+			}
+			for _, d := range descs[:n] {
+				matched[binary.BigEndian.Uint16(sock.Packet(d)[12:])]++
+				r.Free(r.FrameOf(d.Addr))
+			}
+		}
+		return matched[0x0800] + matched[0x0806]
+	}
 	seen := func() int { return progVethStats(t, pair.Emu, pair.EmuIf, "xdp_packets") }
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
@@ -944,11 +988,11 @@ func TestProgramLiveTraffic(t *testing.T) {
 	// IPv4 to another address (neighbour entry static, so no ARP): seen,
 	// not matched.
 	neigh("replace", other.String(), "lladdr", pair.EmuMAC.String(), "dev", pair.PeerIf, "nud", "permanent")
-	seen0, drops0 := seen(), drops()
+	seen0, arrived0 := seen(), arrived()
 	send(other, 5)
 	waitFor("5 packets through XDP", func() bool { return seen() >= seen0+5 })
-	if d := drops(); d != drops0 {
-		t.Errorf("IPv4 to %v: %d packets matched, want 0", other, d-drops0)
+	if d := arrived(); d != arrived0 {
+		t.Errorf("IPv4 to %v: %d packets matched, want 0", other, d-arrived0)
 	}
 
 	// ARP for another address: the kernel resolves it. Not matched.
@@ -956,20 +1000,19 @@ func TestProgramLiveTraffic(t *testing.T) {
 	seen0 = seen()
 	send(other, 1)
 	waitFor("an ARP request through XDP", func() bool { return seen() > seen0 })
-	if d := drops(); d != drops0 {
-		t.Errorf("ARP for %v: %d packets matched, want 0", other, d-drops0)
+	if d := arrived(); d != arrived0 {
+		t.Errorf("ARP for %v: %d packets matched, want 0", other, d-arrived0)
 	}
 
 	// IPv4 to our address: all matched.
 	neigh("replace", ours.String(), "lladdr", pair.EmuMAC.String(), "dev", pair.PeerIf, "nud", "permanent")
 	send(ours, 5)
-	waitFor("5 IPv4 packets matched", func() bool { return drops() >= drops0+5 })
+	waitFor("5 IPv4 packets matched", func() bool { arrived(); return matched[0x0800] >= 5 })
 
 	// ARP for our address: matched.
 	neigh("del", ours.String(), "dev", pair.PeerIf)
-	drops0 = drops()
 	send(ours, 1)
-	waitFor("an ARP request matched", func() bool { return drops() > drops0 })
+	waitFor("an ARP request matched", func() bool { arrived(); return matched[0x0806] > 0 })
 
 	if err := p.Close(); err != nil {
 		t.Fatal(err)

@@ -183,7 +183,7 @@ func runClient(args []string) error {
 		return nil
 	}
 
-	st, err := stack.New(stack.Config{Ifname: *ifname, Addr: netip.PrefixFrom(client, *prefixLen), RegionSize: umemSize, TXCopy: *txCopy})
+	st, err := stack.New(stack.Config{Ifname: *ifname, Addr: netip.PrefixFrom(client, *prefixLen), RegionSize: umemSize, Lab: stack.Lab{TXCopy: *txCopy}})
 	if err != nil {
 		return report(err)
 	}

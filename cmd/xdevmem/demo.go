@@ -141,8 +141,8 @@ func runDemo(args []string) error {
 		IPv6:        *ipv6,
 		Shared:      mode == stack.AddressShared,
 		Autorelease: autoP,
-		Stack: stack.Config{RegionSize: umemSize, HDSThresh: *hds, TrustChecksum: *trust, Faults: faults,
-			RcvBuf: int(rcvbuf), NoGRO: *noGRO, AddressMode: mode, OnAlert: onAlert},
+		Stack: stack.Config{RegionSize: umemSize, HDSThresh: *hds, RcvBuf: int(rcvbuf), AddressMode: mode, OnAlert: onAlert,
+			Lab: stack.Lab{TrustChecksum: *trust, Faults: faults, NoGRO: *noGRO}},
 	})
 	if err != nil {
 		return fmt.Errorf("set up: %w", err)

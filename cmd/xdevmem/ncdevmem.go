@@ -6,7 +6,7 @@ package main
 // the same getopt string, mode selection, NIC set-up order, per-fragment
 // output, validation, exit codes, and the autorelease series' -a/-U. Where
 // ncdevmem drives the NIC with ethtool, the emulated NIC's settings are set
-// instead (stack.SetRings, SetRSS, AddFlowRule, SetChannels); on a kernel
+// instead (stack.NIC: SetRings, SetRSS, AddFlowRule, SetChannels); on a kernel
 // devmem NIC (chosen through compat.Open) the same ethtool commands run.
 //
 // The C program is the reference throughout; comments name the function of
@@ -348,7 +348,7 @@ func (nc *ncdevmem) open(addr netip.Prefix) error {
 		nc.nic = &emuNIC{nc: nc, st: st}
 		mode, why := st.AddressMode()
 		nc.logf("xdevmem: %s address: %s\n", mode, why)
-		nc.logf("xdevmem: emulated NIC on %s: %d RX channels (%s)\n", nc.ifname, st.Channels(), chWhy)
+		nc.logf("xdevmem: emulated NIC on %s: %d RX channels (%s)\n", nc.ifname, st.NIC().Channels(), chWhy)
 	} else {
 		nc.nic = &ethtoolNIC{nc: nc}
 	}
@@ -1143,20 +1143,20 @@ func (n *emuNIC) ran(format string, args ...any) {
 	n.nc.logf("Running: "+format+" (applied to the emulated NIC)\n", args...)
 }
 
-func (n *emuNIC) rxQueues() (int, error) { return n.st.Channels(), nil }
+func (n *emuNIC) rxQueues() (int, error) { return n.st.NIC().Channels(), nil }
 
 func (n *emuNIC) rings() (ringState, error) {
-	r := n.st.Rings()
+	r := n.st.NIC().Rings()
 	return ringState{split: r.TCPDataSplit, hds: r.HDSThresh}, nil
 }
 
 func (n *emuNIC) setHeaderSplit(on bool) error {
-	r := n.st.Rings()
+	r := n.st.NIC().Rings()
 	r.TCPDataSplit = on
 	if on {
 		r.HDSThresh = 0
 	}
-	if err := n.st.SetRings(r); err != nil {
+	if err := n.st.NIC().SetRings(r); err != nil {
 		n.nc.logf("YNL failed: %v\n", err)
 		return err
 	}
@@ -1169,14 +1169,14 @@ func (n *emuNIC) setHeaderSplit(on bool) error {
 }
 
 func (n *emuNIC) restoreRings(r ringState) {
-	if err := n.st.SetRings(stack.Rings{TCPDataSplit: r.split, HDSThresh: r.hds}); err != nil {
+	if err := n.st.NIC().SetRings(stack.Rings{TCPDataSplit: r.split, HDSThresh: r.hds}); err != nil {
 		n.nc.logf("YNL restoring HDS cfg: %v\n", err)
 	}
 }
 
 func (n *emuNIC) setRSS(equal int) error {
 	n.ran("ethtool -X %s equal %d >&2", n.nc.ifname, equal)
-	if err := n.st.SetRSS(equal); err != nil {
+	if err := n.st.NIC().SetRSS(equal); err != nil {
 		n.nc.logf("Cannot set RX flow hash configuration: %v\n", err)
 		return err
 	}
@@ -1185,7 +1185,7 @@ func (n *emuNIC) setRSS(equal int) error {
 
 func (n *emuNIC) resetRSS() {
 	n.ran("ethtool -X %s default >&2", n.nc.ifname)
-	n.st.SetRSS(n.st.Channels())
+	n.st.NIC().SetRSS(n.st.NIC().Channels())
 }
 
 func (n *emuNIC) addFlow(f flowSpec) (int, error) {
@@ -1199,7 +1199,7 @@ func (n *emuNIC) addFlow(f flowSpec) (int, error) {
 		}
 		r.Src, r.SrcPort = src, r.DstPort
 	}
-	id, err := n.st.AddFlowRule(r)
+	id, err := n.st.NIC().AddFlowRule(r)
 	if err != nil {
 		n.nc.logf("rmgr: Cannot insert RX class rule: %v\n", err)
 		return 0, err
@@ -1210,18 +1210,18 @@ func (n *emuNIC) addFlow(f flowSpec) (int, error) {
 
 func (n *emuNIC) deleteFlow(id int) {
 	n.ran("ethtool -N %s delete %d", n.nc.ifname, id)
-	n.st.DeleteFlowRule(id)
+	n.st.NIC().DeleteFlowRule(id)
 }
 
 func (n *emuNIC) checkChangingChannels(c int) error {
 	n.nc.logf("setting channel count rx:%d tx:%d\n", c, c)
-	old := n.st.Channels()
-	if err := n.st.SetChannels(c); err != nil {
+	old := n.st.NIC().Channels()
+	if err := n.st.NIC().SetChannels(c); err != nil {
 		n.nc.logf("YNL set channels: %v\n", err)
 		return err
 	}
 	// We were expecting a failure, go back to previous settings
-	if err := n.st.SetChannels(old); err != nil {
+	if err := n.st.NIC().SetChannels(old); err != nil {
 		n.nc.logf("YNL un-setting channels: %v\n", err)
 	}
 	return nil

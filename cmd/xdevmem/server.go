@@ -261,7 +261,7 @@ func runServer(args []string) error {
 		Emulated: func() (devmemapi.Provider, error) {
 			return stack.New(stack.Config{
 				Ifname: f.ifname, Addr: netip.PrefixFrom(f.addr, f.prefixLen), RegionSize: f.umemSize,
-				Channels: max(f.first+f.nq, stack.RXQueueCount(f.ifname)), HDSThresh: f.hds, TrustChecksum: f.trust, Faults: f.faults,
+				Channels: max(f.first+f.nq, stack.RXQueueCount(f.ifname)), HDSThresh: f.hds, Lab: stack.Lab{TrustChecksum: f.trust, Faults: f.faults},
 				OnAlert: r.alert, AddressMode: f.addrMode,
 			})
 		},
@@ -323,7 +323,7 @@ func (r *serverRun) setup(ifc *net.Interface) error {
 		if f.client.IsValid() {
 			rule.Src = f.client
 		}
-		if _, err := r.st.AddFlowRule(rule); err != nil {
+		if _, err := r.st.NIC().AddFlowRule(rule); err != nil {
 			return fmt.Errorf("steer port %d to queue %d: %w", f.port, f.first, err)
 		}
 		steer = fmt.Sprintf("port %d steered to queue %d", f.port, f.first)

@@ -71,7 +71,7 @@ func runSoak(args []string) error {
 		return err
 	}
 	netns.Cleanup(demoPrefix)
-	w, err := harness.New(harness.Options{Prefix: demoPrefix, IPv6: *ipv6, Stack: stack.Config{Faults: faults}})
+	w, err := harness.New(harness.Options{Prefix: demoPrefix, IPv6: *ipv6, Stack: stack.Config{Lab: stack.Lab{Faults: faults}}})
 	if err != nil {
 		return fmt.Errorf("set up: %w", err)
 	}

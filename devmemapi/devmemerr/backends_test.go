@@ -129,11 +129,11 @@ func emulatedRows(t *testing.T) *rows {
 	_, err := st.BindRX(devmemapi.BindRXConfig{Ifindex: 1 << 20, Queues: []uint32{0}})
 	r.put(devmemerr.BindRXNoDevice, err)
 	r.put(devmemerr.BindRXQueueRange, bindErr([]uint32{5}, &off))
-	st.SetRings(stack.Rings{TCPDataSplit: false})
+	st.NIC().SetRings(stack.Rings{TCPDataSplit: false})
 	r.put(devmemerr.BindRXHDSDisabled, bindErr([]uint32{0}, &off))
-	st.SetRings(stack.Rings{TCPDataSplit: true, HDSThresh: 64})
+	st.NIC().SetRings(stack.Rings{TCPDataSplit: true, HDSThresh: 64})
 	r.put(devmemerr.BindRXHDSThresh, bindErr([]uint32{0}, &off))
-	st.SetRings(stack.Rings{TCPDataSplit: true})
+	st.NIC().SetRings(stack.Rings{TCPDataSplit: true})
 	b0, err := bind([]uint32{0}, &off)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +145,7 @@ func emulatedRows(t *testing.T) *rows {
 
 	// A connection on queue 0 (bound to b0, autorelease off).
 	const port = 5400
-	rule, err := st.AddFlowRule(stack.FlowRule{DstPort: port, Queue: 0})
+	rule, err := st.NIC().AddFlowRule(stack.FlowRule{DstPort: port, Queue: 0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,8 +212,8 @@ func emulatedRows(t *testing.T) *rows {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.DeleteFlowRule(rule)
-	if _, err := st.AddFlowRule(stack.FlowRule{DstPort: port, Queue: 1}); err != nil {
+	st.NIC().DeleteFlowRule(rule)
+	if _, err := st.NIC().AddFlowRule(stack.FlowRule{DstPort: port, Queue: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pc.Write(make([]byte, 1000)); err != nil {

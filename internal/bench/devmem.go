@@ -25,7 +25,7 @@ func (r *runner) runDevmem(row Row, m *Measurement, ab *aborter) error {
 		Port:        benchPort,
 		Shared:      row.Shared,
 		IPv6:        row.IPv6,
-		Stack:       stack.Config{TrustChecksum: row.TrustChecksum},
+		Stack:       stack.Config{Lab: stack.Lab{TrustChecksum: row.TrustChecksum}},
 	})
 	if err != nil {
 		return err

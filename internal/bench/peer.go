@@ -292,30 +292,35 @@ func sendXSK(ifname, dstMAC, addr string, d time.Duration, dlen, batch int) (Pee
 	u0, s0 := cpuNow()
 	t0 := time.Now()
 	end := t0.Add(d)
-	var queued, noBuffer uint64
+	var queued uint64
+	txAddrs := make([]uint64, batch)
+	descs := make([]unix.XDPDesc, batch)
 	for i := 0; ; i++ {
 		if i&15 == 0 && time.Now().After(end) {
 			break
 		}
-		for j := 0; j < batch; j++ {
-			a, buf, ok := sock.TXBuffer()
-			if !ok {
-				noBuffer++
-				break
-			}
-			copy(buf, frame)
-			sock.TXQueue(a, len(frame))
-			queued++
+		k := sock.TXAcquire(txAddrs)
+		for j, a := range txAddrs[:k] {
+			copy(sock.TXFrame(a), frame)
+			descs[j] = unix.XDPDesc{Addr: a, Len: uint32(len(frame))}
 		}
-		if err := sock.TXFlush(); err != nil {
+		n, err := sock.TXProduce(descs[:k])
+		if err != nil {
+			return PeerReport{}, err
+		}
+		if n < k {
+			sock.TXRelease(txAddrs[n:k]...)
+		}
+		queued += uint64(n)
+		if err := sock.TXKick(); err != nil {
 			return PeerReport{}, err
 		}
 	}
 	// Let the last kicks finish before counting.
 	time.Sleep(10 * time.Millisecond)
-	sock.TXFlush()
+	sock.TXKick()
 	var rep PeerReport
-	rep.Packets = queued - min(queued, sock.TXDrops()-noBuffer)
+	rep.Packets = queued
 	rep.Bytes = rep.Packets * uint64(dlen)
 	rep.Seconds = time.Since(t0).Seconds()
 	u1, s1 := cpuNow()

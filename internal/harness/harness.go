@@ -101,7 +101,7 @@ func New(opts Options) (_ *World, err error) {
 	if !opts.NoBind {
 		qs := opts.BindQueues
 		if qs == nil {
-			for q := 0; q < w.Stack.Channels(); q++ {
+			for q := 0; q < w.Stack.NIC().Channels(); q++ {
 				qs = append(qs, uint32(q))
 			}
 		}

@@ -196,7 +196,7 @@ func (l *Lib) ethtoolFeatures(n *nic, c EthtoolCmd, o *ethtoolOut) {
 			// Turning ntuple filters off drops the rules, as drivers do.
 			for _, r := range n.rules {
 				if n.st != nil && r.sid >= 0 {
-					n.st.DeleteFlowRule(r.sid)
+					n.st.NIC().DeleteFlowRule(r.sid)
 				}
 			}
 			n.rules = nil
@@ -234,7 +234,7 @@ func (l *Lib) ethtoolRings(n *nic, c EthtoolCmd, o *ethtoolOut) {
 		}
 	}
 	if n.st != nil {
-		if err := n.st.SetRings(r); err != nil {
+		if err := n.st.NIC().SetRings(r); err != nil {
 			o.fail("netlink error: %s\nnetlink error: %s\n", errMessage(err), errText(err))
 			return
 		}
@@ -259,7 +259,7 @@ func ethtoolShowRings(n *nic, o *ethtoolOut) {
 func (l *Lib) ethtoolRSS(n *nic, c EthtoolCmd, o *ethtoolOut) {
 	if c.Args[0] == "default" {
 		if n.st != nil {
-			n.st.SetRSS(n.channels)
+			n.st.NIC().SetRSS(n.channels)
 		}
 		n.rss = 0
 		return
@@ -270,7 +270,7 @@ func (l *Lib) ethtoolRSS(n *nic, c EthtoolCmd, o *ethtoolOut) {
 		return
 	}
 	if n.st != nil {
-		if err := n.st.SetRSS(x); err != nil {
+		if err := n.st.NIC().SetRSS(x); err != nil {
 			o.fail("Cannot set RX flow hash configuration: %s\n", errText(err))
 			return
 		}
@@ -338,7 +338,7 @@ func (l *Lib) ethtoolChannels(n *nic, c EthtoolCmd, o *ethtoolOut) {
 				return
 			}
 		}
-		if err := n.st.SetChannels(rx); err != nil {
+		if err := n.st.NIC().SetChannels(rx); err != nil {
 			o.fail("netlink error: %s\nnetlink error: %s\n", errMessage(err), errText(err))
 			return
 		}
@@ -365,7 +365,7 @@ func (l *Lib) ethtoolNtuple(n *nic, c EthtoolCmd, o *ethtoolOut) {
 		for i, r := range n.rules {
 			if r.id == id {
 				if n.st != nil && r.sid >= 0 {
-					n.st.DeleteFlowRule(r.sid)
+					n.st.NIC().DeleteFlowRule(r.sid)
 				}
 				n.rules = append(n.rules[:i], n.rules[i+1:]...)
 				return
@@ -441,7 +441,7 @@ func (l *Lib) ethtoolNtuple(n *nic, c EthtoolCmd, o *ethtoolOut) {
 	r.Queue = queue
 	nr := &nicRule{id: n.nextRule, r: r, sid: -1}
 	if n.st != nil {
-		sid, err := n.st.AddFlowRule(r)
+		sid, err := n.st.NIC().AddFlowRule(r)
 		if err != nil {
 			o.fail("rmgr: Cannot insert RX class rule: %s\n", errText(err))
 			return

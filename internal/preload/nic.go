@@ -205,18 +205,18 @@ func (l *Lib) ensureStack(n *nic, d *dmabuf, tx bool) error {
 
 // applyNIC gives a new stack the NIC's settings.
 func (l *Lib) applyNIC(n *nic, st *stack.Stack) error {
-	if err := st.SetRings(n.rings); err != nil {
+	if err := st.NIC().SetRings(n.rings); err != nil {
 		return err
 	}
 	for _, r := range n.rules {
-		sid, err := st.AddFlowRule(r.r)
+		sid, err := st.NIC().AddFlowRule(r.r)
 		if err != nil {
 			return err
 		}
 		r.sid = sid
 	}
 	if n.rss > 0 {
-		if err := st.SetRSS(n.rss); err != nil {
+		if err := st.NIC().SetRSS(n.rss); err != nil {
 			return err
 		}
 	}
