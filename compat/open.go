@@ -8,21 +8,36 @@ import (
 	"github.com/xdevmem/xdevmem/devmemapi"
 )
 
-// Backend names.
+// Backend names a backend, as the commands' --backend flag and
+// XDEVMEM_BACKEND spell it.
+type Backend string
+
+// Backends.
 const (
 	// BackendAuto picks the kernel where the probe passes, else the
 	// emulation.
-	BackendAuto = "auto"
+	BackendAuto Backend = "auto"
 	// BackendKernel is the kernel's own devmem TCP.
-	BackendKernel = "kernel"
+	BackendKernel Backend = "kernel"
 	// BackendEmulated is the AF_XDP + gVisor emulation.
-	BackendEmulated = "emulated"
+	BackendEmulated Backend = "emulated"
 )
+
+// ParseBackend reads a backend name; "" is BackendAuto.
+func ParseBackend(s string) (Backend, error) {
+	switch b := Backend(s); b {
+	case "", BackendAuto:
+		return BackendAuto, nil
+	case BackendKernel, BackendEmulated:
+		return b, nil
+	}
+	return "", fmt.Errorf("backend %q: want auto, kernel or emulated: %w", s, unix.EINVAL)
+}
 
 // Options says which backend Open should return.
 type Options struct {
 	// Backend is BackendAuto (also ""), BackendKernel or BackendEmulated.
-	Backend string
+	Backend Backend
 	// Ifname is the interface devmem runs on. The kernel backend needs it;
 	// with auto and no name Open picks the emulation.
 	Ifname string
@@ -37,7 +52,7 @@ type Options struct {
 // Choice is the backend Open chose and why, in words a person can act on.
 type Choice struct {
 	// Backend is BackendKernel or BackendEmulated.
-	Backend string `json:"backend"`
+	Backend Backend `json:"backend"`
 	// Reason says why.
 	Reason string `json:"reason"`
 	// Probe is the probe's result, nil when Open did not probe.

@@ -211,3 +211,16 @@ func (k *KernelConn) Close() error {
 	}
 	return k.c.Close()
 }
+
+// Read reads ordinary data (read(2)); dmabuf data fails with the kernel's
+// EFAULT. It implements net.Conn.
+func (k *KernelConn) Read(p []byte) (int, error) { return k.c.Read(p) }
+
+// Write sends plain bytes. It implements net.Conn.
+func (k *KernelConn) Write(p []byte) (int, error) { return k.c.Write(p) }
+
+// SetDeadline sets the read and write deadlines.
+func (k *KernelConn) SetDeadline(t time.Time) error { return k.c.SetDeadline(t) }
+
+// SetWriteDeadline bounds Write.
+func (k *KernelConn) SetWriteDeadline(t time.Time) error { return k.c.SetWriteDeadline(t) }

@@ -325,3 +325,12 @@ func (k *KernelTXConn) Close() error {
 	}
 	return k.c.Close()
 }
+
+// Write sends plain bytes on the socket. It implements net.Conn.
+func (k *KernelTXConn) Write(p []byte) (int, error) { return k.c.Write(p) }
+
+// SetDeadline sets the read and write deadlines.
+func (k *KernelTXConn) SetDeadline(t time.Time) error { return k.c.SetDeadline(t) }
+
+// SetReadDeadline bounds Read.
+func (k *KernelTXConn) SetReadDeadline(t time.Time) error { return k.c.SetReadDeadline(t) }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"time"
 )
 
 // Sentinel errors shared by both backends.
@@ -61,8 +60,14 @@ type Listener interface {
 	Addr() net.Addr
 }
 
-// Conn is a TCP connection that can receive devmem fragments.
+// Conn is a TCP connection that can receive devmem fragments. It is a
+// net.Conn, as a kernel devmem socket is an ordinary TCP socket: Read
+// takes ordinary data (dmabuf data fails with EFAULT, as a plain recv on
+// the kernel's socket does; end of stream is io.EOF), Write sends plain
+// bytes, and the deadlines bound them and RecvMsg. Close, in
+// autorelease-on mode, frees every token the connection still holds.
 type Conn interface {
+	net.Conn
 	// RecvMsg is shaped like unix.Recvmsg. With MSG_SOCK_DEVMEM in flags it
 	// fills oob with SCM_DEVMEM_DMABUF messages (payload in the dmabuf, n
 	// counts their bytes), each packet's possibly preceded by an
@@ -75,16 +80,6 @@ type Conn interface {
 	// DontNeed returns tokens (SO_DEVMEM_DONTNEED) and reports how many
 	// fragments it freed.
 	DontNeed(tokens []DmabufToken) (int, error)
-	// SetReadDeadline bounds RecvMsg; expiry fails with
-	// os.ErrDeadlineExceeded.
-	SetReadDeadline(t time.Time) error
-	// LocalAddr is the connection's local address.
-	LocalAddr() net.Addr
-	// RemoteAddr is the peer's address.
-	RemoteAddr() net.Addr
-	// Close closes the connection. In autorelease-on mode it frees every
-	// token the connection still holds.
-	Close() error
 }
 
 // Provider is one backend: it binds dmabufs and opens listeners whose

@@ -51,28 +51,60 @@ func PutDmabufCmsg(oob []byte, off int, typ int32, c *DmabufCmsg) (next int, ok 
 // Control messages of other levels or types are skipped. It allocates only
 // when dst must grow. A malformed buffer fails with EINVAL.
 func AppendFrags(dst []Frag, oob []byte) ([]Frag, error) {
-	for off := 0; off < len(oob); {
-		if len(oob)-off < cmsgHdrLen {
-			return dst, syscall.EINVAL
-		}
-		l := binary.NativeEndian.Uint64(oob[off:])
-		if l < cmsgHdrLen || l > uint64(len(oob)-off) {
-			return dst, syscall.EINVAL
-		}
-		level := int32(binary.NativeEndian.Uint32(oob[off+8:]))
-		typ := int32(binary.NativeEndian.Uint32(oob[off+12:]))
-		data := oob[off+cmsgHdrLen : off+int(l)]
-		if level == unix.SOL_SOCKET && (typ == SCM_DEVMEM_DMABUF || typ == SCM_DEVMEM_LINEAR) {
+	it := cmsgIter{oob: oob}
+	for it.next() {
+		if it.level == unix.SOL_SOCKET && (it.typ == SCM_DEVMEM_DMABUF || it.typ == SCM_DEVMEM_LINEAR) {
 			var f Frag
-			if err := f.DmabufCmsg.Unmarshal(data); err != nil {
+			if err := f.DmabufCmsg.Unmarshal(it.data); err != nil {
 				return dst, err
 			}
-			f.Linear = typ == SCM_DEVMEM_LINEAR
+			f.Linear = it.typ == SCM_DEVMEM_LINEAR
 			dst = append(dst, f)
 		}
-		off += cmsgAlignUp(int(l))
+	}
+	if it.bad || it.short {
+		return dst, syscall.EINVAL
 	}
 	return dst, nil
+}
+
+// cmsgIter walks the control messages of a buffer as the kernel's
+// for_each_cmsghdr and CMSG_OK do: one header at a time, cmsg_len checked
+// against what is left, the next one at CMSG_ALIGN(cmsg_len). The one
+// walker of the package's parsers; each decides what a short tail (short)
+// or a bad cmsg_len (bad) means to it.
+type cmsgIter struct {
+	oob        []byte
+	off        int
+	short, bad bool // stopped at a tail too short for a header, or at a bad cmsg_len
+
+	// The current message.
+	level, typ int32
+	len        uint64 // cmsg_len
+	data       []byte
+}
+
+// next moves to the next message; false at the end or where the walk
+// stops (short or bad).
+func (it *cmsgIter) next() bool {
+	if it.off >= len(it.oob) {
+		return false
+	}
+	if len(it.oob)-it.off < cmsgHdrLen {
+		it.short = true
+		return false
+	}
+	l := binary.NativeEndian.Uint64(it.oob[it.off:])
+	if l < cmsgHdrLen || l > uint64(len(it.oob)-it.off) {
+		it.bad = true
+		return false
+	}
+	it.len = l
+	it.level = int32(binary.NativeEndian.Uint32(it.oob[it.off+8:]))
+	it.typ = int32(binary.NativeEndian.Uint32(it.oob[it.off+12:]))
+	it.data = it.oob[it.off+cmsgHdrLen : it.off+int(l)]
+	it.off += cmsgAlignUp(int(l))
+	return true
 }
 
 // AppendTokens encodes toks as a SO_DEVMEM_DONTNEED option value (an array

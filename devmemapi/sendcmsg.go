@@ -78,20 +78,12 @@ type SendCmsgOptions struct {
 // checks, which it skips when the control messages are bad.
 func ParseSendCmsg(oob []byte, opts SendCmsgOptions) (SendCookie, error) {
 	var ck SendCookie
-	for off := 0; off < len(oob); {
-		if len(oob)-off < cmsgHdrLen {
-			// for_each_cmsghdr stops when no header fits.
-			break
-		}
-		l := binary.NativeEndian.Uint64(oob[off:])
-		if l < cmsgHdrLen || l > uint64(len(oob)-off) {
-			return SendCookie{}, syscall.EINVAL // CMSG_OK
-		}
-		level := int32(binary.NativeEndian.Uint32(oob[off+8:]))
-		typ := int32(binary.NativeEndian.Uint32(oob[off+12:]))
-		data := oob[off+cmsgHdrLen : off+int(l)]
-		off += cmsgAlignUp(int(l))
-		if level != unix.SOL_SOCKET {
+	// for_each_cmsghdr stops where no header fits (it.short: fine);
+	// CMSG_OK fails a bad cmsg_len with EINVAL.
+	it := cmsgIter{oob: oob}
+	for it.next() {
+		l, typ, data := it.len, it.typ, it.data
+		if it.level != unix.SOL_SOCKET {
 			continue
 		}
 		u32 := func() uint32 { return binary.NativeEndian.Uint32(data) }
@@ -135,6 +127,9 @@ func ParseSendCmsg(oob []byte, opts SendCmsgOptions) (SendCookie, error) {
 		default:
 			return SendCookie{}, syscall.EINVAL
 		}
+	}
+	if it.bad {
+		return SendCookie{}, syscall.EINVAL // CMSG_OK
 	}
 	return ck, nil
 }

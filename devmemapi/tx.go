@@ -258,29 +258,22 @@ func putCmsg(oob []byte, level, typ int, data []byte) (n int, truncated bool) {
 // fails with EPROTO (the notification is an error, not a completion); a
 // malformed buffer fails with EINVAL.
 func AppendZerocopyRanges(dst []ZerocopyRange, oob []byte) ([]ZerocopyRange, error) {
-	for off := 0; off < len(oob); {
-		if len(oob)-off < cmsgHdrLen {
-			return dst, syscall.EINVAL
-		}
-		l := binary.NativeEndian.Uint64(oob[off:])
-		if l < cmsgHdrLen || l > uint64(len(oob)-off) {
-			return dst, syscall.EINVAL
-		}
-		level := int32(binary.NativeEndian.Uint32(oob[off+8:]))
-		typ := int32(binary.NativeEndian.Uint32(oob[off+12:]))
-		data := oob[off+cmsgHdrLen : off+int(l)]
-		off += cmsgAlignUp(int(l))
-		if !(level == unix.SOL_IP && typ == IP_RECVERR) && !(level == unix.SOL_IPV6 && typ == IPV6_RECVERR) {
+	it := cmsgIter{oob: oob}
+	for it.next() {
+		if !(it.level == unix.SOL_IP && it.typ == IP_RECVERR) && !(it.level == unix.SOL_IPV6 && it.typ == IPV6_RECVERR) {
 			continue
 		}
 		var ee SockExtendedErr
-		if err := ee.Unmarshal(data); err != nil {
+		if err := ee.Unmarshal(it.data); err != nil {
 			return dst, err
 		}
 		if ee.Origin != SO_EE_ORIGIN_ZEROCOPY || ee.Errno != 0 {
 			return dst, fmt.Errorf("error queue: origin %d errno %d, not a zerocopy completion: %w", ee.Origin, ee.Errno, syscall.EPROTO)
 		}
 		dst = append(dst, ZerocopyRange{Lo: ee.Info, Hi: ee.Data, Copied: ee.Code == SO_EE_CODE_ZEROCOPY_COPIED})
+	}
+	if it.bad || it.short {
+		return dst, syscall.EINVAL
 	}
 	return dst, nil
 }
@@ -398,20 +391,15 @@ type Sender interface {
 
 // TXConn is an outgoing TCP connection that can send from a TX dmabuf.
 type TXConn interface {
+	// Conn: Read takes ordinary bytes the peer sent; the write deadline
+	// also bounds blocking SendMsg calls (expiry fails with
+	// os.ErrDeadlineExceeded); Close still delivers the queued data. A
+	// backend that cannot send plain bytes on a devmem connection fails
+	// Write with ErrNotSupported.
+	net.Conn
 	Sender
-	// Read reads ordinary bytes the peer sent.
-	Read(p []byte) (int, error)
-	// SetWriteDeadline bounds blocking SendMsg calls; expiry fails with
-	// os.ErrDeadlineExceeded.
-	SetWriteDeadline(t time.Time) error
 	// CloseWrite shuts the sending side down (FIN after the queued data).
 	CloseWrite() error
-	// LocalAddr is the connection's local address.
-	LocalAddr() net.Addr
-	// RemoteAddr is the peer's address.
-	RemoteAddr() net.Addr
-	// Close closes the connection; queued data is still delivered.
-	Close() error
 }
 
 // TXProvider is the optional TX side of a Provider: bind a TX dmabuf and

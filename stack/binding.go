@@ -62,17 +62,17 @@ func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 	slices.Sort(queues)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	mode, err := tokens.Default.Acquire(s.bindMode(cfg.Autorelease))
+	mode, err := tokens.Default().Acquire(s.bindMode(cfg.Autorelease))
 	if err != nil {
 		return nil, fmt.Errorf("bind rx: %w", err)
 	}
 	if err := s.checkBindRings(); err != nil {
-		tokens.Default.Release()
+		tokens.Default().Release()
 		return nil, err
 	}
 	for _, q := range queues {
 		if cur := s.bound[q].Load(); cur != nil {
-			tokens.Default.Release()
+			tokens.Default().Release()
 			return nil, fmt.Errorf("bind rx queue %d (bound to dmabuf %d): %w", q, cur.id, devmemerr.BindRXQueueBound.Err())
 		}
 	}
@@ -126,7 +126,7 @@ func (b *rxBinding) Close() error {
 			b.s.bound[q].CompareAndSwap(b, nil)
 		}
 		b.tb.Unbind()
-		tokens.Default.Release()
+		tokens.Default().Release()
 		b.s.mu.Lock()
 		delete(b.s.bindings, b)
 		b.s.mu.Unlock()

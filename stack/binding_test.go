@@ -102,7 +102,7 @@ func TestBindRXCheckOrder(t *testing.T) {
 	if _, err := s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); !devmemerr.Match(err, devmemerr.BindRXHDSDisabled) {
 		t.Fatalf("header split off: %v", err)
 	}
-	if n := tokens.Default.Bindings(); n != 0 {
+	if n := tokens.Default().Bindings(); n != 0 {
 		t.Fatalf("refused binds left %d registered bindings", n)
 	}
 
@@ -193,7 +193,7 @@ func TestUnbindWithSocketsOpen(t *testing.T) {
 				if err != nil || n != 1200 || len(fs) != 1 || fs[0].Linear {
 					t.Fatalf("recvmsg after unbind: %d bytes, %+v, %v; want the queued 1200 bytes as one fragment", n, fs, err)
 				}
-				if got := ip.s.Region().Bytes()[fs[0].FragOffset : fs[0].FragOffset+uint64(fs[0].FragSize)]; string(got) != string(payload(1200)) {
+				if got := ip.s.region.Bytes()[fs[0].FragOffset : fs[0].FragOffset+uint64(fs[0].FragSize)]; string(got) != string(payload(1200)) {
 					t.Fatal("fragment bytes differ")
 				}
 				toks = append(toks, devmemapi.DmabufToken{TokenStart: fs[0].FragToken, TokenCount: 1})
@@ -203,7 +203,7 @@ func TestUnbindWithSocketsOpen(t *testing.T) {
 				}
 			}
 			c.Close()
-			if a := ip.s.Region().Snapshot(); a.Held != 0 || a.Pinned != 0 {
+			if a := ip.s.Accounting(); a.Held != 0 || a.Pinned != 0 {
 				t.Fatalf("after close: %+v", a)
 			}
 		})
@@ -266,7 +266,7 @@ func TestCloseRacesReceive(t *testing.T) {
 	testHookLookedUp = func() { testHookLookedUp = nil; c.Close() }
 	defer func() { testHookLookedUp = nil }()
 	ip.inject(segment(40400, 5201, seq+500, 1, tcpFlagAck, nil, make([]byte, 700)))
-	if a := ip.s.Region().Snapshot(); a.Pinned != 0 || a.Held != 0 {
+	if a := ip.s.Accounting(); a.Pinned != 0 || a.Held != 0 {
 		t.Fatalf("after the close that raced a receive: %+v", a)
 	}
 }

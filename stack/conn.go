@@ -196,10 +196,11 @@ type Conn struct {
 	raddr net.Addr
 	port  uint16 // the local port, held in s.ports; 0 when not held
 
-	rmu      sync.Mutex // serializes RecvMsg; guards cw and unpin
-	cw       countWriter
-	unpin    []uint32
-	deadline atomic.Int64 // unix nanoseconds; 0 = none
+	rmu       sync.Mutex // serializes RecvMsg; guards cw and unpin
+	cw        countWriter
+	unpin     []uint32
+	deadline  atomic.Int64 // read deadline, unix nanoseconds; 0 = none
+	wdeadline atomic.Int64 // write deadline (Write, Send)
 
 	weOut waiter.Entry
 	chOut chan struct{} // writable, for Send
@@ -286,8 +287,9 @@ func (c *Conn) Queued() int {
 	}
 }
 
-// Tokens exposes the connection's token state (for tests and statistics).
-func (c *Conn) Tokens() *tokens.Socket { return c.ts }
+// TokensOutstanding is how many tokens the application holds on the
+// connection (delivered, not yet returned).
+func (c *Conn) TokensOutstanding() int { return c.ts.Outstanding() }
 
 // SetAutorelease is the v6 SO_DEVMEM_AUTORELEASE socket option: it fails
 // with EBUSY while the connection holds tokens.
@@ -746,4 +748,36 @@ func (c *Conn) isClosed() bool {
 	default:
 		return false
 	}
+}
+
+// Read implements net.Conn: ordinary data, as a plain recv on a kernel
+// devmem socket takes it; dmabuf data fails with EFAULT (read it with
+// RecvMsg and MSG_SOCK_DEVMEM), and the end of the stream is io.EOF.
+func (c *Conn) Read(p []byte) (int, error) {
+	n, _, err := c.RecvMsg(p, nil, 0)
+	if err == nil && n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+// Write implements net.Conn: it sends plain bytes to the peer, waiting
+// for room until the write deadline.
+func (c *Conn) Write(p []byte) (int, error) { return c.Send(p, 0) }
+
+// SetWriteDeadline implements net.Conn: it bounds Write and Send; expiry
+// fails with os.ErrDeadlineExceeded.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	setDeadline(&c.wdeadline, t)
+	select { // wake a blocked Write so it sees the new deadline
+	case c.chOut <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// SetDeadline implements net.Conn: both deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
 }

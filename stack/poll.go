@@ -151,8 +151,12 @@ func (c *Conn) Send(p []byte, flags int) (int, error) {
 			}
 			return 0, fmt.Errorf("send: %w", unix.EAGAIN)
 		}
-		if isClosed, _ := waitEvent(0, c.chOut, c.closed); isClosed {
+		isClosed, err := waitEvent(c.wdeadline.Load(), c.chOut, c.closed)
+		switch {
+		case isClosed:
 			return total, fmt.Errorf("send: %w", devmemapi.ErrClosed)
+		case err != nil:
+			return total, fmt.Errorf("send: %w", err)
 		}
 	}
 	return total, nil

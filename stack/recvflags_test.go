@@ -98,7 +98,7 @@ func testRecvPeek(t *testing.T, auto bool) {
 	if err != nil || n != 1500 || len(read) != 2 || w.c.Queued() != 0 {
 		t.Fatalf("read after peek: %d bytes, %d frags, %v, %d queued", n, len(read), err, w.c.Queued())
 	}
-	mem := w.ip.s.Region().Bytes()
+	mem := w.ip.s.region.Bytes()
 	for i := range read {
 		if peeked[i].FragOffset != read[i].FragOffset || peeked[i].FragSize != read[i].FragSize {
 			t.Fatalf("peek %+v and read %+v differ", peeked[i], read[i])
@@ -118,7 +118,7 @@ func testRecvPeek(t *testing.T, auto bool) {
 	if freed, err := w.c.DontNeed(toks); err != nil || freed != 4 {
 		t.Fatalf("autorelease %v: DONTNEED of peek and read tokens = %d, %v; want 4", auto, freed, err)
 	}
-	if a := w.ip.s.Region().Snapshot(); a.Held != 0 || a.Pinned != 0 {
+	if a := w.ip.s.Accounting(); a.Held != 0 || a.Pinned != 0 {
 		t.Fatalf("after DONTNEED: %+v", a)
 	}
 }
@@ -178,7 +178,7 @@ func TestRecvTrunc(t *testing.T) {
 	if err != nil || n != 1760 || oobn != 0 {
 		t.Fatalf("trunc: %d bytes, %d control bytes, %v; want 1760, 0", n, oobn, err)
 	}
-	if a := w.ip.s.Region().Snapshot(); a.Held != 0 || a.Pinned != 0 || w.c.Queued() != 0 {
+	if a := w.ip.s.Accounting(); a.Held != 0 || a.Pinned != 0 || w.c.Queued() != 0 {
 		t.Fatalf("after trunc: %+v, %d queued", a, w.c.Queued())
 	}
 	// Peek and trunc: counts, takes nothing.
@@ -215,8 +215,8 @@ func TestRecvZeroLength(t *testing.T) {
 	if err != nil || n != 0 || len(fs) != 1 || fs[0].Linear || fs[0].FragSize != 0 || fs[0].FragToken == 0 {
 		t.Fatalf("zero-length devmem read: %d, %+v, %v; want 0 bytes and one zero-size fragment with a token", n, fs, err)
 	}
-	if w.c.Queued() != 1000 || w.ip.s.Region().Snapshot().Held != 1 {
-		t.Fatalf("zero-length read took data (%d queued) or no reference (%+v)", w.c.Queued(), w.ip.s.Region().Snapshot())
+	if w.c.Queued() != 1000 || w.ip.s.Accounting().Held != 1 {
+		t.Fatalf("zero-length read took data (%d queued) or no reference (%+v)", w.c.Queued(), w.ip.s.Accounting())
 	}
 	if freed, err := w.c.DontNeed([]devmemapi.DmabufToken{{TokenStart: fs[0].FragToken, TokenCount: 1}}); freed != 1 || err != nil {
 		t.Fatalf("DONTNEED of the zero-size fragment's token = %d, %v", freed, err)
@@ -244,7 +244,7 @@ func TestRecvLinearHead(t *testing.T) {
 		linear bool
 		size   uint32
 	}{{true, 100}, {false, 900}, {true, 100}, {false, 500}}
-	mem := w.ip.s.Region().Bytes()
+	mem := w.ip.s.region.Bytes()
 	var got []byte
 	pos := 0
 	for i, f := range fs {

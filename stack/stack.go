@@ -574,8 +574,13 @@ func (s *Stack) isOurs(dst [16]byte) bool {
 	return false
 }
 
-// Region is the UMEM: the emulated dmabuf.
-func (s *Stack) Region() *umem.Region { return s.region }
+// Accounting is a snapshot of the UMEM's frame accounting (free, posted,
+// pinned, held, TX): the emulated dmabuf's state, exact when the stack is
+// quiet.
+func (s *Stack) Accounting() umem.Accounting { return s.region.Snapshot() }
+
+// DmabufSize is the UMEM's size in bytes: the emulated dmabuf's.
+func (s *Stack) DmabufSize() uint64 { return s.region.Size() }
 
 // XDPMode reports how the XDP program is attached ("native" or "generic";
 // "" on NewOn's devices, which have none).

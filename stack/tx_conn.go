@@ -76,10 +76,11 @@ type TXConn struct {
 	weOut, weIn waiter.Entry
 	chOut, chIn chan struct{}
 
-	zerocopy atomic.Bool  // SO_ZEROCOPY
-	deadline atomic.Int64 // write deadline, unix nanoseconds; 0 = none
-	wshut    atomic.Bool
-	smu      sync.Mutex // serializes SendMsg
+	zerocopy  atomic.Bool  // SO_ZEROCOPY
+	deadline  atomic.Int64 // write deadline, unix nanoseconds; 0 = none
+	rdeadline atomic.Int64 // read deadline (Read)
+	wshut     atomic.Bool
+	smu       sync.Mutex // serializes SendMsg
 
 	mu       sync.Mutex
 	iss      uint32
@@ -723,10 +724,12 @@ func (c *TXConn) Read(p []byte) (int, error) {
 		default:
 			return 0, fmt.Errorf("read: %w", tcpipErr(terr))
 		}
-		select {
-		case <-c.chIn:
-		case <-c.closed:
+		isClosed, err := waitEvent(c.rdeadline.Load(), c.chIn, c.closed)
+		switch {
+		case isClosed:
 			return 0, fmt.Errorf("read: %w", devmemapi.ErrClosed)
+		case err != nil:
+			return 0, fmt.Errorf("read: %w", err)
 		}
 	}
 }
@@ -804,4 +807,27 @@ func (c *TXConn) releasePort() {
 		c.s.ports.release(c.port)
 		c.port = 0
 	}
+}
+
+// Write implements net.Conn. Plain bytes on a devmem TX connection are not
+// emulated: send them from the TX dmabuf with SendMsg.
+func (c *TXConn) Write(p []byte) (int, error) {
+	return 0, fmt.Errorf("write: plain data on an emulated devmem TX connection (send from the TX dmabuf): %w", devmemapi.ErrNotSupported)
+}
+
+// SetReadDeadline implements net.Conn: it bounds Read; expiry fails with
+// os.ErrDeadlineExceeded.
+func (c *TXConn) SetReadDeadline(t time.Time) error {
+	setDeadline(&c.rdeadline, t)
+	select { // wake a blocked Read so it sees the new deadline
+	case c.chIn <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// SetDeadline implements net.Conn: both deadlines.
+func (c *TXConn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
 }

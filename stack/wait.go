@@ -2,6 +2,7 @@ package stack
 
 import (
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,4 +27,13 @@ func waitEvent(deadline int64, ev, closed <-chan struct{}) (isClosed bool, err e
 		return true, nil
 	}
 	return false, nil
+}
+
+// setDeadline stores t in d as unix nanoseconds, 0 for none.
+func setDeadline(d *atomic.Int64, t time.Time) {
+	if t.IsZero() {
+		d.Store(0)
+	} else {
+		d.Store(t.UnixNano())
+	}
 }

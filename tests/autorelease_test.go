@@ -78,12 +78,12 @@ func TestModeLifetimes(t *testing.T) {
 				}
 				got += n
 			}
-			held := w.Stack.Region().Snapshot().Held
+			held := w.Stack.Accounting().Held
 			if held == 0 {
 				t.Fatal("no frames held by outstanding tokens")
 			}
 			conn.Close()
-			after := w.Stack.Region().Snapshot()
+			after := w.Stack.Accounting()
 			if auto && after.Held != 0 {
 				t.Fatalf("mode 1: %d frames still held after close", after.Held)
 			}
@@ -91,7 +91,7 @@ func TestModeLifetimes(t *testing.T) {
 				t.Fatalf("mode 0: held %d before close, %d after (urefs must survive close)", held, after.Held)
 			}
 			w.Binding.Close()
-			if a := w.Stack.Region().Snapshot(); a.Held != 0 {
+			if a := w.Stack.Accounting(); a.Held != 0 {
 				t.Fatalf("after unbind %d frames still held", a.Held)
 			}
 		})

@@ -30,7 +30,7 @@ func newWorld(t *testing.T, opts harness.Options) *harness.World {
 		if err := w.Close(); err != nil {
 			t.Errorf("close world: %v", err)
 		}
-		if a := st.Region().Snapshot(); a.Free != a.Frames {
+		if a := st.Accounting(); a.Free != a.Frames {
 			t.Errorf("after close not every frame is free: %v", a)
 		}
 	})

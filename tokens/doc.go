@@ -83,7 +83,7 @@
 // where it is used: each Binding records the mode it was bound with, and
 // each Socket carries its own. One rule joins the forms:
 //
-//  1. A socket starts in the system mode (NewSocket(Default.Mode())).
+//  1. A socket starts in the system mode (NewSocket(Default().Mode())).
 //  2. Until it first receives, or until the socket option is set, it
 //     follows the binding: the first Deliver adopts the mode of the
 //     binding the fragment came from. Under the v7+ form every live RX

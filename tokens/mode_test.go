@@ -159,14 +159,14 @@ func TestRegistryConcurrent(t *testing.T) {
 
 func TestDefaultRegistry(t *testing.T) {
 	// Default is a usable zero Registry; leave it as found.
-	if Default.Bindings() != 0 || Default.Mode() {
+	if Default().Bindings() != 0 || Default().Mode() {
 		// No other test of this package uses Default: anything here leaked.
-		t.Fatalf("Default in use at start: %d bindings, mode %v", Default.Bindings(), Default.Mode())
+		t.Fatalf("Default in use at start: %d bindings, mode %v", Default().Bindings(), Default().Mode())
 	}
-	if mode, err := Default.Acquire(nil); err != nil || mode {
-		t.Fatalf("Default.Acquire(nil) = %v, %v", mode, err)
+	if mode, err := Default().Acquire(nil); err != nil || mode {
+		t.Fatalf("Default().Acquire(nil) = %v, %v", mode, err)
 	}
-	Default.Release()
+	Default().Release()
 }
 
 // TestModeSelection drives both uAPI forms together: the v7+ attribute

@@ -22,8 +22,13 @@ type Registry struct {
 	mode     bool
 }
 
-// Default is the process-wide registry.
-var Default Registry
+// defaultRegistry is the process-wide registry; Default returns it.
+var defaultRegistry Registry
+
+// Default is the process-wide registry the stack's bindings share: the
+// "system" whose mode the autorelease series fixes while any binding is
+// live. It cannot be replaced, only used.
+func Default() *Registry { return &defaultRegistry }
 
 // ModeConflictError is the error of a bind-rx that asks for the other mode
 // while RX bindings exist. It unwraps to unix.EBUSY, and its text is the

@@ -93,7 +93,7 @@ func (r *relBatch) flush() {
 }
 
 // NewSocket returns the token state of a new socket in the given mode. The
-// stack passes the system mode, Default.Mode(). Until the socket first
+// stack passes the system mode, Default().Mode(). Until the socket first
 // receives or SetAutorelease is called, the mode follows the binding: the
 // first Deliver adopts that binding's mode (see the package documentation,
 // "How the two forms relate").

@@ -1,3 +1,8 @@
+// The raw layouts here (struct iovec, msghdr and AF_XDP ring offsets as
+// 64-bit words) are those of 64-bit Linux, as in gVisor's pkg/xdp.
+
+//go:build linux && (amd64 || arm64)
+
 package umem
 
 import (

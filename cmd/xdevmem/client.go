@@ -405,7 +405,7 @@ func runClient(args []string) error {
 	conn.Close()
 	b.Close()
 	st.Close()
-	acct := st.Region().Snapshot()
+	acct := st.Accounting()
 	sum.FramesFree, sum.Frames = acct.Free, acct.Frames
 	if !sum.CoverOnce {
 		return report(fmt.Errorf("completions cover %d of %d sends", sum.Completed, sum.Sends))

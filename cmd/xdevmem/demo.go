@@ -183,9 +183,9 @@ func runDemo(args []string) error {
 	gotMode, modeWhy := w.Stack.AddressMode()
 	sum := demoSummary{
 		AddressMode: gotMode.String(), AddressWhy: modeWhy,
-		Bytes: size, MTU: *mtu, UMEMBytes: w.Stack.Region().Size(), ValidatePeriod: *period,
+		Bytes: size, MTU: *mtu, UMEMBytes: w.Stack.DmabufSize(), ValidatePeriod: *period,
 		XDPMode: w.Stack.XDPMode(), PeerNamespace: w.Pair.Peer.Name, StackNamespace: w.Pair.Emu.Name,
-		StackAddress: w.StackAddr(), Frames: w.Stack.Region().Frames(),
+		StackAddress: w.StackAddr(), Frames: w.Stack.Accounting().Frames,
 	}
 	if ab, ok := w.Binding.(interface{ Autorelease() bool }); ok {
 		sum.Autorelease = ab.Autorelease()
@@ -216,10 +216,9 @@ func runDemo(args []string) error {
 		runErr = fmt.Errorf("interrupted by %s after %d of %d bytes", sigName(sig), res.Bytes, size)
 	}
 	st := w.Stack.Stats()
-	st0 := w.Stack.Region()
 	w.Pair = nil // keep the namespaces for the kernel comparison
 	closeErr := w.Stack.Close()
-	acct := st0.Snapshot()
+	acct := w.Stack.Accounting()
 	sum.FramesFree = acct.Free
 	sum.FramesRecycled = acct.Recycled
 	sum.Bytes = res.Bytes
@@ -443,7 +442,7 @@ func demoTransfer(w *harness.World, size uint64, period int, sum *demoSummary, p
 		return res, sendErr
 	}
 	if c, ok := a.c.(*stack.Conn); ok {
-		sum.TokensOut = c.Tokens().Outstanding()
+		sum.TokensOut = c.TokensOutstanding()
 	}
 	if v.Err() != nil {
 		return res, fmt.Errorf("%d bytes failed validation; first: %w", v.Errors(), v.Err())

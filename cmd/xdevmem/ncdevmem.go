@@ -93,7 +93,7 @@ type ncdevmem struct {
 	unbindMode   int    // -U
 
 	ifindex int
-	backend string // XDEVMEM_BACKEND
+	backend compat.Backend // XDEVMEM_BACKEND
 
 	stderr, stdout *bufio.Writer
 	prov           devmemapi.Provider
@@ -131,12 +131,14 @@ func runNcdevmem(args []string) error {
 		numQueues:  -1,
 		stderr:     bufio.NewWriterSize(os.Stderr, 64<<10),
 		stdout:     bufio.NewWriterSize(os.Stdout, 64<<10),
-		backend:    os.Getenv(ncBackendEnv),
 	}
 	defer nc.flush()
-	if nc.backend == "" {
-		nc.backend = compat.BackendAuto
+	b, err := compat.ParseBackend(os.Getenv(ncBackendEnv))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", ncBackendEnv, err)
+		return exitError{1}
 	}
+	nc.backend = b
 	code := nc.main(args)
 	nc.flush()
 	if nc.prov != nil {

@@ -90,7 +90,7 @@ type serverFlags struct {
 	jsonOut     bool
 	quiet       bool
 	faults      stack.Faults
-	backend     string
+	backend     compat.Backend
 	connections int
 	addrMode    stack.AddressMode
 }
@@ -118,7 +118,7 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 	fs.BoolVar(&f.quiet, "quiet", false, "no progress lines")
 	faultSpec := fs.String("faults", "", "inject faults into received frames, e.g. drop=0.05,reorder=0.1,dup=0.02,corrupt=0.01,truncate=0.001")
 	seed := fs.Uint64("seed", 1, "seed for --faults")
-	fs.StringVar(&f.backend, "backend", compat.BackendAuto, "auto (kernel devmem where the probe passes, else the emulation), kernel or emulated")
+	backend := fs.String("backend", string(compat.BackendAuto), "auto (kernel devmem where the probe passes, else the emulation), kernel or emulated")
 	addrMode := fs.String("address-mode", "auto", "shared (the address is the kernel's too: only the server's port comes to the stack), dedicated (the address is configured nowhere: the stack takes all its traffic), or auto: shared if IFACE has the address")
 	fs.IntVar(&f.connections, "connections", 1, "connections to serve, at the same time, before exiting; 0 serves until interrupted")
 	fs.Usage = func() {
@@ -197,6 +197,9 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 	}
 	if err := checkUMEMFlag(f.umemSize, 0, 0); err != nil {
 		return nil, err
+	}
+	if f.backend, err = compat.ParseBackend(*backend); err != nil {
+		return nil, fmt.Errorf("--backend: %w", err)
 	}
 	if f.addrMode, err = stack.ParseAddressMode(*addrMode); err != nil {
 		return nil, fmt.Errorf("--address-mode: %w", err)
@@ -339,7 +342,7 @@ func (r *serverRun) setup(ifc *net.Interface) error {
 	r.ln = ln
 	detail := ""
 	if r.st != nil {
-		detail = fmt.Sprintf(", XDP %s, UMEM %s", r.st.XDPMode(), humanBytes(r.st.Region().Size()))
+		detail = fmt.Sprintf(", XDP %s, UMEM %s", r.st.XDPMode(), humanBytes(r.st.DmabufSize()))
 	}
 	fmt.Fprintf(os.Stderr, "xdevmem server: listening on %s (%s, %s backend, dmabuf id %d on queues %d-%d, %s%s)\n",
 		netip.AddrPortFrom(f.addr, uint16(f.port)), f.ifname, r.prov.Name(), b.ID(), f.first, f.first+f.nq-1, steer, detail)
@@ -554,7 +557,7 @@ func (r *serverRun) finish(serveErr error) error {
 	if r.st != nil {
 		stats := r.st.Stats()
 		r.st.Close()
-		acct := r.st.Region().Snapshot()
+		acct := r.st.Accounting()
 		sum.FramesFree, sum.Frames = acct.Free, acct.Frames
 		if acct.Free != acct.Frames {
 			fmt.Fprintf(os.Stderr, "xdevmem server: not every frame is free after close: %v\n", acct)

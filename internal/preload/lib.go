@@ -54,14 +54,15 @@ type Config struct {
 	// Debug logs every call the library handles to stderr
 	// (XDEVMEM_DEBUG=1).
 	Debug bool
-	// Backend is XDEVMEM_BACKEND: auto (""), kernel or emulated.
-	Backend string
+	// Backend is XDEVMEM_BACKEND: auto (""), kernel or emulated; an
+	// unknown name is auto.
+	Backend compat.Backend
 }
 
 // ConfigFromEnv reads XDEVMEM_DEBUG and XDEVMEM_BACKEND.
 func ConfigFromEnv() Config {
 	d := os.Getenv("XDEVMEM_DEBUG")
-	return Config{Debug: d != "" && d != "0", Backend: os.Getenv("XDEVMEM_BACKEND")}
+	return Config{Debug: d != "" && d != "0", Backend: backendFromEnv()}
 }
 
 // object is what fds name: a udmabuf device, a dmabuf, a netlink socket,
@@ -279,4 +280,14 @@ func Errno(err error) int {
 		return int(unix.EAGAIN)
 	}
 	return int(unix.EIO)
+}
+
+// backendFromEnv reads XDEVMEM_BACKEND; an unknown name falls back to auto
+// (the library must not fail the program it is loaded into).
+func backendFromEnv() compat.Backend {
+	b, err := compat.ParseBackend(os.Getenv("XDEVMEM_BACKEND"))
+	if err != nil {
+		return compat.BackendAuto
+	}
+	return b
 }

@@ -228,7 +228,7 @@ func (l *Lib) closeStack(n *nic) {
 	if n.st == nil {
 		return
 	}
-	l.logf("%s: emulated stack down (%s)", n.name, n.st.Region().Snapshot())
+	l.logf("%s: emulated stack down (%s)", n.name, n.st.Accounting())
 	n.st.Close()
 	n.umem.unuse()
 	n.st, n.umem = nil, nil
