@@ -27,6 +27,9 @@ type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
+// ExitCode is the status; it marks the error as reported already.
+func (e exitError) ExitCode() int { return e.code }
+
 var commands = map[string]func(args []string) error{
 	"demo":   runDemo,
 	"server": runServer,

@@ -144,3 +144,27 @@ func TestProbeCommand(t *testing.T) {
 		t.Errorf("probe -f lo: exit %d:\n%s", code, out)
 	}
 }
+
+// TestClientAddressErrors: the client's -s and -c are checked before
+// anything is set up, whatever their family.
+func TestClientAddressErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-s", "fd00::1", "-c", "10.0.0.2"}, "different address families"},
+		{[]string{"-s", "10.0.0.1", "-c", "fd00::2"}, "different address families"},
+		{[]string{"-s", "::ffff:10.0.0.1", "-c", "::ffff:10.0.0.1"}, "is the server's address"},
+		{[]string{"-s", "fd00::1", "-c", "fd00::2", "--prefix-len", "129"}, "--prefix-len 129"},
+		{[]string{"-s", "10.0.0.1", "-c", "10.0.0.2", "--prefix-len", "33"}, "--prefix-len 33"},
+		{[]string{"-s", "ff02::1", "-c", "fd00::2"}, "multicast"},
+		{[]string{"-s", "fd00::1", "-c", "::"}, "unspecified"},
+		{[]string{"-s", "fe80::1%eth0", "-c", "fe80::2"}, "scoped"},
+		{[]string{"-s", "10.0.0.1.5", "-c", "10.0.0.2"}, "not an IPv4 or IPv6 address"},
+	} {
+		err := runClient(append([]string{"-f", "nonexistent0"}, tc.args...))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("client %q: %v; want an error with %q", tc.args, err, tc.want)
+		}
+	}
+}

@@ -1,4 +1,4 @@
-package main
+package ncdevmem
 
 import (
 	"bufio"
@@ -127,29 +127,5 @@ func TestCurrentSettings(t *testing.T) {
 	comb, _ := settingValue(cur, "Combined")
 	if !ok || rx != 1 || comb != 0 {
 		t.Errorf("RX %d (%v), Combined %d", rx, ok, comb)
-	}
-}
-
-// TestClientAddressErrors: the client's -s and -c are checked before
-// anything is set up, whatever their family.
-func TestClientAddressErrors(t *testing.T) {
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"-s", "fd00::1", "-c", "10.0.0.2"}, "different address families"},
-		{[]string{"-s", "10.0.0.1", "-c", "fd00::2"}, "different address families"},
-		{[]string{"-s", "::ffff:10.0.0.1", "-c", "::ffff:10.0.0.1"}, "is the server's address"},
-		{[]string{"-s", "fd00::1", "-c", "fd00::2", "--prefix-len", "129"}, "--prefix-len 129"},
-		{[]string{"-s", "10.0.0.1", "-c", "10.0.0.2", "--prefix-len", "33"}, "--prefix-len 33"},
-		{[]string{"-s", "ff02::1", "-c", "fd00::2"}, "multicast"},
-		{[]string{"-s", "fd00::1", "-c", "::"}, "unspecified"},
-		{[]string{"-s", "fe80::1%eth0", "-c", "fe80::2"}, "scoped"},
-		{[]string{"-s", "10.0.0.1.5", "-c", "10.0.0.2"}, "not an IPv4 or IPv6 address"},
-	} {
-		err := runClient(append([]string{"-f", "nonexistent0"}, tc.args...))
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("client %q: %v; want an error with %q", tc.args, err, tc.want)
-		}
 	}
 }
