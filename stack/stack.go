@@ -124,13 +124,6 @@ type Lab struct {
 	// comparison and for kernels without multi-buffer AF_XDP TX). The
 	// stack copies anyway on such kernels.
 	TXCopy bool
-	// Autorelease is the token release mode of a bind-rx that does not
-	// choose one (BindRXConfig.Autorelease nil). nil means the host
-	// kernel's (netdev.HostAutorelease): autorelease on where the
-	// kernel's bind-rx lacks NETDEV_A_DMABUF_AUTORELEASE, as every
-	// upstream kernel does, the series' 0 where it has it; so a program
-	// behaves the same when the auto backend picks the kernel.
-	Autorelease *bool
 }
 
 // Stack is an emulated devmem TCP stack: an AF_XDP socket and XDP program on

@@ -28,45 +28,33 @@ import (
 const demoPrefix = "xdm"
 
 type demoSummary struct {
-	OK              bool             `json:"ok"`
-	Error           string           `json:"error,omitempty"`
-	Bytes           uint64           `json:"bytes"`
-	Seconds         float64          `json:"seconds"`
-	MBps            float64          `json:"mb_per_s"`
-	Gbps            float64          `json:"gbit_per_s"`
-	Frags           uint64           `json:"frags"`
-	DmabufBytes     uint64           `json:"dmabuf_bytes"`
-	LinearBytes     uint64           `json:"linear_bytes"`
-	TokensReturned  uint64           `json:"tokens_returned"`
-	TokensOut       int              `json:"tokens_outstanding"`
-	ValidationErrs  int              `json:"validation_errors"`
-	FramesFree      uint32           `json:"frames_free_after_close"`
-	Frames          uint32           `json:"frames"`
-	FramesRecycled  uint64           `json:"frames_recycled"`
-	DmabufCopied    uint64           `json:"dmabuf_bytes_copied"`
-	FillEmptyDrops  uint64           `json:"fill_ring_empty_drops"`
-	ChecksumDrops   uint64           `json:"checksum_drops"`
-	XDPMode         string           `json:"xdp_mode"`
-	Autorelease     bool             `json:"autorelease"`
-	KernelMBps      float64          `json:"kernel_tcp_mb_per_s,omitempty"`
-	KernelRatio     float64          `json:"devmem_to_kernel_ratio,omitempty"`
-	UMEMBytes       uint64           `json:"umem_bytes"`
-	MTU             int              `json:"mtu"`
-	ValidatePeriod  int              `json:"validate_period"`
-	PeerNamespace   string           `json:"peer_namespace"`
-	StackNamespace  string           `json:"stack_namespace"`
-	StackAddress    string           `json:"stack_address"`
-	ReceiveSyscalls uint64           `json:"recvmsg_calls"`
-	RxFrames        uint64           `json:"rx_frames"`
-	TCPSegments     uint64           `json:"tcp_segments_after_gro"`
-	TxFrames        uint64           `json:"tx_frames"`
-	AutoreleaseWhy  string           `json:"autorelease_reason"`
-	AddressMode     string           `json:"address_mode"`
-	AddressWhy      string           `json:"address_mode_reason"`
-	Drops           stack.Drops      `json:"drops"`
-	Alerts          []string         `json:"alerts,omitempty"`
-	FaultSpec       string           `json:"faults,omitempty"`
-	Faults          stack.FaultStats `json:"faults_injected"`
+	OK              bool    `json:"ok"`
+	Error           string  `json:"error,omitempty"`
+	Bytes           uint64  `json:"bytes"`
+	Seconds         float64 `json:"seconds"`
+	MBps            float64 `json:"mb_per_s"`
+	Gbps            float64 `json:"gbit_per_s"`
+	Frags           uint64  `json:"frags"`
+	DmabufBytes     uint64  `json:"dmabuf_bytes"`
+	LinearBytes     uint64  `json:"linear_bytes"`
+	TokensReturned  uint64  `json:"tokens_returned"`
+	TokensOut       int     `json:"tokens_outstanding"`
+	ValidationErrs  int     `json:"validation_errors"`
+	KernelMBps      float64 `json:"kernel_tcp_mb_per_s,omitempty"`
+	KernelRatio     float64 `json:"devmem_to_kernel_ratio,omitempty"`
+	UMEMBytes       uint64  `json:"umem_bytes"`
+	MTU             int     `json:"mtu"`
+	ValidatePeriod  int     `json:"validate_period"`
+	PeerNamespace   string  `json:"peer_namespace"`
+	StackNamespace  string  `json:"stack_namespace"`
+	StackAddress    string  `json:"stack_address"`
+	ReceiveSyscalls uint64  `json:"recvmsg_calls"`
+	RxFrames        uint64  `json:"rx_frames"`
+	TCPSegments     uint64  `json:"tcp_segments_after_gro"`
+	TxFrames        uint64  `json:"tx_frames"`
+	stackReport
+	FaultSpec string           `json:"faults,omitempty"`
+	Faults    stack.FaultStats `json:"faults_injected"`
 }
 
 func runDemo(args []string) error {
@@ -77,18 +65,15 @@ func runDemo(args []string) error {
 	fs.Var(sizeValue{&umemSize}, "umem", "UMEM (emulated dmabuf) size")
 	mtu := fs.Int("mtu", 1500, "veth MTU (at most 3506 without multi-buffer XDP)")
 	period := fs.Int("v", 7, "validation pattern period, as ncdevmem -v")
+	labf := addLabFlags(fs, true)
 	auto := autoreleaseFlag(fs, "autorelease `mode`: 0 (tokens per binding) or 1 (per socket); default: the binding's default")
-	hds := fs.Int("hds-thresh", 0, "header-split threshold: smaller payloads arrive linear")
 	rcvbuf := uint64(0)
 	fs.Var(sizeValue{&rcvbuf}, "rcvbuf", "TCP receive buffer (window) of the stack's connection (default: sized from the UMEM)")
 	noGRO := fs.Bool("no-gro", false, "do not coalesce segments before TCP")
 	ipv6 := fs.Bool("ipv6", false, "use IPv6 addresses (neighbour discovery instead of ARP)")
 	addrMode := fs.String("address-mode", "shared", "shared: the stack's address is configured on its interface too, as on a real host (the XDP program takes only the stack's port); dedicated: configured nowhere (it takes all of the address's traffic)")
 	compare := fs.Bool("compare", false, "also measure the kernel's own TCP receive over the same veth, side by side")
-	trust := fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
 	jsonOut := fs.Bool("json", false, "print the summary as JSON")
-	faultSpec := fs.String("faults", "", "inject faults into received frames, e.g. drop=0.05,reorder=0.1,dup=0.02,corrupt=0.01,truncate=0.001")
-	seed := fs.Uint64("seed", 1, "seed for --faults")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the transfer to FILE (go tool pprof FILE)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: xdevmem demo [flags]\n\nBuilds two network namespaces joined by a veth pair, sends the ncdevmem -v pattern from a\nkernel TCP client, receives it through the emulated devmem path, validates every byte at\nthe fragment offsets in the dmabuf, returns every token, and removes everything it made.\n\n")
@@ -107,10 +92,16 @@ func runDemo(args []string) error {
 	if err := checkUMEMFlag(umemSize, *mtu, 1); err != nil {
 		return err
 	}
-	autoP, faults, err := receiveFlags(*auto, *faultSpec, *seed)
+	autoP, err := boolFlag01(*auto, "a")
 	if err != nil {
 		return err
 	}
+	lab, hds, err := labf.lab()
+	if err != nil {
+		return err
+	}
+	lab.NoGRO = *noGRO
+	faults := lab.Faults
 	mode, err := stack.ParseAddressMode(*addrMode)
 	if err != nil || mode == stack.AddressAuto {
 		return fmt.Errorf("--address-mode %q: want shared or dedicated", *addrMode)
@@ -141,8 +132,8 @@ func runDemo(args []string) error {
 		IPv6:        *ipv6,
 		Shared:      mode == stack.AddressShared,
 		Autorelease: autoP,
-		Stack: stack.Config{RegionSize: umemSize, HDSThresh: *hds, RcvBuf: int(rcvbuf), AddressMode: mode, OnAlert: onAlert,
-			Lab: stack.Lab{TrustChecksum: *trust, Faults: faults, NoGRO: *noGRO}},
+		Stack: stack.Config{RegionSize: umemSize, HDSThresh: hds, RcvBuf: int(rcvbuf), AddressMode: mode, OnAlert: onAlert,
+			Lab: lab},
 	})
 	if err != nil {
 		return fmt.Errorf("set up: %w", err)
@@ -180,21 +171,12 @@ func runDemo(args []string) error {
 	fmt.Fprintf(os.Stderr, "xdevmem demo: %s (namespace %s) sends %d bytes to %s (namespace %s)\n",
 		pair.PeerAddr.Addr(), pair.Peer.Name, size, w.StackAddr(), pair.Emu.Name)
 
-	gotMode, modeWhy := w.Stack.AddressMode()
 	sum := demoSummary{
-		AddressMode: gotMode.String(), AddressWhy: modeWhy,
 		Bytes: size, MTU: *mtu, UMEMBytes: w.Stack.DmabufSize(), ValidatePeriod: *period,
-		XDPMode: w.Stack.XDPMode(), PeerNamespace: w.Pair.Peer.Name, StackNamespace: w.Pair.Emu.Name,
-		StackAddress: w.StackAddr(), Frames: w.Stack.Accounting().Frames,
+		PeerNamespace: w.Pair.Peer.Name, StackNamespace: w.Pair.Emu.Name, StackAddress: w.StackAddr(),
 	}
-	if ab, ok := w.Binding.(interface{ Autorelease() bool }); ok {
-		sum.Autorelease = ab.Autorelease()
-	}
-	if autoP != nil {
-		sum.AutoreleaseWhy = "chosen with -a"
-	} else {
-		_, sum.AutoreleaseWhy = w.Stack.DefaultAutorelease()
-	}
+	sum.modes(w.Stack, w.Binding, autoP != nil)
+	sum.Frames = w.Stack.Accounting().Frames
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -219,21 +201,15 @@ func runDemo(args []string) error {
 	w.Pair = nil // keep the namespaces for the kernel comparison
 	closeErr := w.Stack.Close()
 	acct := w.Stack.Accounting()
-	sum.FramesFree = acct.Free
-	sum.FramesRecycled = acct.Recycled
+	alertMu.Lock()
+	sum.counters(st, acct, alerts)
+	alertMu.Unlock()
 	sum.Bytes = res.Bytes
 	sum.Frags, sum.DmabufBytes, sum.LinearBytes = res.Frags, res.DmabufBytes, res.LinearBytes+st.PlainBytes
 	sum.TokensReturned = res.Freed
-	sum.DmabufCopied = st.DmabufBytesCopied
-	sum.FillEmptyDrops = st.XSK.RxFillRingEmpty
-	sum.ChecksumDrops = st.DropBadIPChecksum + st.DropBadTCPChecksum
 	sum.ReceiveSyscalls = res.Calls
 	sum.RxFrames, sum.TCPSegments, sum.TxFrames = st.RxFrames, st.TCPSegments, st.TxFrames
 	sum.Faults = st.Faults
-	sum.Drops = st.Drops()
-	alertMu.Lock()
-	sum.Alerts = append([]string(nil), alerts...)
-	alertMu.Unlock()
 	if faults.Enabled() {
 		sum.FaultSpec = faults.String()
 	}
@@ -489,7 +465,9 @@ func printDemo(w io.Writer, s demoSummary) {
 	fmt.Fprintf(w, "  packets     %d frames in, %d TCP segments after GRO, %d frames out (ACKs)\n", s.RxFrames, s.TCPSegments, s.TxFrames)
 	fmt.Fprintf(w, "  frames      %d of %d free after close, recycled %d times\n", s.FramesFree, s.Frames, s.FramesRecycled)
 	fmt.Fprintf(w, "  copies      %d payload bytes copied on the dmabuf path\n", s.DmabufCopied)
-	fmt.Fprintf(w, "  drops       %v\n", s.Drops)
+	if s.Drops != nil {
+		fmt.Fprintf(w, "  drops       %v\n", *s.Drops)
+	}
 	if s.FaultSpec != "" {
 		fmt.Fprintf(w, "  faults      %s\n", s.FaultSpec)
 	}

@@ -40,20 +40,8 @@ type serverSummary struct {
 	Validated      bool    `json:"validated"`
 	DmabufID       uint32  `json:"dmabuf_id"`
 	Queue          int     `json:"queue"`
-	Autorelease    bool    `json:"autorelease"`
-	AutoreleaseWhy string  `json:"autorelease_reason"`
-	AddressMode    string  `json:"address_mode,omitempty"`
-	AddressWhy     string  `json:"address_mode_reason,omitempty"`
-	XDPMode        string  `json:"xdp_mode"`
-	FramesFree     uint32  `json:"frames_free_after_close"`
-	Frames         uint32  `json:"frames"`
-	DmabufCopied   uint64  `json:"dmabuf_bytes_copied"`
-	ChecksumDrops  uint64  `json:"checksum_drops"`
-	FillEmptyDrops uint64  `json:"fill_ring_empty_drops"`
-	// Drops has every drop counter of the receive path (emulation only).
-	Drops *stack.Drops `json:"drops,omitempty"`
-	// Alerts are the stalled-flow warnings the stack raised.
-	Alerts []string `json:"alerts,omitempty"`
+	// stackReport: modes, frames, drops and warnings (emulation only).
+	stackReport
 	// PerConn is one entry per connection served.
 	PerConn []connSummary `json:"per_connection,omitempty"`
 }
@@ -86,10 +74,9 @@ type serverFlags struct {
 	out         string
 	umemSize    uint64
 	hds         int
-	trust       bool
+	lab         stack.Lab
 	jsonOut     bool
 	quiet       bool
-	faults      stack.Faults
 	backend     compat.Backend
 	connections int
 	addrMode    stack.AddressMode
@@ -107,17 +94,14 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 	fs.BoolVar(&f.failLinear, "L", false, "fail if any payload arrives linear (not in the dmabuf)")
 	fs.IntVar(&f.first, "t", 0, "first RX queue to bind; the server steers its port to it, as ncdevmem's ntuple rule")
 	fs.IntVar(&f.nq, "q", 1, "number of RX queues to bind")
+	labf := addLabFlags(fs, true)
 	auto := autoreleaseFlag(fs, "autorelease `mode`: 0 or 1 (default: the binding's default)")
 	fs.IntVar(&f.unbindWhen, "U", 0, "unbind the dmabuf: 0 at exit, 1 before the first recvmsg (which then fails with ENODEV with -a 0; a socket that received keeps its binding), 2 after the last recvmsg, before closing the socket")
 	fs.StringVar(&f.out, "o", "", "write the received stream to FILE (- for stdout), read from the dmabuf at the fragment offsets")
 	fs.IntVar(&f.prefixLen, "prefix-len", 0, "prefix length of -s (default 24 for IPv4, 64 for IPv6)")
 	fs.Var(sizeValue{&f.umemSize}, "umem", "UMEM (emulated dmabuf) size")
-	fs.IntVar(&f.hds, "hds-thresh", 0, "header-split threshold of the emulated device: smaller payloads arrive as ordinary bytes, without devmem control messages (then not a steering error)")
-	fs.BoolVar(&f.trust, "trust-checksum", false, "skip software checksum verification (benchmarking only)")
 	fs.BoolVar(&f.jsonOut, "json", false, "print the summary as JSON (on stderr when -o - is used)")
 	fs.BoolVar(&f.quiet, "quiet", false, "no progress lines")
-	faultSpec := fs.String("faults", "", "inject faults into received frames, e.g. drop=0.05,reorder=0.1,dup=0.02,corrupt=0.01,truncate=0.001")
-	seed := fs.Uint64("seed", 1, "seed for --faults")
 	backend := fs.String("backend", string(compat.BackendAuto), "auto (kernel devmem where the probe passes, else the emulation), kernel or emulated")
 	addrMode := fs.String("address-mode", "auto", "shared (the address is the kernel's too: only the server's port comes to the stack), dedicated (the address is configured nowhere: the stack takes all its traffic), or auto: shared if IFACE has the address")
 	fs.IntVar(&f.connections, "connections", 1, "connections to serve, at the same time, before exiting; 0 serves until interrupted")
@@ -192,8 +176,6 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 		return nil, fmt.Errorf("-U %d unbinds under one connection: use it with --connections 1", f.unbindWhen)
 	case f.connections != 1 && f.out != "":
 		return nil, fmt.Errorf("-o writes one stream: use it with --connections 1")
-	case f.hds < 0:
-		return nil, fmt.Errorf("--hds-thresh %d: want 0 or more", f.hds)
 	}
 	if err := checkUMEMFlag(f.umemSize, 0, 0); err != nil {
 		return nil, err
@@ -204,7 +186,10 @@ func parseServerFlags(args []string) (*serverFlags, error) {
 	if f.addrMode, err = stack.ParseAddressMode(*addrMode); err != nil {
 		return nil, fmt.Errorf("--address-mode: %w", err)
 	}
-	if f.autorelease, f.faults, err = receiveFlags(*auto, *faultSpec, *seed); err != nil {
+	if f.autorelease, err = boolFlag01(*auto, "a"); err != nil {
+		return nil, err
+	}
+	if f.lab, f.hds, err = labf.lab(); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -264,7 +249,7 @@ func runServer(args []string) error {
 		Emulated: func() (devmemapi.Provider, error) {
 			return stack.New(stack.Config{
 				Ifname: f.ifname, Addr: netip.PrefixFrom(f.addr, f.prefixLen), RegionSize: f.umemSize,
-				Channels: max(f.first+f.nq, stack.RXQueueCount(f.ifname)), HDSThresh: f.hds, Lab: stack.Lab{TrustChecksum: f.trust, Faults: f.faults},
+				Channels: max(f.first+f.nq, stack.RXQueueCount(f.ifname)), HDSThresh: f.hds, Lab: f.lab,
 				OnAlert: r.alert, AddressMode: f.addrMode,
 			})
 		},
@@ -306,17 +291,7 @@ func (r *serverRun) setup(ifc *net.Interface) error {
 	}
 	r.b = b
 	r.sum.DmabufID = b.ID()
-	if ab, ok := b.(interface{ Autorelease() bool }); ok {
-		r.sum.Autorelease = ab.Autorelease()
-	}
-	switch {
-	case f.autorelease != nil:
-		r.sum.AutoreleaseWhy = "chosen with -a"
-	case r.st != nil:
-		_, r.sum.AutoreleaseWhy = r.st.DefaultAutorelease()
-	default:
-		r.sum.AutoreleaseWhy = "the kernel's default"
-	}
+	r.sum.modes(r.st, b, f.autorelease != nil)
 	fmt.Fprintf(os.Stderr, "xdevmem server: token mode autorelease=%d (%s)\n", b2i(r.sum.Autorelease), r.sum.AutoreleaseWhy)
 	steer := "the kernel backend: steer the flow to the bound queue with an ntuple rule (ethtool -N), as ncdevmem does"
 	if r.st != nil {
@@ -330,10 +305,7 @@ func (r *serverRun) setup(ifc *net.Interface) error {
 			return fmt.Errorf("steer port %d to queue %d: %w", f.port, f.first, err)
 		}
 		steer = fmt.Sprintf("port %d steered to queue %d", f.port, f.first)
-		r.sum.XDPMode = r.st.XDPMode()
-		mode, why := r.st.AddressMode()
-		r.sum.AddressMode, r.sum.AddressWhy = mode.String(), why
-		fmt.Fprintf(os.Stderr, "xdevmem server: %s address: %s\n", mode, why)
+		fmt.Fprintf(os.Stderr, "xdevmem server: %s address: %s\n", r.sum.AddressMode, r.sum.AddressWhy)
 	}
 	ln, err := r.prov.Listen(netip.AddrPortFrom(f.addr, uint16(f.port)))
 	if err != nil {
@@ -558,19 +530,15 @@ func (r *serverRun) finish(serveErr error) error {
 		stats := r.st.Stats()
 		r.st.Close()
 		acct := r.st.Accounting()
-		sum.FramesFree, sum.Frames = acct.Free, acct.Frames
 		if acct.Free != acct.Frames {
 			fmt.Fprintf(os.Stderr, "xdevmem server: not every frame is free after close: %v\n", acct)
 		}
-		sum.DmabufCopied = stats.DmabufBytesCopied
-		sum.ChecksumDrops = stats.DropBadIPChecksum + stats.DropBadTCPChecksum
-		sum.FillEmptyDrops = stats.XSK.RxFillRingEmpty
-		d := stats.Drops()
-		sum.Drops = &d
+		r.mu.Lock()
+		sum.counters(stats, acct, r.alerts)
+		r.mu.Unlock()
 	}
 	r.prov.Close()
 	r.mu.Lock()
-	sum.Alerts = append([]string(nil), r.alerts...)
 	errs := append([]error(nil), r.errs...)
 	if !r.first.IsZero() {
 		sum.Seconds = r.last.Sub(r.first).Seconds()

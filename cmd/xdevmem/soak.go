@@ -52,8 +52,7 @@ func runSoak(args []string) error {
 	fs.Var(sizeValue{&connSize}, "conn-size", "bytes per connection (connections run back to back)")
 	maxGrowth := uint64(16 << 20)
 	fs.Var(sizeValue{&maxGrowth}, "max-heap-growth", "fail if the in-use heap grows more than this from the first samples to the end")
-	faultSpec := fs.String("faults", "", "inject faults, as in demo")
-	seed := fs.Uint64("seed", 1, "seed for --faults")
+	labf := addLabFlags(fs, false)
 	jsonOut := fs.Bool("json", false, "print the summary as JSON")
 	ipv6 := fs.Bool("ipv6", false, "use IPv6 addresses (neighbour discovery instead of ARP)")
 	fs.Usage = func() {
@@ -63,7 +62,7 @@ func runSoak(args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	faults, err := stack.ParseFaults(*faultSpec, *seed)
+	lab, _, err := labf.lab()
 	if err != nil {
 		return err
 	}
@@ -71,7 +70,7 @@ func runSoak(args []string) error {
 		return err
 	}
 	netns.Cleanup(demoPrefix)
-	w, err := harness.New(harness.Options{Prefix: demoPrefix, IPv6: *ipv6, Stack: stack.Config{Lab: stack.Lab{Faults: faults}}})
+	w, err := harness.New(harness.Options{Prefix: demoPrefix, IPv6: *ipv6, Stack: stack.Config{Lab: lab}})
 	if err != nil {
 		return fmt.Errorf("set up: %w", err)
 	}

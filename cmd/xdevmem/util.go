@@ -13,7 +13,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/stack"
+	"github.com/xdevmem/xdevmem/umem"
 )
 
 // parseSize parses "1GiB", "16MiB", "64k", "1G" or a plain byte count.
@@ -153,15 +155,47 @@ func boolFlag01(v int, name string) (*bool, error) {
 	return nil, fmt.Errorf("-%s takes 0 or 1, not %d", name, v)
 }
 
-// receiveFlags turns the receive commands' shared flags (-a mode, --faults,
-// --seed) into their typed values.
-func receiveFlags(auto int, faultSpec string, seed uint64) (*bool, stack.Faults, error) {
-	autoP, err := boolFlag01(auto, "a")
-	if err != nil {
-		return nil, stack.Faults{}, err
+// labFlags are the receive commands' lab switches (server, demo, soak):
+// fault injection and, where asked, the device's split threshold and
+// checksum trust. One definition, so the commands spell and explain them
+// alike.
+type labFlags struct {
+	faultSpec *string
+	seed      *uint64
+	hds       *int  // nil where the command has no --hds-thresh
+	trust     *bool // nil where the command has no --trust-checksum
+}
+
+// addLabFlags defines --faults and --seed on fs, and --hds-thresh and
+// --trust-checksum when device is set.
+func addLabFlags(fs *flag.FlagSet, device bool) *labFlags {
+	l := &labFlags{
+		faultSpec: fs.String("faults", "", "inject faults into received frames, e.g. drop=0.05,reorder=0.1,dup=0.02,corrupt=0.01,truncate=0.001"),
+		seed:      fs.Uint64("seed", 1, "seed for --faults"),
 	}
-	faults, err := stack.ParseFaults(faultSpec, seed)
-	return autoP, faults, err
+	if device {
+		l.hds = fs.Int("hds-thresh", 0, "header-split threshold of the emulated device: smaller payloads arrive as ordinary bytes, without devmem control messages")
+		l.trust = fs.Bool("trust-checksum", false, "skip software checksum verification (benchmarking only)")
+	}
+	return l
+}
+
+// lab turns the flags into the stack's lab switches and the device's split
+// threshold.
+func (l *labFlags) lab() (stack.Lab, int, error) {
+	faults, err := stack.ParseFaults(*l.faultSpec, *l.seed)
+	if err != nil {
+		return stack.Lab{}, 0, err
+	}
+	lab := stack.Lab{Faults: faults}
+	hds := 0
+	if l.hds != nil {
+		if hds = *l.hds; hds < 0 {
+			return stack.Lab{}, 0, fmt.Errorf("--hds-thresh %d: want 0 or more", hds)
+		}
+		lab.TrustChecksum = *l.trust
+	}
+	return lab, hds, nil
 }
 
 // checkUnicast refuses, for the flag named name, an address that no host
@@ -224,4 +258,58 @@ func checkUMEMFlag(size uint64, mtu, queues int) error {
 		return fmt.Errorf("--umem %s: %w", humanBytes(size), err)
 	}
 	return nil
+}
+
+// stackReport is what the receive commands (server, demo) report of the
+// stack they ran: token and address mode with their reasons, how XDP was
+// attached, the frame accounting after close, the copy counter, every drop
+// counter and the stall warnings. Embedded in their summaries, its fields
+// are top-level JSON fields.
+type stackReport struct {
+	Autorelease    bool         `json:"autorelease"`
+	AutoreleaseWhy string       `json:"autorelease_reason"`
+	AddressMode    string       `json:"address_mode,omitempty"`
+	AddressWhy     string       `json:"address_mode_reason,omitempty"`
+	XDPMode        string       `json:"xdp_mode"`
+	FramesFree     uint32       `json:"frames_free_after_close"`
+	Frames         uint32       `json:"frames"`
+	FramesRecycled uint64       `json:"frames_recycled"`
+	DmabufCopied   uint64       `json:"dmabuf_bytes_copied"`
+	ChecksumDrops  uint64       `json:"checksum_drops"`
+	FillEmptyDrops uint64       `json:"fill_ring_empty_drops"`
+	Drops          *stack.Drops `json:"drops,omitempty"`
+	Alerts         []string     `json:"alerts,omitempty"`
+}
+
+// modes records the stack's modes: the token mode of binding b (chosen
+// with -a when chosen is set) and the address mode. st may be nil (kernel
+// backend).
+func (r *stackReport) modes(st *stack.Stack, b devmemapi.Binding, chosen bool) {
+	if ab, ok := b.(interface{ Autorelease() bool }); ok {
+		r.Autorelease = ab.Autorelease()
+	}
+	switch {
+	case chosen:
+		r.AutoreleaseWhy = "chosen with -a"
+	case st != nil:
+		_, r.AutoreleaseWhy = st.DefaultAutorelease()
+	default:
+		r.AutoreleaseWhy = "the kernel's default"
+	}
+	if st != nil {
+		mode, why := st.AddressMode()
+		r.AddressMode, r.AddressWhy, r.XDPMode = mode.String(), why, st.XDPMode()
+	}
+}
+
+// counters records the stack's counters, taken before closing it (stats),
+// and the frame accounting after (acct).
+func (r *stackReport) counters(stats stack.Stats, acct umem.Accounting, alerts []string) {
+	r.FramesFree, r.Frames, r.FramesRecycled = acct.Free, acct.Frames, acct.Recycled
+	r.DmabufCopied = stats.DmabufBytesCopied
+	r.ChecksumDrops = stats.DropBadIPChecksum + stats.DropBadTCPChecksum
+	r.FillEmptyDrops = stats.XSK.RxFillRingEmpty
+	d := stats.Drops()
+	r.Drops = &d
+	r.Alerts = append([]string(nil), alerts...)
 }
