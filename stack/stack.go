@@ -215,7 +215,7 @@ func New(cfg Config) (_ *Stack, err error) {
 	if autoQueues {
 		// An upper bound: the allocated queues. Only active ones can be
 		// bound; the socket loop below stops at the first that is not.
-		cfg.Queues = RXQueueCount(cfg.Ifname)
+		cfg.Queues = rxQueueCount(cfg.Ifname)
 	}
 	autoChannels := cfg.Channels == 0
 	if autoChannels {
@@ -502,10 +502,10 @@ func (s *Stack) DefaultAutorelease() (on bool, why string) { return s.autoreleas
 // MaxChannels bounds the logical RX queues (channels) of the emulated NIC.
 const MaxChannels = 64
 
-// RXQueueCount is the number of RX queues the interface has (rtnetlink's
+// rxQueueCount is the number of RX queues the interface has (rtnetlink's
 // IFLA_NUM_RX_QUEUES, read in the calling thread's network namespace, which
 // sysfs may not show), at least 1.
-func RXQueueCount(ifname string) int {
+func rxQueueCount(ifname string) int {
 	ifc, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return 1

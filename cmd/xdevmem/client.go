@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/xdevmem/xdevmem/compat"
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/internal/pattern"
 	"github.com/xdevmem/xdevmem/stack"
@@ -140,7 +141,7 @@ func runClient(args []string) error {
 	if umemSize == 0 {
 		// Each RX queue's fill ring holds 16 MiB of frames; the TX
 		// dmabuf is a contiguous span beside them.
-		umemSize = uint64(stack.RXQueueCount(*ifname))*16<<20 + txSize
+		umemSize = uint64(compat.ActiveRXQueues(*ifname))*16<<20 + txSize
 	}
 	if err := requireRoot("client"); err != nil {
 		return err

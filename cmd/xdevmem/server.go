@@ -249,7 +249,7 @@ func runServer(args []string) error {
 		Emulated: func() (devmemapi.Provider, error) {
 			return stack.New(stack.Config{
 				Ifname: f.ifname, Addr: netip.PrefixFrom(f.addr, f.prefixLen), RegionSize: f.umemSize,
-				Channels: max(f.first+f.nq, stack.RXQueueCount(f.ifname)), HDSThresh: f.hds, Lab: f.lab,
+				Channels: max(f.first+f.nq, compat.ActiveRXQueues(f.ifname)), HDSThresh: f.hds, Lab: f.lab,
 				OnAlert: r.alert, AddressMode: f.addrMode,
 			})
 		},

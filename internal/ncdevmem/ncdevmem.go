@@ -21,12 +21,10 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/compat"
-	"github.com/xdevmem/xdevmem/compat/ethnl"
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/stack"
 )
@@ -344,7 +342,7 @@ func (nc *ncdevmem) open(addr netip.Prefix) error {
 			if err := emulationUsable(nc.ifname); err != nil {
 				return nil, err
 			}
-			return stack.New(stack.Config{Ifname: nc.ifname, Addr: addr, Queues: activeRXQueues(nc.ifname), Channels: channels})
+			return stack.New(stack.Config{Ifname: nc.ifname, Addr: addr, Queues: compat.ActiveRXQueues(nc.ifname), Channels: channels})
 		},
 	})
 	if choice != nil {
@@ -414,38 +412,8 @@ func emulatedChannels(ifname string) (n int, why string, err error) {
 		}
 		return n, fmt.Sprintf("%s=%d", ncChannelsEnv, n), nil
 	}
-	n = min(activeRXQueues(ifname), stack.MaxChannels)
+	n = min(compat.ActiveRXQueues(ifname), stack.MaxChannels)
 	return n, fmt.Sprintf("the active RX queues of %s; %s=N sets another count", ifname, ncChannelsEnv), nil
-}
-
-// activeRXQueues is the number of RX queues in use on ifname, from the
-// current channel counts (ethtool -l, asked through ethtool netlink):
-// rtnetlink's IFLA_NUM_RX_QUEUES, which stack.RXQueueCount reads, counts
-// the allocated ones: a veth made without numrxqueues has as many as CPUs,
-// only one of them active, and an AF_XDP socket cannot bind the others.
-// For a driver without channel counts it falls back to stack.RXQueueCount.
-func activeRXQueues(ifname string) int {
-	if ch, err := channels(ifname); err == nil && ch.RX+ch.Combined > 0 {
-		return int(ch.RX + ch.Combined)
-	}
-	return stack.RXQueueCount(ifname)
-}
-
-// channels asks ethtool netlink for ifname's channel counts.
-func channels(ifname string) (*ethnl.Channels, error) {
-	ifc, err := net.InterfaceByName(ifname)
-	if err != nil {
-		return nil, err
-	}
-	c, err := ethnl.Dial(nil)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		return nil, err
-	}
-	return c.Channels(ifc.Index)
 }
 
 // emulationUsable refuses interfaces the emulation cannot run on: it needs

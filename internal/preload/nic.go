@@ -5,11 +5,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/compat/ethnl"
+	"github.com/xdevmem/xdevmem/compat"
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/stack"
 	"github.com/xdevmem/xdevmem/umem"
@@ -79,7 +78,7 @@ func (l *Lib) nicFor(ifindex int) *nic {
 	if err != nil || ifc.Flags&net.FlagLoopback != 0 || len(ifc.HardwareAddr) != 6 {
 		return nil
 	}
-	ch := activeRXQueues(ifc)
+	ch := compat.ActiveRXQueues(ifc.Name)
 	n := &nic{ifindex: ifindex, name: ifc.Name, rings: stack.Rings{TCPDataSplit: true}, queues: ch,
 		channels: max(ch, 2), txChannels: max(ch, 2), ntuple: true}
 	l.nics[ifindex] = n
@@ -93,21 +92,6 @@ func (l *Lib) nicByName(name string) *nic {
 		return nil
 	}
 	return l.nicFor(ifc.Index)
-}
-
-// activeRXQueues is the interface's RX channel count (ethtool -l), or 1.
-func activeRXQueues(ifc *net.Interface) int {
-	c, err := ethnl.Dial(nil)
-	if err != nil {
-		return 1
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	ch, err := c.Channels(ifc.Index)
-	if err != nil || ch.RX+ch.Combined == 0 {
-		return 1
-	}
-	return int(ch.RX + ch.Combined)
 }
 
 // addrs picks the stack's addresses: the interface's first global IPv4
