@@ -40,8 +40,11 @@ type BindRXConfig struct {
 	// Size is the dmabuf size for backends that allocate it (the
 	// emulation's UMEM); 0 means the backend's default.
 	Size uint64
-	// DmabufFD is a caller-supplied dmabuf (kernel backend); -1 or 0 lets
-	// the backend make one where it can.
+	// DmabufFD is a caller-supplied dmabuf (kernel backend), a
+	// descriptor above 0; 0 (the zero value, so that a zero config works)
+	// and -1 let the backend make one where it can. fd 0 is stdin in any
+	// process that has not closed it; a dmabuf that landed there must be
+	// moved first (fcntl F_DUPFD_CLOEXEC), as the backend dups it anyway.
 	DmabufFD int
 	// Autorelease selects the token release mode (the autorelease series'
 	// NETDEV_A_DMABUF_AUTORELEASE): nil leaves the backend's default, the

@@ -337,8 +337,11 @@ type BindTXConfig struct {
 	// emulation carves it out of its UMEM); 0 means the backend's
 	// default.
 	Size uint64
-	// DmabufFD is a caller-supplied dmabuf (kernel backend); -1 or 0 lets
-	// the backend make one where it can.
+	// DmabufFD is a caller-supplied dmabuf (kernel backend), a
+	// descriptor above 0; 0 (the zero value, so that a zero config works)
+	// and -1 let the backend make one where it can. fd 0 is stdin in any
+	// process that has not closed it; a dmabuf that landed there must be
+	// moved first (fcntl F_DUPFD_CLOEXEC), as the backend dups it anyway.
 	DmabufFD int
 }
 
