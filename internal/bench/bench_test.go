@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -368,5 +369,35 @@ func TestGoalsIndicative(t *testing.T) {
 		if back.Quick != tc.quick || len(back.Goals) == 0 || !back.Goals[0].Indicative {
 			t.Errorf("saved report lost the mark: quick %v, goals %+v", back.Quick, back.Goals)
 		}
+	}
+}
+
+// TestSendUDPGSO: the flood's GSO sender counts datagrams, not sends, and
+// the kernel cuts its 64 KiB messages into datagrams of the asked length.
+func TestSendUDPGSO(t *testing.T) {
+	ln, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_ = ln.SetReadBuffer(4 << 20)
+	sizes := make(chan int, 1)
+	go func() {
+		b := make([]byte, 1<<16)
+		n, _, _ := ln.ReadFromUDP(b)
+		sizes <- n
+	}()
+	rep, err := sendUDP(ln.LocalAddr().String(), 20*time.Millisecond, 1472, 4, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Packets == 0 || rep.Packets%44 != 0 || rep.Bytes != rep.Packets*1472 {
+		t.Fatalf("report %+v: want a multiple of 44 datagrams of 1472 bytes", rep)
+	}
+	if n := <-sizes; n != 1472 {
+		t.Fatalf("received a datagram of %d bytes, want 1472", n)
+	}
+	if args := strings.Join(peerArgs("udp-gso", "1.2.3.4:9", 0, time.Second), " "); !strings.Contains(args, "-gso") {
+		t.Fatalf("peer args %q", args)
 	}
 }
