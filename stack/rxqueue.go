@@ -433,9 +433,9 @@ func (q *rxQueue) deliverHeaders(hdr *buffer.View, etherType uint16, n int) {
 // maps the placeholder's bytes by sequence number, so a burst is just a
 // longer segment.
 type burst struct {
-	segs int    // segments in the burst; 0: none
-	hdr  []byte // the first segment's headers, in its UMEM frame (held to the batch's end)
-	sp   Split  // the first segment's split
+	segs int          // segments in the burst; 0: none
+	hdr  *buffer.View // the first segment's headers, copied (its frame may be unpinned by a close meanwhile)
+	sp   Split        // the first segment's split
 	fl   *flow
 	next uint32 // the sequence number after the burst
 	n    int    // payload bytes
@@ -451,7 +451,7 @@ func (q *rxQueue) coalesce(b []byte, sp Split, fl *flow) {
 		q.deliverSplit(b, sp)
 		return
 	}
-	if bu.segs > 0 && bu.fl == fl && bu.next == sp.Seq && sameBurst(bu.hdr, b, &bu.sp, &sp) &&
+	if bu.segs > 0 && bu.fl == fl && bu.next == sp.Seq && sameBurst(bu.hdr.AsSlice(), b, &bu.sp, &sp) &&
 		bu.n+sp.PayloadLen <= 0xffff-(sp.PayloadOff-sp.IPOff) {
 		bu.segs++
 		bu.n += sp.PayloadLen
@@ -459,7 +459,7 @@ func (q *rxQueue) coalesce(b []byte, sp Split, fl *flow) {
 		q.s.cnt.rxCoalesced.Add(1)
 	} else {
 		q.flushBurst()
-		*bu = burst{segs: 1, hdr: b[:sp.PayloadOff], sp: sp, fl: fl, next: sp.Seq + uint32(sp.PayloadLen), n: sp.PayloadLen}
+		*bu = burst{segs: 1, hdr: buffer.NewViewWithData(b[:sp.PayloadOff]), sp: sp, fl: fl, next: sp.Seq + uint32(sp.PayloadLen), n: sp.PayloadLen}
 	}
 	if sp.Flags&tcpFlagPsh != 0 {
 		bu.psh = true
@@ -491,10 +491,9 @@ func (q *rxQueue) flushBurst() {
 	if bu.segs == 0 {
 		return
 	}
-	segs := bu.segs
-	bu.segs, bu.fl, bu.hdr = 0, nil, bu.hdr[:0]
+	segs, hv := bu.segs, bu.hdr
+	bu.segs, bu.fl, bu.hdr = 0, nil, nil
 	sp := &bu.sp
-	hv := buffer.NewViewWithData(bu.hdr[:sp.PayloadOff])
 	if segs > 1 || bu.psh {
 		h := hv.AsSlice()
 		if bu.psh {
