@@ -194,12 +194,23 @@ func (e *linkEndpoint) kicker() {
 // time.
 const linkTXBatch = 64
 
+// linkTXScratch is WritePackets' scratch: arrays handed to the Device
+// interface escape, so they come from a pool instead of the stack (an
+// allocation per ACK otherwise).
+type linkTXScratch struct {
+	addrs [linkTXBatch]uint64
+	descs [linkTXBatch]unix.XDPDesc
+}
+
+var linkTXScratchPool = sync.Pool{New: func() any { return new(linkTXScratch) }}
+
 // WritePackets implements gstack.LinkEndpoint: each packet is copied into a
 // TX frame; the batch is flushed with one kick.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 	list := pkts.AsSlice()
-	var addrs [linkTXBatch]uint64
-	var descs [linkTXBatch]unix.XDPDesc
+	sc := linkTXScratchPool.Get().(*linkTXScratch)
+	defer linkTXScratchPool.Put(sc)
+	addrs, descs := &sc.addrs, &sc.descs
 	n := 0
 	for n < len(list) {
 		k := e.dev.TXAcquire(addrs[:min(len(list)-n, linkTXBatch)])
@@ -208,11 +219,9 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		}
 		for i, pkt := range list[n : n+k] {
 			frame := e.dev.TXFrame(addrs[i])
-			off := 0
-			for _, sl := range pkt.AsSlices() {
-				off += copy(frame[off:], sl)
-			}
-			descs[i] = unix.XDPDesc{Addr: addrs[i], Len: uint32(off)}
+			n := min(pkt.Size(), len(frame))
+			copyPacket(frame, pkt, 0, n)
+			descs[i] = unix.XDPDesc{Addr: addrs[i], Len: uint32(n)}
 		}
 		q, _ := e.dev.TXProduce(descs[:k])
 		for _, d := range descs[:q] {

@@ -40,14 +40,8 @@ func newRecvWorld(t *testing.T, cfg Config, auto bool) *recvWorld {
 // queued them.
 func (w *recvWorld) send(t *testing.T, n int) {
 	t.Helper()
-	p := make([]byte, n)
-	for i := range p {
-		p[i] = byte(len(w.all) + i*3)
-	}
 	before := w.c.Queued()
-	w.ip.inject(segment(40300, 5201, w.seq, 1, tcpFlagAck, nil, p))
-	w.seq += uint32(n)
-	w.all = append(w.all, p...)
+	w.push(w.pattern(n))
 	for deadline := time.Now().Add(5 * time.Second); w.c.Queued() < before+n; {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d bytes queued, want %d", w.c.Queued(), before+n)
@@ -55,6 +49,25 @@ func (w *recvWorld) send(t *testing.T, n int) {
 		time.Sleep(time.Millisecond)
 	}
 	time.Sleep(5 * time.Millisecond) // let gVisor take the segment too
+}
+
+// push injects one segment of payload p without waiting. The sequence
+// number advances before the segment goes in: a reader woken by it may
+// have the test send the next one at once.
+func (w *recvWorld) push(p []byte) {
+	seq := w.seq
+	w.seq += uint32(len(p))
+	w.all = append(w.all, p...)
+	w.ip.inject(segment(40300, 5201, seq, 1, tcpFlagAck, nil, p))
+}
+
+// pattern returns n pattern bytes continuing the stream.
+func (w *recvWorld) pattern(n int) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(len(w.all) + i*3)
+	}
+	return p
 }
 
 func (w *recvWorld) recv(t *testing.T, p, oob []byte, flags int) (int, []devmemapi.Frag, error) {
@@ -132,10 +145,12 @@ func TestRecvWaitAll(t *testing.T) {
 	p := make([]byte, 3000)
 	oob := make([]byte, 8*devmemapi.CmsgSpaceDmabuf)
 	go func() {
+		// Not send: the reader consumes concurrently, so waiting for
+		// the bytes to stay queued would race with it.
 		time.Sleep(50 * time.Millisecond)
-		w.send(t, 1200)
+		w.push(w.pattern(1200))
 		time.Sleep(50 * time.Millisecond)
-		w.send(t, 800)
+		w.push(w.pattern(800))
 	}()
 	n, fs, err := w.recv(t, p, oob, devmemapi.MSG_SOCK_DEVMEM|unix.MSG_WAITALL)
 	if err != nil || n != 3000 || len(fs) != 3 {

@@ -40,6 +40,9 @@ type rxQueue struct {
 	run          dropRun   // the current run of drops (alert.go)
 	starvedSince time.Time // when the fill ring last ran dry; zero while it is not
 
+	// burst is the run of in-order segments being coalesced (coalesce).
+	burst burst
+
 	// linear is set while a reassembled segment takes the receive path:
 	// its payload is delivered as ordinary bytes, whatever its length.
 	linear bool
@@ -148,6 +151,7 @@ func (q *rxQueue) handleBatch(descs []unix.XDPDesc) {
 			q.handle(d)
 		}
 	}
+	q.flushBurst()
 	q.gro.Flush()
 	if len(q.free) > 0 {
 		r.Free(q.free...)
@@ -225,6 +229,7 @@ func (q *rxQueue) flushHeld() {
 		q.handle(unix.XDPDesc{Addr: h.addr, Len: uint32(h.n)})
 	}
 	q.inj.held = q.inj.held[:0]
+	q.flushBurst()
 	q.gro.Flush()
 	if len(q.free) > 0 {
 		q.s.region.Free(q.free...)
@@ -323,7 +328,11 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 	for i := 0; i < k; i++ {
 		s.region.Pin(frame)
 	}
-	q.deliverSplit(b, sp)
+	if k == 0 {
+		q.deliverSplit(b, sp) // a retransmission: no burst
+		return
+	}
+	q.coalesce(b, sp, fl)
 }
 
 // fragment hands an IP fragment of a TCP segment to the reassembler (which
@@ -401,18 +410,111 @@ func (q *rxQueue) deliverCopy(b []byte, sp Split) {
 
 // deliverSplit hands gVisor the headers (copied) and a placeholder payload.
 func (q *rxQueue) deliverSplit(b []byte, sp Split) {
-	q.s.cnt.headerCopyBytes.Add(uint64(sp.PayloadOff))
-	hdr := buffer.NewViewWithData(b[:sp.PayloadOff])
+	q.deliverHeaders(buffer.NewViewWithData(b[:sp.PayloadOff]), sp.EtherType, sp.PayloadLen)
+}
+
+// deliverHeaders hands gVisor a segment: its headers hdr and a placeholder
+// payload of n bytes.
+func (q *rxQueue) deliverHeaders(hdr *buffer.View, etherType uint16, n int) {
+	q.s.cnt.headerCopyBytes.Add(uint64(hdr.Size()))
 	pl := q.e.placeholder.Clone()
-	pl.CapLength(sp.PayloadLen)
+	pl.CapLength(n)
 	buf := buffer.MakeWithView(pl)
 	buf.Prepend(hdr)
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buf})
-	q.dispatch(pkt, sp.EtherType, true)
+	q.dispatch(pkt, etherType, true)
+}
+
+// burst is a run of consecutive in-order segments of one flow with equal
+// headers but for the IP length, ID and checksums, which the receive loop
+// hands gVisor as one segment with one placeholder payload: a NIC's LRO, or
+// what gVisor's GRO would do, without a PacketBuffer and a GRO pass per
+// frame. The fragment queue has recorded every segment already; the reader
+// maps the placeholder's bytes by sequence number, so a burst is just a
+// longer segment.
+type burst struct {
+	segs int          // segments in the burst; 0: none
+	hdr  *buffer.View // the first segment's headers, copied (its frame may be unpinned by a close meanwhile)
+	sp   Split        // the first segment's split
+	fl   *flow
+	next uint32 // the sequence number after the burst
+	n    int    // payload bytes
+	psh  bool   // the last segment had PSH
+}
+
+// coalesce adds a segment whose payload the fragment queue took to the
+// current burst, or delivers the burst and starts a new one.
+func (q *rxQueue) coalesce(b []byte, sp Split, fl *flow) {
+	bu := &q.burst
+	if q.linear || sp.Flags&^(tcpFlagAck|tcpFlagPsh) != 0 || sp.Flags&tcpFlagAck == 0 {
+		q.flushBurst()
+		q.deliverSplit(b, sp)
+		return
+	}
+	if bu.segs > 0 && bu.fl == fl && bu.next == sp.Seq && sameBurst(bu.hdr.AsSlice(), b, &bu.sp, &sp) &&
+		bu.n+sp.PayloadLen <= 0xffff-(sp.PayloadOff-sp.IPOff) {
+		bu.segs++
+		bu.n += sp.PayloadLen
+		bu.next += uint32(sp.PayloadLen)
+		q.s.cnt.rxCoalesced.Add(1)
+	} else {
+		q.flushBurst()
+		*bu = burst{segs: 1, hdr: buffer.NewViewWithData(b[:sp.PayloadOff]), sp: sp, fl: fl, next: sp.Seq + uint32(sp.PayloadLen), n: sp.PayloadLen}
+	}
+	if sp.Flags&tcpFlagPsh != 0 {
+		bu.psh = true
+		q.flushBurst() // the end of a message: hand it on
+	}
+}
+
+// sameBurst reports whether segment b (split sp) may follow the burst
+// whose first segment's headers are h (split first): same header layout,
+// same IP TOS / traffic class, and TCP headers equal from the ACK number on
+// (flags, window, options with timestamps) but for the checksum and PSH.
+func sameBurst(h, b []byte, first, sp *Split) bool {
+	if sp.EtherType != first.EtherType || sp.IPOff != first.IPOff || sp.TCPOff != first.TCPOff || sp.PayloadOff != first.PayloadOff {
+		return false
+	}
+	ip, t := sp.IPOff, sp.TCPOff
+	if h[ip] != b[ip] || h[ip+1] != b[ip+1] { // version, IHL / TOS, traffic class
+		return false
+	}
+	if string(h[t+8:t+13]) != string(b[t+8:t+13]) || h[t+13]&^tcpFlagPsh != b[t+13]&^tcpFlagPsh {
+		return false // ACK number, data offset; flags
+	}
+	return string(h[t+14:t+16]) == string(b[t+14:t+16]) && string(h[t+18:sp.PayloadOff]) == string(b[t+18:sp.PayloadOff])
+}
+
+// flushBurst hands gVisor the current burst as one segment.
+func (q *rxQueue) flushBurst() {
+	bu := &q.burst
+	if bu.segs == 0 {
+		return
+	}
+	segs, hv := bu.segs, bu.hdr
+	bu.segs, bu.fl, bu.hdr = 0, nil, nil
+	sp := &bu.sp
+	if segs > 1 || bu.psh {
+		h := hv.AsSlice()
+		if bu.psh {
+			h[sp.TCPOff+13] |= tcpFlagPsh
+		}
+		if sp.EtherType == etherTypeIPv4 {
+			ip := header.IPv4(h[sp.IPOff:])
+			ip.SetTotalLength(uint16(sp.PayloadOff - sp.IPOff + bu.n))
+			ip.SetChecksum(0)
+			ip.SetChecksum(^ip.CalculateChecksum())
+		} else {
+			header.IPv6(h[sp.IPOff:]).SetPayloadLength(uint16(sp.PayloadOff - sp.IPOff - header.IPv6MinimumSize + bu.n))
+		}
+	}
+	bu.psh = false
+	q.deliverHeaders(hv, sp.EtherType, bu.n)
 }
 
 func (q *rxQueue) dispatch(pkt *gstack.PacketBuffer, etherType uint16, csumOK bool) {
 	defer pkt.DecRef()
+	q.flushBurst() // what came before pkt goes first
 	if !q.e.ParseHeader(pkt) {
 		return
 	}
@@ -557,8 +659,10 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 	}
 	if pinned == 0 {
 		s.cnt.retransmitBytes.Add(uint64(sp.PayloadLen))
+		q.deliverSplit(b0, sp)
+		return
 	}
-	q.deliverSplit(b0, sp)
+	q.coalesce(b0, sp, fl)
 }
 
 // deliverCopyMulti hands a multi-buffer frame to gVisor as one copy.

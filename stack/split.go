@@ -18,6 +18,7 @@ const (
 	tcpFlagFin = 0x01
 	tcpFlagSyn = 0x02
 	tcpFlagRst = 0x04
+	tcpFlagPsh = 0x08
 	tcpFlagAck = 0x10
 )
 

@@ -600,6 +600,7 @@ func (s *Stack) Stats() Stats {
 		IPReassembled:      c.ipReassembled.Load(),
 		IPFragmentDrops:    c.ipFragDrops.Load(),
 		RetransmitBytes:    c.retransmitBytes.Load(),
+		RxCoalesced:        c.rxCoalesced.Load(),
 		DmabufBytes:        c.delivered[kindDmabuf].Load(),
 		LinearBytes:        c.delivered[kindLinear].Load(),
 		PlainBytes:         c.delivered[kindPlain].Load(),

@@ -14,6 +14,7 @@ type counters struct {
 	verdicts                             [numVerdicts]atomic.Uint64
 	dropOutOfWindow, dropNotOurs, noFlow atomic.Uint64
 	retransmitBytes                      atomic.Uint64
+	rxCoalesced                          atomic.Uint64 // segments merged into the burst before them (rxqueue.go coalesce)
 	frameCopyBytes                       atomic.Uint64 // whole frames copied into the stack (ARP, SYN, ACK, ...)
 	headerCopyBytes                      atomic.Uint64
 	ipFragments, ipReassembled           atomic.Uint64
@@ -83,6 +84,9 @@ type Stats struct {
 	// TCPSegments counts segments gVisor's TCP processed after GRO; with
 	// RxTCP it shows how much coalescing saved.
 	TCPSegments uint64
+	// RxCoalesced counts segments the receive loop merged into the
+	// segment before them (a burst of one flow, handed to gVisor as one).
+	RxCoalesced uint64
 	// Frags counts dmabuf fragments delivered (one token each).
 	Frags uint64
 	// Unmapped counts stream bytes the stack delivered that the fragment

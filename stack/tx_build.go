@@ -317,13 +317,17 @@ func (t *txEngine) buildDevmem(c *TXConn, addr uint64, f []byte, hl, dl int, ipH
 	sc.pkts = append(sc.pkts, *p)
 }
 
-// copyPacket copies n bytes of pkt starting at byte off into dst.
+// copyPacket copies n bytes of pkt starting at byte off into dst. It walks
+// the packet's views in place (AsSlices would allocate a slice per call).
 func copyPacket(dst []byte, pkt *gstack.PacketBuffer, off, n int) {
 	if n == 0 {
 		return
 	}
 	w := 0
-	for _, sl := range pkt.AsSlices() {
+	vl, hoff := pkt.AsViewList()
+	off += hoff
+	for v := vl.Front(); v != nil; v = v.Next() {
+		sl := v.AsSlice()
 		if off >= len(sl) {
 			off -= len(sl)
 			continue

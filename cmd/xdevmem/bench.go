@@ -34,7 +34,8 @@ func runBench(args []string) error {
 	plotFile := fs.String("plot", "", "write a bar chart of goodput and CPU/GB per row to this PNG file")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole bench process (the receiving side) to FILE; use with --rows to profile one row")
 	memprofile := fs.String("memprofile", "", "write an allocation profile of the whole bench process to FILE at the end (go tool pprof -sample_index=alloc_objects FILE)")
-	udpSocket := fs.Bool("udp-socket", false, "flood the bare AF_XDP row from a UDP socket (sendmmsg) instead of an AF_XDP socket on the peer's end")
+	udpSocket := fs.Bool("udp-socket", false, "flood the bare AF_XDP row from a UDP socket without GSO (sendmmsg of single datagrams) instead of UDP_SEGMENT sends")
+	xskFlood := fs.Bool("xsk-flood", false, "flood the bare AF_XDP row from an AF_XDP socket on the peer's veth end instead of UDP_SEGMENT sends")
 	idle := fs.Duration("idle-wait", 0, "before each run, wait up to this long for the machine to be idle (other jobs skew the figures)")
 	from := fs.String("from", "", "render a report saved with --json from FILE (table, --json, --plot) instead of measuring")
 	quiet := fs.Bool("q", false, "no per-run progress on stderr")
@@ -48,7 +49,7 @@ func runBench(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	cfg := bench.Config{Runs: *runs, Size: size, UDPDuration: *udp, Prefix: bench.DefaultPrefix, IdleWait: *idle, UDPSocket: *udpSocket, Quick: *quick}
+	cfg := bench.Config{Runs: *runs, Size: size, UDPDuration: *udp, Prefix: bench.DefaultPrefix, IdleWait: *idle, UDPSocket: *udpSocket, XSKFlood: *xskFlood, Quick: *quick}
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

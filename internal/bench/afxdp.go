@@ -109,9 +109,12 @@ func (r *runner) runAFXDP(row Row, m *Measurement, ab *aborter) error {
 		return <-done
 	}
 	addr := netip.AddrPortFrom(p.EmuAddr.Addr(), 9) // discard
-	args := peerArgs("udp", addr.String(), 0, r.cfg.UDPDuration)
-	if !r.cfg.UDPSocket {
+	args := peerArgs("udp-gso", addr.String(), 0, r.cfg.UDPDuration)
+	switch {
+	case r.cfg.XSKFlood:
 		args = peerArgs("xsk", p.PeerIf+","+p.EmuMAC.String()+","+addr.String(), 0, r.cfg.UDPDuration)
+	case r.cfg.UDPSocket:
+		args = peerArgs("udp", addr.String(), 0, r.cfg.UDPDuration)
 	}
 	snd, err := r.startPeer(p, args)
 	if err != nil {

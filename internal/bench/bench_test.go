@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -117,6 +118,11 @@ func fakeReport() *Report {
 		mk("devmem-a0", 320, 2, 0, true),
 		mk("devmem-a1", 300, 2.5, 0, true),
 		{Row: mustRow("afxdp-bare"), Runs: []Measurement{{Error: "failed"}}},
+		mk("kernel-off-9000", 1000, 1, 1e9, false),
+		mk("devmem-a0-9000", 700, 1, 0, true),
+		mk("kernel-tx-off", 800, 1, 1e9, false),
+		mk("devmem-tx", 300, 4, 0, true),
+		mk("kernel-default", 4000, 0.4, 1e9, false),
 	}
 	rep.Rows[4].Figures = summarize(rep.Rows[4].Runs)
 	rep.Goals = checkGoals(rep)
@@ -141,6 +147,9 @@ func TestSummarizeAndGoals(t *testing.T) {
 		"payload bytes copied after the UMEM per byte (devmem rows, max)": true,
 		"Go heap allocations per packet (devmem-a0, whole process)":       true,
 		"autorelease 0 CPU/GB saving over autorelease 1 (receiver)":       true,
+		"machine CPU per GB, devmem RX / kernel TCP RX (MTU 1500)":        false,
+		"devmem RX goodput / kernel TCP (MTU 9000, offloads off)":         false,
+		"devmem TX goodput / kernel TCP TX (MTU 1500, offloads off)":      false,
 	}
 	for _, g := range rep.Goals {
 		met, ok := want[g.Name]
@@ -304,6 +313,28 @@ func liveGoroutines(t *testing.T) int {
 	return count
 }
 
+// TestCeilingGoal: the afxdp-bare row is checked against the fastest RX row
+// at its MTU with offloads off, in packets; TSO rows and TX rows do not count.
+func TestCeilingGoal(t *testing.T) {
+	rep := fakeReport()
+	bare := &rep.Rows[4]
+	for i := range bare.Runs {
+		bare.Runs[i] = Measurement{Round: i, Bytes: 1e9, Seconds: 1, Packets: 800000}
+	}
+	bare.Figures = summarize(bare.Runs)
+	rep.Goals = checkGoals(rep)
+	for _, g := range rep.Goals {
+		if strings.HasPrefix(g.Name, "afxdp-bare ceiling") {
+			// 0.8 Mpps against devmem-a0's 690000 packets in ~3.1 s.
+			if !g.Met || !strings.Contains(g.Detail, "devmem-a0") {
+				t.Errorf("ceiling goal %+v", g)
+			}
+			return
+		}
+	}
+	t.Fatalf("no ceiling goal in %+v", rep.Goals)
+}
+
 // TestGoalsIndicative: verdicts from --quick (or fewer than three runs per
 // row) are marked indicative in the table and in JSON, and a saved report
 // keeps the mark.
@@ -338,5 +369,35 @@ func TestGoalsIndicative(t *testing.T) {
 		if back.Quick != tc.quick || len(back.Goals) == 0 || !back.Goals[0].Indicative {
 			t.Errorf("saved report lost the mark: quick %v, goals %+v", back.Quick, back.Goals)
 		}
+	}
+}
+
+// TestSendUDPGSO: the flood's GSO sender counts datagrams, not sends, and
+// the kernel cuts its 64 KiB messages into datagrams of the asked length.
+func TestSendUDPGSO(t *testing.T) {
+	ln, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_ = ln.SetReadBuffer(4 << 20)
+	sizes := make(chan int, 1)
+	go func() {
+		b := make([]byte, 1<<16)
+		n, _, _ := ln.ReadFromUDP(b)
+		sizes <- n
+	}()
+	rep, err := sendUDP(ln.LocalAddr().String(), 20*time.Millisecond, 1472, 4, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Packets == 0 || rep.Packets%44 != 0 || rep.Bytes != rep.Packets*1472 {
+		t.Fatalf("report %+v: want a multiple of 44 datagrams of 1472 bytes", rep)
+	}
+	if n := <-sizes; n != 1472 {
+		t.Fatalf("received a datagram of %d bytes, want 1472", n)
+	}
+	if args := strings.Join(peerArgs("udp-gso", "1.2.3.4:9", 0, time.Second), " "); !strings.Contains(args, "-gso") {
+		t.Fatalf("peer args %q", args)
 	}
 }

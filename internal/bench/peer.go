@@ -72,6 +72,7 @@ func PeerMain(args []string, out io.Writer) error {
 	batch := fs.Int("batch", 64, "udp: datagrams per sendmmsg or per AF_XDP kick")
 	xskIf := fs.String("xsk", "", "udp: send prebuilt frames through an AF_XDP socket on this interface instead of a UDP socket")
 	dstMAC := fs.String("dst-mac", "", "udp with -xsk: the receiver's MAC address")
+	gso := fs.Bool("gso", false, "udp: send 64 KiB messages cut into datagrams by the kernel (UDP_SEGMENT)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -87,7 +88,7 @@ func PeerMain(args []string, out io.Writer) error {
 	} else if *xskIf != "" {
 		rep, err = sendXSK(*xskIf, *dstMAC, *addr, *dur, *dlen, *batch)
 	} else {
-		rep, err = sendUDP(*addr, *dur, *dlen, *batch)
+		rep, err = sendUDP(*addr, *dur, *dlen, *batch, *gso)
 	}
 	if err != nil {
 		return fmt.Errorf("bench-peer %s: %w", mode, err)
@@ -191,7 +192,7 @@ func recvTCP(addr string, bufSize int) (PeerReport, error) {
 	return rep, nil
 }
 
-func sendUDP(addr string, d time.Duration, dlen, batch int) (PeerReport, error) {
+func sendUDP(addr string, d time.Duration, dlen, batch int, gso bool) (PeerReport, error) {
 	c, err := net.Dial("udp4", addr)
 	if err != nil {
 		return PeerReport{}, err
@@ -199,8 +200,22 @@ func sendUDP(addr string, d time.Duration, dlen, batch int) (PeerReport, error) 
 	defer c.Close()
 	uc := c.(*net.UDPConn)
 	_ = uc.SetWriteBuffer(4 << 20)
+	// UDP GSO: each message is segs datagrams of dlen bytes, cut by the
+	// kernel after one pass through the socket layer (what makes a kernel
+	// sender outrun the receive loop); 1 when the kernel refuses it.
+	segs := 1
+	if gso {
+		segs = max(1, (1<<16-udpOverhead)/dlen)
+		if rc, err := uc.SyscallConn(); err == nil {
+			var serr error
+			rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT, dlen) })
+			if serr != nil {
+				segs = 1
+			}
+		}
+	}
 	pc := ipv4.NewPacketConn(uc)
-	payload := make([]byte, dlen)
+	payload := make([]byte, dlen*segs)
 	pattern.Fill(7, 0, payload)
 	msgs := make([]ipv4.Message, batch)
 	for i := range msgs {
@@ -222,7 +237,7 @@ func sendUDP(addr string, d time.Duration, dlen, batch int) (PeerReport, error) 
 			}
 			return rep, fmt.Errorf("sendmmsg: %w", err)
 		}
-		rep.Packets += uint64(n)
+		rep.Packets += uint64(n * segs)
 	}
 	rep.Bytes = rep.Packets * uint64(dlen)
 	rep.Seconds = time.Since(t0).Seconds()
@@ -235,6 +250,9 @@ func sendUDP(addr string, d time.Duration, dlen, batch int) (PeerReport, error) 
 func peerArgs(kind string, addr string, size uint64, udpDur time.Duration) []string {
 	if kind == "udp" {
 		return []string{PeerCommand, "udp", "-addr", addr, "-duration", udpDur.String()}
+	}
+	if kind == "udp-gso" {
+		return []string{PeerCommand, "udp", "-gso", "-addr", addr, "-duration", udpDur.String()}
 	}
 	if kind == "tcp-recv" {
 		return []string{PeerCommand, "tcp-recv", "-addr", addr}

@@ -39,11 +39,14 @@ type Config struct {
 	// UDPDuration is how long the UDP flood of the bare AF_XDP row lasts
 	// (default 2s).
 	UDPDuration time.Duration
-	// UDPSocket makes the flood's sender use a UDP socket (sendmmsg)
-	// instead of an AF_XDP socket on the peer's veth end. The socket path
-	// spends most of the sender's CPU in its own UDP/IP stack and saturates
-	// well below what the receive loop can take.
-	UDPSocket bool
+	// The flood's sender is by default a UDP socket with UDP GSO
+	// (UDP_SEGMENT, 44 datagrams per send): one pass through the sender's
+	// UDP/IP stack per 64 KiB, the fastest sender on this machine, so the
+	// row is a ceiling for the TCP rows. UDPSocket makes it a UDP socket
+	// without GSO (sendmmsg of single datagrams; its own UDP/IP stack
+	// saturates it well below the receive loop), XSKFlood an AF_XDP
+	// socket on the peer's veth end (copy mode: an skb built per frame).
+	UDPSocket, XSKFlood bool
 	// Prefix names the namespaces (default DefaultPrefix).
 	Prefix string
 	// SenderExe is a binary with the bench-peer subcommand (default: this
