@@ -113,11 +113,11 @@ func (al *alerter) raise(fn func(Alert), a Alert) {
 }
 
 // alertOf maps a drop verdict of the header split to its alert reason.
-func alertOf(v Verdict) AlertReason {
+func alertOf(v verdict) AlertReason {
 	switch v {
-	case VerdictBadIPChecksum, VerdictBadTCPChecksum:
+	case verdictBadIPChecksum, verdictBadTCPChecksum:
 		return AlertBadChecksum
-	case VerdictUnsupported:
+	case verdictUnsupported:
 		return AlertUnsupported
 	}
 	return AlertMalformed

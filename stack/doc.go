@@ -7,7 +7,7 @@
 // The XDP program steers the stack's ARP and IPv4 traffic into the AF_XDP
 // socket; every frame lands in a UMEM frame (the emulated dmabuf's net_iov).
 // The receive loop splits each frame as a header-split NIC would
-// (SplitFrame): Ethernet, IPv4 and TCP headers are parsed and both checksums
+// (splitFrame): Ethernet, IPv4 and TCP headers are parsed and both checksums
 // are verified in software, reading the payload once, as RX checksum offload
 // does. Malformed and bad-checksum frames are counted and dropped.
 //

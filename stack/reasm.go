@@ -59,12 +59,12 @@ type reassembler struct {
 	lastSweep time.Time
 }
 
-// add takes one fragment (verdict VerdictFragment; the frame is b, then
+// add takes one fragment (verdict verdictFragment; the frame is b, then
 // more for a multi-buffer one) and returns the whole segment as an
 // Ethernet frame once its last missing piece arrived, else nil. dropped is
 // how many fragments it discarded (this one or those of a datagram it gave
 // up).
-func (r *reassembler) add(b []byte, more [][]byte, sp *Split, now time.Time) (frame []byte, dropped uint64) {
+func (r *reassembler) add(b []byte, more [][]byte, sp *split, now time.Time) (frame []byte, dropped uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.m == nil {

@@ -21,8 +21,8 @@ func feed(t *testing.T, r *reassembler, now time.Time, frags ...[]byte) ([]byte,
 	var seg []byte
 	var dropped uint64
 	for _, f := range frags {
-		var sp Split
-		if v := SplitFrame(f, &sp, true); v != VerdictFragment {
+		var sp split
+		if v := splitFrame(f, &sp, true); v != verdictFragment {
 			t.Fatalf("fragment splits as %v", v)
 		}
 		s, d := r.add(f, nil, &sp, now)
@@ -41,11 +41,11 @@ func feed(t *testing.T, r *reassembler, now time.Time, frags ...[]byte) ([]byte,
 // carrying what orig carries.
 func sameSegment(t *testing.T, seg, orig []byte) {
 	t.Helper()
-	var a, b Split
-	if v := SplitFrame(seg, &a, true); v != VerdictTCP {
+	var a, b split
+	if v := splitFrame(seg, &a, true); v != verdictTCP {
 		t.Fatalf("reassembled segment splits as %v", v)
 	}
-	if v := SplitFrame(orig, &b, true); v != VerdictTCP {
+	if v := splitFrame(orig, &b, true); v != verdictTCP {
 		t.Fatalf("original splits as %v", v)
 	}
 	if a != b || !bytes.Equal(seg[a.PayloadOff:a.FrameLen], orig[b.PayloadOff:b.FrameLen]) {
@@ -333,8 +333,8 @@ func FuzzReassemble(f *testing.F) {
 				copy(frag, data[off:])
 			}
 			fr := rawFrag4(nil, id, off, more, frag)
-			var sp Split
-			if SplitFrame(fr, &sp, true) != VerdictFragment {
+			var sp split
+			if splitFrame(fr, &sp, true) != verdictFragment {
 				t.Fatalf("fragment at %d+%d does not split as one", off, n)
 			}
 			s, _ := r.add(fr, nil, &sp, now)
@@ -348,10 +348,10 @@ func FuzzReassemble(f *testing.F) {
 			if s == nil {
 				continue
 			}
-			var out Split
-			v := SplitFrame(s, &out, false)
+			var out split
+			v := splitFrame(s, &out, false)
 			total := int(binary.BigEndian.Uint16(s[14+2:]))
-			if v != VerdictTCP && v != VerdictMalformed || len(s) != 14+total || binary.BigEndian.Uint16(s[14+6:]) != 0 {
+			if v != verdictTCP && v != verdictMalformed || len(s) != 14+total || binary.BigEndian.Uint16(s[14+6:]) != 0 {
 				t.Fatalf("reassembled packet of %d bytes: verdict %v, total length %d", len(s), v, total)
 			}
 		}
@@ -381,8 +381,8 @@ func TestReassembleMultiBuffer(t *testing.T) {
 				}
 			}
 			bufs = append(bufs, f[prev:])
-			var sp Split
-			if v := SplitFrames(bufs[0], bufs[1:], &sp, true); v != VerdictFragment {
+			var sp split
+			if v := splitFrames(bufs[0], bufs[1:], &sp, true); v != verdictFragment {
 				t.Fatalf("cuts %v: %v", cuts, v)
 			}
 			if s, _ := r.add(bufs[0], bufs[1:], &sp, now); s != nil {

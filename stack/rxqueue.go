@@ -246,18 +246,18 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 	s := q.s
 	frame := s.region.FrameOf(d.Addr)
 	b := s.region.Bytes()[d.Addr : d.Addr+uint64(d.Len)]
-	var sp Split
-	v := SplitFrame(b, &sp, !s.cfg.Lab.TrustChecksum)
+	var sp split
+	v := splitFrame(b, &sp, !s.cfg.Lab.TrustChecksum)
 	switch {
-	case v == VerdictTCP:
-	case v == VerdictOther:
+	case v == verdictTCP:
+	case v == verdictOther:
 		s.cnt.rxOther.Add(1)
 		if sp.EtherType == etherTypeARP || sp.FrameLen > 0 {
 			q.deliverCopy(b, sp)
 		}
 		q.free = append(q.free, frame)
 		return
-	case v == VerdictFragment:
+	case v == verdictFragment:
 		q.free = append(q.free, frame)
 		q.fragment(b, nil, sp)
 		return
@@ -338,7 +338,7 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 // fragment hands an IP fragment of a TCP segment to the reassembler (which
 // copies its data: the caller returns the frame) and, when it completes the
 // segment, runs the segment through the receive path.
-func (q *rxQueue) fragment(b []byte, more [][]byte, sp Split) {
+func (q *rxQueue) fragment(b []byte, more [][]byte, sp split) {
 	s := q.s
 	s.cnt.ipFragments.Add(1)
 	if !s.isOurs(sp.Dst) {
@@ -398,7 +398,7 @@ func (q *rxQueue) deliverReassembled(seg []byte) {
 
 // deliverCopy hands a whole frame to gVisor as a copy (frames without
 // payload, ARP, and segments of unknown flows).
-func (q *rxQueue) deliverCopy(b []byte, sp Split) {
+func (q *rxQueue) deliverCopy(b []byte, sp split) {
 	n := len(b)
 	if sp.FrameLen > 0 && sp.FrameLen < n {
 		n = sp.FrameLen // strip Ethernet padding
@@ -409,7 +409,7 @@ func (q *rxQueue) deliverCopy(b []byte, sp Split) {
 }
 
 // deliverSplit hands gVisor the headers (copied) and a placeholder payload.
-func (q *rxQueue) deliverSplit(b []byte, sp Split) {
+func (q *rxQueue) deliverSplit(b []byte, sp split) {
 	q.deliverHeaders(buffer.NewViewWithData(b[:sp.PayloadOff]), sp.EtherType, sp.PayloadLen)
 }
 
@@ -435,7 +435,7 @@ func (q *rxQueue) deliverHeaders(hdr *buffer.View, etherType uint16, n int) {
 type burst struct {
 	segs int          // segments in the burst; 0: none
 	hdr  *buffer.View // the first segment's headers, copied (its frame may be unpinned by a close meanwhile)
-	sp   Split        // the first segment's split
+	sp   split        // the first segment's split
 	fl   *flow
 	next uint32 // the sequence number after the burst
 	n    int    // payload bytes
@@ -444,7 +444,7 @@ type burst struct {
 
 // coalesce adds a segment whose payload the fragment queue took to the
 // current burst, or delivers the burst and starts a new one.
-func (q *rxQueue) coalesce(b []byte, sp Split, fl *flow) {
+func (q *rxQueue) coalesce(b []byte, sp split, fl *flow) {
 	bu := &q.burst
 	if q.linear || sp.Flags&^(tcpFlagAck|tcpFlagPsh) != 0 || sp.Flags&tcpFlagAck == 0 {
 		q.flushBurst()
@@ -471,7 +471,7 @@ func (q *rxQueue) coalesce(b []byte, sp Split, fl *flow) {
 // whose first segment's headers are h (split first): same header layout,
 // same IP TOS / traffic class, and TCP headers equal from the ACK number on
 // (flags, window, options with timestamps) but for the checksum and PSH.
-func sameBurst(h, b []byte, first, sp *Split) bool {
+func sameBurst(h, b []byte, first, sp *split) bool {
 	if sp.EtherType != first.EtherType || sp.IPOff != first.IPOff || sp.TCPOff != first.TCPOff || sp.PayloadOff != first.PayloadOff {
 		return false
 	}
@@ -534,7 +534,7 @@ func (q *rxQueue) gather(d unix.XDPDesc) {
 	q.pkt = append(q.pkt, d)
 	if d.Options&unix.XDP_PKT_CONTD != 0 {
 		if len(q.pkt) > 64 { // no such packet is sane: drop it
-			q.s.cnt.verdicts[VerdictMalformed].Add(1)
+			q.s.cnt.verdicts[verdictMalformed].Add(1)
 			for _, d := range q.pkt {
 				q.free = append(q.free, q.s.region.FrameOf(d.Addr))
 			}
@@ -567,16 +567,16 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 			q.free = append(q.free, r.FrameOf(d.Addr))
 		}
 	}
-	var sp Split
-	v := SplitFrames(b0, q.more, &sp, !s.cfg.Lab.TrustChecksum)
+	var sp split
+	v := splitFrames(b0, q.more, &sp, !s.cfg.Lab.TrustChecksum)
 	switch v {
-	case VerdictTCP:
-	case VerdictOther:
+	case verdictTCP:
+	case verdictOther:
 		s.cnt.rxOther.Add(1)
 		q.deliverCopyMulti(b0, q.more, sp)
 		freeAll()
 		return
-	case VerdictFragment:
+	case verdictFragment:
 		freeAll()
 		q.fragment(b0, q.more, sp)
 		return
@@ -666,7 +666,7 @@ func (q *rxQueue) handleMulti(descs []unix.XDPDesc) {
 }
 
 // deliverCopyMulti hands a multi-buffer frame to gVisor as one copy.
-func (q *rxQueue) deliverCopyMulti(b0 []byte, more [][]byte, sp Split) {
+func (q *rxQueue) deliverCopyMulti(b0 []byte, more [][]byte, sp split) {
 	if len(more) == 0 {
 		q.deliverCopy(b0, sp)
 		return

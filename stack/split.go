@@ -22,50 +22,50 @@ const (
 	tcpFlagAck = 0x10
 )
 
-// Verdict is the header split's decision on one frame.
-type Verdict uint8
+// verdict is the header split's decision on one frame.
+type verdict uint8
 
-// Verdicts. Everything from VerdictMalformed on is a drop reason.
+// Verdicts. Everything from verdictMalformed on is a drop reason.
 const (
-	// VerdictTCP is a well-formed, checksum-verified IPv4 TCP segment:
-	// headers and payload are located in Split.
-	VerdictTCP Verdict = iota
-	// VerdictOther is a frame the split does not handle (ARP, ICMP, UDP,
+	// verdictTCP is a well-formed, checksum-verified IPv4 TCP segment:
+	// headers and payload are located in split.
+	verdictTCP verdict = iota
+	// verdictOther is a frame the split does not handle (ARP, ICMP, UDP,
 	// and their IP fragments): it goes to the stack as a whole, copied.
-	VerdictOther
-	// VerdictFragment is an IP fragment of a TCP segment (IPv4 with MF set
+	verdictOther
+	// verdictFragment is an IP fragment of a TCP segment (IPv4 with MF set
 	// or a fragment offset, IPv6 with a fragment header right after the
 	// fixed header). The fragment's data is PayloadLen bytes at PayloadOff,
 	// and FragID, FragOff and FragMore say where it belongs; the receive
 	// path reassembles the segment (reasm.go) before splitting it.
-	VerdictFragment
-	// VerdictMalformed is a truncated or inconsistent frame.
-	VerdictMalformed
-	// VerdictBadIPChecksum is an IPv4 header with a wrong checksum.
-	VerdictBadIPChecksum
-	// VerdictBadTCPChecksum is a TCP segment with a wrong checksum.
-	VerdictBadTCPChecksum
-	// VerdictUnsupported is TCP the split does not take apart: behind IPv6
+	verdictFragment
+	// verdictMalformed is a truncated or inconsistent frame.
+	verdictMalformed
+	// verdictBadIPChecksum is an IPv4 header with a wrong checksum.
+	verdictBadIPChecksum
+	// verdictBadTCPChecksum is a TCP segment with a wrong checksum.
+	verdictBadTCPChecksum
+	// verdictUnsupported is TCP the split does not take apart: behind IPv6
 	// extension headers other than a lone fragment header. It is dropped
 	// (counted) rather than handed to TCP as a copy the fragment queue could
 	// not map.
-	VerdictUnsupported
+	verdictUnsupported
 	numVerdicts
 )
 
 var verdictNames = [numVerdicts]string{"tcp", "other", "fragment", "malformed", "bad-ip-checksum", "bad-tcp-checksum", "unsupported"}
 
 // String names the verdict.
-func (v Verdict) String() string {
+func (v verdict) String() string {
 	if v < numVerdicts {
 		return verdictNames[v]
 	}
 	return "unknown"
 }
 
-// Split is the result of splitting one Ethernet frame: where the headers
+// split is the result of splitting one Ethernet frame: where the headers
 // end and the payload starts, and the TCP fields the fragment queue needs.
-type Split struct {
+type split struct {
 	// EtherType is the frame's EtherType.
 	EtherType uint16
 	// IPOff and TCPOff are the offsets of the IP and TCP headers.
@@ -85,7 +85,7 @@ type Split struct {
 	// FrameLen is the frame length up to the end of the IP packet.
 	FrameLen int
 	// FragID, FragOff and FragMore describe an IP fragment
-	// (VerdictFragment): the datagram's identification, the offset of the
+	// (verdictFragment): the datagram's identification, the offset of the
 	// fragment's data in the datagram's payload, and whether more
 	// fragments follow.
 	FragID   uint32
@@ -98,17 +98,17 @@ type Split struct {
 // checks the IPv4 header checksum and the TCP checksum over the payload,
 // reading the payload once, as RX checksum offload does. It never copies and
 // never allocates.
-func SplitFrame(b []byte, s *Split, verify bool) Verdict {
-	return SplitFrames(b, nil, s, verify)
+func splitFrame(b []byte, s *split, verify bool) verdict {
+	return splitFrames(b, nil, s, verify)
 }
 
 // SplitFrames is SplitFrame for a frame that arrived in several buffers
 // (XDP multi-buffer: jumbo frames): b is the first buffer, which must hold
 // every header, and more are the rest, in order. Offsets in s count from
 // the start of b across the buffers; the payload runs on into more.
-func SplitFrames(b []byte, more [][]byte, s *Split, verify bool) Verdict {
+func splitFrames(b []byte, more [][]byte, s *split, verify bool) verdict {
 	if len(b) < ethHdrLen {
-		return VerdictMalformed
+		return verdictMalformed
 	}
 	s.EtherType = binary.BigEndian.Uint16(b[12:])
 	switch s.EtherType {
@@ -117,7 +117,7 @@ func SplitFrames(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 	case etherTypeIPv6:
 		return splitIPv6(b, more, s, verify)
 	}
-	return VerdictOther
+	return verdictOther
 }
 
 // moreLen is the number of bytes in the continuation buffers.
@@ -129,21 +129,21 @@ func moreLen(more [][]byte) int {
 	return n
 }
 
-func splitIPv4(b []byte, more [][]byte, s *Split, verify bool) Verdict {
+func splitIPv4(b []byte, more [][]byte, s *split, verify bool) verdict {
 	ip := b[ethHdrLen:]
 	if len(ip) < 20 {
-		return VerdictMalformed
+		return verdictMalformed
 	}
 	if ip[0]>>4 != 4 {
-		return VerdictMalformed
+		return verdictMalformed
 	}
 	ihl := int(ip[0]&0x0f) * 4
 	total := int(binary.BigEndian.Uint16(ip[2:]))
 	if ihl < 20 || total < ihl || total > len(ip)+moreLen(more) || ihl > len(ip) {
-		return VerdictMalformed
+		return verdictMalformed
 	}
 	if verify && checksum.Checksum(ip[:ihl], 0) != 0xffff {
-		return VerdictBadIPChecksum
+		return verdictBadIPChecksum
 	}
 	s.IPOff = ethHdrLen
 	s.FrameLen = ethHdrLen + total
@@ -152,7 +152,7 @@ func splitIPv4(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 	copy(s.Src[12:], ip[12:16])
 	copy(s.Dst[12:], ip[16:20])
 	if ip[9] != ipProtoTCP {
-		return VerdictOther
+		return verdictOther
 	}
 	if fo := binary.BigEndian.Uint16(ip[6:]); fo&0x3fff != 0 { // MF set or offset != 0
 		return splitFragment(s, ethHdrLen+ihl, total-ihl, uint32(binary.BigEndian.Uint16(ip[4:])), int(fo&0x1fff)*8, fo&0x2000 != 0, ihl)
@@ -173,14 +173,14 @@ const (
 	ipv6NoNextHeader = 59
 )
 
-func splitIPv6(b []byte, more [][]byte, s *Split, verify bool) Verdict {
+func splitIPv6(b []byte, more [][]byte, s *split, verify bool) verdict {
 	ip := b[ethHdrLen:]
 	if len(ip) < ipv6HdrLen || ip[0]>>4 != 6 {
-		return VerdictMalformed
+		return verdictMalformed
 	}
 	plen := int(binary.BigEndian.Uint16(ip[4:]))
 	if ipv6HdrLen+plen > len(ip)+moreLen(more) {
-		return VerdictMalformed
+		return verdictMalformed
 	}
 	// Extension headers and TCP's header are read from the first buffer.
 	inFirst := min(ipv6HdrLen+plen, len(ip))
@@ -204,24 +204,24 @@ func splitIPv6(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 		for i := 0; i < 8; i++ {
 			switch nh {
 			case ipProtoTCP:
-				return VerdictUnsupported
+				return verdictUnsupported
 			case ipv6HopByHop, ipv6Routing, ipv6DestOpts, ipv6Fragment:
 				if len(ext) < 8 {
-					return VerdictMalformed
+					return verdictMalformed
 				}
 				n := 8
 				if nh != ipv6Fragment {
 					n = (int(ext[1]) + 1) * 8
 				}
 				if n > len(ext) {
-					return VerdictMalformed
+					return verdictMalformed
 				}
 				nh, ext = ext[0], ext[n:]
 			default:
-				return VerdictOther
+				return verdictOther
 			}
 		}
-		return VerdictOther
+		return verdictOther
 	}
 	var ph uint16
 	if verify {
@@ -235,26 +235,26 @@ func splitIPv6(b []byte, more [][]byte, s *Split, verify bool) Verdict {
 // data, all but the last carry a multiple of 8 bytes, and the datagram it
 // belongs to stays within 64 KiB (hdr, the IPv4 header length, counts
 // towards it; IPv6 does not count its fixed header).
-func splitFragment(s *Split, off, n int, id uint32, fragOff int, more bool, hdr int) Verdict {
+func splitFragment(s *split, off, n int, id uint32, fragOff int, more bool, hdr int) verdict {
 	if n <= 0 || (more && n%8 != 0) || hdr+fragOff+n > 0xffff {
-		return VerdictMalformed
+		return verdictMalformed
 	}
 	s.PayloadOff, s.PayloadLen = off, n
 	s.FragID, s.FragOff, s.FragMore = id, fragOff, more
-	return VerdictFragment
+	return verdictFragment
 }
 
 // splitTCP parses the TCP header at tcp (starting at frame offset off) and
 // verifies the checksum, starting from ph, the pseudo-header's sum. tcp holds what of the
 // segment is in the first buffer; segLen is the whole segment's length, the
 // rest of it in more.
-func splitTCP(tcp []byte, segLen int, more [][]byte, off int, s *Split, verify bool, ph uint16) Verdict {
+func splitTCP(tcp []byte, segLen int, more [][]byte, off int, s *split, verify bool, ph uint16) verdict {
 	if segLen < tcpMinHdrLen || len(tcp) < tcpMinHdrLen {
-		return VerdictMalformed
+		return verdictMalformed
 	}
 	doff := int(tcp[12]>>4) * 4
 	if doff < tcpMinHdrLen || doff > segLen || doff > len(tcp) {
-		return VerdictMalformed
+		return verdictMalformed
 	}
 	if verify {
 		var sum uint16
@@ -272,7 +272,7 @@ func splitTCP(tcp []byte, segLen int, more [][]byte, off int, s *Split, verify b
 			sum = checksum.Combine(ph, c.Checksum())
 		}
 		if sum != 0xffff {
-			return VerdictBadTCPChecksum
+			return verdictBadTCPChecksum
 		}
 	}
 	s.TCPOff = off
@@ -283,7 +283,7 @@ func splitTCP(tcp []byte, segLen int, more [][]byte, off int, s *Split, verify b
 	s.DstPort = binary.BigEndian.Uint16(tcp[2:])
 	s.Seq = binary.BigEndian.Uint32(tcp[4:])
 	s.Flags = tcp[13]
-	return VerdictTCP
+	return verdictTCP
 }
 
 // tcpPseudoSum is the checksum of the TCP pseudo-header for the IPv4 or

@@ -54,24 +54,24 @@ func TestSplitFrame(t *testing.T) {
 		name    string
 		frame   []byte
 		mutate  func(b []byte)
-		want    Verdict
+		want    verdict
 		payload int
 		off     int
 	}{
-		{"plain", good, nil, VerdictTCP, len(payload), 14 + 20 + 32},
-		{"ip and tcp options", withOpts, nil, VerdictTCP, len(payload), 14 + 24 + 32},
-		{"ethernet padding excluded", padded, nil, VerdictTCP, 1, 14 + 20 + 20},
-		{"bad tcp checksum", good, func(b []byte) { b[len(b)-1] ^= 0xff }, VerdictBadTCPChecksum, 0, 0},
-		{"bad ip checksum", good, func(b []byte) { b[14+8]-- }, VerdictBadIPChecksum, 0, 0},
-		{"truncated ethernet", good[:10], nil, VerdictMalformed, 0, 0},
-		{"truncated ip", good[:20], nil, VerdictMalformed, 0, 0},
-		{"total length past frame", good, func(b []byte) { binary.BigEndian.PutUint16(b[16:], 2000) }, VerdictMalformed, 0, 0},
-		{"ihl too small", good, func(b []byte) { b[14] = 0x44 }, VerdictMalformed, 0, 0},
-		{"ip version 6 in ipv4 ethertype", good, func(b []byte) { b[14] = 0x65 }, VerdictMalformed, 0, 0},
-		{"tcp data offset too small", good, func(b []byte) { b[14+20+12] = 0x40 }, VerdictMalformed, 0, 0},
-		{"tcp data offset past end", good, func(b []byte) { b[14+20+12] = 0xf0 }, VerdictMalformed, 0, 0},
-		{"arp", good, func(b []byte) { binary.BigEndian.PutUint16(b[12:], etherTypeARP) }, VerdictOther, 0, 0},
-		{"ipv4 bytes under the ipv6 ethertype", good, func(b []byte) { binary.BigEndian.PutUint16(b[12:], etherTypeIPv6) }, VerdictMalformed, 0, 0},
+		{"plain", good, nil, verdictTCP, len(payload), 14 + 20 + 32},
+		{"ip and tcp options", withOpts, nil, verdictTCP, len(payload), 14 + 24 + 32},
+		{"ethernet padding excluded", padded, nil, verdictTCP, 1, 14 + 20 + 20},
+		{"bad tcp checksum", good, func(b []byte) { b[len(b)-1] ^= 0xff }, verdictBadTCPChecksum, 0, 0},
+		{"bad ip checksum", good, func(b []byte) { b[14+8]-- }, verdictBadIPChecksum, 0, 0},
+		{"truncated ethernet", good[:10], nil, verdictMalformed, 0, 0},
+		{"truncated ip", good[:20], nil, verdictMalformed, 0, 0},
+		{"total length past frame", good, func(b []byte) { binary.BigEndian.PutUint16(b[16:], 2000) }, verdictMalformed, 0, 0},
+		{"ihl too small", good, func(b []byte) { b[14] = 0x44 }, verdictMalformed, 0, 0},
+		{"ip version 6 in ipv4 ethertype", good, func(b []byte) { b[14] = 0x65 }, verdictMalformed, 0, 0},
+		{"tcp data offset too small", good, func(b []byte) { b[14+20+12] = 0x40 }, verdictMalformed, 0, 0},
+		{"tcp data offset past end", good, func(b []byte) { b[14+20+12] = 0xf0 }, verdictMalformed, 0, 0},
+		{"arp", good, func(b []byte) { binary.BigEndian.PutUint16(b[12:], etherTypeARP) }, verdictOther, 0, 0},
+		{"ipv4 bytes under the ipv6 ethertype", good, func(b []byte) { binary.BigEndian.PutUint16(b[12:], etherTypeIPv6) }, verdictMalformed, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -79,12 +79,12 @@ func TestSplitFrame(t *testing.T) {
 			if tt.mutate != nil {
 				tt.mutate(b)
 			}
-			var s Split
-			got := SplitFrame(b, &s, true)
+			var s split
+			got := splitFrame(b, &s, true)
 			if got != tt.want {
 				t.Fatalf("verdict %v, want %v", got, tt.want)
 			}
-			if got == VerdictTCP {
+			if got == verdictTCP {
 				if s.PayloadLen != tt.payload || s.PayloadOff != tt.off {
 					t.Fatalf("payload at %d len %d, want %d len %d", s.PayloadOff, s.PayloadLen, tt.off, tt.payload)
 				}
@@ -106,24 +106,24 @@ func TestSplitFrameFragment(t *testing.T) {
 	tests := []struct {
 		name         string
 		frame        []byte
-		want         Verdict
+		want         verdict
 		off, n, data int
 		more         bool
 	}{
-		{"first", frags[0], VerdictFragment, 0, 48, 14 + 20, true},
-		{"middle", frags[1], VerdictFragment, 48, 32, 14 + 20, true},
-		{"last", frags[2], VerdictFragment, 80, 40, 14 + 20, false},
-		{"ipv6 first", fragment6(buildFrame6(ipProtoTCP, nil, payload, 1), 9, 64)[0], VerdictFragment, 0, 64, 14 + 40 + 8, true},
-		{"ipv6 last", fragment6(buildFrame6(ipProtoTCP, nil, payload, 1), 9, 64)[1], VerdictFragment, 64, 56, 14 + 40 + 8, false},
-		{"ipv6 atomic", fragment6(buildFrame6(ipProtoTCP, nil, payload, 1), 9)[0], VerdictFragment, 0, 120, 14 + 40 + 8, false},
+		{"first", frags[0], verdictFragment, 0, 48, 14 + 20, true},
+		{"middle", frags[1], verdictFragment, 48, 32, 14 + 20, true},
+		{"last", frags[2], verdictFragment, 80, 40, 14 + 20, false},
+		{"ipv6 first", fragment6(buildFrame6(ipProtoTCP, nil, payload, 1), 9, 64)[0], verdictFragment, 0, 64, 14 + 40 + 8, true},
+		{"ipv6 last", fragment6(buildFrame6(ipProtoTCP, nil, payload, 1), 9, 64)[1], verdictFragment, 64, 56, 14 + 40 + 8, false},
+		{"ipv6 atomic", fragment6(buildFrame6(ipProtoTCP, nil, payload, 1), 9)[0], verdictFragment, 0, 120, 14 + 40 + 8, false},
 	}
 	for _, tt := range tests {
-		var s Split
-		v := SplitFrame(tt.frame, &s, true)
+		var s split
+		v := splitFrame(tt.frame, &s, true)
 		if v != tt.want || s.FragOff != tt.off || s.PayloadLen != tt.n || s.PayloadOff != tt.data || s.FragMore != tt.more {
 			t.Errorf("%s: verdict %v, split %+v; want %v at %d (data at %d, %d bytes, more %v)", tt.name, v, s, tt.want, tt.off, tt.data, tt.n, tt.more)
 		}
-		if v == VerdictFragment && s.FragID != 7 && s.FragID != 9 {
+		if v == verdictFragment && s.FragID != 7 && s.FragID != 9 {
 			t.Errorf("%s: id %d", tt.name, s.FragID)
 		}
 	}
@@ -146,16 +146,16 @@ func TestSplitFrameFragment(t *testing.T) {
 		{"no data", setFrag(frags[0], 0x2000, 20)},
 		{"past 64 KiB", setFrag(frags[2], 0x1fff, 0)},
 	} {
-		var s Split
-		if v := SplitFrame(bad.frame, &s, true); v != VerdictMalformed {
+		var s split
+		if v := splitFrame(bad.frame, &s, true); v != verdictMalformed {
 			t.Errorf("%s: verdict %v, want malformed", bad.name, v)
 		}
 	}
 	// A fragment's IP header checksum is still checked.
 	b := append([]byte(nil), frags[1]...)
 	b[14+8]--
-	var s Split
-	if v := SplitFrame(b, &s, true); v != VerdictBadIPChecksum {
+	var s split
+	if v := splitFrame(b, &s, true); v != verdictBadIPChecksum {
 		t.Errorf("bad ip checksum in a fragment: %v", v)
 	}
 	// Fragments of other protocols go to the stack whole (it reassembles
@@ -164,12 +164,12 @@ func TestSplitFrameFragment(t *testing.T) {
 	b[14+9] = 17
 	b[14+10], b[14+11] = 0, 0
 	binary.BigEndian.PutUint16(b[14+10:], ^checksum.Checksum(b[14:34], 0))
-	if v := SplitFrame(b, &s, true); v != VerdictOther {
+	if v := splitFrame(b, &s, true); v != verdictOther {
 		t.Errorf("udp fragment: %v", v)
 	}
 	// IPv6 TCP fragments behind another extension header stay unsupported.
 	hbh := []byte{ipv6Fragment, 0, 1, 4, 0, 0, 0, 0, ipProtoTCP, 0, 0, 1, 0, 0, 0, 9}
-	if v := SplitFrame(buildFrame6(ipv6HopByHop, hbh, payload, 1), &s, true); v != VerdictUnsupported {
+	if v := splitFrame(buildFrame6(ipv6HopByHop, hbh, payload, 1), &s, true); v != verdictUnsupported {
 		t.Errorf("fragment header behind hop-by-hop: %v", v)
 	}
 }
@@ -240,8 +240,8 @@ func fragment6(frame []byte, id uint32, sizes ...int) [][]byte {
 func TestSplitFrameTrustChecksum(t *testing.T) {
 	b := buildFrame(nil, nil, []byte("payload"), 1, tcpFlagAck)
 	b[len(b)-1] ^= 1
-	var s Split
-	if v := SplitFrame(b, &s, false); v != VerdictTCP {
+	var s split
+	if v := splitFrame(b, &s, false); v != verdictTCP {
 		t.Fatalf("verify off: verdict %v, want tcp", v)
 	}
 }
@@ -259,9 +259,9 @@ func FuzzSplitFrame(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var s Split
-		v := SplitFrame(b, &s, true)
-		if v == VerdictFragment {
+		var s split
+		v := splitFrame(b, &s, true)
+		if v == verdictFragment {
 			// The fragment's data lies inside the frame, after the IP
 			// header, and fits a 64 KiB datagram.
 			if s.PayloadOff < ethHdrLen+20 || s.PayloadLen <= 0 || s.PayloadOff+s.PayloadLen > len(b) || s.FragOff+s.PayloadLen > 0xffff {
@@ -272,7 +272,7 @@ func FuzzSplitFrame(f *testing.F) {
 			}
 			return
 		}
-		if v != VerdictTCP {
+		if v != verdictTCP {
 			return
 		}
 		// Invariants: the payload lies inside the frame, after the headers,
@@ -283,8 +283,8 @@ func FuzzSplitFrame(f *testing.F) {
 		if s.FrameLen != s.PayloadOff+s.PayloadLen {
 			t.Fatalf("frame length %d != payload end %d", s.FrameLen, s.PayloadOff+s.PayloadLen)
 		}
-		var s2 Split
-		if SplitFrame(b[:s.FrameLen], &s2, true) != VerdictTCP || s2 != s {
+		var s2 split
+		if splitFrame(b[:s.FrameLen], &s2, true) != verdictTCP || s2 != s {
 			t.Fatalf("trimmed frame parses differently")
 		}
 	})
@@ -301,9 +301,9 @@ func BenchmarkSplitFrame(b *testing.B) {
 			b.Run(name, func(b *testing.B) {
 				b.ReportAllocs()
 				b.SetBytes(int64(len(frame)))
-				var s Split
+				var s split
 				for i := 0; i < b.N; i++ {
-					if SplitFrame(frame, &s, verify) != VerdictTCP {
+					if splitFrame(frame, &s, verify) != verdictTCP {
 						b.Fatal("not tcp")
 					}
 				}
@@ -357,31 +357,31 @@ func buildFrame6(nh byte, ext, payload []byte, seq uint32) []byte {
 func TestSplitFrameIPv6(t *testing.T) {
 	payload := []byte("over ipv6")
 	b := buildFrame6(ipProtoTCP, nil, payload, 77)
-	var s Split
-	if v := SplitFrame(b, &s, true); v != VerdictTCP {
+	var s split
+	if v := splitFrame(b, &s, true); v != verdictTCP {
 		t.Fatalf("verdict %v", v)
 	}
 	if s.PayloadOff != 14+40+20 || s.PayloadLen != len(payload) || s.Seq != 77 || s.Dst[15] != 2 || s.Src[0] != 0xfd {
 		t.Fatalf("split %+v", s)
 	}
 	b[len(b)-1] ^= 1
-	if v := SplitFrame(b, &s, true); v != VerdictBadTCPChecksum {
+	if v := splitFrame(b, &s, true); v != verdictBadTCPChecksum {
 		t.Fatalf("corrupted: %v", v)
 	}
 	// TCP behind a destination-options header is not split.
 	ext := []byte{ipProtoTCP, 0, 1, 4, 0, 0, 0, 0}
-	if v := SplitFrame(buildFrame6(ipv6DestOpts, ext, payload, 1), &s, true); v != VerdictUnsupported {
+	if v := splitFrame(buildFrame6(ipv6DestOpts, ext, payload, 1), &s, true); v != verdictUnsupported {
 		t.Fatalf("extension header: %v", v)
 	}
 	// ICMPv6 (neighbour discovery) goes to the stack whole.
 	icmp := buildFrame6(58, nil, nil, 0)
-	if v := SplitFrame(icmp, &s, true); v != VerdictOther {
+	if v := splitFrame(icmp, &s, true); v != verdictOther {
 		t.Fatalf("icmpv6: %v", v)
 	}
 	// Payload length past the frame.
 	bad := buildFrame6(ipProtoTCP, nil, payload, 1)
 	binary.BigEndian.PutUint16(bad[14+4:], 2000)
-	if v := SplitFrame(bad, &s, true); v != VerdictMalformed {
+	if v := splitFrame(bad, &s, true); v != verdictMalformed {
 		t.Fatalf("long payload length: %v", v)
 	}
 }
@@ -398,8 +398,8 @@ func TestSplitFramesMultiBuffer(t *testing.T) {
 		buildFrame(nil, []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2}, payload, 12345, tcpFlagAck),
 		buildFrame6(ipProtoTCP, nil, payload, 999),
 	} {
-		var whole Split
-		if v := SplitFrame(frame, &whole, true); v != VerdictTCP {
+		var whole split
+		if v := splitFrame(frame, &whole, true); v != verdictTCP {
 			t.Fatalf("whole frame: %v", v)
 		}
 		for _, cuts := range [][]int{{3840}, {3839, 7679}, {100, 101, 5000}, {whole.PayloadOff, whole.PayloadOff + 1}} {
@@ -410,20 +410,20 @@ func TestSplitFramesMultiBuffer(t *testing.T) {
 				prev = c
 			}
 			bufs = append(bufs, frame[prev:])
-			var s Split
-			if v := SplitFrames(bufs[0], bufs[1:], &s, true); v != VerdictTCP || s != whole {
+			var s split
+			if v := splitFrames(bufs[0], bufs[1:], &s, true); v != verdictTCP || s != whole {
 				t.Fatalf("cuts %v: verdict %v, split %+v, want %+v", cuts, v, s, whole)
 			}
 			last := bufs[len(bufs)-1]
 			last[len(last)-1] ^= 0x10
-			if v := SplitFrames(bufs[0], bufs[1:], &s, true); v != VerdictBadTCPChecksum {
+			if v := splitFrames(bufs[0], bufs[1:], &s, true); v != verdictBadTCPChecksum {
 				t.Fatalf("cuts %v: corruption in the last buffer: %v", cuts, v)
 			}
 			last[len(last)-1] ^= 0x10
 		}
 		// Headers must be in the first buffer.
-		var s Split
-		if v := SplitFrames(frame[:30], [][]byte{frame[30:]}, &s, true); v != VerdictMalformed {
+		var s split
+		if v := splitFrames(frame[:30], [][]byte{frame[30:]}, &s, true); v != verdictMalformed {
 			t.Fatalf("headers across buffers: %v", v)
 		}
 	}

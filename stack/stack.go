@@ -589,10 +589,10 @@ func (s *Stack) Stats() Stats {
 	c := &s.cnt
 	st := Stats{
 		RxFrames: c.rxFrames.Load(), RxTCP: c.rxTCP.Load(), RxOther: c.rxOther.Load(),
-		DropMalformed:      c.verdicts[VerdictMalformed].Load(),
-		DropBadIPChecksum:  c.verdicts[VerdictBadIPChecksum].Load(),
-		DropBadTCPChecksum: c.verdicts[VerdictBadTCPChecksum].Load(),
-		DropUnsupported:    c.verdicts[VerdictUnsupported].Load(),
+		DropMalformed:      c.verdicts[verdictMalformed].Load(),
+		DropBadIPChecksum:  c.verdicts[verdictBadIPChecksum].Load(),
+		DropBadTCPChecksum: c.verdicts[verdictBadTCPChecksum].Load(),
+		DropUnsupported:    c.verdicts[verdictUnsupported].Load(),
 		DropOutOfWindow:    c.dropOutOfWindow.Load(),
 		DropNotOurs:        c.dropNotOurs.Load(),
 		NoFlow:             c.noFlow.Load(),

@@ -128,8 +128,8 @@ func TestCutSegment(t *testing.T) {
 			cutSegment(ip, tcp, i, nseg, segOff, segLen)
 			finishTCPChecksum(ip, tcp, segLen, checksum.Checksum(payload[segOff:segOff+segLen], 0))
 
-			var sp Split
-			if v := SplitFrame(f, &sp, true); v != VerdictTCP {
+			var sp split
+			if v := splitFrame(f, &sp, true); v != verdictTCP {
 				t.Fatalf("family %d, segment %d: %v", ip[0]>>4, i, v)
 			}
 			if sp.Seq != 1000+uint32(segOff) || sp.PayloadLen != segLen {

@@ -98,9 +98,9 @@ func (p *fakePeer) run() {
 
 // handle processes one frame from the stack and returns the reply.
 func (p *fakePeer) handle(f []byte) []byte {
-	var sp Split
-	if SplitFrame(f, &sp, true) != VerdictTCP {
-		if SplitFrame(f, &sp, false) == VerdictTCP {
+	var sp split
+	if splitFrame(f, &sp, true) != verdictTCP {
+		if splitFrame(f, &sp, false) == verdictTCP {
 			p.mu.Lock()
 			p.badSum++
 			p.mu.Unlock()
@@ -646,8 +646,8 @@ func TestTXSegmentGSO(t *testing.T) {
 	}
 	var got []byte
 	for i, f := range frames {
-		var sp Split
-		if v := SplitFrame(f, &sp, true); v != VerdictTCP {
+		var sp split
+		if v := splitFrame(f, &sp, true); v != verdictTCP {
 			t.Fatalf("frame %d: %v", i, v)
 		}
 		if want := uint32(1000 + 1448*i); sp.Seq != want {
