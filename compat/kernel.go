@@ -85,30 +85,9 @@ func (p *KernelProvider) untrack(c io.Closer) {
 // leave it nil elsewhere. The kernel's refusals match their errno and
 // devmemerr case.
 func (p *KernelProvider) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
-	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
-	if closed {
-		return nil, fmt.Errorf("bind rx: %w", devmemapi.ErrClosed)
-	}
-	ifindex, name := p.ifindex, p.ifname
-	if cfg.Ifindex != 0 && cfg.Ifindex != p.ifindex {
-		ifindex, name = cfg.Ifindex, fmt.Sprintf("ifindex %d", cfg.Ifindex)
-	}
-	if ifindex == 0 {
-		return nil, fmt.Errorf("bind rx: no interface: %w", unix.EINVAL)
-	}
-	var (
-		d   *dmabuf
-		err error
-	)
-	if cfg.DmabufFD > 0 {
-		d, err = adoptDmabuf(cfg.DmabufFD)
-	} else {
-		d, err = newUdmabuf(p.env.UdmabufPath, cfg.Size)
-	}
+	ifindex, name, d, err := p.bindDmabuf("bind rx", cfg.Ifindex, cfg.DmabufFD, cfg.Size)
 	if err != nil {
-		return nil, fmt.Errorf("bind rx %s: %w", name, err)
+		return nil, err
 	}
 	c, err := p.env.netdev()
 	if err != nil {
@@ -228,4 +207,38 @@ func (b *kernelBinding) close() error {
 		}
 	})
 	return b.err
+}
+
+// bindDmabuf is the start of a bind (op "bind rx" or "bind tx"): the
+// provider is open, the interface is known (ifindex 0: the provider's), and
+// the dmabuf is the caller's fd (duplicated) when positive, else a new
+// udmabuf of size bytes. It returns the interface, its name for errors,
+// and the dmabuf.
+func (p *KernelProvider) bindDmabuf(op string, ifindex, fd int, size uint64) (int, string, *dmabuf, error) {
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return 0, "", nil, fmt.Errorf("%s: %w", op, devmemapi.ErrClosed)
+	}
+	name := p.ifname
+	if ifindex != 0 && ifindex != p.ifindex {
+		name = fmt.Sprintf("ifindex %d", ifindex)
+	} else {
+		ifindex = p.ifindex
+	}
+	if ifindex == 0 {
+		return 0, "", nil, fmt.Errorf("%s: no interface: %w", op, unix.EINVAL)
+	}
+	var d *dmabuf
+	var err error
+	if fd > 0 {
+		d, err = adoptDmabuf(fd)
+	} else {
+		d, err = newUdmabuf(p.env.UdmabufPath, size)
+	}
+	if err != nil {
+		return 0, "", nil, fmt.Errorf("%s %s: %w", op, name, err)
+	}
+	return ifindex, name, d, nil
 }

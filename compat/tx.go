@@ -35,30 +35,9 @@ var _ devmemapi.TXProvider = (*KernelProvider)(nil)
 // capability. A driver without netmem TX (veth, lo) fails with EOPNOTSUPP
 // "Driver does not support netmem TX" (devmemerr.BindTXNoNetmemTX).
 func (p *KernelProvider) BindTX(cfg devmemapi.BindTXConfig) (devmemapi.TXBinding, error) {
-	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
-	if closed {
-		return nil, fmt.Errorf("bind tx: %w", devmemapi.ErrClosed)
-	}
-	ifindex, name := p.ifindex, p.ifname
-	if cfg.Ifindex != 0 && cfg.Ifindex != p.ifindex {
-		ifindex, name = cfg.Ifindex, fmt.Sprintf("ifindex %d", cfg.Ifindex)
-	}
-	if ifindex == 0 {
-		return nil, fmt.Errorf("bind tx: no interface: %w", unix.EINVAL)
-	}
-	var (
-		d   *dmabuf
-		err error
-	)
-	if cfg.DmabufFD > 0 {
-		d, err = adoptDmabuf(cfg.DmabufFD)
-	} else {
-		d, err = newUdmabuf(p.env.UdmabufPath, cfg.Size)
-	}
+	ifindex, name, d, err := p.bindDmabuf("bind tx", cfg.Ifindex, cfg.DmabufFD, cfg.Size)
 	if err != nil {
-		return nil, fmt.Errorf("bind tx %s: %w", name, err)
+		return nil, err
 	}
 	d.writable = true
 	c, err := p.env.netdev()
