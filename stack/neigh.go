@@ -27,9 +27,9 @@ const maxNeighbours = 4096
 
 type neighTable struct {
 	mu   sync.RWMutex
-	m    map[[16]byte]tcpip.LinkAddress // guarded by mu
-	last atomic.Pointer[neighEntry]     // one-entry cache for the transmit path
-	miss atomic.Uint64                  // frames sent with no known next hop
+	m    map[[16]byte]*neighEntry   // guarded by mu; entries are never changed, only replaced
+	last atomic.Pointer[neighEntry] // one-entry cache for the transmit path: points into m, never allocates
+	miss atomic.Uint64              // frames sent with no known next hop
 }
 
 type neighEntry struct {
@@ -37,14 +37,14 @@ type neighEntry struct {
 	mac tcpip.LinkAddress
 }
 
-func newNeighTable() *neighTable { return &neighTable{m: map[[16]byte]tcpip.LinkAddress{}} }
+func newNeighTable() *neighTable { return &neighTable{m: map[[16]byte]*neighEntry{}} }
 
 // learn records that ip is reached through mac.
 func (t *neighTable) learn(ip [16]byte, mac []byte) {
 	t.mu.RLock()
 	old, ok := t.m[ip]
 	t.mu.RUnlock()
-	if ok && string(old) == string(mac) {
+	if ok && string(old.mac) == string(mac) {
 		return
 	}
 	t.mu.Lock()
@@ -55,7 +55,7 @@ func (t *neighTable) learn(ip [16]byte, mac []byte) {
 			break
 		}
 	}
-	t.m[ip] = tcpip.LinkAddress(mac)
+	t.m[ip] = &neighEntry{ip: ip, mac: tcpip.LinkAddress(mac)}
 }
 
 // lookup returns the MAC to send to ip (16-byte form), "" if unknown.
@@ -64,12 +64,13 @@ func (t *neighTable) lookup(ip [16]byte) tcpip.LinkAddress {
 		return e.mac
 	}
 	t.mu.RLock()
-	mac, ok := t.m[ip]
+	e := t.m[ip]
 	t.mu.RUnlock()
-	if ok {
-		t.last.Store(&neighEntry{ip: ip, mac: mac})
+	if e == nil {
+		return ""
 	}
-	return mac
+	t.last.Store(e)
+	return e.mac
 }
 
 // destMAC picks the destination MAC of a frame gVisor sends to remote via
@@ -86,7 +87,7 @@ func (t *neighTable) destMAC(nextHop, remote tcpip.Address) tcpip.LinkAddress {
 		case a.Len() == 4 && b[0]&0xf0 == 0xe0:
 			return tcpip.LinkAddress([]byte{0x01, 0x00, 0x5e, b[1] & 0x7f, b[2], b[3]})
 		}
-		if mac := t.lookup(netip.AddrFrom16(as16(b)).As16()); mac != "" {
+		if mac := t.lookup(as16(b)); mac != "" {
 			return mac
 		}
 	}

@@ -106,6 +106,14 @@ func TestNeighTable(t *testing.T) {
 	if got := nt.destMAC(tcpip.AddrFrom4([4]byte{10, 9, 9, 9}), tcpip.Address{}); got != "" || nt.miss.Load() != 1 {
 		t.Fatalf("unknown: %x, %d misses", got, nt.miss.Load())
 	}
+	// The transmit path's lookup allocates nothing, even when the peers
+	// alternate and the one-entry cache misses every time.
+	other := netip.MustParseAddr("10.1.2.4")
+	nt.learn(other.As16(), mac)
+	b := tcpip.AddrFrom4(other.As4())
+	if n := testing.AllocsPerRun(1000, func() { nt.destMAC(a, a); nt.destMAC(b, b) }); n != 0 {
+		t.Fatalf("%v allocations per pair of lookups", n)
+	}
 	for i := range maxNeighbours + 10 {
 		nt.learn(netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)}).As16(), mac)
 	}
