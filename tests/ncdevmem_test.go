@@ -195,9 +195,17 @@ func ncStartLimit(t *testing.T, ns *netns.NS, shell, cmdline string, limit int) 
 // wait is the end of the with-block: the command's exit status (ret).
 func (b *ncBkg) wait(t *testing.T, d time.Duration) int {
 	t.Helper()
+	return waitExit(t, b.done, d, func() string { return lastLines(b.stderr.String(), 20) })
+}
+
+// waitExit waits up to d for a background command's result on done (and
+// puts it back for later waits), returning its exit status; it fails the
+// test on an error other than an exit status, or after d, showing tail().
+func waitExit(t *testing.T, done chan error, d time.Duration, tail func() string) int {
+	t.Helper()
 	select {
-	case err := <-b.done:
-		b.done <- err
+	case err := <-done:
+		done <- err
 		if err == nil {
 			return 0
 		}
@@ -206,7 +214,7 @@ func (b *ncBkg) wait(t *testing.T, d time.Duration) int {
 		}
 		t.Fatalf("%v", err)
 	case <-time.After(d):
-		t.Fatalf("still running after %v; stderr:\n%s", d, lastLines(b.stderr.String(), 20))
+		t.Fatalf("still running after %v; stderr:\n%s", d, tail())
 	}
 	return -1
 }

@@ -272,20 +272,7 @@ func startBG(t *testing.T, cmd *exec.Cmd, stdout, stderr *watcher) *bg {
 // wait returns the exit status, failing the test after d.
 func (b *bg) wait(t *testing.T, d time.Duration) int {
 	t.Helper()
-	select {
-	case err := <-b.done:
-		b.done <- err
-		if err == nil {
-			return 0
-		}
-		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode()
-		}
-		t.Fatalf("%v", err)
-	case <-time.After(d):
-		t.Fatalf("still running after %v; stderr:\n%s", d, b.stderr.lastLines(30))
-	}
-	return -1
+	return waitExit(t, b.done, d, func() string { return b.stderr.lastLines(30) })
 }
 
 func (b *bg) waitReady(t *testing.T, w *watcher, d time.Duration) {
