@@ -13,36 +13,46 @@ import (
 
 // BenchmarkPreloadNcdevmem receives 1 GiB of the -v 7 pattern from socat on
 // one veth, in the same run: into the kernel's ncdevmem (6.12, unmodified)
-// under libxdevmem, and into "xdevmem server" (the Go program on the same
-// stack), alternately. Both validate every byte. ncdevmem's output goes to
-// /dev/null, as the server's progress does with --quiet; ncdevmem still
-// makes its unbuffered stderr writes (three per fragment), which it would
-// make on the kernel's devmem too. For reference, "xdevmem ncdevmem" (the
-// Go port of ncdevmem, which prints the same lines) runs too. Reported:
-// MB/s of each and the ratio ncdevmem/server.
+// under libxdevmem, into "xdevmem server" (the Go program on the same
+// stack) and into "xdevmem ncdevmem" (the Go port of ncdevmem, which prints
+// the same lines as the C one), alternately, at MTU 1500 and at MTU 3500
+// (the largest single-buffer XDP frame on veth, nearest to the 4 KiB
+// payloads devmem NICs are run with). Every receiver validates every byte
+// and discards its output: ncdevmem's stdout and stderr go to /dev/null,
+// as the server's progress does with --quiet. ncdevmem still makes its
+// unbuffered stderr writes (two per fragment) and its byte-at-a-time
+// validation, as it would on the kernel's devmem; that it receives every
+// byte correctly under the library is TestPreloadNcdevmem's job.
+//
+// Reported per MTU: each receiver's MB/s, its CPU seconds per GiB
+// (getrusage of the receiving process), the machine's idle share during
+// its runs, and ratio = ncdevmem MB/s / server MB/s. On two cores the
+// sender (yes | tr | head | socat and the kernel's TCP) and the receiver
+// share the CPUs, so a receiver's goodput falls with its CPU per GiB.
 //
 //	go test -run '^$' -bench BenchmarkPreloadNcdevmem -benchtime 3x ./tests
 func BenchmarkPreloadNcdevmem(b *testing.B) {
-	nc := ncdevmem612(b)
+	ncBin := ncdevmem612(b)
 	srv := xdevmemBinary(b)
-	w := newPreloadWorld(b)
+	for _, mtu := range []int{1500, 3500} {
+		b.Run(fmt.Sprintf("mtu=%d", mtu), func(b *testing.B) {
+			benchPreloadNcdevmem(b, newPreloadWorldMTU(b, mtu), ncBin, srv)
+		})
+	}
+}
+
+// preloadRun is one receiver's runs.
+type preloadRun struct {
+	wall, cpu time.Duration // receiver's wall time and CPU time
+	idle      float64       // the machine's idle share, averaged over runs
+}
+
+func benchPreloadNcdevmem(b *testing.B, w *preloadWorld, ncBin, srv string) {
 	port := 8100
-	// pattern is the -v 7 stream each program validates: 6.12's ncdevmem
-	// takes 0 for the seventh byte (the issue's "tr \\n \\0"), the server
-	// '\n', as devmem.py's ncdevmem does.
-	run := func(cmd *exec.Cmd, pattern string) time.Duration {
-		// stderr goes to a file: a pipe into this process would cost
-		// ncdevmem more than its writes to a file do.
-		f, err := os.CreateTemp(b.TempDir(), "stderr")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer f.Close()
-		cmd.Stderr = f
-		tail := func() string {
-			out, _ := exec.Command("tail", "-n", "20", f.Name()).Output()
-			return string(out)
-		}
+	// run starts the receiver, waits for its listener, sends 1 GiB through
+	// pattern (the sender's pipeline stage) and waits for it to exit.
+	run := func(cmd *exec.Cmd, pattern string) preloadRun {
+		// nil Stdout and Stderr are /dev/null.
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
@@ -68,11 +78,12 @@ func BenchmarkPreloadNcdevmem(b *testing.B) {
 			}
 		}
 		start := time.Now()
+		idle0, total0 := cpuTimes(b)
 		out, err := w.p.Peer.Command("bash", "-c", fmt.Sprintf(
 			`yes $(echo -e \\x01\\x02\\x03\\x04\\x05\\x06) | %s head -c 1G | socat -u - TCP4:%s:%d,bind=%s:%d`,
 			pattern, w.addr4, port, w.peer4, port)).CombinedOutput()
 		if err != nil {
-			b.Fatalf("socat into %s: %v\n%s\n%s", strings.Join(cmd.Args, " "), err, out, tail())
+			b.Fatalf("socat into %s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
 		}
 		select {
 		case err := <-done:
@@ -83,28 +94,74 @@ func BenchmarkPreloadNcdevmem(b *testing.B) {
 		case <-time.After(2 * time.Minute):
 			b.Fatalf("%s still running", strings.Join(cmd.Args, " "))
 		}
-		return time.Since(start)
+		wall := time.Since(start)
+		idle1, total1 := cpuTimes(b)
+		return preloadRun{wall: wall, cpu: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(),
+			idle: float64(idle1-idle0) / float64(total1-total0) / float64(b.N)}
 	}
-	// The receivers that validate the '\n' stream get a tr that changes
-	// nothing, so that every sender pipeline costs the peer the same on
-	// this 2-core machine.
+	// pattern is the -v 7 stream each program validates: 6.12's ncdevmem
+	// takes 0 for the seventh byte (the issue's "tr \\n \\0"), the server
+	// '\n', as devmem.py's ncdevmem does. The receivers that validate the
+	// '\n' stream get a tr that changes nothing, so that every sender
+	// pipeline costs the peer the same on this 2-core machine.
 	const sameSender = `tr \\n \\n |`
-	var tNc, tSrv, tGo time.Duration
-	for i := 0; i < b.N; i++ {
+	args := func(extra ...string) []string {
 		port++
-		tNc += run(w.command(w.lib, nil, nc, "-l", "-f", w.ifname, "-s", w.addr4, "-c", w.peer4,
-			"-p", strconv.Itoa(port), "-v", "7", "-t", "1", "-q", "2"), `tr \\n \\0 |`)
-		port++
-		tSrv += run(w.command("", nil, srv, "server", "-f", w.ifname, "-s", w.addr4, "-c", w.peer4,
-			"-p", strconv.Itoa(port), "-v", "7", "-t", "1", "-q", "2", "--quiet"), sameSender)
-		port++
-		tGo += run(w.command("", nil, srv, "ncdevmem", "-l", "-f", w.ifname, "-s", w.addr4, "-c", w.peer4,
-			"-p", strconv.Itoa(port), "-v", "7", "-t", "1", "-q", "2"), sameSender)
+		return append([]string{"-f", w.ifname, "-s", w.addr4, "-c", w.peer4,
+			"-p", strconv.Itoa(port), "-v", "7", "-t", "1", "-q", "2"}, extra...)
 	}
-	mb := float64(b.N) * (1 << 30) / 1e6
+	receivers := []struct {
+		name string
+		cmd  func() *exec.Cmd
+		pat  string
+		sum  preloadRun
+	}{
+		{name: "ncdevmem", pat: `tr \\n \\0 |`, cmd: func() *exec.Cmd {
+			return w.command(w.lib, nil, ncBin, append([]string{"-l"}, args()...)...)
+		}},
+		{name: "server", pat: sameSender, cmd: func() *exec.Cmd {
+			return w.command("", nil, srv, append([]string{"server"}, args("--quiet")...)...)
+		}},
+		{name: "go-ncdevmem", pat: sameSender, cmd: func() *exec.Cmd {
+			return w.command("", nil, srv, append([]string{"ncdevmem", "-l"}, args()...)...)
+		}},
+	}
+	for i := 0; i < b.N; i++ {
+		for j := range receivers {
+			r := &receivers[j]
+			got := run(r.cmd(), r.pat)
+			r.sum.wall += got.wall
+			r.sum.cpu += got.cpu
+			r.sum.idle += got.idle
+		}
+	}
+	gib := float64(b.N)
 	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(mb/tNc.Seconds(), "ncdevmem-MB/s")
-	b.ReportMetric(mb/tSrv.Seconds(), "server-MB/s")
-	b.ReportMetric(mb/tGo.Seconds(), "go-ncdevmem-MB/s")
-	b.ReportMetric(tSrv.Seconds()/tNc.Seconds(), "ratio")
+	for _, r := range receivers {
+		b.ReportMetric(gib*(1<<30)/1e6/r.sum.wall.Seconds(), r.name+"-MB/s")
+		b.ReportMetric(r.sum.cpu.Seconds()/gib, r.name+"-cpu-s/GiB")
+		b.ReportMetric(100*r.sum.idle, r.name+"-idle-%")
+	}
+	b.ReportMetric(receivers[1].sum.wall.Seconds()/receivers[0].sum.wall.Seconds(), "ratio") // ncdevmem MB/s / server MB/s
+}
+
+// cpuTimes returns the machine's idle and total CPU time in clock ticks,
+// from /proc/stat.
+func cpuTimes(tb testing.TB) (idle, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	for i, f := range strings.Fields(line)[1:] {
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			tb.Fatalf("/proc/stat: %q", line)
+		}
+		total += v
+		if i == 3 || i == 4 { // idle, iowait
+			idle += v
+		}
+	}
+	return idle, total
 }

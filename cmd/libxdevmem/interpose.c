@@ -28,7 +28,9 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/futex.h>
 #include <linux/netlink.h>
+#include <sys/syscall.h>
 #include <netinet/in.h>
 
 #include "xd.h"
@@ -351,6 +353,64 @@ int fcntl64(int fd, int cmd, ...)
 	return fcntl(fd, cmd, arg);
 }
 
+// ---- ioctl: the one call a devmem program makes twice per fragment ----
+
+static int debug;
+
+void xd_set_debug(int on) { __atomic_store_n(&debug, on, __ATOMIC_RELEASE); }
+
+// The calling thread's stack, [stack_lo, stack_hi), found once per thread;
+// stack_hi is 1 when it cannot be found.
+static __thread uintptr_t stack_lo, stack_hi;
+
+// on_own_stack reports whether [p, p+n) lies on the calling thread's stack
+// between this frame and the stack's top: memory that stays mapped while
+// the call runs, so reading it here cannot fault. Everything else is read
+// by Go, which turns a fault into EFAULT as the kernel does.
+static int on_own_stack(const void *p, size_t n)
+{
+	if (!stack_hi) {
+		pthread_attr_t at;
+		void *base;
+		size_t size;
+		stack_hi = 1;
+		if (pthread_getattr_np(pthread_self(), &at) == 0) {
+			if (pthread_attr_getstack(&at, &base, &size) == 0) {
+				stack_lo = (uintptr_t)base;
+				stack_hi = (uintptr_t)base + size;
+			}
+			pthread_attr_destroy(&at);
+		}
+	}
+	uintptr_t sp = (uintptr_t)__builtin_frame_address(0), a = (uintptr_t)p;
+	// On a signal's alternate stack sp is outside the thread's stack:
+	// nothing between the two is known to be mapped.
+	return sp >= stack_lo && sp < stack_hi && a >= sp && a + n >= a && a + n <= stack_hi;
+}
+
+// DMA_BUF_IOCTL_SYNC, _IOW('b', 0, struct dma_buf_sync), and its flags
+// (include/uapi/linux/dma-buf.h).
+#define XD_DMA_BUF_IOCTL_SYNC 0x40086200UL
+#define XD_DMA_BUF_SYNC_RW 3ULL
+#define XD_DMA_BUF_SYNC_VALID 7ULL
+
+// dmabuf_sync serves DMA_BUF_IOCTL_SYNC on an emulated dmabuf without
+// calling Go when its argument is on the caller's stack (where C programs
+// keep it): dma_buf_ioctl's checks, then nothing to do, since the UMEM is
+// the CPU's own memory. It returns XD_PASS when Go must answer.
+static int dmabuf_sync(void *arg)
+{
+	if (__atomic_load_n(&debug, __ATOMIC_ACQUIRE) || !on_own_stack(arg, sizeof(uint64_t)))
+		return XD_PASS;
+	uint64_t flags;
+	memcpy(&flags, arg, sizeof(flags));
+	if ((flags & ~XD_DMA_BUF_SYNC_VALID) || !(flags & XD_DMA_BUF_SYNC_RW)) {
+		errno = EINVAL;
+		return -1;
+	}
+	return 0;
+}
+
 int ioctl(int fd, unsigned long req, ...)
 {
 	va_list ap;
@@ -358,6 +418,11 @@ int ioctl(int fd, unsigned long req, ...)
 	void *arg = va_arg(ap, void *);
 	va_end(ap);
 	int k = kind(fd);
+	if (k == XD_DMABUF && req == XD_DMA_BUF_IOCTL_SYNC) {
+		int r = dmabuf_sync(arg);
+		if (r != XD_PASS)
+			return r;
+	}
 	if (k == XD_UDMABUF || k == XD_DMABUF || k == XD_EMU) {
 		if (refuse(fd))
 			return -1;
@@ -473,6 +538,27 @@ int accept(int fd, struct sockaddr *addr, socklen_t *lenp)
 	return get_accept()(fd, addr, lenp);
 }
 
+// ---- receives ----
+
+uint32_t xd_seq[XD_MAXFD];
+uint32_t xd_waiters[XD_MAXFD];
+
+// wait_event sleeps while event word slot still reads seq: the sleeper's
+// half of an event count (Go's host.Wake is the waker's). The waker moves
+// the word before it looks for sleepers, a sleeper counts itself before
+// it looks at the word, and the futex sleeps only if the word is still
+// seq: no wakeup is lost. A signal ends the sleep and the receive is
+// tried again, as the kernel restarts it for an SA_RESTART handler.
+static void wait_event(int slot, uint32_t seq)
+{
+	if (slot < 0 || slot >= XD_MAXFD)
+		return;
+	__atomic_add_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST) == seq)
+		syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, seq, NULL, NULL, 0);
+	__atomic_sub_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
+}
+
 // recv_emu hands a receive to Go: msg is the application's msghdr, or
 // one built here around its buffer (namelenp: where recvfrom wants the
 // address length). XD_PASS: libc's function serves it (a netlink socket
@@ -481,9 +567,16 @@ static ssize_t recv_emu(int fd, struct msghdr *msg, int flags, uintptr_t namelen
 {
 	if (refuse(fd))
 		return -1;
-	int err = 0;
-	long long r = xdgo_recv(fd, (uintptr_t)msg, flags, namelenp, &err);
-	return r == XD_PASS ? XD_PASS : ret(r, err);
+	for (;;) {
+		int err = 0;
+		uint32_t seq = 0;
+		long long r = xdgo_recv(fd, (uintptr_t)msg, flags, namelenp, &err, &seq);
+		if (r == XD_WAIT) {
+			wait_event(err, seq);
+			continue;
+		}
+		return r == XD_PASS ? XD_PASS : ret(r, err);
+	}
 }
 
 static ssize_t send_emu(int fd, struct msghdr *msg, int flags)

@@ -27,7 +27,12 @@ package main
 import "C"
 
 import (
+	"math"
 	"os"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/internal/preload"
 )
@@ -38,6 +43,24 @@ type host struct{}
 func (host) SetKind(fd int, k preload.Kind) { C.xd_set_kind(C.int(fd), C.int(k)) }
 
 func (host) SetState(s int) { C.xd_set_state(C.int(s)) }
+
+// futexWakePrivate is FUTEX_WAKE | FUTEX_PRIVATE_FLAG (linux/futex.h).
+const futexWakePrivate = 1 | 128
+
+// seqWord is event word slot of the C side (xd_seq).
+func seqWord(slot int) *uint32 { return (*uint32)(unsafe.Pointer(&C.xd_seq[slot])) }
+
+func (host) Seq(slot int) uint32 { return atomic.LoadUint32(seqWord(slot)) }
+
+// Wake is the waker's half of an event count (interpose.c's wait_event
+// is the sleeper's): move the word, then wake if anyone sleeps on it.
+func (host) Wake(slot int) {
+	w := seqWord(slot)
+	atomic.AddUint32(w, 1)
+	if atomic.LoadUint32((*uint32)(unsafe.Pointer(&C.xd_waiters[slot]))) != 0 {
+		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWakePrivate, math.MaxInt32, 0, 0, 0)
+	}
+}
 
 var lib *preload.Lib
 
@@ -75,6 +98,9 @@ func ret64(r int64, err error, errp *C.int) C.longlong {
 //export xdgo_init
 func xdgo_init() C.int {
 	lib = preload.New(host{}, preload.ConfigFromEnv())
+	if lib.Debug() {
+		C.xd_set_debug(1)
+	}
 	return C.int(lib.State())
 }
 
@@ -143,8 +169,13 @@ func xdgo_accept(fd C.int, addr, lenp C.uintptr_t, flags C.int, errp *C.int) C.i
 }
 
 //export xdgo_recv
-func xdgo_recv(fd C.int, msg C.uintptr_t, flags C.int, namelenp C.uintptr_t, errp *C.int) C.longlong {
-	r, err := lib.Recv(int(fd), preload.UPtr(msg), int(flags), preload.UPtr(namelenp))
+func xdgo_recv(fd C.int, msg C.uintptr_t, flags C.int, namelenp C.uintptr_t, errp *C.int, seqp *C.uint32_t) C.longlong {
+	var w preload.Waiter
+	r, err := lib.Recv(int(fd), preload.UPtr(msg), int(flags), preload.UPtr(namelenp), &w)
+	if r == preload.Wait {
+		*errp, *seqp = C.int(w.Slot), C.uint32_t(w.Seq)
+		return C.XD_WAIT
+	}
 	trace("Recv", int(fd), int64(r), err)
 	return ret64(int64(r), err, errp)
 }

@@ -29,12 +29,22 @@ enum {
 // XD_PASS, returned by a Go handler, sends the call on to libc.
 #define XD_PASS (-4096)
 
+// XD_WAIT, returned by Go's receive, means: sleep until event word
+// xd_seq[slot] is no longer seq, then call again (interpose.c, wait_event).
+#define XD_WAIT (-4097)
+
 // The fd table covers fds below XD_MAXFD; the library emulates nothing
 // at or above it.
 #define XD_MAXFD 65536
 
+// Event words, one per fd of the library's (Go moves xd_seq[slot] when
+// what a receive waits for may have happened; xd_waiters counts sleepers).
+extern uint32_t xd_seq[XD_MAXFD];
+extern uint32_t xd_waiters[XD_MAXFD];
+
 void xd_set_kind(int fd, int kind);
 int xd_get_kind(int fd);
 void xd_set_state(int state);
+void xd_set_debug(int on); // XDEVMEM_DEBUG: every call goes to Go, which logs it
 
 #endif

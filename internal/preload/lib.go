@@ -41,12 +41,29 @@ const Pass = -4096
 // MaxFD bounds the fds the library emulates (XD_MAXFD).
 const MaxFD = 65536
 
-// Host is the C side: the fd kinds and the state its interposers read.
+// Wait, returned by Recv with a Waiter filled in, asks the caller to wait
+// for the Waiter's event word to move and call Recv again (XD_WAIT).
+const Wait = -4097
+
+// Host is the C side: the fd kinds and the state its interposers read,
+// and the event words its blocked receives sleep on.
 type Host interface {
 	// SetKind records fd's kind.
 	SetKind(fd int, k Kind)
 	// SetState changes the library's state (StateActive, StateInert).
 	SetState(state int)
+	// Seq reads event word slot (0 <= slot < MaxFD).
+	Seq(slot int) uint32
+	// Wake moves event word slot and wakes the threads sleeping on it.
+	Wake(slot int)
+}
+
+// Waiter is where a blocking receive that found nothing to read tells the
+// C side what to sleep on: event word Slot, as it was (Seq) before the
+// receive looked. Whatever might make the receive succeed moves the word.
+type Waiter struct {
+	Slot int
+	Seq  uint32
 }
 
 // Config is the library's environment.

@@ -38,9 +38,13 @@ func (e *esock) readiness() uint32 {
 }
 
 // notify is the stack's callback: the socket's readiness may have
-// changed. It only queues the socket for the syncer.
+// changed. It moves the event word that blocked receives sleep on (see
+// Recv) and, if the socket is polled, queues it for the syncer.
 func (e *esock) notify() {
-	if e.dirty.CompareAndSwap(false, true) {
+	if e.b < MaxFD {
+		e.l.host.Wake(e.b)
+	}
+	if e.polled.Load() && e.dirty.CompareAndSwap(false, true) {
 		select {
 		case e.l.sync <- e:
 		default:
@@ -73,6 +77,7 @@ func (e *esock) arm() {
 		return
 	}
 	e.armed = true
+	e.polled.Store(true)
 	switch {
 	case e.ln != nil:
 		e.ln.SetNotify(e.notify)

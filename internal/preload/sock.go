@@ -54,6 +54,8 @@ type esock struct {
 	fam   int // AF_INET or AF_INET6: the program's view
 	a, b  int // the library's ends of the socketpair (A is the program's)
 	dirty atomic.Bool
+	// polled mirrors armed for notify, which runs without e.mu.
+	polled atomic.Bool
 
 	mu       sync.Mutex
 	state    int
@@ -102,6 +104,9 @@ func (e *esock) release() {
 		tx.Close()
 	}
 	unix.Close(e.a)
+	if e.b < MaxFD {
+		e.l.host.Wake(e.b) // a receive asleep on the word tries again
+	}
 	unix.Close(e.b)
 	e.l.mu.Lock()
 	if e.n.st == e.st {
@@ -463,6 +468,8 @@ func (l *Lib) Accept(fd int, sap, lenp UPtr, flags int) (int, error) {
 		e.n.socks++
 	}
 	l.mu.Unlock()
+	// Blocked receives sleep on the event word of B (see Recv).
+	conn.SetNotify(ne.notify)
 	l.install(nfd, KindEmu, ne)
 	l.logf("accept(%d) = %d from %v", fd, nfd, ne.peer())
 	return nfd, nil
@@ -482,7 +489,12 @@ func (e *esock) peer() netip.AddrPort {
 // Recv is recvmsg(2) and its variants (recv, recvfrom, read, readv) on
 // an emulated or netlink socket. msgp is the program's msghdr, or one the
 // C side built; namelenp is recvfrom's address length.
-func (l *Lib) Recv(fd int, msgp UPtr, flags int, namelenp UPtr) (int, error) {
+//
+// When w is not nil and the socket would block, Recv may instead fill w in
+// and return Wait: the caller sleeps outside Go until w's event word moves,
+// then calls again (a thread of the program parked in the Go scheduler
+// costs several handoffs per wakeup; one sleeping on a futex costs one).
+func (l *Lib) Recv(fd int, msgp UPtr, flags int, namelenp UPtr, w *Waiter) (int, error) {
 	m, err := ReadMsghdr(msgp)
 	if err != nil {
 		return -1, err
@@ -506,8 +518,8 @@ func (l *Lib) Recv(fd int, msgp UPtr, flags int, namelenp UPtr) (int, error) {
 	if !ok {
 		return Pass, nil
 	}
-	n, err := e.recv(m, msgp, iov, total, flags)
-	if err == nil && namelenp != 0 && m.Name != 0 {
+	n, err := e.recv(m, msgp, iov, total, flags, w)
+	if err == nil && n != Wait && namelenp != 0 && m.Name != 0 {
 		if err := WriteU32(namelenp, 0); err != nil {
 			return -1, err
 		}
@@ -530,11 +542,19 @@ func (e *esock) recvBuffers(total int, controllen uint64) ([]byte, []byte) {
 	return e.rbuf[:want], e.obuf[:c]
 }
 
-func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int) (int, error) {
+func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Waiter) (int, error) {
 	e.mu.Lock()
 	state, conn, tx := e.state, e.conn, e.tx
 	dontwait := e.nonblock || flags&unix.MSG_DONTWAIT != 0
 	e.mu.Unlock()
+	// A blocking receive on a connection sleeps in C (see Recv): the
+	// word is read before the connection is looked at, so an event
+	// between the look and the sleep is not missed.
+	cwait := w != nil && !dontwait && conn != nil && flags&unix.MSG_WAITALL == 0 && e.b < MaxFD
+	var seq uint32
+	if cwait {
+		seq = e.l.host.Seq(e.b)
+	}
 	if flags&unix.MSG_ERRQUEUE != 0 {
 		return e.recvErrQueue(m, msgp, flags)
 	}
@@ -551,7 +571,7 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int) (int, e
 		return -1, err
 	}
 	rflags := flags & devmemapi.MSG_SOCK_DEVMEM
-	if dontwait {
+	if dontwait || cwait {
 		rflags |= unix.MSG_DONTWAIT
 	}
 	var n, oobn int
@@ -576,6 +596,10 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int) (int, e
 	if err != nil {
 		if errors.Is(err, devmemapi.ErrClosed) {
 			return -1, unix.EBADF
+		}
+		if cwait && errors.Is(err, unix.EAGAIN) {
+			*w = Waiter{Slot: e.b, Seq: seq}
+			return Wait, nil
 		}
 		return -1, err
 	}
@@ -785,7 +809,7 @@ func (l *Lib) Mmsg(fd int, vec UPtr, n uint32, flags int, send bool) (int, error
 		if send {
 			r, err = l.Send(fd, h, flags)
 		} else {
-			r, err = l.Recv(fd, h, flags, 0)
+			r, err = l.Recv(fd, h, flags, 0, nil)
 		}
 		if r == Pass {
 			err = unix.EOPNOTSUPP

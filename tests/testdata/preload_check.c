@@ -14,6 +14,7 @@
 
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -49,6 +50,29 @@ static void row(const char *name, long e, int eerr, int kernel_too, long k, int 
 		long e = (call);                 \
 		row(name, e, errno, 0, 0, 0);    \
 	} while (0)
+
+// sync_thread and sync_handler make a DMA_BUF_IOCTL_SYNC with the struct
+// on a new thread's stack and on a signal's alternate stack.
+static void *sync_thread(void *arg)
+{
+	long *r = arg;
+	struct dma_buf_sync s = {.flags = DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW};
+	errno = 0;
+	r[0] = ioctl(dfd, DMA_BUF_IOCTL_SYNC, &s);
+	r[1] = errno;
+	return NULL;
+}
+
+static volatile long sig_sync[2];
+
+static void sync_handler(int sig)
+{
+	(void)sig;
+	struct dma_buf_sync s = {.flags = DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE};
+	errno = 0;
+	sig_sync[0] = ioctl(dfd, DMA_BUF_IOCTL_SYNC, &s);
+	sig_sync[1] = errno;
+}
 
 // setup binds a dmabuf to queue 1, listens on ADDR:PORT (emulated) and
 // 127.0.0.1:PORT (kernel), prints "ready" and accepts one connection on
@@ -207,6 +231,34 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	EMU("sync/unknown-flag", ioctl(dfd, DMA_BUF_IOCTL_SYNC, &sync));
 	sync.flags = DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW;
 	EMU("sync/ok", ioctl(dfd, DMA_BUF_IOCTL_SYNC, &sync));
+	// The library answers a struct on the caller's stack in C and any
+	// other in Go: the same answers from both, and from another thread's
+	// stack and a signal's alternate stack.
+	struct dma_buf_sync *heap = malloc(sizeof(*heap));
+	heap->flags = DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ;
+	EMU("sync/heap-ok", ioctl(dfd, DMA_BUF_IOCTL_SYNC, heap));
+	heap->flags = DMA_BUF_SYNC_END;
+	EMU("sync/heap-no-direction", ioctl(dfd, DMA_BUF_IOCTL_SYNC, heap));
+	free(heap);
+	char *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	munmap(page, 4096);
+	EMU("sync/unmapped", ioctl(dfd, DMA_BUF_IOCTL_SYNC, page));
+	page = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	munmap(page + 4096, 4096);
+	memcpy(page + 4092, &sync.flags, 4);
+	EMU("sync/straddles-unmapped", ioctl(dfd, DMA_BUF_IOCTL_SYNC, page + 4092));
+	munmap(page, 4096);
+	pthread_t th;
+	long tr[2];
+	pthread_create(&th, NULL, sync_thread, tr);
+	pthread_join(th, NULL);
+	EMU("sync/thread-stack-ok", (errno = (int)tr[1], tr[0]));
+	stack_t alt = {.ss_sp = malloc(65536), .ss_size = 65536};
+	sigaltstack(&alt, NULL);
+	struct sigaction act = {.sa_handler = sync_handler, .sa_flags = SA_ONSTACK};
+	sigaction(SIGUSR1, &act, NULL);
+	raise(SIGUSR1);
+	EMU("sync/altstack-ok", (errno = sig_sync[1], sig_sync[0]));
 	EMU("dmabuf/unknown-ioctl", ioctl(dfd, 0x1234, NULL));
 	EMU("dmabuf/seek-end", lseek(dfd, 0, SEEK_END));
 	EMU("dmabuf/seek-cur", lseek(dfd, 0, SEEK_CUR));
@@ -380,6 +432,45 @@ static long long now_ns(void)
 	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+// waker, on its own thread, interrupts a receive blocked on fd: after
+// 50 ms a signal (its handler has SA_RESTART, so the receive goes on
+// waiting), after 100 ms shutdown(SHUT_RD), which ends the wait with 0.
+struct wake_args {
+	int fd;
+	pthread_t target;
+};
+
+static void on_usr2(int sig) { (void)sig; }
+
+static void *waker(void *arg)
+{
+	struct wake_args *a = arg;
+	usleep(50000);
+	pthread_kill(a->target, SIGUSR2);
+	usleep(50000);
+	shutdown(a->fd, SHUT_RD);
+	return NULL;
+}
+
+// blocked_recv is a blocking recvmsg(MSG_SOCK_DEVMEM) on fd, with nothing
+// to read, that waker ends.
+static long blocked_recv(int fd)
+{
+	static char data[4096], ctrl[4096];
+	struct sigaction act = {.sa_handler = on_usr2, .sa_flags = SA_RESTART};
+	sigaction(SIGUSR2, &act, NULL);
+	struct wake_args a = {.fd = fd, .target = pthread_self()};
+	pthread_t th;
+	pthread_create(&th, NULL, waker, &a);
+	struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
+	long r = recvmsg(fd, &m, MSG_SOCK_DEVMEM);
+	int err = errno;
+	pthread_join(th, NULL);
+	errno = err;
+	return r;
+}
+
 // do_bench times recvmsg(MSG_SOCK_DEVMEM | MSG_DONTWAIT) on an emulated
 // and a kernel socket with nothing to read: the cost of a call.
 static int do_bench(const char *ifname, const char *addr, int port, long n)
@@ -411,6 +502,24 @@ static int do_bench(const char *ifname, const char *addr, int port, long n)
 		ns[i] = (now_ns() - t0) / n;
 	}
 	printf("bench recvmsg_ns emu=%lld kernel=%lld\n", ns[0], ns[1]);
+	// The other two calls a devmem program makes per fragment: the
+	// DMA_BUF_IOCTL_SYNC pair around its CPU access, and the DONTNEED of
+	// the fragment's token (here one the socket does not hold: freed 0).
+	struct dma_buf_sync s = {.flags = DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ};
+	long long t0 = now_ns();
+	for (long j = 0; j < n; j++)
+		if (ioctl(dfd, DMA_BUF_IOCTL_SYNC, &s))
+			error(1, errno, "DMA_BUF_IOCTL_SYNC");
+	long long sync_ns = (now_ns() - t0) / n;
+	struct dmabuf_token tok = {.token_start = 1u << 30, .token_count = 1};
+	t0 = now_ns();
+	for (long j = 0; j < n; j++)
+		if (setsockopt(emu, SOL_SOCKET, SO_DEVMEM_DONTNEED, &tok, sizeof(tok)) < 0)
+			error(1, errno, "SO_DEVMEM_DONTNEED");
+	printf("bench call_ns sync=%lld dontneed=%lld\n", sync_ns, (now_ns() - t0) / n);
+	// A receive blocked on an empty socket sleeps through a signal and
+	// wakes for shutdown(SHUT_RD) from another thread, as the kernel's.
+	BOTH("wake/signal-then-shutdown", blocked_recv(fd));
 	return 0;
 }
 
