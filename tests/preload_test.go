@@ -551,6 +551,9 @@ var emuOnlyRows = map[string]string{
 	"recvmsg/short-control":       "-1/524",
 	"recvmsg/bad-control":         "-1/14", // put_cmsg: copy_to_user failed
 	"read/dmabuf":                 "-1/14",
+	"ppoll/bad-timeout":           "-1/14", // do_ppoll: get_timespec64 (glibc copies it first and crashes)
+	"select/bad-timeout":          "-1/14", // kern_select: copy_from_user of the timeval
+	"pselect/bad-timeout":         "-1/14", // do_pselect: get_timespec64
 	"sync/null":                   "-1/14", // dma_buf_ioctl: copy_from_user
 	"sync/no-direction":           "-1/22", // neither DMA_BUF_SYNC_READ nor WRITE
 	"sync/unknown-flag":           "-1/22", // flags beyond DMA_BUF_SYNC_VALID_FLAGS_MASK

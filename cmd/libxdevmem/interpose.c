@@ -38,11 +38,17 @@
 
 static unsigned char kinds[XD_MAXFD];
 static int state = XD_LOADING;
+static int emu_fds; // fds of kind XD_EMU: while there are none, poll and select pass through
 
 void xd_set_kind(int fd, int kind)
 {
-	if (fd >= 0 && fd < XD_MAXFD)
-		__atomic_store_n(&kinds[fd], (unsigned char)kind, __ATOMIC_RELEASE);
+	if (fd < 0 || fd >= XD_MAXFD)
+		return;
+	unsigned char old = __atomic_exchange_n(&kinds[fd], (unsigned char)kind, __ATOMIC_ACQ_REL);
+	if (old != XD_EMU && kind == XD_EMU)
+		__atomic_add_fetch(&emu_fds, 1, __ATOMIC_RELEASE);
+	else if (old == XD_EMU && kind != XD_EMU)
+		__atomic_sub_fetch(&emu_fds, 1, __ATOMIC_RELEASE);
 }
 
 int xd_get_kind(int fd)
@@ -157,10 +163,17 @@ static inline int refuse(int fd)
 	return 0;
 }
 
-static void child_after_fork(void) { xd_set_state(state == XD_ACTIVE ? XD_CHILD : state); }
+static pid_t self_pid; // for process_vm_readv/writev (safe_copy)
+
+static void child_after_fork(void)
+{
+	self_pid = getpid();
+	xd_set_state(state == XD_ACTIVE ? XD_CHILD : state);
+}
 
 __attribute__((constructor(101))) static void xd_constructor(void)
 {
+	self_pid = getpid();
 	pthread_atfork(NULL, NULL, child_after_fork);
 }
 
@@ -813,24 +826,62 @@ int shutdown(int fd, int how)
 // it, and the kernel says EFAULT.
 static inline int bad_ptr(const void *p) { return (uintptr_t)p < 4096; }
 
+// safe_copy copies n bytes from src to dst, where one of them is the
+// application's and may be a bad address: -1 (EFAULT) instead of a crash.
+// The kernel does the copy (process_vm_readv/writev on this process) unless
+// the application's side is on the caller's stack; where those calls are
+// not allowed (a seccomp filter), the copy is made directly.
+static int safe_copy(void *dst, const void *src, size_t n, int to_app)
+{
+	if (n == 0 || on_own_stack(to_app ? dst : src, n)) {
+		memcpy(dst, src, n);
+		return 0;
+	}
+	struct iovec l = {.iov_base = to_app ? (void *)src : dst, .iov_len = n};
+	struct iovec r = {.iov_base = to_app ? dst : (void *)src, .iov_len = n};
+	int saved = errno;
+	ssize_t got = to_app ? process_vm_writev(self_pid, &l, 1, &r, 1, 0) : process_vm_readv(self_pid, &l, 1, &r, 1, 0);
+	if (got == (ssize_t)n || (got < 0 && errno != EFAULT)) {
+		if (got < 0)
+			memcpy(dst, src, n);
+		errno = saved;
+		return 0;
+	}
+	errno = saved;
+	return -1;
+}
+
+static inline int copy_in(void *dst, const void *app, size_t n) { return safe_copy(dst, app, n, 0); }
+static inline int copy_out(void *app, const void *src, size_t n) { return safe_copy(app, src, n, 1); }
+
+// any_emu reports whether the pollfd array names an emulated socket. It
+// reads the array without trusting it: one it cannot read names none, and
+// the kernel's poll, which gets it then, fails EFAULT as it should.
 static int any_emu(const struct pollfd *fds, nfds_t n)
 {
-	if (!active() || bad_ptr(fds))
+	if (!active() || !__atomic_load_n(&emu_fds, __ATOMIC_ACQUIRE) || bad_ptr(fds))
 		return 0;
-	// Reading fds[] here is what libc's poll would do before the
-	// kernel's copy: an array at another bad address crashes here
-	// instead of failing EFAULT. Only the fd field is read.
-	for (nfds_t i = 0; i < n; i++)
-		if (xd_get_kind(fds[i].fd) == XD_EMU)
-			return 1;
+	struct pollfd buf[64];
+	for (nfds_t i = 0; i < n; i += 64) {
+		nfds_t k = n - i < 64 ? n - i : 64;
+		if (copy_in(buf, fds + i, k * sizeof(buf[0])))
+			return 0;
+		for (nfds_t j = 0; j < k; j++)
+			if (xd_get_kind(buf[j].fd) == XD_EMU)
+				return 1;
+	}
 	return 0;
 }
 
+// ts_ns reads a timeout (NULL: none, -1); a bad address is EFAULT (-2).
 static long long ts_ns(const struct timespec *ts)
 {
 	if (!ts)
 		return -1;
-	return (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec;
+	struct timespec t;
+	if (copy_in(&t, ts, sizeof(t)))
+		return -2;
+	return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
 int poll(struct pollfd *fds, nfds_t n, int timeout)
@@ -846,8 +897,13 @@ int poll(struct pollfd *fds, nfds_t n, int timeout)
 int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask)
 {
 	if (any_emu(fds, n)) {
+		long long ns = ts_ns(ts);
+		if (ns == -2) {
+			errno = EFAULT;
+			return -1;
+		}
 		int err = 0;
-		return (int)ret_after(xdgo_poll((uintptr_t)fds, n, ts_ns(ts), (uintptr_t)mask, &err), &err);
+		return (int)ret_after(xdgo_poll((uintptr_t)fds, n, ns, (uintptr_t)mask, &err), &err);
 	}
 	return get_ppoll()(fds, n, ts, mask);
 }
@@ -855,10 +911,24 @@ int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_
 int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen) { return poll(fds, n, timeout); }
 
 // select_emu runs select over poll when an emulated socket is in a set.
-static int select_emu(int nfds, fd_set *r, fd_set *w, fd_set *e, long long ns, const sigset_t *mask, int *handled)
+// The sets are read and written as the kernel's select does (the first
+// nfds bits, in longs), without trusting their addresses: a set it cannot
+// read leaves the call to the kernel's select, which fails EFAULT; one it
+// cannot write back is EFAULT. ts is the timeout (timeval or timespec,
+// by tv_usec), read here so that a bad one is EFAULT too.
+static int select_emu(int nfds, fd_set *ar, fd_set *aw, fd_set *ae, const void *ts, int usec, const sigset_t *mask,
+		      int *handled)
 {
 	*handled = 0;
-	if (!active() || nfds <= 0 || nfds > FD_SETSIZE || (r && bad_ptr(r)) || (w && bad_ptr(w)) || (e && bad_ptr(e)))
+	if (!active() || !__atomic_load_n(&emu_fds, __ATOMIC_ACQUIRE) || nfds <= 0 || nfds > FD_SETSIZE ||
+	    (ar && bad_ptr(ar)) || (aw && bad_ptr(aw)) || (ae && bad_ptr(ae)))
+		return 0;
+	size_t bytes = (size_t)(nfds + 8 * sizeof(long) - 1) / (8 * sizeof(long)) * sizeof(long);
+	fd_set rs, ws, es, *r = NULL, *w = NULL, *e = NULL;
+	FD_ZERO(&rs);
+	FD_ZERO(&ws);
+	FD_ZERO(&es);
+	if ((ar && copy_in(r = &rs, ar, bytes)) || (aw && copy_in(w = &ws, aw, bytes)) || (ae && copy_in(e = &es, ae, bytes)))
 		return 0;
 	int found = 0;
 	for (int fd = 0; fd < nfds && !found; fd++)
@@ -868,6 +938,15 @@ static int select_emu(int nfds, fd_set *r, fd_set *w, fd_set *e, long long ns, c
 	if (!found)
 		return 0;
 	*handled = 1;
+	long long ns = -1;
+	if (ts) {
+		struct timespec t;
+		if (copy_in(&t, ts, sizeof(t))) {
+			errno = EFAULT;
+			return -1;
+		}
+		ns = (long long)t.tv_sec * 1000000000LL + (long long)t.tv_nsec * (usec ? 1000 : 1);
+	}
 	struct pollfd pfd[FD_SETSIZE];
 	nfds_t n = 0;
 	for (int fd = 0; fd < nfds; fd++) {
@@ -913,26 +992,31 @@ static int select_emu(int nfds, fd_set *r, fd_set *w, fd_set *e, long long ns, c
 			count++;
 		}
 	}
+	if ((ar && copy_out(ar, r, bytes)) || (aw && copy_out(aw, w, bytes)) || (ae && copy_out(ae, e, bytes))) {
+		errno = EFAULT;
+		return -1;
+	}
 	return count;
 }
 
 int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv)
 {
 	int handled;
-	long long ns = tv ? (long long)tv->tv_sec * 1000000000LL + (long long)tv->tv_usec * 1000LL : -1;
 	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	int rc = select_emu(nfds, r, w, e, ns, NULL, &handled);
+	int rc = select_emu(nfds, r, w, e, tv, 1, NULL, &handled);
 	if (!handled)
 		return get_select()(nfds, r, w, e, tv);
-	if (tv && rc >= 0) { // Linux select leaves the time not slept in tv
+	struct timeval in;
+	if (tv && rc >= 0 && !copy_in(&in, tv, sizeof(in))) { // Linux select leaves the time not slept in tv
+		long long ns = (long long)in.tv_sec * 1000000000LL + (long long)in.tv_usec * 1000LL;
 		struct timespec t1;
 		clock_gettime(CLOCK_MONOTONIC, &t1);
 		long long left = ns - ((long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
 		if (left < 0 || rc == 0)
 			left = 0;
-		tv->tv_sec = left / 1000000000LL;
-		tv->tv_usec = (left % 1000000000LL) / 1000;
+		struct timeval out = {.tv_sec = left / 1000000000LL, .tv_usec = (left % 1000000000LL) / 1000};
+		copy_out(tv, &out, sizeof(out)); // a read-only timeval is left as it is, as the kernel does
 	}
 	return rc;
 }
@@ -940,7 +1024,7 @@ int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv)
 int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct timespec *ts, const sigset_t *mask)
 {
 	int handled;
-	int rc = select_emu(nfds, r, w, e, ts_ns(ts), mask, &handled);
+	int rc = select_emu(nfds, r, w, e, ts, 0, mask, &handled);
 	if (!handled)
 		return get_pselect()(nfds, r, w, e, ts, mask);
 	return rc;

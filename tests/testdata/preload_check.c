@@ -51,6 +51,79 @@ static void row(const char *name, long e, int eerr, int kernel_too, long k, int 
 		row(name, e, errno, 0, 0, 0);    \
 	} while (0)
 
+// bad_page returns an address with nothing mapped at it; ro_page a
+// read-only page holding the len bytes at src.
+static void *bad_page(void)
+{
+	void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	munmap(p, 4096);
+	return p;
+}
+
+static void *ro_page(const void *src, size_t len)
+{
+	char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	memcpy(p, src, len);
+	mprotect(p, 4096, PROT_READ);
+	return p;
+}
+
+// poll and select with their arrays, sets and timeouts at bad addresses;
+// fd is the socket they name.
+static long poll_straddling(int fd)
+{
+	char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	munmap(p + 4096, 4096);
+	struct pollfd *pf = (struct pollfd *)(p + 4096 - sizeof(struct pollfd));
+	*pf = (struct pollfd){.fd = fd, .events = POLLIN};
+	long r = poll(pf, 2, 0); // the second entry is unmapped
+	munmap(p, 4096);
+	return r;
+}
+
+static long poll_readonly(int fd)
+{
+	struct pollfd pf = {.fd = fd, .events = POLLIN | POLLOUT};
+	return poll(ro_page(&pf, sizeof(pf)), 1, 0); // ready: revents cannot be written back
+}
+
+static long ppoll_bad_timeout(int fd)
+{
+	struct pollfd pf = {.fd = fd, .events = POLLIN};
+	return ppoll(&pf, 1, bad_page(), NULL);
+}
+
+static long select_bad_set(int fd)
+{
+	struct timeval tv = {0};
+	return select(fd + 1, bad_page(), NULL, NULL, &tv);
+}
+
+static long select_readonly_set(int fd)
+{
+	fd_set set;
+	FD_ZERO(&set);
+	FD_SET(fd, &set);
+	struct timeval tv = {0};
+	return select(fd + 1, NULL, ro_page(&set, sizeof(set)), NULL, &tv);
+}
+
+static long select_bad_timeout(int fd)
+{
+	fd_set set;
+	FD_ZERO(&set);
+	FD_SET(fd, &set);
+	return select(fd + 1, &set, NULL, NULL, bad_page());
+}
+
+static long pselect_bad_timeout(int fd)
+{
+	fd_set set;
+	FD_ZERO(&set);
+	FD_SET(fd, &set);
+	return pselect(fd + 1, &set, NULL, NULL, bad_page(), NULL);
+}
+
 // sync_thread and sync_handler make a DMA_BUF_IOCTL_SYNC with the struct
 // on a new thread's stack and on a signal's alternate stack.
 static void *sync_thread(void *arg)
@@ -208,6 +281,16 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	BOTH("sendmsg/null-msghdr", sendmsg(fd, NULL, 0));
 	BOTH("send/null-buf", send(fd, NULL, 100, MSG_DONTWAIT));
 	BOTH("poll/null", poll(NULL, 1, 0));
+	BOTH("poll/unmapped", poll(bad_page(), 1, 0));
+	BOTH("poll/straddles-unmapped", poll_straddling(fd));
+	BOTH("poll/read-only", poll_readonly(fd));
+	BOTH("select/bad-set", select_bad_set(fd));
+	BOTH("select/read-only-set", select_readonly_set(fd));
+	// glibc reads these timeouts itself (a kernel socket's call crashes
+	// in libc); the system calls answer EFAULT, and so does the library.
+	EMU("ppoll/bad-timeout", ppoll_bad_timeout(emu));
+	EMU("select/bad-timeout", select_bad_timeout(emu));
+	EMU("pselect/bad-timeout", pselect_bad_timeout(emu));
 
 	// epoll: one epoll fd per socket; ep(fd) names the socket's.
 	int eps[2] = {epoll_create1(EPOLL_CLOEXEC), epoll_create1(EPOLL_CLOEXEC)};
@@ -525,6 +608,7 @@ static int do_bench(const char *ifname, const char *addr, int port, long n)
 
 int main(int argc, char **argv)
 {
+	setvbuf(stdout, NULL, _IOLBF, 0); // rows survive a crash
 	if (argc < 5)
 		error(2, 0, "usage: %s badinput|leak|bench IFACE ADDR PORT [N]", argv[0]);
 	if (!strcmp(argv[1], "badinput"))
