@@ -24,6 +24,9 @@ import (
 // validation, as it would on the kernel's devmem; that it receives every
 // byte correctly under the library is TestPreloadNcdevmem's job.
 //
+// A fourth receiver, "kernel" (socat into /dev/null on a kernel socket, no
+// XDP program on the link), shows what the sender pipeline alone allows.
+//
 // Reported per MTU: each receiver's MB/s, its CPU seconds per GiB
 // (getrusage of the receiving process), the machine's idle share during
 // its runs, and ratio = ncdevmem MB/s / server MB/s. On two cores the
@@ -121,6 +124,10 @@ func benchPreloadNcdevmem(b *testing.B, w *preloadWorld, ncBin, srv string) {
 		}},
 		{name: "server", pat: sameSender, cmd: func() *exec.Cmd {
 			return w.command("", nil, srv, append([]string{"server"}, args("--quiet")...)...)
+		}},
+		{name: "kernel", pat: sameSender, cmd: func() *exec.Cmd {
+			port++
+			return w.p.Emu.Command("socat", "-u", fmt.Sprintf("TCP-LISTEN:%d,reuseaddr", port), "OPEN:/dev/null")
 		}},
 		{name: "go-ncdevmem", pat: sameSender, cmd: func() *exec.Cmd {
 			return w.command("", nil, srv, append([]string{"ncdevmem", "-l"}, args()...)...)

@@ -517,6 +517,14 @@ func TestPreloadExample(t *testing.T) {
 // the others.
 func preloadCheck(t *testing.T, w *preloadWorld, env []string, size int, args ...string) (*bg, *watcher, *watcher) {
 	t.Helper()
+	b, stdout, stderr, _ := preloadCheckConn(t, w, env, size, args...)
+	return b, stdout, stderr
+}
+
+// preloadCheckConn is preloadCheck that also returns the peer's connection.
+func preloadCheckConn(t *testing.T, w *preloadWorld, env []string, size int, args ...string) (*bg, *watcher, *watcher, net.Conn) {
+	t.Helper()
+	var conn net.Conn
 	bin := cProgram(t, "testdata/preload_check.c")
 	port := 7000 + int(time.Now().UnixNano()%1000)
 	stdout := newWatcher("ready", true)
@@ -529,6 +537,7 @@ func preloadCheck(t *testing.T, w *preloadWorld, env []string, size int, args ..
 			return err
 		}
 		t.Cleanup(func() { c.Close() })
+		conn = c
 		go func() {
 			c.Write(make([]byte, size))
 			if args[0] == "leak" || args[0] == "threads" {
@@ -540,7 +549,7 @@ func preloadCheck(t *testing.T, w *preloadWorld, env []string, size int, args ..
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b, stdout, stderr
+	return b, stdout, stderr, conn
 }
 
 // Kernel results of the calls only an emulated devmem socket can make
@@ -632,6 +641,35 @@ func TestPreloadBadInput(t *testing.T) {
 		t.Fatalf("%d rows:\n%s\n%s", rows, stdout, stderr)
 	}
 	t.Logf("%d calls, each with the kernel's result", rows)
+}
+
+// TestPreloadEpollOneshot: an EPOLLONESHOT registration for an event that
+// has not happened yet (EPOLLRDHUP) on a socket that has data survives the
+// data's arrival and reports the event when it comes, on the emulated
+// socket as on a kernel one. (The library watches its socketpair for
+// POLLIN too; a wake-up the program did not ask for must not use up the
+// one shot.)
+func TestPreloadEpollOneshot(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	w := newPreloadWorld(t)
+	b, stdout, stderr, conn := preloadCheckConn(t, w, nil, 4096, "oneshot")
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(stdout.String(), "waiting"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no \"waiting\":\n%s%s", stdout, stderr)
+		}
+	}
+	conn.Close()
+	if code := b.wait(t, time.Minute); code != 0 {
+		t.Fatalf("preload_check oneshot exited %d:\n%s%s", code, stdout, stderr)
+	}
+	for _, want := range []string{
+		"row epoll/oneshot-nothing-yet emu=0/0 kernel=0/0",
+		"row epoll/oneshot-rdhup-later emu=1/0 kernel=1/0",
+	} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("want %q:\n%s", want, stdout)
+		}
+	}
 }
 
 // TestPreloadTokenLeak: a program that receives with MSG_SOCK_DEVMEM,

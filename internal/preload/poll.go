@@ -385,6 +385,14 @@ func (l *Lib) EpollWait(epfd int, evp UPtr, max int, timeoutNs int64, sigmaskp U
 				if r != nil {
 					got := r.e.revents(r.events)
 					if got == 0 {
+						if r.events&unix.EPOLLONESHOT != 0 {
+							// The kernel disabled the registration
+							// for a wake-up the program did not ask
+							// for: enable it again.
+							re := unix.EpollEvent{Events: r.events | unix.EPOLLIN}
+							*(*uint64)(unsafe.Pointer(&re.Fd)) = r.data
+							unix.EpollCtl(epfd, unix.EPOLL_CTL_MOD, r.fd, &re)
+						}
 						continue
 					}
 					ev.Events = got

@@ -18,7 +18,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
-static int emu, kern, dfd, udev;
+static int emu, kern, kpeer, dfd, udev;
 static char *dmem;
 
 // row prints a call's result on the emulated socket and on the kernel one
@@ -172,7 +172,7 @@ static void setup(const char *ifname, const char *addr, int port)
 	int kls = tcp_socket("::ffff:127.0.0.1", port, &sa);
 	if (bind(kls, (void *)&sa, sizeof(sa)) < 0 || listen(kls, 1) < 0)
 		error(1, errno, "kernel listener");
-	int kc = tcp_socket("::ffff:127.0.0.1", port, &sa);
+	int kc = kpeer = tcp_socket("::ffff:127.0.0.1", port, &sa);
 	if (connect(kc, (void *)&sa, sizeof(sa)) < 0)
 		error(1, errno, "kernel connect");
 	printf("ready\n");
@@ -554,6 +554,35 @@ static long blocked_recv(int fd)
 	return r;
 }
 
+// do_oneshot registers EPOLLRDHUP | EPOLLONESHOT on both sockets, which
+// have data: no event yet; then prints "waiting", closes the kernel
+// socket's peer (the test closes the emulated one's) and waits for the
+// event. Rows: epoll_wait's count, 1 when the event was EPOLLRDHUP.
+static int do_oneshot(const char *ifname, const char *addr, int port)
+{
+	setup(ifname, addr, port);
+	int fds[2] = {emu, kern}, ep[2];
+	long first[2], later[2];
+	for (int i = 0; i < 2; i++) {
+		ep[i] = epoll_create1(0);
+		struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.fd = fds[i]};
+		if (epoll_ctl(ep[i], EPOLL_CTL_ADD, fds[i], &ev))
+			error(1, errno, "epoll_ctl");
+		first[i] = epoll_wait(ep[i], &ev, 1, 300);
+	}
+	printf("waiting\n");
+	close(kpeer);
+	for (int i = 0; i < 2; i++) {
+		struct epoll_event ev = {0};
+		later[i] = epoll_wait(ep[i], &ev, 1, 20000);
+		if (later[i] == 1 && !(ev.events & EPOLLRDHUP))
+			later[i] = 2;
+	}
+	row("epoll/oneshot-nothing-yet", first[0], 0, 1, first[1], 0);
+	row("epoll/oneshot-rdhup-later", later[0], 0, 1, later[1], 0);
+	return 0;
+}
+
 // do_bench times recvmsg(MSG_SOCK_DEVMEM | MSG_DONTWAIT) on an emulated
 // and a kernel socket with nothing to read: the cost of a call.
 static int do_bench(const char *ifname, const char *addr, int port, long n)
@@ -615,6 +644,8 @@ int main(int argc, char **argv)
 		return do_badinput(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "threads"))
 		return do_threads(argv[2], argv[3], atoi(argv[4]));
+	if (!strcmp(argv[1], "oneshot"))
+		return do_oneshot(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "leak"))
 		return do_leak(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "bench") && argc > 5)
