@@ -253,13 +253,67 @@ func (l *Lib) Bind(fd int, sap UPtr, salen uint32) (int, error) {
 	if n == nil {
 		return Pass, nil
 	}
+	port, err := probeBind(fd, fam, ap, dev)
+	if err != nil {
+		return -1, err
+	}
 	e, err := l.adopt(fd, n, fam, dev)
 	if err != nil {
 		return -1, err
 	}
-	e.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	l.logf("bind(%d, %v) emulated on %s", fd, ap, n.name)
+	e.local = netip.AddrPortFrom(ap.Addr().Unmap(), port)
+	l.logf("bind(%d, %v) emulated on %s, port %d", fd, ap, n.name, port)
 	return 0, nil
+}
+
+// probeBind asks the kernel whether the socket fd could bind ap: a new
+// socket with fd's binding options (SO_REUSEADDR, SO_REUSEPORT,
+// IPV6_V6ONLY, the device; IP_FREEBIND for a dedicated address) binds it
+// and lets it go. Its errno is bind's (EADDRINUSE for a port a kernel
+// program or another emulated socket holds, EACCES, ...), and port 0
+// comes back as the port the kernel chose, as getsockname shows it after
+// a bind. The stack takes the port itself when the socket listens or
+// connects.
+func probeBind(fd, fam int, ap netip.AddrPort, dev string) (uint16, error) {
+	s, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(s)
+	for _, o := range []struct{ level, name int }{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {unix.SOL_SOCKET, unix.SO_REUSEPORT}, {unix.IPPROTO_IPV6, unix.IPV6_V6ONLY},
+	} {
+		if o.level == unix.IPPROTO_IPV6 && fam != unix.AF_INET6 {
+			continue
+		}
+		if v, err := unix.GetsockoptInt(fd, o.level, o.name); err == nil {
+			unix.SetsockoptInt(s, o.level, o.name, v)
+		}
+	}
+	if dev != "" {
+		unix.SetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, dev)
+	}
+	unix.SetsockoptInt(s, unix.SOL_IP, unix.IP_FREEBIND, 1)
+	var sa unix.Sockaddr
+	if fam == unix.AF_INET {
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	if err := unix.Bind(s, sa); err != nil {
+		return 0, err
+	}
+	got, err := unix.Getsockname(s)
+	if err != nil {
+		return 0, err
+	}
+	switch a := got.(type) {
+	case *unix.SockaddrInet4:
+		return uint16(a.Port), nil
+	case *unix.SockaddrInet6:
+		return uint16(a.Port), nil
+	}
+	return ap.Port(), nil
 }
 
 // Connect is connect(2) on a kernel TCP socket (emulated when it goes

@@ -261,6 +261,29 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	BOTH("getsockopt/error", (len = 4, getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &len) ?: v));
 	BOTH("getsockopt/unknown", (len = 4, getsockopt(fd, SOL_SOCKET, 9999, &v, &len)));
 
+	// bind: a port someone holds is EADDRINUSE at bind, as in the kernel
+	// (a wildcard listener holds port+1 here), and port 0 is a port at
+	// once (getsockname, row value 1 when it is not 0).
+	{
+		char mapped[64];
+		snprintf(mapped, sizeof(mapped), strchr(addr, ':') ? "%s" : "::ffff:%s", addr);
+		struct sockaddr_in6 any = {.sin6_family = AF_INET6, .sin6_port = htons(port + 1)}, b;
+		int holder = socket(AF_INET6, SOCK_STREAM, 0);
+		if (bind(holder, (void *)&any, sizeof(any)) || listen(holder, 1))
+			error(1, errno, "wildcard listener");
+		int s1 = tcp_socket(mapped, port + 1, &b), k1 = tcp_socket("::ffff:127.0.0.1", port + 1, &sa);
+		long e = bind(s1, (void *)&b, sizeof(b));
+		int ee = errno;
+		long k = bind(k1, (void *)&sa, sizeof(sa));
+		row("bind/port-in-use", e, ee, 1, k, errno);
+		int s2 = tcp_socket(mapped, 0, &b), k2 = tcp_socket("::ffff:127.0.0.1", 0, &sa);
+		socklen_t bl = sizeof(b), kl = sizeof(sa);
+		e = bind(s2, (void *)&b, sizeof(b)) ?: getsockname(s2, (void *)&b, &bl) ?: b.sin6_port != 0;
+		k = bind(k2, (void *)&sa, sizeof(sa)) ?: getsockname(k2, (void *)&sa, &kl) ?: sa.sin6_port != 0;
+		row("bind/port-0", e, 0, 1, k, 0);
+		close(s1), close(k1), close(s2), close(k2), close(holder);
+	}
+
 	// Names, shutdown, state.
 	len = sizeof(sa);
 	BOTH("getsockname/null-addr", getsockname(fd, NULL, &len));
