@@ -394,11 +394,10 @@ type Sender interface {
 
 // TXConn is an outgoing TCP connection that can send from a TX dmabuf.
 type TXConn interface {
-	// Conn: Read takes ordinary bytes the peer sent; the write deadline
-	// also bounds blocking SendMsg calls (expiry fails with
-	// os.ErrDeadlineExceeded); Close still delivers the queued data. A
-	// backend that cannot send plain bytes on a devmem connection fails
-	// Write with ErrNotSupported.
+	// Conn: Read takes ordinary bytes the peer sent; Write sends plain
+	// bytes in the stream between the dmabuf sends (both backends do); the
+	// write deadline also bounds blocking SendMsg calls (expiry fails with
+	// os.ErrDeadlineExceeded); Close still delivers the queued data.
 	net.Conn
 	Sender
 	// CloseWrite shuts the sending side down (FIN after the queued data).

@@ -203,7 +203,7 @@ func (t *txEngine) build(pkt *gstack.PacketBuffer, sc *txScratch) {
 		t.s.cnt.txFrames.Add(1) // the stack's Stats count every frame
 		t.s.cnt.txBytes.Add(uint64(hl + segLen))
 		if c != nil && segLen > 0 {
-			t.buildDevmem(c, addr, f, hl, segLen, ip, tcp, &p, sc)
+			t.buildDevmem(c, pkt, segOff, addr, f, hl, segLen, ip, tcp, &p, sc)
 			continue
 		}
 		// An ordinary frame: copy it whole, finish the TCP checksum.
@@ -250,8 +250,9 @@ func (t *txEngine) emitCopy(sc *txScratch, p *txPkt, addr uint64, f []byte, hl, 
 }
 
 // buildDevmem builds a data segment of a devmem TX connection: dl payload
-// bytes whose headers (with the sequence number) are in f already.
-func (t *txEngine) buildDevmem(c *TXConn, addr uint64, f []byte, hl, dl int, ipHdr, tcpHdr []byte, p *txPkt, sc *txScratch) {
+// bytes (at segOff in pkt's data) whose headers (with the sequence number)
+// are in f already. Plain bytes of the stream (TXConn.Send) come from pkt.
+func (t *txEngine) buildDevmem(c *TXConn, pkt *gstack.PacketBuffer, segOff int, addr uint64, f []byte, hl, dl int, ipHdr, tcpHdr []byte, p *txPkt, sc *txScratch) {
 	th := header.TCP(tcpHdr)
 	pieces, start, res := c.mapSegment(th.SequenceNumber(), dl, sc.pieces[:0])
 	sc.pieces = pieces[:0]
@@ -264,6 +265,17 @@ func (t *txEngine) buildDevmem(c *TXConn, addr uint64, f []byte, hl, dl int, ipH
 		t.cnt.unmapped.Add(1)
 		t.dev.TXRelease(addr)
 		return
+	case mapPlain: // an ordinary frame
+		var ck checksum.Checksumer
+		t.emitCopy(sc, p, addr, f, hl, dl, func(dst []byte, off int) {
+			copyPacket(dst, pkt, hl+segOff+off, len(dst))
+			ck.Add(dst)
+		})
+		finishTCPChecksum(ipHdr, tcpHdr, dl, ck.Checksum())
+		t.cnt.plainPackets.Add(1)
+		p.end, p.extrae = len(sc.descs), len(sc.extras)
+		sc.pkts = append(sc.pkts, *p)
+		return
 	}
 	// The chain is in flight from here until its header frame completes.
 	t.chains[t.s.region.FrameOf(addr)] = txChain{c: c, start: start}
@@ -271,16 +283,23 @@ func (t *txEngine) buildDevmem(c *TXConn, addr uint64, f []byte, hl, dl int, ipH
 
 	mem := t.s.region.Bytes()
 	var ck checksum.Checksumer
-	ndesc := 0
+	ndesc, plain := 0, 0
 	for _, pc := range pieces {
+		if pc.b == nil {
+			plain += int(pc.n)
+			continue
+		}
 		ck.Add(mem[pc.addr : pc.addr+uint64(pc.n)])
 		ndesc += int((pc.addr+uint64(pc.n)-1)>>t.shift-pc.addr>>t.shift) + 1
 	}
-	finishTCPChecksum(ipHdr, tcpHdr, dl, ck.Checksum())
+	mixed := plain > 0 // plain and dmabuf bytes: copied, summed as copied
+	if !mixed {
+		finishTCPChecksum(ipHdr, tcpHdr, dl, ck.Checksum())
+	}
 	t.cnt.segments.Add(1)
-	t.cnt.dmabufBytes.Add(uint64(dl))
+	t.cnt.dmabufBytes.Add(uint64(dl - plain))
 
-	if t.mb && ndesc <= txMaxPayloadDescs {
+	if t.mb && !mixed && ndesc <= txMaxPayloadDescs {
 		sc.descs = append(sc.descs, unix.XDPDesc{Addr: addr, Len: uint32(hl), Options: unix.XDP_PKT_CONTD})
 		p.refs = len(sc.refs)
 		for _, pc := range pieces {
@@ -299,19 +318,32 @@ func (t *txEngine) buildDevmem(c *TXConn, addr uint64, f []byte, hl, dl int, ipH
 		t.cnt.descs.Add(uint64(p.refe - p.refs))
 	} else {
 		// Copy the pieces into the TX frame (and more, for a jumbo frame).
-		pi, po := 0, 0 // piece, offset in it
+		var mck checksum.Checksumer
+		pi, po, pstart := 0, 0, 0 // piece, offset in it, its offset in the payload
 		t.emitCopy(sc, p, addr, f, hl, dl, func(dst []byte, _ int) {
 			for w := 0; w < len(dst); {
 				pc := pieces[pi]
-				k := copy(dst[w:], mem[pc.addr+uint64(po):pc.addr+uint64(pc.n)])
+				var k int
+				if pc.b == nil {
+					k = min(len(dst)-w, int(pc.n)-po)
+					copyPacket(dst[w:w+k], pkt, hl+segOff+pstart+po, k)
+				} else {
+					k = copy(dst[w:], mem[pc.addr+uint64(po):pc.addr+uint64(pc.n)])
+				}
 				w, po = w+k, po+k
 				if po == int(pc.n) {
-					pi, po = pi+1, 0
+					pi, po, pstart = pi+1, 0, pstart+int(pc.n)
 				}
 			}
+			if mixed {
+				mck.Add(dst)
+			}
 		})
+		if mixed {
+			finishTCPChecksum(ipHdr, tcpHdr, dl, mck.Checksum())
+		}
 		t.cnt.copyPackets.Add(1)
-		t.cnt.dmabufCopied.Add(uint64(dl))
+		t.cnt.dmabufCopied.Add(uint64(dl - plain))
 	}
 	p.end, p.extrae = len(sc.descs), len(sc.extras)
 	sc.pkts = append(sc.pkts, *p)

@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,7 +34,8 @@ const (
 	txLinger = 60 * time.Second
 )
 
-// txExtent maps a run of the byte stream to UMEM bytes.
+// txExtent maps a run of the byte stream to UMEM bytes, or (b nil) marks
+// it as plain bytes, which gVisor's segments carry themselves.
 type txExtent struct {
 	off  uint64 // stream offset (0 = first byte after the SYN)
 	n    uint64
@@ -43,9 +45,10 @@ type txExtent struct {
 
 // txCall is a send call waiting for its completion.
 type txCall struct {
-	id  uint32
-	end uint64 // stream offset after its last byte
-	b   *txBinding
+	id     uint32
+	end    uint64     // stream offset after its last byte
+	b      *txBinding // nil for plain bytes sent with MSG_ZEROCOPY
+	copied bool       // its completion says SO_EE_CODE_ZEROCOPY_COPIED
 }
 
 type mapResult int
@@ -54,6 +57,7 @@ const (
 	mapOK mapResult = iota
 	mapStale
 	mapUnmapped
+	mapPlain // every byte is plain: the segment carries them
 )
 
 // TXConn is an outgoing TCP connection of the emulated stack that sends
@@ -380,6 +384,71 @@ func (c *TXConn) SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, err
 	return 0, fmt.Errorf("sendmsg: %w", err)
 }
 
+// Send sends plain bytes on the connection (send(2) without a dmabuf on a
+// devmem TX socket, such as a header before dmabuf payload): they are
+// copied into gVisor's send buffer and go out in the stream between the
+// dmabuf sends, in call order. With MSG_ZEROCOPY on an SO_ZEROCOPY socket
+// the call takes the next send number and completes, once acknowledged,
+// with SO_EE_CODE_ZEROCOPY_COPIED, as the kernel reports a zerocopy send
+// it copied. MSG_DONTWAIT queues what fits, or fails EAGAIN; a shut-down
+// sending side is EPIPE.
+func (c *TXConn) Send(p []byte, flags int) (int, error) {
+	select {
+	case <-c.closed:
+		return 0, fmt.Errorf("send: %w", devmemapi.ErrClosed)
+	default:
+	}
+	if c.wshut.Load() {
+		return 0, fmt.Errorf("send: %w", unix.EPIPE)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	c.mu.Lock()
+	start := c.recEnd
+	c.recordPlainLocked(start, uint64(len(p)))
+	c.mu.Unlock()
+
+	total := 0
+	var err error
+	for total < len(p) {
+		n, terr := c.ep.Write(bytes.NewReader(p[total:]), tcpip.WriteOptions{})
+		total += int(n)
+		if terr == nil {
+			continue
+		}
+		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+			err = sendErr(terr)
+			break
+		}
+		if flags&unix.MSG_DONTWAIT != 0 {
+			if total == 0 {
+				err = unix.EAGAIN
+			}
+			break
+		}
+		if err = c.waitOut(); err != nil {
+			break
+		}
+	}
+
+	c.mu.Lock()
+	c.truncateLocked(start + uint64(total))
+	if total > 0 && flags&devmemapi.MSG_ZEROCOPY != 0 && c.zerocopy.Load() {
+		c.calls = append(c.calls, txCall{id: c.nextID, end: start + uint64(total), copied: true})
+		c.nextID++
+		c.eng.cnt.calls.Add(1)
+		c.completeLocked()
+	}
+	c.mu.Unlock()
+	if total > 0 {
+		return total, nil
+	}
+	return 0, fmt.Errorf("send: %w", err)
+}
+
 // sendErr converts a gVisor write error.
 func sendErr(terr tcpip.Error) error {
 	switch terr.(type) {
@@ -438,6 +507,19 @@ func (c *TXConn) recordLocked(start uint64, iov []devmemapi.Iovec, b *txBinding)
 	c.recEnd = pos
 }
 
+// recordPlainLocked marks n plain bytes of the stream from start.
+func (c *TXConn) recordPlainLocked(start, n uint64) {
+	if l := len(c.ext); l > c.extHead {
+		if last := &c.ext[l-1]; last.b == nil && last.off+last.n == start {
+			last.n += n
+			c.recEnd = start + n
+			return
+		}
+	}
+	c.ext = append(c.ext, txExtent{off: start, n: n})
+	c.recEnd = start + n
+}
+
 // truncateLocked drops recorded bytes from end on (what gVisor did not
 // take).
 func (c *TXConn) truncateLocked(end uint64) {
@@ -468,7 +550,9 @@ func (c *TXConn) setISS(seq uint32) {
 }
 
 // mapSegment maps the n payload bytes at sequence number seq to UMEM
-// pieces appended to dst, and records the chain as in flight from start.
+// pieces appended to dst (pieces of plain bytes have no binding), and
+// records the chain as in flight from start when it carries dmabuf bytes;
+// mapPlain says it carries none.
 func (c *TXConn) mapSegment(seq uint32, n int, dst []txPiece) (_ []txPiece, start uint64, _ mapResult) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -489,6 +573,7 @@ func (c *TXConn) mapSegment(seq uint32, n int, dst []txPiece) (_ []txPiece, star
 	}
 	pos := uint64(off)
 	i := sort.Search(len(ext), func(i int) bool { return ext[i].off+ext[i].n > pos })
+	dmabuf := false
 	for ; pos < uint64(end); i++ {
 		if i >= len(ext) || ext[i].off > pos {
 			return dst, 0, mapUnmapped
@@ -496,12 +581,16 @@ func (c *TXConn) mapSegment(seq uint32, n int, dst []txPiece) (_ []txPiece, star
 		e := ext[i]
 		take := min(uint64(end), e.off+e.n) - pos
 		dst = append(dst, txPiece{addr: e.addr + (pos - e.off), n: uint32(take), b: e.b})
+		dmabuf = dmabuf || e.b != nil
 		pos += take
 	}
-	c.inflight = append(c.inflight, uint64(off))
 	if uint64(end) > c.sndMax {
 		c.sndMax = uint64(end)
 	}
+	if !dmabuf {
+		return dst, uint64(off), mapPlain
+	}
+	c.inflight = append(c.inflight, uint64(off))
 	return dst, uint64(off), mapOK
 }
 
@@ -583,10 +672,12 @@ func (c *TXConn) completeLocked() {
 		if (call.end > c.acked && !c.aborted) || c.blockedLocked(call.end) {
 			break
 		}
-		c.emitLocked(call.id)
+		c.emitLocked(call.id, call.copied)
 		c.calls[c.callHead] = txCall{}
 		c.callHead++
-		call.b.put()
+		if call.b != nil {
+			call.b.put()
+		}
 	}
 	if c.callHead == len(c.calls) {
 		c.calls, c.callHead = c.calls[:0], 0
@@ -599,12 +690,12 @@ func (c *TXConn) completeLocked() {
 // emitLocked queues the completion of send id, extending the newest
 // queued notification when id continues it (the kernel's
 // skb_zerocopy_notify_extend).
-func (c *TXConn) emitLocked(id uint32) {
+func (c *TXConn) emitLocked(id uint32, copied bool) {
 	c.eng.cnt.completed.Add(1)
 	if l := len(c.errq); l > 0 && c.errq[l-1].Hi+1 == id && c.errq[l-1].Count() < 1<<31 {
 		c.errq[l-1].Hi = id
 	} else {
-		c.errq = append(c.errq, devmemapi.ZerocopyRange{Lo: id, Hi: id})
+		c.errq = append(c.errq, devmemapi.ZerocopyRange{Lo: id, Hi: id, Copied: copied})
 		c.eng.cnt.notifications.Add(1)
 	}
 	select {
@@ -631,7 +722,9 @@ func (c *TXConn) abort() {
 	c.mu.Lock()
 	c.aborted = true
 	for i := c.callHead; i < len(c.calls); i++ {
-		c.calls[i].b.put()
+		if b := c.calls[i].b; b != nil {
+			b.put()
+		}
 	}
 	c.calls, c.callHead = nil, 0
 	c.ext, c.extHead = nil, 0
@@ -809,11 +902,8 @@ func (c *TXConn) releasePort() {
 	}
 }
 
-// Write implements net.Conn. Plain bytes on a devmem TX connection are not
-// emulated: send them from the TX dmabuf with SendMsg.
-func (c *TXConn) Write(p []byte) (int, error) {
-	return 0, fmt.Errorf("write: plain data on an emulated devmem TX connection (send from the TX dmabuf): %w", devmemapi.ErrNotSupported)
-}
+// Write implements net.Conn: plain bytes (Send without flags).
+func (c *TXConn) Write(p []byte) (int, error) { return c.Send(p, 0) }
 
 // SetReadDeadline implements net.Conn: it bounds Read; expiry fails with
 // os.ErrDeadlineExceeded.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -765,5 +766,73 @@ func TestTXBindErrnoTable(t *testing.T) {
 	}
 	if _, err := ip.s.BindTX(devmemapi.BindTXConfig{Size: 1 << 40}); !errors.Is(err, unix.ENOMEM) {
 		t.Fatalf("bind tx larger than the UMEM: %v", err)
+	}
+}
+
+// TestInprocTXPlainSends interleaves plain sends (TXConn.Send: a header
+// before each payload, as a transport frames its messages) with dmabuf
+// sends on one connection: the peer gets the stream byte-exact and in call
+// order, segments that hold both kinds of bytes included; only the dmabuf
+// sends and the plain ones made with MSG_ZEROCOPY take send numbers, the
+// latter completing as copied (SO_EE_CODE_ZEROCOPY_COPIED).
+func TestInprocTXPlainSends(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		copy bool
+	}{{"multi-buffer", false}, {"copy", true}} {
+		t.Run(mode.name, func(t *testing.T) {
+			ip, peer, b, c := txSetup(t, Config{Lab: Lab{TXCopy: mode.copy}}, 1<<20)
+			var want []byte
+			var tr devmemapi.ZerocopyTracker
+			sends, copiedIDs := uint64(0), map[uint32]bool{}
+			for i, n := range []uint64{1, 1448, 3000, 65536, 7, 200000, 1449} {
+				hdr := []byte(fmt.Sprintf("header %d: %d bytes follow\n", i, n))
+				flags := 0
+				if i%2 == 1 {
+					flags = devmemapi.MSG_ZEROCOPY
+					copiedIDs[uint32(sends)] = true
+					sends++
+				}
+				if k, err := c.Send(hdr, flags); err != nil || k != len(hdr) {
+					t.Fatalf("plain send %d: %d %v", i, k, err)
+				}
+				want = append(want, hdr...)
+				off := uint64(i) % 7
+				k, err := devmemapi.SendDmabuf(c, b.ID(), []devmemapi.Iovec{{Base: off, Len: n}}, 0)
+				if err != nil || uint64(k) != n {
+					t.Fatalf("dmabuf send %d: %d %v", i, k, err)
+				}
+				want = append(want, b.Bytes()[off:off+n]...)
+				sends++
+			}
+			if k, err := c.Write([]byte("trailer")); err != nil || k != 7 {
+				t.Fatalf("write: %d %v", k, err)
+			}
+			want = append(want, "trailer"...)
+			peer.waitBytes(t, len(want))
+			rs := waitCompletions(t, c, &tr, sends)
+			if got := peer.received(); !bytes.Equal(got, want) {
+				i := 0
+				for i < len(got) && i < len(want) && got[i] == want[i] {
+					i++
+				}
+				t.Fatalf("peer got %d bytes, want %d; first difference at %d", len(got), len(want), i)
+			}
+			for _, r := range rs {
+				if r.Copied && !copiedIDs[r.Lo] {
+					t.Errorf("completion %+v says copied; it starts at a dmabuf send", r)
+				}
+				if !r.Copied && copiedIDs[r.Lo] {
+					t.Errorf("completion %+v starts at a copied plain send but does not say so", r)
+				}
+			}
+			st := ip.s.TXStats()
+			if peer.badSum != 0 || st.Unmapped != 0 || st.Completed != sends || st.Calls != sends {
+				t.Fatalf("bad checksums %d, stats %+v for %d sends", peer.badSum, st, sends)
+			}
+			if c.Stats().InFlight != 0 {
+				t.Fatalf("chains in flight after every completion: %+v", c.Stats())
+			}
+		})
 	}
 }

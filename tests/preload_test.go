@@ -491,16 +491,19 @@ func TestPreloadExample(t *testing.T) {
 					got <- b
 				}()
 				stderr := newWatcher("", false)
-				cmd := w.command(w.lib, nil, ex, append([]string{"tx", "-f", w.ifname, "-s", fam.peer, "-p", strconv.Itoa(port), "-z", "7000"}, mode.args...)...)
+				// -H: a plain send(2) of a header line before the
+				// dmabuf sends, on the same socket.
+				cmd := w.command(w.lib, nil, ex, append([]string{"tx", "-f", w.ifname, "-s", fam.peer, "-p", strconv.Itoa(port), "-z", "7000", "-H"}, mode.args...)...)
 				cmd.Stdin = bytes.NewReader(data)
+				want := append([]byte(fmt.Sprintf("devmem_example %d\n", len(data))), data...)
 				b := startBG(t, cmd, newWatcher("", false), stderr)
 				if code := b.wait(t, time.Minute); code != 0 {
 					t.Fatalf("example tx exited %d:\n%s", code, stderr.lastLines(20))
 				}
 				select {
 				case b := <-got:
-					if !bytes.Equal(b, data) {
-						t.Fatalf("peer received %d bytes, sent %d: not the same", len(b), len(data))
+					if !bytes.Equal(b, want) {
+						t.Fatalf("peer received %d bytes, sent %d (a header line and the data): not the same", len(b), len(want))
 					}
 				case <-time.After(30 * time.Second):
 					t.Fatal("the peer did not see the end of the stream")

@@ -5,14 +5,15 @@
 // runs on a devmem NIC as it is, and anywhere under LD_PRELOAD=libxdevmem.so.
 //
 //   devmem_example rx -f IFACE -s ADDR -p PORT [-q QUEUE] [-n] [-w poll|epoll] > received
-//   devmem_example tx -f IFACE -s PEER -p PORT [-z CHUNK] [-n] [-w poll|epoll] < data
+//   devmem_example tx -f IFACE -s PEER -p PORT [-z CHUNK] [-H] [-n] [-w poll|epoll] < data
 //
 // rx: binds a udmabuf to RX queue QUEUE (default 1, steered there with
 // ethtool), accepts one connection and writes what arrives to stdout, reading
 // dmabuf fragments through its own mapping and returning every token.
 // tx: copies stdin into a udmabuf, binds it for TX and sends it from there
 // in CHUNK-byte iovecs (dmabuf offsets), waiting for every zerocopy
-// completion. -n uses non-blocking sockets, waiting with poll or epoll (-w).
+// completion; -H sends a plain header line ("devmem_example SIZE") first,
+// with send(2). -n uses non-blocking sockets, waiting with poll or epoll (-w).
 // An IPv4 ADDR makes an AF_INET socket, an IPv6 one an AF_INET6 socket.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -49,7 +50,7 @@ struct dmabuf_token { uint32_t token_start, token_count; };
 enum { NETDEV_CMD_BIND_RX = 13, NETDEV_CMD_BIND_TX = 15 };
 enum { A_IFINDEX = 1, A_QUEUES = 2, A_FD = 3, A_ID = 4, Q_ID = 1, Q_TYPE = 3 };
 
-static int nonblock, use_epoll;
+static int nonblock, use_epoll, header;
 static size_t size = 64 << 20, chunk = 4096;
 
 // ---- generic netlink, by hand ----
@@ -316,6 +317,20 @@ static int do_tx(const char *ifname, const char *addr, int port)
 			error(1, err, "connect %s:%d", addr, port);
 	}
 	fprintf(stderr, "tx: dmabuf %u, %zu bytes to %s:%d\n", id, len, addr, port);
+	if (header) { // -H: a plain header line first, sent from ordinary memory
+		char h[64];
+		int hl = snprintf(h, sizeof(h), "devmem_example %zu\n", len);
+		for (int off = 0; off < hl;) {
+			ssize_t n = send(s, h + off, hl - off, 0);
+			if (n < 0 && errno == EAGAIN) {
+				wait_for(s, POLLOUT);
+				continue;
+			}
+			if (n < 0)
+				error(1, errno, "send");
+			off += n;
+		}
+	}
 
 	char ctrl[CMSG_SPACE(sizeof(uint32_t))] = {0};
 	uint32_t sends = 0, completed = 0;
@@ -366,8 +381,8 @@ int main(int argc, char **argv)
 	const char *ifname = NULL, *addr = NULL;
 	int port = 0, queue = 1, opt;
 	if (argc < 2 || (strcmp(argv[1], "rx") && strcmp(argv[1], "tx")))
-		error(2, 0, "usage: %s rx|tx -f IFACE -s ADDR -p PORT [-q QUEUE] [-z CHUNK] [-S SIZE] [-n] [-w poll|epoll]", argv[0]);
-	while ((opt = getopt(argc - 1, argv + 1, "f:s:p:q:z:S:nw:")) != -1) {
+		error(2, 0, "usage: %s rx|tx -f IFACE -s ADDR -p PORT [-q QUEUE] [-z CHUNK] [-S SIZE] [-H] [-n] [-w poll|epoll]", argv[0]);
+	while ((opt = getopt(argc - 1, argv + 1, "f:s:p:q:z:S:Hnw:")) != -1) {
 		switch (opt) {
 		case 'f': ifname = optarg; break;
 		case 's': addr = optarg; break;
@@ -375,6 +390,7 @@ int main(int argc, char **argv)
 		case 'q': queue = atoi(optarg); break;
 		case 'z': chunk = strtoul(optarg, NULL, 0); break;
 		case 'S': size = strtoul(optarg, NULL, 0); break;
+		case 'H': header = 1; break;
 		case 'n': nonblock = 1; break;
 		case 'w': use_epoll = !strcmp(optarg, "epoll"); break;
 		default: return 2;

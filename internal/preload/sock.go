@@ -824,8 +824,12 @@ func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 			dv[i] = devmemapi.Iovec{Base: uint64(v.Base), Len: v.Len}
 		}
 		n, err = tx.SendMsg(dv, oob, sflags)
-	case tx != nil:
-		err = unix.EOPNOTSUPP // plain sends on a devmem TX socket: not emulated
+	case tx != nil: // plain bytes in the stream, between dmabuf sends
+		buf := make([]byte, total)
+		if err := gather(buf, iov); err != nil {
+			return -1, err
+		}
+		n, err = tx.Send(buf, sflags)
 	case hasID:
 		err = unix.EOPNOTSUPP // devmem TX on an accepted socket: not emulated
 	default:
