@@ -643,6 +643,17 @@ func TestPreloadBadInput(t *testing.T) {
 	if rows < 70 {
 		t.Fatalf("%d rows:\n%s\n%s", rows, stdout, stderr)
 	}
+	// The receive flags succeed (errors alike would pass the comparison).
+	for _, want := range []string{
+		"row recvmsg/peek-then-read emu=1/0 kernel=1/0",
+		"row recvmsg/trunc-100 emu=100/0 kernel=100/0",
+		"row recvmsg/waitall-4096 emu=4096/0 kernel=4096/0",
+		"row recvmsg/oob emu=-1/22 kernel=-1/22",
+	} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("want %q", want)
+		}
+	}
 	t.Logf("%d calls, each with the kernel's result", rows)
 }
 

@@ -612,19 +612,25 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	if flags&unix.MSG_ERRQUEUE != 0 {
 		return e.recvErrQueue(m, msgp, flags)
 	}
-	if flags&(unix.MSG_PEEK|unix.MSG_OOB|unix.MSG_TRUNC) != 0 && state == stConnected {
-		return -1, unix.EOPNOTSUPP // not emulated
+	if flags&unix.MSG_OOB != 0 && state == stConnected {
+		return -1, unix.EINVAL // tcp_recv_urg: no urgent data (the stack keeps none)
 	}
+	if flags&(unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_WAITALL) != 0 && tx != nil {
+		return -1, unix.EOPNOTSUPP // on a devmem TX socket: not emulated
+	}
+	trunc := flags&unix.MSG_TRUNC != 0
 	if state != stConnected {
 		return -1, unix.ENOTCONN
 	}
 	if err := probe(m.Control, int(min(m.Controllen, 1<<20))); err != nil {
 		return -1, err
 	}
-	if err := probeIov(iov); err != nil {
-		return -1, err
+	if !trunc { // MSG_TRUNC copies nothing
+		if err := probeIov(iov); err != nil {
+			return -1, err
+		}
 	}
-	rflags := flags & devmemapi.MSG_SOCK_DEVMEM
+	rflags := flags & (devmemapi.MSG_SOCK_DEVMEM | unix.MSG_PEEK | unix.MSG_TRUNC | unix.MSG_WAITALL)
 	if dontwait || cwait {
 		rflags |= unix.MSG_DONTWAIT
 	}
@@ -658,7 +664,7 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 		return -1, err
 	}
 	copied := oobn == 0 || binary.NativeEndian.Uint32(oob[12:]) != devmemapi.SCM_DEVMEM_DMABUF
-	if copied && n > 0 {
+	if copied && n > 0 && !trunc {
 		if err := scatter(iov, p[:n]); err != nil {
 			return -1, err
 		}

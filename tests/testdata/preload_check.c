@@ -124,6 +124,56 @@ static long pselect_bad_timeout(int fd)
 	return pselect(fd + 1, &set, NULL, NULL, bad_page(), NULL);
 }
 
+// first_of describes what a receive returned (the first fragment's dmabuf
+// offset, or the first byte of ordinary data) and gives its tokens back.
+static long long first_of(int fd, struct msghdr *m, const char *data)
+{
+	long long first = -1;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
+		struct dmabuf_cmsg *d = (void *)CMSG_DATA(cm);
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_DEVMEM_DMABUF)
+			continue;
+		if (first < 0)
+			first = (long long)d->frag_offset;
+		struct dmabuf_token tok = {d->frag_token, 1};
+		setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, &tok, sizeof(tok));
+	}
+	return first >= 0 ? first : (unsigned char)data[0];
+}
+
+// recv_flags is recvmsg(MSG_SOCK_DEVMEM | flags) of up to len bytes; it
+// gives back the tokens it got.
+static long recv_flags(int fd, size_t len, int flags)
+{
+	static char d[65536], c[8192];
+	struct iovec iov = {.iov_base = d, .iov_len = len};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = c, .msg_controllen = sizeof(c)};
+	long n = recvmsg(fd, &m, MSG_SOCK_DEVMEM | flags);
+	int err = errno;
+	if (n > 0)
+		first_of(fd, &m, d);
+	errno = err;
+	return n;
+}
+
+// peek_then_read peeks 4 KiB and then reads them: 1 when both calls
+// returned the same bytes (the same first fragment, or first byte).
+static long peek_then_read(int fd)
+{
+	static char d1[4096], d2[4096], c1[8192], c2[8192];
+	struct iovec i1 = {.iov_base = d1, .iov_len = sizeof(d1)}, i2 = {.iov_base = d2, .iov_len = sizeof(d2)};
+	struct msghdr m1 = {.msg_iov = &i1, .msg_iovlen = 1, .msg_control = c1, .msg_controllen = sizeof(c1)};
+	struct msghdr m2 = {.msg_iov = &i2, .msg_iovlen = 1, .msg_control = c2, .msg_controllen = sizeof(c2)};
+	long n1 = recvmsg(fd, &m1, MSG_SOCK_DEVMEM | MSG_PEEK);
+	if (n1 <= 0)
+		return n1;
+	long long f1 = first_of(fd, &m1, d1);
+	long n2 = recvmsg(fd, &m2, MSG_SOCK_DEVMEM);
+	if (n2 <= 0)
+		return n2;
+	return n1 == n2 && f1 == first_of(fd, &m2, d2);
+}
+
 // sync_thread and sync_handler make a DMA_BUF_IOCTL_SYNC with the struct
 // on a new thread's stack and on a signal's alternate stack.
 static void *sync_thread(void *arg)
@@ -229,6 +279,13 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	m = ok, m.msg_control = (void *)16;
 	EMU("recvmsg/bad-control", recvmsg(emu, &m, MSG_SOCK_DEVMEM));
 	EMU("read/dmabuf", read(emu, data, sizeof(data)));
+	// Receive flags (tcp_recvmsg_locked): MSG_PEEK leaves the data (and
+	// hands out tokens of its own), MSG_TRUNC discards without copying,
+	// MSG_WAITALL fills the buffer, MSG_OOB without urgent data is EINVAL.
+	BOTH("recvmsg/peek-then-read", peek_then_read(fd));
+	BOTH("recvmsg/trunc-100", recv_flags(fd, 100, MSG_TRUNC));
+	BOTH("recvmsg/waitall-4096", recv_flags(fd, 4096, MSG_WAITALL));
+	BOTH("recvmsg/oob", recv_flags(fd, 1, MSG_OOB));
 
 	// SO_DEVMEM_DONTNEED (sock_devmem_dontneed: length, copy, tokens).
 	BOTH("dontneed/null", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, NULL, 8));
