@@ -206,7 +206,17 @@ type Conn struct {
 	chOut chan struct{} // writable, for Send
 
 	notifyMu sync.Mutex
-	notify   *waiter.Entry // SetNotify's; guarded by notifyMu
+	notify   *waiter.Entry          // SetNotify's; guarded by notifyMu
+	notifyFn atomic.Pointer[func()] // SetNotify's fn, for the TX view's completions
+
+	// The sending side: plain bytes (Send), or, once a send needs send
+	// numbers (SendMsg from a TX dmabuf, a MSG_ZEROCOPY send), through a
+	// TXConn made over the same endpoint (txView).
+	smu      sync.Mutex // serializes sends and the view's making
+	sent     uint64     // bytes Send queued before the view
+	zerocopy atomic.Bool
+	inet6    atomic.Bool // an AF_INET6 socket (the completions' layout)
+	txv      atomic.Pointer[TXConn]
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -678,6 +688,9 @@ func (c *Conn) Close() error {
 		c.wq.EventUnregister(&c.weOut)
 		c.SetNotify(nil)
 		c.ep.Close()
+		if v := c.txv.Load(); v != nil {
+			v.closeView(c.wq)
+		}
 		c.rmu.Lock()
 		unpin := c.s.flows.remove(c.fl, nil)
 		c.rmu.Unlock()

@@ -50,6 +50,15 @@
 // ring; the kernel then drops packets (Stats.XSK.RxFillRingEmpty) and TCP
 // recovers once tokens come back, as with a real devmem NIC.
 //
+// # Sending
+//
+// Dial makes a TXConn, a connection that sends from TX dmabufs (SendMsg,
+// completions in RecvErrQueue); its Send and Write put plain bytes in the
+// same stream. An accepted Conn sends from a TX dmabuf too (Conn.SendMsg):
+// its sending side becomes a TXConn over the same endpoint (conn_tx.go).
+// The TX tap (tx_build.go) maps each outgoing segment's sequence range to
+// dmabuf bytes, or to the plain bytes gVisor's segment carries.
+//
 // # Devices
 //
 // The stack runs on one Device per RX queue: what it needs of an AF_XDP

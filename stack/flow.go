@@ -21,6 +21,10 @@ type flow struct {
 	fq       fragQueue
 	attached bool        // accepted by a Conn
 	dead     atomic.Bool // removed from the table
+	// ourNext is our side's first sequence number after the SYN-ACK
+	// (ISS+1), from the handshake's ACK; valid when ourNextOK is set.
+	ourNext   atomic.Uint32
+	ourNextOK atomic.Bool
 
 	// steered caches the logical queue the flow is steered to, valid while
 	// steerGen matches the steering table's generation.
@@ -37,6 +41,8 @@ type flowTable struct {
 	window   uint64
 	maxFrags int
 	pending  int // flows not accepted yet; guarded by mu
+	// npending mirrors pending for the RX loop, which reads it without mu.
+	npending atomic.Int32
 }
 
 // maxPendingFlows bounds flows that saw a SYN but were not accepted (a SYN
@@ -62,6 +68,7 @@ func (t *flowTable) syn(key flowKey, base uint32, unpin []uint32, c *counters) [
 		f.fq.base = base
 		t.m[key] = f
 		t.pending++
+		t.npending.Store(int32(t.pending))
 		c.flowsCreated.Add(1)
 		return unpin
 	}
@@ -93,6 +100,7 @@ func (t *flowTable) attach(key flowKey) *flow {
 	f.attached = true
 	f.mu.Unlock()
 	t.pending--
+	t.npending.Store(int32(t.pending))
 	return f
 }
 
@@ -115,6 +123,7 @@ func (t *flowTable) evictPendingLocked(unpin []uint32, c *counters) []uint32 {
 		f.mu.Unlock()
 	}
 	t.pending -= n
+	t.npending.Store(int32(t.pending))
 	return unpin
 }
 
@@ -125,6 +134,7 @@ func (t *flowTable) remove(f *flow, unpin []uint32) []uint32 {
 		delete(t.m, f.key)
 		if !f.attached {
 			t.pending--
+			t.npending.Store(int32(t.pending))
 		}
 	}
 	t.mu.Unlock()
@@ -144,6 +154,7 @@ func (t *flowTable) removeUnaccepted(lport uint16, r *umem.Region) {
 		if k.lport == lport && !f.attached {
 			delete(t.m, k)
 			t.pending--
+			t.npending.Store(int32(t.pending))
 			gone = append(gone, f)
 		}
 	}
@@ -165,6 +176,7 @@ func (t *flowTable) drainAll(r *umem.Region) {
 	all := t.m
 	t.m = map[flowKey]*flow{}
 	t.pending = 0
+	t.npending.Store(0)
 	t.mu.Unlock()
 	var unpin []uint32
 	for _, f := range all {

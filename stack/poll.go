@@ -104,7 +104,11 @@ func (l *Listener) TryAccept() (devmemapi.Conn, error) {
 // would not, PollRdHUp once the peer has closed its side, PollHUp when
 // both sides are closed, PollErr on a pending error.
 func (c *Conn) Readiness() uint32 {
-	return pollMask(c.ep.Readiness(waiter.AllEvents))
+	m := pollMask(c.ep.Readiness(waiter.AllEvents))
+	if v := c.txv.Load(); v != nil && v.errqLen() > 0 {
+		m |= PollErr // zerocopy completions wait in the error queue
+	}
+	return m
 }
 
 // SetNotify makes fn run whenever the connection's readiness may have
@@ -118,6 +122,9 @@ func (c *Conn) SetNotify(fn func()) {
 	}
 	if fn != nil {
 		c.notify = notifyEntry(c.wq, fn)
+		c.notifyFn.Store(&fn)
+	} else {
+		c.notifyFn.Store(nil)
 	}
 }
 
@@ -125,7 +132,29 @@ func (c *Conn) SetNotify(fn func()) {
 // sending side, which is plain TCP). It blocks until all of p is queued,
 // unless flags has MSG_DONTWAIT: then it queues what fits, or fails
 // EAGAIN. A shut-down sending side is EPIPE.
+//
+// Once the connection sends with send numbers (SendMsg, or Send with
+// MSG_ZEROCOPY on an SO_ZEROCOPY connection), its sends go through its TX
+// view (TXView), in call order with the rest.
 func (c *Conn) Send(p []byte, flags int) (int, error) {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	v := c.txv.Load()
+	if v == nil && flags&devmemapi.MSG_ZEROCOPY != 0 && c.zerocopy.Load() && len(p) > 0 {
+		var err error
+		if v, err = c.viewLocked(flags); err != nil {
+			return 0, fmt.Errorf("send: %w", err)
+		}
+	}
+	if v != nil {
+		return v.Send(p, flags)
+	}
+	n, err := c.sendPlain(p, flags)
+	c.sent += uint64(n)
+	return n, err
+}
+
+func (c *Conn) sendPlain(p []byte, flags int) (int, error) {
 	total := 0
 	for total < len(p) {
 		n, terr := c.ep.Write(bytes.NewReader(p[total:]), tcpip.WriteOptions{})

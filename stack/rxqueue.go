@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"encoding/binary"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -287,6 +288,9 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 		return
 	}
 	if sp.PayloadLen == 0 {
+		if sp.Flags&tcpFlagAck != 0 && s.flows.npending.Load() > 0 {
+			q.noteHandshakeAck(key, b, sp)
+		}
 		q.deliverCopy(b, sp)
 		q.free = append(q.free, frame)
 		return
@@ -690,3 +694,21 @@ func (q *rxQueue) deliverCopyMulti(b0 []byte, more [][]byte, sp split) {
 // testHookLookedUp, when set (tests only), runs between a segment's flow
 // lookup and its queueing: where a close can slip in.
 var testHookLookedUp func()
+
+// noteHandshakeAck records, for a flow not accepted yet, the first ACK the
+// peer sends without data: the handshake's, whose number is our side's
+// first sequence number after the SYN-ACK. An accepted connection that
+// later sends from a TX dmabuf maps its stream from it (conn_tx.go). Only
+// while flows wait to be accepted does the RX loop look.
+func (q *rxQueue) noteHandshakeAck(key flowKey, b []byte, sp split) {
+	fl := q.lookup(key)
+	if fl == nil || fl.ourNextOK.Load() || sp.TCPOff+12 > len(b) {
+		return
+	}
+	fl.mu.Lock()
+	if !fl.attached && !fl.ourNextOK.Load() {
+		fl.ourNext.Store(binary.BigEndian.Uint32(b[sp.TCPOff+8:]))
+		fl.ourNextOK.Store(true)
+	}
+	fl.mu.Unlock()
+}

@@ -76,6 +76,8 @@ type TXConn struct {
 	// address, v4-mapped ones included (ncdevmem's sockets), so its
 	// completions come as ipv6_recv_error writes them.
 	inet6 bool
+	// view: the sending side of an accepted Conn (conn_tx.go).
+	view bool
 
 	weOut, weIn waiter.Entry
 	chOut, chIn chan struct{}

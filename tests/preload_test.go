@@ -686,6 +686,36 @@ func TestPreloadEpollOneshot(t *testing.T) {
 	}
 }
 
+// TestPreloadAcceptedTX: a C program that binds a TX dmabuf sends from it
+// on an accepted socket (sendmsg with SCM_DEVMEM_DMABUF and MSG_ZEROCOPY,
+// as the kernel allows on any SO_ZEROCOPY TCP socket) after a plain
+// header, and reads its completions from MSG_ERRQUEUE: the peer receives
+// the header and the dmabuf's bytes, exactly.
+func TestPreloadAcceptedTX(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	w := newPreloadWorld(t)
+	b, stdout, stderr, conn := preloadCheckConn(t, w, nil, 0, "accepttx")
+	conn.SetReadDeadline(time.Now().Add(time.Minute))
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("peer read: %v (%d bytes)\n%s%s", err, len(got), stdout, stderr)
+	}
+	conn.Close()
+	if code := b.wait(t, time.Minute); code != 0 {
+		t.Fatalf("preload_check accepttx exited %d:\n%s%s", code, stdout, stderr)
+	}
+	want := []byte("accepttx 1048576\n")
+	for i := 0; i < 1<<20; i++ {
+		want = append(want, byte(i%251))
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("peer received %d bytes, want %d (a header and 1 MiB of the dmabuf)", len(got), len(want))
+	}
+	if !strings.Contains(stdout.String(), "accepttx: 16 sends, 16 completed") {
+		t.Fatalf("stdout: %s", stdout)
+	}
+}
+
 // TestPreloadTokenLeak: a program that receives with MSG_SOCK_DEVMEM,
 // returns no token and exits leaves the emulated stack with every frame
 // accounted for: none held by the application, none pinned.

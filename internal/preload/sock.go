@@ -524,6 +524,9 @@ func (l *Lib) Accept(fd int, sap, lenp UPtr, flags int) (int, error) {
 	l.mu.Unlock()
 	// Blocked receives sleep on the event word of B (see Recv).
 	conn.SetNotify(ne.notify)
+	if ne.opts[optKey{unix.SOL_SOCKET, unix.SO_ZEROCOPY}] != 0 {
+		conn.SetZeroCopy(true) // inherited from the listener, as sk_flags are
+	}
 	l.install(nfd, KindEmu, ne)
 	l.logf("accept(%d) = %d from %v", fd, nfd, ne.peer())
 	return nfd, nil
@@ -719,6 +722,9 @@ func (e *esock) dropTokens(conn *stack.Conn, oob []byte) {
 func (e *esock) recvErrQueue(m Msghdr, msgp UPtr, flags int) (int, error) {
 	e.mu.Lock()
 	tx := e.tx
+	if tx == nil && e.conn != nil {
+		tx = e.conn.TXView() // an accepted socket that sent from a dmabuf
+	}
 	e.mu.Unlock()
 	if tx == nil {
 		return -1, unix.EAGAIN
@@ -836,8 +842,12 @@ func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 			return -1, err
 		}
 		n, err = tx.Send(buf, sflags)
-	case hasID:
-		err = unix.EOPNOTSUPP // devmem TX on an accepted socket: not emulated
+	case hasID: // devmem TX on an accepted socket
+		dv := make([]devmemapi.Iovec, len(iov))
+		for i, v := range iov {
+			dv[i] = devmemapi.Iovec{Base: uint64(v.Base), Len: v.Len}
+		}
+		n, err = conn.SendMsg(dv, oob, sflags)
 	default:
 		buf := make([]byte, total)
 		if err := gather(buf, iov); err != nil {

@@ -102,6 +102,9 @@ func (l *Lib) Setsockopt(fd, level, name int, val UPtr, vlen int) (int, error) {
 		if e.tx != nil {
 			e.tx.SetZeroCopy(v != 0)
 		}
+		if e.conn != nil {
+			e.conn.SetZeroCopy(v != 0)
+		}
 	case optKey{unix.SOL_SOCKET, soDevmemAutorelease}:
 		if e.conn != nil {
 			if err := e.conn.SetAutorelease(v != 0); err != nil {

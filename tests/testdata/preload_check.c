@@ -663,6 +663,73 @@ static int do_oneshot(const char *ifname, const char *addr, int port)
 	return 0;
 }
 
+// do_accepttx binds a TX dmabuf (the pattern byte i = i % 251), accepts
+// one connection on ADDR:PORT and sends on the accepted socket: a plain
+// header line, then the first 1 MiB of the dmabuf with SCM_DEVMEM_DMABUF
+// and MSG_ZEROCOPY in 64 KiB calls; it waits for every completion and
+// shuts its side down.
+static int do_accepttx(const char *ifname, const char *addr, int port)
+{
+	int tfd;
+	char *mem = dmabuf_alloc(&tfd);
+	for (size_t i = 0; i < (1 << 20); i++)
+		mem[i] = (char)(i % 251);
+	uint32_t id = bind_dmabuf(if_nametoindex(ifname), tfd, -1);
+	char mapped[64];
+	snprintf(mapped, sizeof(mapped), strchr(addr, ':') ? "%s" : "::ffff:%s", addr);
+	struct sockaddr_in6 sa;
+	int ls = tcp_socket(mapped, port, &sa), one = 1;
+	if (bind(ls, (void *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0)
+		error(1, errno, "listen");
+	printf("ready\n");
+	int c = accept(ls, NULL, NULL);
+	if (c < 0)
+		error(1, errno, "accept");
+	const char hdr[] = "accepttx 1048576\n";
+	if (send(c, hdr, sizeof(hdr) - 1, 0) != sizeof(hdr) - 1)
+		error(1, errno, "send");
+	if (setsockopt(c, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)))
+		error(1, errno, "SO_ZEROCOPY");
+	char ctrl[CMSG_SPACE(sizeof(uint32_t))] = {0};
+	uint32_t sends = 0, completed = 0;
+	for (size_t off = 0; off < (1 << 20);) {
+		struct iovec iov = {.iov_base = (void *)off, .iov_len = 65536};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_DEVMEM_DMABUF;
+		cm->cmsg_len = CMSG_LEN(sizeof(uint32_t));
+		memcpy(CMSG_DATA(cm), &id, sizeof(id));
+		ssize_t n = sendmsg(c, &m, MSG_ZEROCOPY);
+		if (n <= 0)
+			error(1, errno, "sendmsg from the dmabuf on the accepted socket");
+		off += n;
+		sends++;
+	}
+	while (completed < sends) {
+		char cb[128];
+		struct msghdr m = {.msg_control = cb, .msg_controllen = sizeof(cb)};
+		if (recvmsg(c, &m, MSG_ERRQUEUE) < 0) {
+			if (errno != EAGAIN)
+				error(1, errno, "MSG_ERRQUEUE");
+			struct pollfd p = {.fd = c, .events = 0};
+			poll(&p, 1, 1000); // POLLERR wakes it
+			continue;
+		}
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+			struct sock_extended_err *e = (void *)CMSG_DATA(cm);
+			if (e->ee_origin == SO_EE_ORIGIN_ZEROCOPY && !e->ee_errno)
+				completed += e->ee_data - e->ee_info + 1;
+		}
+	}
+	printf("accepttx: %u sends, %u completed\n", sends, completed);
+	shutdown(c, SHUT_WR);
+	char b[16];
+	while (read(c, b, sizeof(b)) > 0) // until the peer closes
+		;
+	return 0;
+}
+
 // do_bench times recvmsg(MSG_SOCK_DEVMEM | MSG_DONTWAIT) on an emulated
 // and a kernel socket with nothing to read: the cost of a call.
 static int do_bench(const char *ifname, const char *addr, int port, long n)
@@ -724,6 +791,8 @@ int main(int argc, char **argv)
 		return do_badinput(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "threads"))
 		return do_threads(argv[2], argv[3], atoi(argv[4]));
+	if (!strcmp(argv[1], "accepttx"))
+		return do_accepttx(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "oneshot"))
 		return do_oneshot(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "leak"))
