@@ -2,9 +2,7 @@ package stack
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -243,28 +241,63 @@ func (c *TXConn) SetNotify(fn func()) {
 	}
 }
 
-// ReadFlags is Read with recv(2)'s MSG_DONTWAIT: without data it fails
-// EAGAIN instead of waiting. At end of stream it returns 0 and no error.
+// ReadFlags is Read with recv(2)'s flags, as tcp_recvmsg_locked treats
+// them on ordinary data: MSG_DONTWAIT fails EAGAIN instead of waiting,
+// MSG_PEEK leaves the bytes queued, MSG_TRUNC takes them without copying
+// (p only gives the length), MSG_WAITALL waits until len(p) bytes came or
+// the stream ended (with MSG_PEEK it returns what is there). At end of
+// stream it returns 0 and no error; an error after bytes returns the bytes.
 func (c *TXConn) ReadFlags(p []byte, flags int) (int, error) {
-	if flags&unix.MSG_DONTWAIT == 0 {
-		n, err := c.Read(p)
-		if errors.Is(err, io.EOF) {
-			return 0, nil
-		}
-		return n, err
-	}
 	if len(p) == 0 {
 		return 0, nil
 	}
-	w := tcpip.SliceWriter(p)
-	res, terr := c.ep.Read(&w, tcpip.ReadOptions{})
-	switch terr.(type) {
-	case nil:
-		return res.Count, nil
-	case *tcpip.ErrClosedForReceive:
-		return 0, nil
-	case *tcpip.ErrWouldBlock:
-		return 0, fmt.Errorf("read: %w", unix.EAGAIN)
+	peek := flags&unix.MSG_PEEK != 0
+	all := flags&unix.MSG_WAITALL != 0 && !peek
+	total := 0
+	for {
+		var res tcpip.ReadResult
+		var terr tcpip.Error
+		if flags&unix.MSG_TRUNC != 0 {
+			w := countWriter{left: int64(len(p) - total)}
+			res, terr = c.ep.Read(&w, tcpip.ReadOptions{Peek: peek})
+		} else {
+			w := tcpip.SliceWriter(p[total:])
+			res, terr = c.ep.Read(&w, tcpip.ReadOptions{Peek: peek})
+		}
+		switch terr.(type) {
+		case nil:
+			total += res.Count
+			if !all || total == len(p) {
+				return total, nil
+			}
+			continue
+		case *tcpip.ErrClosedForReceive:
+			return total, nil
+		case *tcpip.ErrWouldBlock:
+			if flags&unix.MSG_DONTWAIT != 0 {
+				if total > 0 {
+					return total, nil
+				}
+				return 0, fmt.Errorf("read: %w", unix.EAGAIN)
+			}
+		default:
+			if total > 0 {
+				return total, nil
+			}
+			return 0, fmt.Errorf("read: %w", tcpipErr(terr))
+		}
+		isClosed, err := waitEvent(c.rdeadline.Load(), c.chIn, c.closed)
+		switch {
+		case isClosed:
+			if total > 0 {
+				return total, nil
+			}
+			return 0, fmt.Errorf("read: %w", devmemapi.ErrClosed)
+		case err != nil:
+			if total > 0 {
+				return total, nil
+			}
+			return 0, fmt.Errorf("read: %w", err)
+		}
 	}
-	return 0, fmt.Errorf("read: %w", tcpipErr(terr))
 }

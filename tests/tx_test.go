@@ -569,3 +569,62 @@ func TestTXOnAcceptedConn(t *testing.T) {
 	}
 	t.Logf("%d MiB from the dmabuf and plain bytes on an accepted connection; %+v", total>>20, st)
 }
+
+// TestTXConnReadFlags: a devmem sending connection reads what the peer
+// sends with recv(2)'s flags as tcp_recvmsg_locked does: MSG_PEEK leaves
+// the bytes, MSG_TRUNC discards without copying, MSG_WAITALL waits for the
+// whole buffer across the peer's two writes, MSG_DONTWAIT fails EAGAIN.
+func TestTXConnReadFlags(t *testing.T) {
+	w := newWorld(t, harness.Options{NoBind: true, Stack: stack.Config{RegionSize: 17 << 20}})
+	b, err := w.Stack.BindTX(devmemapi.BindTXConfig{Ifindex: w.Pair.EmuIndex, Size: 1 << 20})
+	if err != nil {
+		t.Fatalf("bind tx: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	data := bytes.Repeat([]byte("0123456789"), 100)
+	var ln net.Listener
+	if err := w.Pair.Peer.Do(func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(w.Pair.PeerAddr.Addr().String(), "0"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write(data[:500])
+		time.Sleep(200 * time.Millisecond) // MSG_WAITALL waits for the rest
+		c.Write(data[500:])
+		<-done
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tc, err := w.Stack.Dial(ctx, netip.AddrPortFrom(w.Pair.PeerAddr.Addr(), uint16(ln.Addr().(*net.TCPAddr).Port)))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer tc.Close()
+	c := tc.(*stack.TXConn)
+	buf := make([]byte, 1000)
+	for i := 0; i < 2; i++ { // the same 10 bytes twice
+		if n, err := c.ReadFlags(buf[:10], unix.MSG_PEEK); err != nil || n != 10 || string(buf[:10]) != "0123456789" {
+			t.Fatalf("peek %d: %d %v %q", i, n, err, buf[:n])
+		}
+	}
+	copy(buf, "xxxxx")
+	if n, err := c.ReadFlags(buf[:5], unix.MSG_TRUNC); err != nil || n != 5 || string(buf[:5]) != "xxxxx" {
+		t.Fatalf("trunc: %d %v %q (the buffer must stay as it was)", n, err, buf[:5])
+	}
+	if n, err := c.ReadFlags(buf[:995], unix.MSG_WAITALL); err != nil || n != 995 || !bytes.Equal(buf[:995], data[5:]) {
+		t.Fatalf("waitall: %d %v", n, err)
+	}
+	if _, err := c.ReadFlags(buf, unix.MSG_DONTWAIT); !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("dontwait on an empty socket: %v, want EAGAIN", err)
+	}
+}

@@ -618,9 +618,6 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	if flags&unix.MSG_OOB != 0 && state == stConnected {
 		return -1, unix.EINVAL // tcp_recv_urg: no urgent data (the stack keeps none)
 	}
-	if flags&(unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_WAITALL) != 0 && tx != nil {
-		return -1, unix.EOPNOTSUPP // on a devmem TX socket: not emulated
-	}
 	trunc := flags&unix.MSG_TRUNC != 0
 	if state != stConnected {
 		return -1, unix.ENOTCONN
