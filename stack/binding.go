@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/devmemapi/devmemerr"
 	"github.com/xdevmem/xdevmem/tokens"
@@ -38,6 +40,21 @@ var _ devmemapi.Binding = (*rxBinding)(nil)
 // EBUSY, header split off or a non-zero hds-thresh EINVAL, and a queue
 // already bound EEXIST. A queue named twice is bound once.
 func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
+	return s.bindRX(cfg, 0)
+}
+
+// BindRXAs is BindRX keeping dmabuf id id, one a binding of a stack this one
+// replaces was given (a program that binds an RX and a TX dmabuf to one
+// interface gets, at its second bind, a stack with both in its UMEM; its
+// first binding moves over under the id the program knows).
+func (s *Stack) BindRXAs(cfg devmemapi.BindRXConfig, id uint32) (devmemapi.Binding, error) {
+	if id == 0 {
+		return nil, fmt.Errorf("bind rx: id 0: %w", unix.EINVAL)
+	}
+	return s.bindRX(cfg, id)
+}
+
+func (s *Stack) bindRX(cfg devmemapi.BindRXConfig, id uint32) (devmemapi.Binding, error) {
 	if s.closing.Load() {
 		return nil, fmt.Errorf("bind rx: %w", devmemapi.ErrClosed)
 	}
@@ -76,7 +93,10 @@ func (s *Stack) BindRX(cfg devmemapi.BindRXConfig) (devmemapi.Binding, error) {
 			return nil, fmt.Errorf("bind rx queue %d (bound to dmabuf %d): %w", q, cur.id, devmemerr.BindRXQueueBound.Err())
 		}
 	}
-	b := &rxBinding{s: s, id: nextBindingID.Add(1), queues: queues}
+	if id == 0 {
+		id = nextBindingID.Add(1)
+	}
+	b := &rxBinding{s: s, id: id, queues: queues}
 	b.tb = tokens.NewBinding(b.id, s.region, int(s.region.Frames()), mode)
 	for _, q := range queues {
 		s.bound[q].Store(b)

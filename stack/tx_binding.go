@@ -90,6 +90,18 @@ func (s *Stack) BindTX(cfg devmemapi.BindTXConfig) (devmemapi.TXBinding, error) 
 // frames). When the binding is released the span stays reserved, so the
 // stack never receives into memory the application owns.
 func (s *Stack) BindTXReserved(ifindex int, first, n uint32, size uint64) (devmemapi.TXBinding, error) {
+	return s.bindTXReserved(ifindex, first, n, size, 0)
+}
+
+// BindTXReservedAs is BindTXReserved keeping dmabuf id id (see BindRXAs).
+func (s *Stack) BindTXReservedAs(ifindex int, first, n uint32, size uint64, id uint32) (devmemapi.TXBinding, error) {
+	if id == 0 {
+		return nil, fmt.Errorf("bind tx: id 0: %w", unix.EINVAL)
+	}
+	return s.bindTXReserved(ifindex, first, n, size, id)
+}
+
+func (s *Stack) bindTXReserved(ifindex int, first, n uint32, size uint64, id uint32) (devmemapi.TXBinding, error) {
 	if s.closing.Load() {
 		return nil, fmt.Errorf("bind tx: %w", devmemapi.ErrClosed)
 	}
@@ -109,7 +121,10 @@ func (s *Stack) BindTXReserved(ifindex int, first, n uint32, size uint64) (devme
 			return nil, fmt.Errorf("bind tx: frame %d belongs to another TX binding: %w", f, unix.EBUSY)
 		}
 	}
-	b := &txBinding{s: s, id: nextBindingID.Add(1), first: first, n: n, base: s.region.FrameAddr(first), size: size, keep: true}
+	if id == 0 {
+		id = nextBindingID.Add(1)
+	}
+	b := &txBinding{s: s, id: id, first: first, n: n, base: s.region.FrameAddr(first), size: size, keep: true}
 	s.keptFrames.Add(n)
 	for f := first; f < first+n; f++ {
 		t.owner[f].Store(b)

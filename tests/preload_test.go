@@ -716,6 +716,44 @@ func TestPreloadAcceptedTX(t *testing.T) {
 	}
 }
 
+// TestPreloadRXTXOneInterface: a C devmem echo server binds an RX dmabuf
+// and a TX dmabuf to one interface, receives with MSG_SOCK_DEVMEM and
+// sends every byte back from the TX dmabuf on the accepted socket: the
+// peer gets back exactly the 8 MiB it sent, and the RX binding kept the id
+// the program was given when the TX bind remade the stack with both
+// dmabufs in its UMEM.
+func TestPreloadRXTXOneInterface(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	w := newPreloadWorld(t)
+	sent := make([]byte, 8<<20)
+	rand.Read(sent)
+	b, stdout, stderr, conn := preloadCheckConn(t, w, nil, 0, "rxtx")
+	got := make(chan []byte, 1)
+	go func() {
+		all, _ := io.ReadAll(conn)
+		got <- all
+	}()
+	if _, err := conn.Write(sent); err != nil {
+		t.Fatalf("peer write: %v", err)
+	}
+	conn.(*net.TCPConn).CloseWrite()
+	select {
+	case back := <-got:
+		if !bytes.Equal(back, sent) {
+			t.Fatalf("echo: %d bytes back of %d sent, not the same\n%s%s", len(back), len(sent), stdout, stderr.lastLines(20))
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("no end of the echo\n%s%s", stdout, stderr.lastLines(20))
+	}
+	if code := b.wait(t, time.Minute); code != 0 {
+		t.Fatalf("preload_check rxtx exited %d:\n%s%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stdout.String(), "rxtx: echoed 8388608 bytes") {
+		t.Fatalf("stdout: %s", stdout)
+	}
+	t.Logf("%s", lastLines(strings.TrimSpace(stdout.String()), 1))
+}
+
 // TestPreloadTokenLeak: a program that receives with MSG_SOCK_DEVMEM,
 // returns no token and exits leaves the emulated stack with every frame
 // accounted for: none held by the application, none pinned.

@@ -84,6 +84,45 @@ func TestRegionFile(t *testing.T) {
 	}
 }
 
+// TestRegionFiles: two files back consecutive parts of one region (an RX
+// and a TX dmabuf of one interface), each seen through its own mapping.
+func TestRegionFiles(t *testing.T) {
+	const page = 4096
+	a, b := memfd(t, 64*page), memfd(t, 40*page)
+	ma, err := unix.Mmap(a, 0, 64*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(ma)
+	mb, err := unix.Mmap(b, 0, 40*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mb)
+	copy(ma[page:], "first file")
+	copy(mb[8*page+3:], "second file")
+	r, err := NewRegion(RegionConfig{File: &FileBacking{FD: a, Size: 64 * page},
+		More: []FileBacking{{FD: b, Offset: 8 * page, Size: 32 * page}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.Size() != 96*page {
+		t.Fatalf("size %d, want %d", r.Size(), 96*page)
+	}
+	mem := r.Bytes()
+	if string(mem[page:page+10]) != "first file" || string(mem[64*page+3:64*page+14]) != "second file" {
+		t.Fatalf("the region reads %q and %q", mem[page:page+10], mem[64*page+3:64*page+14])
+	}
+	copy(mem[95*page:], "into the second")
+	if string(mb[39*page:39*page+15]) != "into the second" {
+		t.Fatal("a write into the region's second part did not reach the second file")
+	}
+	if _, err := NewRegion(RegionConfig{More: []FileBacking{{FD: b, Size: 32 * page}}}); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("More without File: %v, want EINVAL", err)
+	}
+}
+
 func TestRegionFileErrors(t *testing.T) {
 	const page = 4096
 	fd := memfd(t, 64*page)

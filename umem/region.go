@@ -33,6 +33,10 @@ type RegionConfig struct {
 	// (a memfd an application also maps: its dmabuf) instead of anonymous
 	// memory; the rest of the region, if any, is anonymous.
 	File *FileBacking
+	// More are further files backing the bytes right after File's, in
+	// order (an interface's RX dmabuf, then its TX dmabuf). File must be
+	// set.
+	More []FileBacking
 }
 
 // FileBacking is the file part of a Region: Size bytes of the file open as
@@ -85,8 +89,18 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 		return nil, fmt.Errorf("umem region: frame size %d: must be 2048 or 4096: %w", fs, unix.EINVAL)
 	}
 	size := cfg.Size
-	if cfg.File != nil && size == 0 {
-		size = cfg.File.Size
+	var files []FileBacking
+	if cfg.File != nil {
+		files = append([]FileBacking{*cfg.File}, cfg.More...)
+	} else if len(cfg.More) > 0 {
+		return nil, fmt.Errorf("umem region: More without File: %w", unix.EINVAL)
+	}
+	var fileBytes uint64
+	for _, f := range files {
+		fileBytes += f.Size
+	}
+	if size == 0 {
+		size = fileBytes
 	}
 	n := size / uint64(fs)
 	if n < 64 || n > 1<<24 {
@@ -94,15 +108,29 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 	}
 	var mem []byte
 	var err error
-	if f := cfg.File; f != nil {
-		if f.Size == 0 || f.Size%uint64(fs) != 0 || f.Size > n*uint64(fs) || f.Offset < 0 || f.Offset%int64(unix.Getpagesize()) != 0 {
+	if fileBytes > n*uint64(fs) {
+		return nil, fmt.Errorf("umem region: %d bytes of files in a %d-byte region: %w", fileBytes, n*uint64(fs), unix.EINVAL)
+	}
+	for _, f := range files {
+		if f.Size == 0 || f.Size%uint64(fs) != 0 || f.Offset < 0 || f.Offset%int64(unix.Getpagesize()) != 0 {
 			return nil, fmt.Errorf("umem region: file part of %d bytes at offset %d in a %d-byte region of %d-byte frames: %w",
 				f.Size, f.Offset, n*uint64(fs), fs, unix.EINVAL)
 		}
+	}
+	switch {
+	case len(files) == 1:
+		f := files[0]
 		if mem, err = mmapFile(f.FD, f.Offset, int(f.Size), int(n)*int(fs)); err != nil {
 			return nil, fmt.Errorf("umem region: map %d bytes of fd %d at offset %d: %w", f.Size, f.FD, f.Offset, err)
 		}
-	} else if mem, err = mmapAnon(int(n) * int(fs)); err != nil {
+	case len(files) > 1:
+		if mem, err = mmapFiles(files, int(n)*int(fs)); err != nil {
+			return nil, fmt.Errorf("umem region: map %d files: %w", len(files), err)
+		}
+	default:
+		mem, err = mmapAnon(int(n) * int(fs))
+	}
+	if err != nil {
 		return nil, fmt.Errorf("umem region: mmap %d bytes: %w", n*uint64(fs), err)
 	}
 	r := &Region{

@@ -47,6 +47,34 @@ func mmapFile(fd int, off int64, fileBytes, total int) ([]byte, error) {
 	return mem, nil
 }
 
+// mmapFiles maps the files one after another at the start of an anonymous
+// mapping of total bytes (each file as mmapFile maps one).
+func mmapFiles(files []FileBacking, total int) ([]byte, error) {
+	mem, err := mmapAnon(total)
+	if err != nil {
+		return nil, err
+	}
+	const prot = unix.PROT_READ | unix.PROT_WRITE
+	at := 0
+	for _, f := range files {
+		var st unix.Stat_t
+		if err := unix.Fstat(f.FD, &st); err != nil {
+			unix.Munmap(mem)
+			return nil, err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < f.Offset+int64(f.Size) {
+			unix.Munmap(mem)
+			return nil, fmt.Errorf("file of %d bytes (mode %#o) cannot back %d bytes at offset %d: %w", st.Size, st.Mode, f.Size, f.Offset, unix.EINVAL)
+		}
+		if _, err := unix.MmapPtr(f.FD, f.Offset, unsafe.Pointer(&mem[at]), uintptr(f.Size), prot, unix.MAP_SHARED|unix.MAP_FIXED|unix.MAP_POPULATE); err != nil {
+			unix.Munmap(mem)
+			return nil, err
+		}
+		at += int(f.Size)
+	}
+	return mem, nil
+}
+
 func registerUMEM(fd int, mem []byte, frameSize uint32, headroom uint32) error {
 	reg := unix.XDPUmemReg{
 		Addr:     uint64(uintptr(unsafe.Pointer(&mem[0]))),

@@ -605,8 +605,8 @@ func (l *Lib) bindRX(g *genlSock, a attrs, nests []uint32) ([][]byte, *nlErr) {
 		l.maybeRelease(n)
 		return nil, errOf(err)
 	}
-	n.bindings++
-	b := &binding{n: n, st: n.st, rx: rx, id: rx.ID()}
+	b := &binding{n: n, st: n.st, rx: rx, id: rx.ID(), rxCfg: devmemapi.BindRXConfig{Ifindex: n.ifindex, Queues: queues, Autorelease: auto}}
+	n.binds = append(n.binds, b)
 	g.mu.Lock()
 	g.bindings = append(g.bindings, b)
 	g.mu.Unlock()
@@ -640,21 +640,25 @@ func (l *Lib) bindTX(g *genlSock, a attrs) ([][]byte, *nlErr) {
 	if e != nil {
 		return nil, e
 	}
-	if n.st != nil && n.umem == d && n.umemTX && n.txBound {
+	if n.st != nil && n.txD == d && n.txBound {
 		return nil, &nlErr{errno: unix.EBUSY, msg: "xdevmem: this dmabuf is bound for TX already"}
 	}
 	if err := l.ensureStack(n, d, true); err != nil {
 		return nil, errOf(err)
 	}
 	frames := uint32(d.size / umem.DefaultFrameSize)
-	tx, err := n.st.BindTXReserved(n.ifindex, 0, frames, d.size)
+	var first uint32
+	if n.rxD != nil {
+		first = uint32(n.rxD.size / umem.DefaultFrameSize)
+	}
+	tx, err := n.st.BindTXReserved(n.ifindex, first, frames, d.size)
 	if err != nil {
 		l.maybeRelease(n)
 		return nil, errOf(err)
 	}
-	n.bindings++
 	n.txBound = true
-	b := &binding{n: n, st: n.st, tx: tx, id: tx.ID()}
+	b := &binding{n: n, st: n.st, tx: tx, id: tx.ID(), txSize: d.size}
+	n.binds = append(n.binds, b)
 	g.mu.Lock()
 	g.bindings = append(g.bindings, b)
 	g.mu.Unlock()

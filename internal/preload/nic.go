@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -25,14 +26,17 @@ import (
 // stack is made by the first bind (RX or TX) with that binding's dmabuf as
 // its UMEM, and closed when the last binding and the last emulated socket
 // on it are gone. Settings made before stay with the NIC and are applied
-// to each new stack. One dmabuf at a time is the UMEM: binding another
-// while the stack is in use is EBUSY.
+// to each new stack. The UMEM holds at most one RX and one TX dmabuf: a
+// bind of the kind the stack lacks remakes it with both while no emulated
+// socket uses it (its bindings move over under their ids); another dmabuf
+// of a kind the stack has is EBUSY while the stack is in use.
 //
-// An RX dmabuf is the whole UMEM: received frames land in it (frame
-// offset = dmabuf offset, so the program's own mapping shows the
-// payload). A TX dmabuf is the UMEM's first frames, reserved for the
-// program's payload, followed by memory the stack receives into and
-// builds headers in (txTail).
+// An RX dmabuf is the UMEM's first bytes: received frames land in it
+// (frame offset = dmabuf offset, so the program's own mapping shows the
+// payload), and so do the frames the stack builds headers in. A TX dmabuf
+// follows it, reserved for the program's payload; alone, it is the UMEM's
+// first frames, followed by memory the stack receives into and builds
+// headers in (txTail).
 
 // txTail is the memory a TX stack adds behind the TX dmabuf: a full fill
 // ring per RX queue and room for TX frames.
@@ -51,12 +55,14 @@ type nic struct {
 	rules      []*nicRule
 	nextRule   int
 
-	st       *stack.Stack
-	umem     *dmabuf // the dmabuf whose memory is st's UMEM
-	umemTX   bool    // it is a TX dmabuf (BindTXReserved)
-	txBound  bool    // its TX binding is live
-	bindings int     // live bindings on st
-	socks    int     // emulated sockets on st
+	st *stack.Stack
+	// st's UMEM: the RX dmabuf's bytes first (frame offset = dmabuf
+	// offset), then the TX dmabuf's; a TX dmabuf alone has txTail behind
+	// it (frames to receive into and build headers in).
+	rxD, txD *dmabuf
+	txBound  bool       // the TX binding is live
+	binds    []*binding // live bindings on st, in the order they were made
+	socks    int        // emulated sockets on st
 }
 
 // nicRule is one ethtool ntuple rule: its id, and the stack's id while a
@@ -131,31 +137,64 @@ func (n *nic) addrs() (v4, v6 netip.Prefix, err error) {
 	return v4, v6, nil
 }
 
-// ensureStack makes the NIC's stack with d as its UMEM (tx: as a TX
-// dmabuf) unless it runs with it already. A stack over another dmabuf is
-// replaced when nothing uses it, else EBUSY. l.mu must be held.
+// ensureStack makes the NIC's stack have d in its UMEM, as the RX dmabuf
+// or (tx) the TX dmabuf. A stack without a dmabuf of that kind is remade
+// with both while no emulated socket uses it: its live bindings move over
+// under their ids. A stack with another dmabuf of that kind is replaced
+// when nothing uses it, else EBUSY. l.mu must be held.
 func (l *Lib) ensureStack(n *nic, d *dmabuf, tx bool) error {
-	if n.st != nil {
-		if n.umem == d && n.umemTX == tx {
-			return nil
-		}
-		if n.bindings > 0 || n.socks > 0 {
-			return fmt.Errorf("%s receives into dmabuf of memfd inode %d already (the emulation has one UMEM per interface, and binds one dmabuf at a time): %w",
-				n.name, n.umem.ino, unix.EBUSY)
-		}
-		l.closeStack(n)
-	}
-	frames := uint32(d.size / umem.DefaultFrameSize)
-	rc := umem.RegionConfig{File: &umem.FileBacking{FD: d.fd, Offset: d.off, Size: d.size}}
+	cur := n.rxD
 	if tx {
-		rc.Size = d.size + txTail(n.queues)
+		cur = n.txD
+	}
+	if n.st != nil && cur == d {
+		return nil
+	}
+	rxD, txD := n.rxD, n.txD
+	if tx {
+		txD = d
+	} else {
+		rxD = d
+	}
+	var moving []*binding
+	remake := false
+	if n.st != nil {
+		switch {
+		case cur == nil && n.socks == 0:
+			moving, remake = n.binds, true // add the other kind: remake with both
+		case len(n.binds) > 0 || n.socks > 0:
+			return fmt.Errorf("%s has dmabuf of memfd inode %d bound already, or sockets on it (the emulation has one UMEM per interface, made of at most one RX and one TX dmabuf, and can change it only while no socket uses it): %w",
+				n.name, d.ino, unix.EBUSY)
+		default:
+			l.closeStack(n) // replace what nothing uses
+			rxD, txD = nil, nil
+			if tx {
+				txD = d
+			} else {
+				rxD = d
+			}
+		}
+	}
+	var files []umem.FileBacking
+	for _, x := range []*dmabuf{rxD, txD} {
+		if x != nil {
+			files = append(files, umem.FileBacking{FD: x.fd, Offset: x.off, Size: x.size})
+		}
+	}
+	rc := umem.RegionConfig{File: &files[0], More: files[1:]}
+	if rxD == nil {
+		rc.Size = txD.size + txTail(n.queues)
 	}
 	region, err := umem.NewRegion(rc)
 	if err != nil {
 		return err
 	}
-	if tx {
-		if err := region.ReserveSpanAt(0, frames); err != nil {
+	var txFirst uint32
+	if txD != nil {
+		if rxD != nil {
+			txFirst = uint32(rxD.size / umem.DefaultFrameSize)
+		}
+		if err := region.ReserveSpanAt(txFirst, uint32(txD.size/umem.DefaultFrameSize)); err != nil {
 			region.Close()
 			return err
 		}
@@ -171,20 +210,67 @@ func (l *Lib) ensureStack(n *nic, d *dmabuf, tx bool) error {
 	} else {
 		cfg.Addr = v6
 	}
+	if remake {
+		// The old stack goes first: its AF_XDP sockets hold the queues.
+		l.logf("%s: emulated stack down to add a %s dmabuf (%s)", n.name, map[bool]string{true: "TX", false: "RX"}[tx], n.st.Accounting())
+		n.st.Close()
+		n.st = nil
+	}
 	st, err := stack.New(cfg)
+	if err == nil {
+		err = l.applyNIC(n, st)
+		if err != nil {
+			st.Close()
+		}
+	}
+	if err == nil {
+		for _, b := range moving {
+			if err = b.remake(st, txFirst); err != nil {
+				st.Close()
+				break
+			}
+		}
+	}
 	if err != nil {
+		if remake { // the old stack is gone: so are its bindings
+			l.dropStack(n)
+		}
 		return err
 	}
-	if err := l.applyNIC(n, st); err != nil {
-		st.Close()
-		return err
+	for _, x := range []*dmabuf{rxD, txD} {
+		if x != nil && x != n.rxD && x != n.txD {
+			x.use() // the TX binding itself is bindTX's; its span is reserved
+		}
 	}
-	d.use() // the TX binding itself is bindTX's; its span is reserved
-	n.st, n.umem, n.umemTX, n.txBound = st, d, tx, false
+	n.st, n.rxD, n.txD = st, rxD, txD
+	if !remake {
+		n.txBound = false
+	}
 	mode, why := st.AddressMode()
-	l.logf("%s: emulated stack up on %v %v (%s address: %s), UMEM = dmabuf of inode %d (%d bytes%s)",
-		n.name, cfg.Addr, cfg.Addr6, mode, why, d.ino, d.size, map[bool]string{true: ", TX"}[tx])
+	l.logf("%s: emulated stack up on %v %v (%s address: %s), UMEM = RX dmabuf %s, TX dmabuf %s",
+		n.name, cfg.Addr, cfg.Addr6, mode, why, inoOf(rxD), inoOf(txD))
 	return nil
+}
+
+func inoOf(d *dmabuf) string {
+	if d == nil {
+		return "none"
+	}
+	return fmt.Sprintf("of inode %d (%d bytes)", d.ino, d.size)
+}
+
+// remake makes the binding again on st, a stack that replaced its own,
+// under the same id.
+func (b *binding) remake(st *stack.Stack, txFirst uint32) error {
+	var err error
+	switch {
+	case b.rx != nil:
+		b.rx, err = st.BindRXAs(b.rxCfg, b.id)
+	case b.tx != nil:
+		b.tx, err = st.BindTXReservedAs(b.n.ifindex, txFirst, uint32(b.txSize+umem.DefaultFrameSize-1)/umem.DefaultFrameSize, b.txSize, b.id)
+	}
+	b.st = st
+	return err
 }
 
 // applyNIC gives a new stack the NIC's settings.
@@ -214,8 +300,17 @@ func (l *Lib) closeStack(n *nic) {
 	}
 	l.logf("%s: emulated stack down (%s)", n.name, n.st.Accounting())
 	n.st.Close()
-	n.umem.unuse()
-	n.st, n.umem = nil, nil
+	l.dropStack(n)
+}
+
+// dropStack forgets a closed stack and its dmabufs. l.mu must be held.
+func (l *Lib) dropStack(n *nic) {
+	for _, x := range []*dmabuf{n.rxD, n.txD} {
+		if x != nil {
+			x.unuse()
+		}
+	}
+	n.st, n.rxD, n.txD, n.txBound, n.binds = nil, nil, nil, false, nil
 	for _, r := range n.rules {
 		r.sid = -1
 	}
@@ -224,18 +319,20 @@ func (l *Lib) closeStack(n *nic) {
 // maybeRelease closes the NIC's stack when nothing uses it. l.mu must be
 // held.
 func (l *Lib) maybeRelease(n *nic) {
-	if n.st != nil && n.bindings == 0 && n.socks == 0 {
+	if n.st != nil && len(n.binds) == 0 && n.socks == 0 {
 		l.closeStack(n)
 	}
 }
 
 // binding is a bind-rx or bind-tx made through a netlink socket.
 type binding struct {
-	n  *nic
-	st *stack.Stack
-	rx devmemapi.Binding
-	tx devmemapi.TXBinding
-	id uint32
+	n      *nic
+	st     *stack.Stack
+	rx     devmemapi.Binding
+	tx     devmemapi.TXBinding
+	id     uint32
+	rxCfg  devmemapi.BindRXConfig // to make it again on a new stack
+	txSize uint64
 }
 
 // unbind closes the binding (the netlink socket that made it closed).
@@ -253,7 +350,7 @@ func (l *Lib) unbind(b *binding) {
 	}
 	l.logf("%s: dmabuf %d unbound", b.n.name, b.id)
 	if b.n.st == b.st {
-		b.n.bindings--
+		b.n.binds = slices.DeleteFunc(b.n.binds, func(x *binding) bool { return x == b })
 		l.maybeRelease(b.n)
 	}
 }

@@ -730,6 +730,105 @@ static int do_accepttx(const char *ifname, const char *addr, int port)
 	return 0;
 }
 
+// do_rxtx is a devmem echo server on one interface: an RX dmabuf bound to
+// queue 1 and a TX dmabuf bound for sending (two dmabufs, one UMEM), one
+// accepted connection; each received fragment is copied from the RX
+// dmabuf into the TX dmabuf, its token returned, and sent back from there
+// with SCM_DEVMEM_DMABUF on the accepted socket. At the peer's end of
+// stream it waits for every completion and shuts its side down.
+static int do_rxtx(const char *ifname, const char *addr, int port)
+{
+	int rfd, tfd;
+	char *rmem = dmabuf_alloc(&rfd), *tmem = dmabuf_alloc(&tfd), cmd[256];
+	int ifindex = if_nametoindex(ifname);
+	snprintf(cmd, sizeof(cmd), "ethtool -X %s equal 1", ifname);
+	if (system(cmd))
+		error(1, 0, "%s", cmd);
+	snprintf(cmd, sizeof(cmd), "ethtool -N %s flow-type %s dst-port %d queue 1 >/dev/null", ifname,
+		 strchr(addr, ':') ? "tcp6" : "tcp4", port);
+	if (system(cmd))
+		error(1, 0, "%s", cmd);
+	uint32_t rid = bind_dmabuf(ifindex, rfd, 1), tid = bind_dmabuf(ifindex, tfd, -1);
+	char mapped[64];
+	snprintf(mapped, sizeof(mapped), strchr(addr, ':') ? "%s" : "::ffff:%s", addr);
+	struct sockaddr_in6 sa;
+	int ls = tcp_socket(mapped, port, &sa), one = 1;
+	if (bind(ls, (void *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0)
+		error(1, errno, "listen");
+	printf("ready\n");
+	int c = accept(ls, NULL, NULL);
+	if (c < 0 || setsockopt(c, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)))
+		error(1, errno, "accept");
+	static char data[65536], ctrl[256 * CMSG_SPACE(sizeof(struct dmabuf_cmsg))];
+	size_t echoed = 0, frags = 0;
+	uint32_t sends = 0, completed = 0;
+	for (;;) {
+		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
+		ssize_t n = recvmsg(c, &m, MSG_SOCK_DEVMEM);
+		if (n < 0)
+			error(1, errno, "recvmsg");
+		if (n == 0)
+			break;
+		size_t start = echoed;
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+			struct dmabuf_cmsg *d = (void *)CMSG_DATA(cm);
+			if (cm->cmsg_type == SCM_DEVMEM_LINEAR) {
+				memcpy(tmem + echoed, data, d->frag_size);
+			} else if (cm->cmsg_type == SCM_DEVMEM_DMABUF) {
+				if (d->dmabuf_id != rid)
+					error(1, 0, "fragment of dmabuf %u, bound %u", d->dmabuf_id, rid);
+				memcpy(tmem + echoed, rmem + d->frag_offset, d->frag_size);
+				struct dmabuf_token tok = {d->frag_token, 1};
+				if (setsockopt(c, SOL_SOCKET, SO_DEVMEM_DONTNEED, &tok, sizeof(tok)) != 1)
+					error(1, errno, "DONTNEED");
+				frags++;
+			} else {
+				continue;
+			}
+			echoed += d->frag_size;
+		}
+		if (!m.msg_controllen)
+			error(1, 0, "%zd bytes without devmem cmsgs", n);
+		for (size_t off = start; off < echoed;) {
+			char sc[CMSG_SPACE(sizeof(uint32_t))] = {0};
+			struct iovec tv = {.iov_base = (void *)off, .iov_len = echoed - off};
+			struct msghdr sm = {.msg_iov = &tv, .msg_iovlen = 1, .msg_control = sc, .msg_controllen = sizeof(sc)};
+			struct cmsghdr *cm = CMSG_FIRSTHDR(&sm);
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_DEVMEM_DMABUF;
+			cm->cmsg_len = CMSG_LEN(sizeof(uint32_t));
+			memcpy(CMSG_DATA(cm), &tid, sizeof(tid));
+			ssize_t k = sendmsg(c, &sm, MSG_ZEROCOPY);
+			if (k <= 0)
+				error(1, errno, "sendmsg");
+			off += k;
+			sends++;
+		}
+	}
+	while (completed < sends) {
+		char cb[128];
+		struct msghdr m = {.msg_control = cb, .msg_controllen = sizeof(cb)};
+		if (recvmsg(c, &m, MSG_ERRQUEUE) < 0) {
+			if (errno != EAGAIN)
+				error(1, errno, "MSG_ERRQUEUE");
+			poll(&(struct pollfd){.fd = c}, 1, 1000);
+			continue;
+		}
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+			struct sock_extended_err *e = (void *)CMSG_DATA(cm);
+			if (e->ee_origin == SO_EE_ORIGIN_ZEROCOPY && !e->ee_errno)
+				completed += e->ee_data - e->ee_info + 1;
+		}
+	}
+	if (!frags)
+		error(1, 0, "no dmabuf fragments: nothing came through the RX dmabuf");
+	printf("rxtx: echoed %zu bytes (%zu dmabuf frags) in %u sends, all completed; rx dmabuf %u, tx dmabuf %u\n",
+	       echoed, frags, sends, rid, tid);
+	shutdown(c, SHUT_WR);
+	return 0;
+}
+
 // do_bench times recvmsg(MSG_SOCK_DEVMEM | MSG_DONTWAIT) on an emulated
 // and a kernel socket with nothing to read: the cost of a call.
 static int do_bench(const char *ifname, const char *addr, int port, long n)
@@ -791,6 +890,8 @@ int main(int argc, char **argv)
 		return do_badinput(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "threads"))
 		return do_threads(argv[2], argv[3], atoi(argv[4]));
+	if (!strcmp(argv[1], "rxtx"))
+		return do_rxtx(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "accepttx"))
 		return do_accepttx(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "oneshot"))
