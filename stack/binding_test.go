@@ -270,3 +270,23 @@ func TestCloseRacesReceive(t *testing.T) {
 		t.Fatalf("after the close that raced a receive: %+v", a)
 	}
 }
+
+// TestBindRXAsKeepsID: a binding remade on a stack that replaced its own
+// keeps the id the program knows; id 0 is not one.
+func TestBindRXAsKeepsID(t *testing.T) {
+	ip := newInproc(t, Config{})
+	if _, err := ip.s.BindRXAs(devmemapi.BindRXConfig{Queues: []uint32{0}}, 0); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("id 0: %v, want EINVAL", err)
+	}
+	b, err := ip.s.BindRXAs(devmemapi.BindRXConfig{Queues: []uint32{0}}, 4242)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.ID() != 4242 {
+		t.Fatalf("id %d, want 4242", b.ID())
+	}
+	if id, ok := ip.s.BoundTo(0); !ok || id != 4242 {
+		t.Fatalf("queue 0 bound to %d (%v)", id, ok)
+	}
+}
