@@ -649,6 +649,8 @@ func TestPreloadBadInput(t *testing.T) {
 		"row recvmsg/trunc-100 emu=100/0 kernel=100/0",
 		"row recvmsg/waitall-4096 emu=4096/0 kernel=4096/0",
 		"row recvmsg/oob emu=-1/22 kernel=-1/22",
+		"row rcvtimeo/get emu=1236000/0 kernel=1236000/0",
+		"row rcvtimeo/usec-range emu=-1/33 kernel=-1/33",
 	} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("want %q", want)
@@ -822,6 +824,11 @@ func TestPreloadRecvmsgCost(t *testing.T) {
 		t.Fatalf("no per-fragment figures: %s", stdout)
 	}
 	t.Logf("per fragment: DMA_BUF_IOCTL_SYNC %s ns, SO_DEVMEM_DONTNEED (one token) %s ns under libxdevmem", c[1], c[2])
+	for _, want := range []string{"row timeo/recv-100ms emu=1/0 kernel=1/0", "row timeo/recv-negative emu=1/0 kernel=1/0"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("want %q:\n%s", want, stdout)
+		}
+	}
 	if !strings.Contains(stdout.String(), "row wake/signal-then-shutdown emu=0/0 kernel=0/0") {
 		t.Fatalf("a blocked receive, a signal, then shutdown(SHUT_RD): want 0 from both sockets:\n%s", stdout)
 	}

@@ -562,14 +562,29 @@ uint32_t xd_waiters[XD_MAXFD];
 // it looks at the word, and the futex sleeps only if the word is still
 // seq: no wakeup is lost. A signal ends the sleep and the receive is
 // tried again, as the kernel restarts it for an SA_RESTART handler.
-static void wait_event(int slot, uint32_t seq)
+//
+// deadline (CLOCK_MONOTONIC ns, 0 for none) bounds the sleep: it returns
+// -1 once the deadline has passed, else 0.
+static int wait_event(int slot, uint32_t seq, long long deadline)
 {
 	if (slot < 0 || slot >= XD_MAXFD)
-		return;
+		return 0;
+	struct timespec rel, *relp = NULL;
+	if (deadline) {
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long long left = deadline - ((long long)now.tv_sec * 1000000000LL + now.tv_nsec);
+		if (left <= 0)
+			return -1;
+		rel.tv_sec = left / 1000000000LL;
+		rel.tv_nsec = left % 1000000000LL;
+		relp = &rel;
+	}
 	__atomic_add_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST) == seq)
-		syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, seq, NULL, NULL, 0);
+		syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, seq, relp, NULL, 0);
 	__atomic_sub_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
+	return 0;
 }
 
 // recv_emu hands a receive to Go: msg is the application's msghdr, or
@@ -580,12 +595,22 @@ static ssize_t recv_emu(int fd, struct msghdr *msg, int flags, uintptr_t namelen
 {
 	if (refuse(fd))
 		return -1;
+	long long deadline = 0; // SO_RCVTIMEO, from the first wait on
 	for (;;) {
 		int err = 0;
 		uint32_t seq = 0;
-		long long r = xdgo_recv(fd, (uintptr_t)msg, flags, namelenp, &err, &seq);
+		long long timeout = -1;
+		long long r = xdgo_recv(fd, (uintptr_t)msg, flags, namelenp, &err, &seq, &timeout);
 		if (r == XD_WAIT) {
-			wait_event(err, seq);
+			if (timeout >= 0 && !deadline) {
+				struct timespec now;
+				clock_gettime(CLOCK_MONOTONIC, &now);
+				deadline = (long long)now.tv_sec * 1000000000LL + now.tv_nsec + timeout;
+			}
+			if (wait_event(err, seq, deadline) < 0) {
+				errno = EAGAIN; // sock_rcvtimeo ran out (sk_wait_data)
+				return -1;
+			}
 			continue;
 		}
 		return r == XD_PASS ? XD_PASS : ret(r, err);

@@ -169,11 +169,11 @@ func xdgo_accept(fd C.int, addr, lenp C.uintptr_t, flags C.int, errp *C.int) C.i
 }
 
 //export xdgo_recv
-func xdgo_recv(fd C.int, msg C.uintptr_t, flags C.int, namelenp C.uintptr_t, errp *C.int, seqp *C.uint32_t) C.longlong {
+func xdgo_recv(fd C.int, msg C.uintptr_t, flags C.int, namelenp C.uintptr_t, errp *C.int, seqp *C.uint32_t, timeoutp *C.longlong) C.longlong {
 	var w preload.Waiter
 	r, err := lib.Recv(int(fd), preload.UPtr(msg), int(flags), preload.UPtr(namelenp), &w)
 	if r == preload.Wait {
-		*errp, *seqp = C.int(w.Slot), C.uint32_t(w.Seq)
+		*errp, *seqp, *timeoutp = C.int(w.Slot), C.uint32_t(w.Seq), C.longlong(w.Timeout)
 		return C.XD_WAIT
 	}
 	trace("Recv", int(fd), int64(r), err)

@@ -64,6 +64,9 @@ type Host interface {
 type Waiter struct {
 	Slot int
 	Seq  uint32
+	// Timeout is how long the receive may wait in all, in nanoseconds
+	// (SO_RCVTIMEO), -1 without a bound; past it the receive fails EAGAIN.
+	Timeout int64
 }
 
 // Config is the library's environment.

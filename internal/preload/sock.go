@@ -56,6 +56,9 @@ type esock struct {
 	dirty atomic.Bool
 	// polled mirrors armed for notify, which runs without e.mu.
 	polled atomic.Bool
+	// rcvTimeo and sndTimeo are SO_RCVTIMEO and SO_SNDTIMEO in jiffies
+	// (-1: none; see timeoJiffies). Guarded by mu.
+	rcvTimeo, sndTimeo int64
 
 	mu       sync.Mutex
 	state    int
@@ -191,7 +194,8 @@ func (l *Lib) adopt(fd int, n *nic, fam int, dev string) (*esock, error) {
 		return nil, err
 	}
 	fdfl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-	e := &esock{l: l, n: n, st: n.st, fam: fam, nonblock: fl&unix.O_NONBLOCK != 0, bindDev: dev, opts: map[optKey]int32{}}
+	e := &esock{l: l, n: n, st: n.st, fam: fam, nonblock: fl&unix.O_NONBLOCK != 0, bindDev: dev, opts: map[optKey]int32{},
+		rcvTimeo: kernelTimeo(fd, unix.SO_RCVTIMEO), sndTimeo: kernelTimeo(fd, unix.SO_SNDTIMEO)}
 	for _, o := range []struct{ level, name int }{
 		{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {unix.SOL_SOCKET, unix.SO_REUSEPORT}, {unix.SOL_SOCKET, unix.SO_ZEROCOPY},
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE}, {unix.SOL_SOCKET, unix.SO_RCVBUF}, {unix.SOL_SOCKET, unix.SO_SNDBUF},
@@ -479,6 +483,9 @@ func (l *Lib) Accept(fd int, sap, lenp UPtr, flags int) (int, error) {
 	ne := &esock{l: l, n: e.n, st: e.st, fam: e.fam, state: stConnected, conn: conn,
 		nonblock: flags&unix.SOCK_NONBLOCK != 0, opts: map[optKey]int32{}, bindDev: e.bindDev}
 	e.mu.Lock()
+	ne.rcvTimeo, ne.sndTimeo = e.rcvTimeo, e.sndTimeo // sk_rcvtimeo and sk_sndtimeo go with sock_copy
+	e.mu.Unlock()
+	e.mu.Lock()
 	for k, v := range e.opts {
 		ne.opts[k] = v
 	}
@@ -602,7 +609,8 @@ func (e *esock) recvBuffers(total int, controllen uint64) ([]byte, []byte) {
 func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Waiter) (int, error) {
 	e.mu.Lock()
 	state, conn, tx := e.state, e.conn, e.tx
-	dontwait := e.nonblock || flags&unix.MSG_DONTWAIT != 0
+	timeo, timed := timeoDuration(e.rcvTimeo)
+	dontwait := e.nonblock || flags&unix.MSG_DONTWAIT != 0 || (timed && timeo == 0)
 	e.mu.Unlock()
 	// A blocking receive on a connection sleeps in C (see Recv): the
 	// word is read before the connection is looked at, so an event
@@ -611,6 +619,14 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	var seq uint32
 	if cwait {
 		seq = e.l.host.Seq(e.b)
+	} else if timed && !dontwait { // SO_RCVTIMEO bounds the stack's own wait
+		if conn != nil {
+			conn.SetReadDeadline(time.Now().Add(timeo))
+			defer conn.SetReadDeadline(time.Time{})
+		} else if tx != nil {
+			tx.SetReadDeadline(time.Now().Add(timeo))
+			defer tx.SetReadDeadline(time.Time{})
+		}
 	}
 	if flags&unix.MSG_ERRQUEUE != 0 {
 		return e.recvErrQueue(m, msgp, flags)
@@ -658,7 +674,10 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 			return -1, unix.EBADF
 		}
 		if cwait && errors.Is(err, unix.EAGAIN) {
-			*w = Waiter{Slot: e.b, Seq: seq}
+			*w = Waiter{Slot: e.b, Seq: seq, Timeout: -1}
+			if timed {
+				w.Timeout = int64(timeo)
+			}
 			return Wait, nil
 		}
 		return -1, err
@@ -803,8 +822,18 @@ func (l *Lib) Send(fd int, msgp UPtr, flags int) (int, error) {
 func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 	e.mu.Lock()
 	state, conn, tx := e.state, e.conn, e.tx
-	dontwait := e.nonblock || flags&unix.MSG_DONTWAIT != 0
+	timeo, timed := timeoDuration(e.sndTimeo)
+	dontwait := e.nonblock || flags&unix.MSG_DONTWAIT != 0 || (timed && timeo == 0)
 	e.mu.Unlock()
+	if timed && !dontwait { // SO_SNDTIMEO bounds a blocking send
+		if conn != nil {
+			conn.SetWriteDeadline(time.Now().Add(timeo))
+			defer conn.SetWriteDeadline(time.Time{})
+		} else if tx != nil {
+			tx.SetWriteDeadline(time.Now().Add(timeo))
+			defer tx.SetWriteDeadline(time.Time{})
+		}
+	}
 	if m.Controllen > 1<<20 {
 		return -1, unix.ENOBUFS
 	}
@@ -903,4 +932,18 @@ func (l *Lib) Mmsg(fd int, vec UPtr, n uint32, flags int, send bool) (int, error
 		}
 	}
 	return done, nil
+}
+
+// kernelTimeo reads SO_RCVTIMEO or SO_SNDTIMEO off the kernel socket fd
+// (set before the library took it over) in jiffies.
+func kernelTimeo(fd, name int) int64 {
+	tv, err := unix.GetsockoptTimeval(fd, unix.SOL_SOCKET, name)
+	if err != nil {
+		return -1
+	}
+	j, err := timeoJiffies(tv.Sec, tv.Usec)
+	if err != nil {
+		return -1
+	}
+	return j
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -86,7 +88,21 @@ func (l *Lib) Setsockopt(fd, level, name int, val UPtr, vlen int) (int, error) {
 		if err := CopyIn(b, val); err != nil {
 			return -1, err
 		}
-		return 0, nil // accepted, not acted on
+		if name == unix.SO_LINGER {
+			return 0, nil // accepted, not acted on
+		}
+		j, err := timeoJiffies(int64(binary.NativeEndian.Uint64(b)), int64(binary.NativeEndian.Uint64(b[8:])))
+		if err != nil {
+			return -1, err
+		}
+		e.mu.Lock()
+		if name == unix.SO_RCVTIMEO_NEW || name == unix.SO_RCVTIMEO_OLD {
+			e.rcvTimeo = j
+		} else {
+			e.sndTimeo = j
+		}
+		e.mu.Unlock()
+		return 0, nil
 	}
 	if vlen < 4 {
 		return -1, unix.EINVAL
@@ -210,6 +226,10 @@ func (l *Lib) Getsockopt(fd, level, name int, val, lenp UPtr) (int, error) {
 		return putInt(int32(Errno(err)))
 	case level == unix.SOL_SOCKET && name == unix.SO_BINDTODEVICE:
 		return put(append([]byte(e.bindDev), 0))
+	case level == unix.SOL_SOCKET && (name == unix.SO_RCVTIMEO_NEW || name == unix.SO_RCVTIMEO_OLD):
+		return put(timeoTimeval(e.rcvTimeo))
+	case level == unix.SOL_SOCKET && (name == unix.SO_SNDTIMEO_NEW || name == unix.SO_SNDTIMEO_OLD):
+		return put(timeoTimeval(e.sndTimeo))
 	case level == unix.SOL_SOCKET && name == unix.SO_ZEROCOPY:
 		return putInt(e.opts[k])
 	case level == unix.SOL_SOCKET && name == soDevmemAutorelease:
@@ -360,4 +380,69 @@ func tcpAddrPort(a net.Addr) netip.AddrPort {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	return netip.AddrPort{}
+}
+
+// SO_RCVTIMEO and SO_SNDTIMEO are kept as the kernel keeps them: in
+// jiffies (sock_set_timeout), -1 standing for MAX_SCHEDULE_TIMEOUT (no
+// timeout, the default) and 0 for a negative time (the call never waits).
+
+var jiffyOnce sync.Once
+var jiffyUS int64 = 1000
+
+// jiffy returns the running kernel's jiffy in microseconds, as a kernel
+// socket shows it: SO_RCVTIMEO of 1 µs reads back as one jiffy.
+func jiffy() int64 {
+	jiffyOnce.Do(func() {
+		s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return
+		}
+		defer unix.Close(s)
+		if unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 1}) != nil {
+			return
+		}
+		if tv, err := unix.GetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO); err == nil && tv.Usec > 0 && tv.Sec == 0 {
+			jiffyUS = int64(tv.Usec)
+		}
+	})
+	return jiffyUS
+}
+
+// timeoJiffies is sock_set_timeout: a usec out of range is EDOM, a
+// negative sec 0 jiffies, 0.0 no timeout, else rounded up to jiffies.
+func timeoJiffies(sec, usec int64) (int64, error) {
+	if usec < 0 || usec >= 1e6 {
+		return 0, unix.EDOM
+	}
+	if sec < 0 {
+		return 0, nil
+	}
+	if sec == 0 && usec == 0 {
+		return -1, nil
+	}
+	j := jiffy()
+	hz := 1e6 / j
+	if sec >= (1<<62)/hz-1 {
+		return -1, nil
+	}
+	return sec*hz + (usec+j-1)/j, nil
+}
+
+// timeoTimeval is sock_get_timeout: the timeval of j jiffies.
+func timeoTimeval(j int64) []byte {
+	var b [16]byte
+	if j > 0 {
+		hz := 1e6 / jiffy()
+		binary.NativeEndian.PutUint64(b[:], uint64(j/hz))
+		binary.NativeEndian.PutUint64(b[8:], uint64(j%hz*jiffy()))
+	}
+	return b[:]
+}
+
+// timeoDuration is how long a call may wait: ok false for no timeout.
+func timeoDuration(j int64) (time.Duration, bool) {
+	if j < 0 {
+		return 0, false
+	}
+	return time.Duration(j*jiffy()) * time.Microsecond, true
 }

@@ -19,6 +19,13 @@
 #include <time.h>
 
 static int emu, kern, kpeer, dfd, udev;
+
+static long long now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 static char *dmem;
 
 // row prints a call's result on the emulated socket and on the kernel one
@@ -172,6 +179,35 @@ static long peek_then_read(int fd)
 	if (n2 <= 0)
 		return n2;
 	return n1 == n2 && f1 == first_of(fd, &m2, d2);
+}
+
+// timeo_roundtrip sets a timeout option and reads it back: the timeval in
+// microseconds, or -1 and errno.
+static long timeo_roundtrip(int fd, int name, long sec, long usec)
+{
+	struct timeval tv = {.tv_sec = sec, .tv_usec = usec}, got;
+	socklen_t l = sizeof(got);
+	if (setsockopt(fd, SOL_SOCKET, name, &tv, sizeof(tv)) || getsockopt(fd, SOL_SOCKET, name, &got, &l))
+		return -1;
+	return got.tv_sec * 1000000 + got.tv_usec;
+}
+
+// timed_recv is a blocking recvmsg on an empty socket with SO_RCVTIMEO
+// set to sec.usec: 1 when it failed EAGAIN after [lo, hi) ms, else what
+// it returned (errno kept).
+static long timed_recv(int fd, long sec, long usec, long lo, long hi)
+{
+	struct timeval tv = {.tv_sec = sec, .tv_usec = usec}, none = {0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	long long t0 = now_ns();
+	long r = recv_flags(fd, 4096, 0);
+	int err = errno;
+	long ms = (long)((now_ns() - t0) / 1000000);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+	errno = err;
+	if (r == -1 && err == EAGAIN)
+		return ms >= lo && ms < hi ? 1 : 1000 + ms;
+	return r;
 }
 
 // sync_thread and sync_handler make a DMA_BUF_IOCTL_SYNC with the struct
@@ -340,6 +376,15 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 		row("bind/port-0", e, 0, 1, k, 0);
 		close(s1), close(k1), close(s2), close(k2), close(holder);
 	}
+
+	// SO_RCVTIMEO and SO_SNDTIMEO: kept in jiffies, as sock_set_timeout
+	// keeps them (row value: the timeval read back, in microseconds).
+	BOTH("rcvtimeo/get", timeo_roundtrip(fd, SO_RCVTIMEO, 1, 234567));
+	BOTH("sndtimeo/get", timeo_roundtrip(fd, SO_SNDTIMEO, 0, 1));
+	BOTH("rcvtimeo/usec-range", timeo_roundtrip(fd, SO_RCVTIMEO, 0, 1000000));
+	BOTH("rcvtimeo/negative", timeo_roundtrip(fd, SO_RCVTIMEO, -5, 0));
+	BOTH("rcvtimeo/none", timeo_roundtrip(fd, SO_RCVTIMEO, 0, 0));
+	BOTH("sndtimeo/none", timeo_roundtrip(fd, SO_SNDTIMEO, 0, 0));
 
 	// Names, shutdown, state.
 	len = sizeof(sa);
@@ -586,13 +631,6 @@ static int do_threads(const char *ifname, const char *addr, int port)
 	pthread_join(pol, NULL);
 	printf("threads: %zu bytes, %zu frags, %zu tokens freed, %zu polls\n", total, frags, t_freed, t_polls);
 	return t_freed == frags ? 0 : 1;
-}
-
-static long long now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 // waker, on its own thread, interrupts a receive blocked on fd: after
@@ -877,6 +915,10 @@ static int do_bench(const char *ifname, const char *addr, int port, long n)
 	printf("bench call_ns sync=%lld dontneed=%lld\n", sync_ns, (now_ns() - t0) / n);
 	// A receive blocked on an empty socket sleeps through a signal and
 	// wakes for shutdown(SHUT_RD) from another thread, as the kernel's.
+	// SO_RCVTIMEO ends a blocking receive with EAGAIN; a negative one
+	// makes it not wait at all.
+	BOTH("timeo/recv-100ms", timed_recv(fd, 0, 100000, 90, 1000));
+	BOTH("timeo/recv-negative", timed_recv(fd, -1, 0, 0, 50));
 	BOTH("wake/signal-then-shutdown", blocked_recv(fd));
 	return 0;
 }
