@@ -135,6 +135,8 @@ REAL(pselect)
 REAL(epoll_ctl)
 REAL(epoll_wait)
 REAL(epoll_pwait)
+REAL(sigaction)
+REAL(signal)
 REAL(system)
 REAL(popen)
 REAL(pclose)
@@ -551,6 +553,87 @@ int accept(int fd, struct sockaddr *addr, socklen_t *lenp)
 	return get_accept()(fd, addr, lenp);
 }
 
+// ---- signals: which handler ended a receive's sleep ----
+//
+// A receive blocked in the kernel that a signal handler interrupts is
+// restarted if the handler has SA_RESTART and the socket no SO_RCVTIMEO,
+// else it fails EINTR (sk_wait_data, sock_intr_errno). The emulated
+// receive sleeps on a futex, which a handler ends with EINTR without
+// saying whose: so the handlers the program installs (sigaction, signal)
+// run behind a trampoline that notes the signal on its thread.
+
+static struct sigaction app_act[_NSIG]; // the program's, for the signals wrapped
+static unsigned char wrapped[_NSIG];
+static __thread int last_sig;
+
+static void trampoline(int sig, siginfo_t *info, void *ctx)
+{
+	last_sig = sig;
+	struct sigaction a = app_act[sig];
+	if (a.sa_flags & SA_RESETHAND) { // the kernel reset the trampoline
+		app_act[sig].sa_handler = SIG_DFL;
+		app_act[sig].sa_flags &= ~SA_SIGINFO;
+	}
+	if (a.sa_flags & SA_SIGINFO)
+		a.sa_sigaction(sig, info, ctx);
+	else if (a.sa_handler != SIG_IGN && a.sa_handler != SIG_DFL)
+		a.sa_handler(sig);
+}
+
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+{
+	// Before main (the Go runtime's own handlers) and for the signals a
+	// handler cannot be given, libc's sigaction as it is.
+	if (!active() || sig <= 0 || sig >= _NSIG || sig == SIGKILL || sig == SIGSTOP)
+		return get_sigaction()(sig, act, old);
+	struct sigaction prev = app_act[sig];
+	int was = wrapped[sig];
+	if (!act || act->sa_handler == SIG_IGN || act->sa_handler == SIG_DFL) {
+		int r = get_sigaction()(sig, act, old);
+		if (r == 0 && old && was && old->sa_sigaction == trampoline)
+			*old = prev;
+		if (r == 0 && act)
+			wrapped[sig] = 0;
+		return r;
+	}
+	struct sigaction t = *act;
+	t.sa_sigaction = trampoline;
+	t.sa_flags |= SA_SIGINFO;
+	app_act[sig] = *act;
+	int r = get_sigaction()(sig, &t, old);
+	if (r != 0) {
+		app_act[sig] = prev;
+		return r;
+	}
+	wrapped[sig] = 1;
+	if (old && was && old->sa_sigaction == trampoline)
+		*old = prev;
+	return r;
+}
+
+// signal is glibc's: a handler with SA_RESTART (BSD semantics).
+sighandler_t signal(int sig, sighandler_t h)
+{
+	if (!active())
+		return get_signal()(sig, h);
+	struct sigaction a = {.sa_handler = h, .sa_flags = SA_RESTART}, old;
+	sigemptyset(&a.sa_mask);
+	sigaddset(&a.sa_mask, sig);
+	if (sigaction(sig, &a, &old) < 0)
+		return SIG_ERR;
+	return old.sa_handler;
+}
+
+// interrupted reports whether the signal handled during a sleep ends the
+// receive (EINTR) rather than restarting it.
+static int interrupted(int timed)
+{
+	int sig = last_sig;
+	if (sig <= 0 || sig >= _NSIG)
+		return 0; // a handler the library did not install: restart
+	return timed || !(app_act[sig].sa_flags & SA_RESTART);
+}
+
 // ---- receives ----
 
 uint32_t xd_seq[XD_MAXFD];
@@ -560,11 +643,11 @@ uint32_t xd_waiters[XD_MAXFD];
 // half of an event count (Go's host.Wake is the waker's). The waker moves
 // the word before it looks for sleepers, a sleeper counts itself before
 // it looks at the word, and the futex sleeps only if the word is still
-// seq: no wakeup is lost. A signal ends the sleep and the receive is
-// tried again, as the kernel restarts it for an SA_RESTART handler.
+// seq: no wakeup is lost.
 //
 // deadline (CLOCK_MONOTONIC ns, 0 for none) bounds the sleep: it returns
-// -1 once the deadline has passed, else 0.
+// -1 once the deadline has passed, -2 when a signal handler interrupted
+// the sleep in a way that ends the receive (interrupted), else 0.
 static int wait_event(int slot, uint32_t seq, long long deadline)
 {
 	if (slot < 0 || slot >= XD_MAXFD)
@@ -580,11 +663,14 @@ static int wait_event(int slot, uint32_t seq, long long deadline)
 		rel.tv_nsec = left % 1000000000LL;
 		relp = &rel;
 	}
+	int intr = 0;
+	last_sig = 0;
 	__atomic_add_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
-	if (__atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST) == seq)
-		syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, seq, relp, NULL, 0);
+	if (__atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST) == seq &&
+	    syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, seq, relp, NULL, 0) < 0 && errno == EINTR)
+		intr = interrupted(deadline != 0);
 	__atomic_sub_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
-	return 0;
+	return intr ? -2 : 0;
 }
 
 // recv_emu hands a receive to Go: msg is the application's msghdr, or
@@ -607,8 +693,11 @@ static ssize_t recv_emu(int fd, struct msghdr *msg, int flags, uintptr_t namelen
 				clock_gettime(CLOCK_MONOTONIC, &now);
 				deadline = (long long)now.tv_sec * 1000000000LL + now.tv_nsec + timeout;
 			}
-			if (wait_event(err, seq, deadline) < 0) {
-				errno = EAGAIN; // sock_rcvtimeo ran out (sk_wait_data)
+			int w = wait_event(err, seq, deadline);
+			if (w < 0) {
+				// sock_rcvtimeo ran out, or a signal ends the wait
+				// (sk_wait_data, sock_intr_errno).
+				errno = w == -1 ? EAGAIN : EINTR;
 				return -1;
 			}
 			continue;

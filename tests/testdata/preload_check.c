@@ -634,10 +634,11 @@ static int do_threads(const char *ifname, const char *addr, int port)
 }
 
 // waker, on its own thread, interrupts a receive blocked on fd: after
-// 50 ms a signal (its handler has SA_RESTART, so the receive goes on
-// waiting), after 100 ms shutdown(SHUT_RD), which ends the wait with 0.
+// 50 ms a signal (with SA_RESTART the receive goes on waiting, without it
+// ends with EINTR), and, with SA_RESTART, after 100 ms shutdown(SHUT_RD),
+// which ends the wait with 0.
 struct wake_args {
-	int fd;
+	int fd, shut;
 	pthread_t target;
 };
 
@@ -649,18 +650,19 @@ static void *waker(void *arg)
 	usleep(50000);
 	pthread_kill(a->target, SIGUSR2);
 	usleep(50000);
-	shutdown(a->fd, SHUT_RD);
+	if (a->shut)
+		shutdown(a->fd, SHUT_RD);
 	return NULL;
 }
 
 // blocked_recv is a blocking recvmsg(MSG_SOCK_DEVMEM) on fd, with nothing
-// to read, that waker ends.
-static long blocked_recv(int fd)
+// to read, that waker ends; the SIGUSR2 handler has sa_flags.
+static long blocked_recv(int fd, int sa_flags)
 {
 	static char data[4096], ctrl[4096];
-	struct sigaction act = {.sa_handler = on_usr2, .sa_flags = SA_RESTART};
+	struct sigaction act = {.sa_handler = on_usr2, .sa_flags = sa_flags};
 	sigaction(SIGUSR2, &act, NULL);
-	struct wake_args a = {.fd = fd, .target = pthread_self()};
+	struct wake_args a = {.fd = fd, .shut = sa_flags & SA_RESTART, .target = pthread_self()};
 	pthread_t th;
 	pthread_create(&th, NULL, waker, &a);
 	struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
@@ -919,7 +921,9 @@ static int do_bench(const char *ifname, const char *addr, int port, long n)
 	// makes it not wait at all.
 	BOTH("timeo/recv-100ms", timed_recv(fd, 0, 100000, 90, 1000));
 	BOTH("timeo/recv-negative", timed_recv(fd, -1, 0, 0, 50));
-	BOTH("wake/signal-then-shutdown", blocked_recv(fd));
+	// Without SA_RESTART the signal ends the receive: EINTR.
+	BOTH("wake/signal-no-restart", blocked_recv(fd, 0));
+	BOTH("wake/signal-then-shutdown", blocked_recv(fd, SA_RESTART));
 	return 0;
 }
 
