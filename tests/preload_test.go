@@ -650,6 +650,7 @@ func TestPreloadBadInput(t *testing.T) {
 		"row recvmsg/waitall-4096 emu=4096/0 kernel=4096/0",
 		"row recvmsg/oob emu=-1/22 kernel=-1/22",
 		"row rcvtimeo/get emu=1236000/0 kernel=1236000/0",
+		"row dontneed/bad-pointer-own-segv-handler emu=-1/14 kernel=-1/14",
 		"row rcvtimeo/usec-range emu=-1/33 kernel=-1/33",
 	} {
 		if !strings.Contains(stdout.String(), want) {

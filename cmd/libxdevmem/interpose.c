@@ -11,6 +11,8 @@
 // through here (fd -1).
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <link.h>
+#include <ucontext.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -566,8 +568,51 @@ static struct sigaction app_act[_NSIG]; // the program's, for the signals wrappe
 static unsigned char wrapped[_NSIG];
 static __thread int last_sig;
 
+// The Go runtime turns a fault in Go code into EFAULT (it reads the
+// application's memory with SetPanicOnFault), with the SIGSEGV and SIGBUS
+// handlers it installed before main. A program that installs its own
+// keeps them reachable: the trampoline hands a fault whose PC is in this
+// library to the handler it replaced, every other one to the program's.
+static struct sigaction go_act[_NSIG];
+static uintptr_t lib_lo, lib_hi; // this library's executable segment
+
+static int find_text(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	uintptr_t self = (uintptr_t)data;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+		if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X) && self >= lo && self < lo + ph->p_memsz) {
+			lib_lo = lo;
+			lib_hi = lo + ph->p_memsz;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static uintptr_t fault_pc(void *ctx)
+{
+	ucontext_t *uc = ctx;
+#if defined(__x86_64__)
+	return (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+	return (uintptr_t)uc->uc_mcontext.pc;
+#else
+	return 0;
+#endif
+}
+
 static void trampoline(int sig, siginfo_t *info, void *ctx)
 {
+	if ((sig == SIGSEGV || sig == SIGBUS) && (go_act[sig].sa_flags & SA_SIGINFO) && go_act[sig].sa_sigaction) {
+		uintptr_t pc = fault_pc(ctx);
+		if (pc >= lib_lo && pc < lib_hi) {
+			go_act[sig].sa_sigaction(sig, info, ctx);
+			return;
+		}
+	}
 	last_sig = sig;
 	struct sigaction a = app_act[sig];
 	if (a.sa_flags & SA_RESETHAND) { // the kernel reset the trampoline
@@ -596,15 +641,24 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 			wrapped[sig] = 0;
 		return r;
 	}
-	struct sigaction t = *act;
+	struct sigaction t = *act, replaced;
 	t.sa_sigaction = trampoline;
 	t.sa_flags |= SA_SIGINFO;
+	if (sig == SIGSEGV || sig == SIGBUS) {
+		if (!lib_hi)
+			dl_iterate_phdr(find_text, (void *)trampoline);
+		t.sa_flags |= SA_ONSTACK; // Go's handler runs on its signal stack only
+	}
 	app_act[sig] = *act;
-	int r = get_sigaction()(sig, &t, old);
+	int r = get_sigaction()(sig, &t, &replaced);
 	if (r != 0) {
 		app_act[sig] = prev;
 		return r;
 	}
+	if ((sig == SIGSEGV || sig == SIGBUS) && replaced.sa_sigaction != trampoline && (replaced.sa_flags & SA_SIGINFO))
+		go_act[sig] = replaced; // the Go runtime's
+	if (old)
+		*old = replaced;
 	wrapped[sig] = 1;
 	if (old && was && old->sa_sigaction == trampoline)
 		*old = prev;

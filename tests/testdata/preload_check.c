@@ -14,6 +14,7 @@
 
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -210,6 +211,38 @@ static long timed_recv(int fd, long sec, long usec, long lo, long hi)
 	return r;
 }
 
+// own_segv installs a SIGSEGV handler of the program's, makes a call
+// with a bad pointer (the library reads it, and must still answer EFAULT),
+// then faults in the program's own code (its handler must run), and puts
+// the old handler back: the call's result, or -100 if the program's
+// handler did not run exactly once.
+static sigjmp_buf segv_jmp;
+static volatile int segv_seen;
+
+static void on_segv(int sig, siginfo_t *si, void *ctx)
+{
+	(void)sig, (void)si, (void)ctx;
+	segv_seen++;
+	siglongjmp(segv_jmp, 1);
+}
+
+static long own_segv(int fd)
+{
+	struct sigaction a = {.sa_sigaction = on_segv, .sa_flags = SA_SIGINFO}, old;
+	sigaction(SIGSEGV, &a, &old);
+	segv_seen = 0;
+	errno = 0;
+	long r = setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, bad_page(), 8);
+	int err = errno;
+	if (!sigsetjmp(segv_jmp, 1)) {
+		volatile char c = *(volatile char *)bad_page();
+		(void)c;
+	}
+	sigaction(SIGSEGV, &old, NULL);
+	errno = err;
+	return segv_seen == 1 ? r : -100;
+}
+
 // sync_thread and sync_handler make a DMA_BUF_IOCTL_SYNC with the struct
 // on a new thread's stack and on a signal's alternate stack.
 static void *sync_thread(void *arg)
@@ -325,6 +358,7 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 
 	// SO_DEVMEM_DONTNEED (sock_devmem_dontneed: length, copy, tokens).
 	BOTH("dontneed/null", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, NULL, 8));
+	BOTH("dontneed/bad-pointer-own-segv-handler", own_segv(fd));
 	BOTH("dontneed/bad-pointer", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, (void *)8, 8));
 	BOTH("dontneed/len-7", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, 7));
 	BOTH("dontneed/len-0", setsockopt(fd, SOL_SOCKET, SO_DEVMEM_DONTNEED, toks, 0));
