@@ -18,9 +18,21 @@
 //   - netlink sockets (genl.go): the kernel's, with netdev requests about
 //     emulated interfaces answered into a queue the receives drain first.
 //   - emulated NICs (nic.go): ethtool state, and the stack whose UMEM is
-//     the bound dmabuf, made by the first bind and closed when unused.
+//     the bound dmabufs (at most one RX and one TX), made by the first
+//     bind, remade with both at the other kind's, closed when unused.
 //   - emulated TCP sockets (sock.go, sockopt.go, poll.go): the fd names a
 //     socketpair end whose readiness mirrors the socket's.
+//
+// # Waiting, and what stays in C
+//
+// A blocking receive on a connection does not wait in Go: Recv returns
+// Wait with an event word (Waiter), the C side sleeps on it with a futex
+// (bounded by SO_RCVTIMEO, ended with EINTR by a signal handler without
+// SA_RESTART, which it learns from the trampoline it puts in front of the
+// program's handlers), and the connection's notify moves the word
+// (Host.Wake). DMA_BUF_IOCTL_SYNC with its struct on the caller's stack
+// is answered in C; poll and select arrays are read in C through the
+// kernel (process_vm_readv), so a bad one is EFAULT.
 //
 // # Application memory
 //
