@@ -826,7 +826,7 @@ func TestPreloadRecvmsgCost(t *testing.T) {
 	}
 	t.Logf("per fragment: DMA_BUF_IOCTL_SYNC %s ns, SO_DEVMEM_DONTNEED (one token) %s ns under libxdevmem", c[1], c[2])
 	for _, want := range []string{"row timeo/recv-100ms emu=1/0 kernel=1/0", "row timeo/recv-negative emu=1/0 kernel=1/0",
-		"row wake/signal-no-restart emu=-1/4 kernel=-1/4"} {
+		"row wake/signal-no-restart emu=-1/4 kernel=-1/4", "row wake/signal-rcvtimeo-restart emu=-1/4 kernel=-1/4"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("want %q:\n%s", want, stdout)
 		}

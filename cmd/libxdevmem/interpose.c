@@ -567,6 +567,13 @@ int accept(int fd, struct sockaddr *addr, socklen_t *lenp)
 static struct sigaction app_act[_NSIG]; // the program's, for the signals wrapped
 static unsigned char wrapped[_NSIG];
 static __thread int last_sig;
+// timed_slot is the event word a receive with SO_RCVTIMEO sleeps on, -1
+// when none: the kernel restarts a futex sleep after an SA_RESTART
+// handler, where sk_wait_data with a timeout fails EINTR, so the
+// trampoline moves the word to end the restarted sleep.
+static __thread int timed_slot = -1;
+
+extern uint32_t xd_seq[XD_MAXFD];
 
 // The Go runtime turns a fault in Go code into EFAULT (it reads the
 // application's memory with SetPanicOnFault), with the SIGSEGV and SIGBUS
@@ -614,6 +621,8 @@ static void trampoline(int sig, siginfo_t *info, void *ctx)
 		}
 	}
 	last_sig = sig;
+	if (timed_slot >= 0)
+		__atomic_add_fetch(&xd_seq[timed_slot], 1, __ATOMIC_SEQ_CST);
 	struct sigaction a = app_act[sig];
 	if (a.sa_flags & SA_RESETHAND) { // the kernel reset the trampoline
 		app_act[sig].sa_handler = SIG_DFL;
@@ -717,14 +726,18 @@ static int wait_event(int slot, uint32_t seq, long long deadline)
 		rel.tv_nsec = left % 1000000000LL;
 		relp = &rel;
 	}
-	int intr = 0;
 	last_sig = 0;
+	if (deadline)
+		timed_slot = slot;
+	int eintr = 0;
 	__atomic_add_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
-	if (__atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST) == seq &&
-	    syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, seq, relp, NULL, 0) < 0 && errno == EINTR)
-		intr = interrupted(deadline != 0);
+	if (__atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST) == seq)
+		eintr = syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, seq, relp, NULL, 0) < 0 && errno == EINTR;
 	__atomic_sub_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
-	return intr ? -2 : 0;
+	timed_slot = -1;
+	// A handler ran during the sleep: it ended it (EINTR), or, in a timed
+	// sleep the kernel restarted, moved the word.
+	return last_sig && (eintr || deadline) && interrupted(deadline != 0) ? -2 : 0;
 }
 
 // recv_emu hands a receive to Go: msg is the application's msghdr, or

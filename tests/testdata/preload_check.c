@@ -689,14 +689,22 @@ static void *waker(void *arg)
 	return NULL;
 }
 
+static long blocked_recv_with(int fd, int sa_flags, int shut);
+
 // blocked_recv is a blocking recvmsg(MSG_SOCK_DEVMEM) on fd, with nothing
-// to read, that waker ends; the SIGUSR2 handler has sa_flags.
-static long blocked_recv(int fd, int sa_flags)
+// to read, that waker ends; the SIGUSR2 handler has sa_flags (and with
+// SA_RESTART, the waker shuts the socket down after the signal).
+static long blocked_recv(int fd, int sa_flags) { return blocked_recv_with(fd, sa_flags, sa_flags & SA_RESTART); }
+
+// blocked_recv_noshut: an SA_RESTART handler and no shutdown.
+static long blocked_recv_noshut(int fd) { return blocked_recv_with(fd, SA_RESTART, 0); }
+
+static long blocked_recv_with(int fd, int sa_flags, int shut)
 {
 	static char data[4096], ctrl[4096];
 	struct sigaction act = {.sa_handler = on_usr2, .sa_flags = sa_flags};
 	sigaction(SIGUSR2, &act, NULL);
-	struct wake_args a = {.fd = fd, .shut = sa_flags & SA_RESTART, .target = pthread_self()};
+	struct wake_args a = {.fd = fd, .shut = shut, .target = pthread_self()};
 	pthread_t th;
 	pthread_create(&th, NULL, waker, &a);
 	struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
@@ -903,6 +911,21 @@ static int do_rxtx(const char *ifname, const char *addr, int port)
 	return 0;
 }
 
+// timed_blocked_recv is blocked_recv with an SA_RESTART handler and
+// SO_RCVTIMEO of 5 s: the signal at 50 ms ends it.
+static long timed_blocked_recv(int fd)
+{
+	struct timeval tv = {.tv_sec = 5}, none = {0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	long long t0 = now_ns();
+	long r = blocked_recv_noshut(fd);
+	int err = errno;
+	long ms = (long)((now_ns() - t0) / 1000000);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+	errno = err;
+	return r == -1 && ms > 1000 ? -1000 - ms : r; // EINTR, but only at the timeout: wrong
+}
+
 // do_bench times recvmsg(MSG_SOCK_DEVMEM | MSG_DONTWAIT) on an emulated
 // and a kernel socket with nothing to read: the cost of a call.
 static int do_bench(const char *ifname, const char *addr, int port, long n)
@@ -955,8 +978,10 @@ static int do_bench(const char *ifname, const char *addr, int port, long n)
 	// makes it not wait at all.
 	BOTH("timeo/recv-100ms", timed_recv(fd, 0, 100000, 90, 1000));
 	BOTH("timeo/recv-negative", timed_recv(fd, -1, 0, 0, 50));
-	// Without SA_RESTART the signal ends the receive: EINTR.
+	// Without SA_RESTART the signal ends the receive: EINTR; with
+	// SO_RCVTIMEO set, so does a handler with SA_RESTART (sock_intr_errno).
 	BOTH("wake/signal-no-restart", blocked_recv(fd, 0));
+	BOTH("wake/signal-rcvtimeo-restart", timed_blocked_recv(fd));
 	BOTH("wake/signal-then-shutdown", blocked_recv(fd, SA_RESTART));
 	return 0;
 }
