@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -298,7 +299,7 @@ func (l *Lib) closeStack(n *nic) {
 	if n.st == nil {
 		return
 	}
-	l.logf("%s: emulated stack down (%s)", n.name, n.st.Accounting())
+	l.logf("%s: emulated stack down (%s)", n.name, settled(n.st))
 	n.st.Close()
 	l.dropStack(n)
 }
@@ -377,4 +378,16 @@ func (l *Lib) Exit() {
 	for _, n := range l.nics {
 		l.closeStack(n)
 	}
+}
+
+// settled is the stack's frame accounting once no frame is between states
+// (a packet being parsed as the last sockets close), waiting up to 100 ms
+// for that: the snapshot is exact only at rest.
+func settled(st *stack.Stack) umem.Accounting {
+	a := st.Accounting()
+	for i := 0; i < 20 && a.InFlight != 0; i++ {
+		time.Sleep(5 * time.Millisecond)
+		a = st.Accounting()
+	}
+	return a
 }
