@@ -714,7 +714,7 @@ func TestPreloadAcceptedTX(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("peer received %d bytes, want %d (a header and 1 MiB of the dmabuf)", len(got), len(want))
 	}
-	if !strings.Contains(stdout.String(), "accepttx: 16 sends, 16 completed") {
+	if !strings.Contains(stdout.String(), "accepttx: 16 sends, all completed") {
 		t.Fatalf("stdout: %s", stdout)
 	}
 }

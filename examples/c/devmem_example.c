@@ -291,6 +291,45 @@ static int do_rx(const char *ifname, const char *addr, int port, int queue)
 
 // ---- tx ----
 
+// send_dmabuf sends len bytes of TX dmabuf id from offset off:
+// sendmsg(MSG_ZEROCOPY) with the offset as iov_base and SCM_DEVMEM_DMABUF.
+static ssize_t send_dmabuf(int s, uint32_t id, size_t off, size_t len)
+{
+	char ctrl[CMSG_SPACE(sizeof(uint32_t))] = {0};
+	struct iovec iov = {.iov_base = (void *)off, .iov_len = len};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_DEVMEM_DMABUF;
+	cm->cmsg_len = CMSG_LEN(sizeof(uint32_t));
+	memcpy(CMSG_DATA(cm), &id, sizeof(id));
+	return sendmsg(s, &m, MSG_ZEROCOPY);
+}
+
+// await_completions reads zerocopy completions off MSG_ERRQUEUE until
+// sends 0..sends-1 have all completed.
+static void await_completions(int s, uint32_t sends)
+{
+	for (uint32_t completed = 0; completed < sends;) {
+		char c[128];
+		struct msghdr m = {.msg_control = c, .msg_controllen = sizeof(c)};
+		if (recvmsg(s, &m, MSG_ERRQUEUE) < 0) {
+			if (errno != EAGAIN)
+				error(1, errno, "recvmsg MSG_ERRQUEUE");
+			if (nonblock)
+				wait_for(s, POLLERR);
+			else
+				poll(&(struct pollfd){.fd = s, .events = POLLERR}, 1, 100);
+			continue;
+		}
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+			struct sock_extended_err *e = (void *)CMSG_DATA(cm);
+			if (e->ee_origin == SO_EE_ORIGIN_ZEROCOPY && !e->ee_errno)
+				completed += e->ee_data - e->ee_info + 1;
+		}
+	}
+}
+
 static int do_tx(const char *ifname, const char *addr, int port)
 {
 	int dfd;
@@ -332,17 +371,9 @@ static int do_tx(const char *ifname, const char *addr, int port)
 		}
 	}
 
-	char ctrl[CMSG_SPACE(sizeof(uint32_t))] = {0};
-	uint32_t sends = 0, completed = 0;
+	uint32_t sends = 0;
 	for (size_t off = 0; off < len;) {
-		struct iovec iov = {.iov_base = (void *)off, .iov_len = len - off < chunk ? len - off : chunk};
-		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_DEVMEM_DMABUF;
-		cm->cmsg_len = CMSG_LEN(sizeof(uint32_t));
-		memcpy(CMSG_DATA(cm), &id, sizeof(id));
-		ssize_t n = sendmsg(s, &m, MSG_ZEROCOPY);
+		ssize_t n = send_dmabuf(s, id, off, len - off < chunk ? len - off : chunk);
 		if (n < 0 && errno == EAGAIN) {
 			wait_for(s, POLLOUT);
 			continue;
@@ -352,25 +383,7 @@ static int do_tx(const char *ifname, const char *addr, int port)
 		off += n;
 		sends++;
 	}
-	// Every send call completes once its data is acknowledged.
-	while (completed < sends) {
-		char c[128];
-		struct msghdr m = {.msg_control = c, .msg_controllen = sizeof(c)};
-		if (recvmsg(s, &m, MSG_ERRQUEUE) < 0) {
-			if (errno != EAGAIN)
-				error(1, errno, "recvmsg MSG_ERRQUEUE");
-			if (nonblock)
-				wait_for(s, POLLERR);
-			else
-				poll(&(struct pollfd){.fd = s, .events = POLLERR}, 1, 100);
-			continue;
-		}
-		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-			struct sock_extended_err *e = (void *)CMSG_DATA(cm);
-			if (e->ee_origin == SO_EE_ORIGIN_ZEROCOPY && !e->ee_errno)
-				completed += e->ee_data - e->ee_info + 1;
-		}
-	}
+	await_completions(s, sends); // each send completes once its data is acknowledged
 	fprintf(stderr, "tx: %zu bytes in %u sends, all completed\n", len, sends);
 	close(s);
 	return 0;

@@ -772,39 +772,15 @@ static int do_accepttx(const char *ifname, const char *addr, int port)
 		error(1, errno, "send");
 	if (setsockopt(c, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)))
 		error(1, errno, "SO_ZEROCOPY");
-	char ctrl[CMSG_SPACE(sizeof(uint32_t))] = {0};
-	uint32_t sends = 0, completed = 0;
-	for (size_t off = 0; off < (1 << 20);) {
-		struct iovec iov = {.iov_base = (void *)off, .iov_len = 65536};
-		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_DEVMEM_DMABUF;
-		cm->cmsg_len = CMSG_LEN(sizeof(uint32_t));
-		memcpy(CMSG_DATA(cm), &id, sizeof(id));
-		ssize_t n = sendmsg(c, &m, MSG_ZEROCOPY);
+	uint32_t sends = 0;
+	for (size_t off = 0; off < (1 << 20); sends++) {
+		ssize_t n = send_dmabuf(c, id, off, 65536);
 		if (n <= 0)
 			error(1, errno, "sendmsg from the dmabuf on the accepted socket");
 		off += n;
-		sends++;
 	}
-	while (completed < sends) {
-		char cb[128];
-		struct msghdr m = {.msg_control = cb, .msg_controllen = sizeof(cb)};
-		if (recvmsg(c, &m, MSG_ERRQUEUE) < 0) {
-			if (errno != EAGAIN)
-				error(1, errno, "MSG_ERRQUEUE");
-			struct pollfd p = {.fd = c, .events = 0};
-			poll(&p, 1, 1000); // POLLERR wakes it
-			continue;
-		}
-		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-			struct sock_extended_err *e = (void *)CMSG_DATA(cm);
-			if (e->ee_origin == SO_EE_ORIGIN_ZEROCOPY && !e->ee_errno)
-				completed += e->ee_data - e->ee_info + 1;
-		}
-	}
-	printf("accepttx: %u sends, %u completed\n", sends, completed);
+	await_completions(c, sends);
+	printf("accepttx: %u sends, all completed\n", sends);
 	shutdown(c, SHUT_WR);
 	char b[16];
 	while (read(c, b, sizeof(b)) > 0) // until the peer closes
@@ -843,7 +819,7 @@ static int do_rxtx(const char *ifname, const char *addr, int port)
 		error(1, errno, "accept");
 	static char data[65536], ctrl[256 * CMSG_SPACE(sizeof(struct dmabuf_cmsg))];
 	size_t echoed = 0, frags = 0;
-	uint32_t sends = 0, completed = 0;
+	uint32_t sends = 0;
 	for (;;) {
 		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
 		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
@@ -872,37 +848,14 @@ static int do_rxtx(const char *ifname, const char *addr, int port)
 		}
 		if (!m.msg_controllen)
 			error(1, 0, "%zd bytes without devmem cmsgs", n);
-		for (size_t off = start; off < echoed;) {
-			char sc[CMSG_SPACE(sizeof(uint32_t))] = {0};
-			struct iovec tv = {.iov_base = (void *)off, .iov_len = echoed - off};
-			struct msghdr sm = {.msg_iov = &tv, .msg_iovlen = 1, .msg_control = sc, .msg_controllen = sizeof(sc)};
-			struct cmsghdr *cm = CMSG_FIRSTHDR(&sm);
-			cm->cmsg_level = SOL_SOCKET;
-			cm->cmsg_type = SCM_DEVMEM_DMABUF;
-			cm->cmsg_len = CMSG_LEN(sizeof(uint32_t));
-			memcpy(CMSG_DATA(cm), &tid, sizeof(tid));
-			ssize_t k = sendmsg(c, &sm, MSG_ZEROCOPY);
+		for (size_t off = start; off < echoed; sends++) {
+			ssize_t k = send_dmabuf(c, tid, off, echoed - off);
 			if (k <= 0)
 				error(1, errno, "sendmsg");
 			off += k;
-			sends++;
 		}
 	}
-	while (completed < sends) {
-		char cb[128];
-		struct msghdr m = {.msg_control = cb, .msg_controllen = sizeof(cb)};
-		if (recvmsg(c, &m, MSG_ERRQUEUE) < 0) {
-			if (errno != EAGAIN)
-				error(1, errno, "MSG_ERRQUEUE");
-			poll(&(struct pollfd){.fd = c}, 1, 1000);
-			continue;
-		}
-		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-			struct sock_extended_err *e = (void *)CMSG_DATA(cm);
-			if (e->ee_origin == SO_EE_ORIGIN_ZEROCOPY && !e->ee_errno)
-				completed += e->ee_data - e->ee_info + 1;
-		}
-	}
+	await_completions(c, sends);
 	if (!frags)
 		error(1, 0, "no dmabuf fragments: nothing came through the RX dmabuf");
 	printf("rxtx: echoed %zu bytes (%zu dmabuf frags) in %u sends, all completed; rx dmabuf %u, tx dmabuf %u\n",
