@@ -347,43 +347,59 @@ func (c *TXConn) SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, err
 	c.recordLocked(start, iov, b)
 	c.mu.Unlock()
 
+	total, err := c.write(size, func(done uint64) tcpip.Payloader { return &placeholder{left: int64(size - done)} }, flags)
+	if total > 0 {
+		b.get()
+	}
+	c.finishSend(start, total, txCall{b: b})
+	if total > 0 {
+		return int(total), nil
+	}
+	return 0, fmt.Errorf("sendmsg: %w", err)
+}
+
+// write queues size bytes into gVisor's send buffer, payload giving the
+// bytes from offset done on, waiting for room unless flags has
+// MSG_DONTWAIT. It returns the bytes queued and why it stopped short.
+func (c *TXConn) write(size uint64, payload func(done uint64) tcpip.Payloader, flags int) (uint64, error) {
 	var total uint64
-	var err error
 	for total < size {
-		n, terr := c.ep.Write(&placeholder{left: int64(size - total)}, tcpip.WriteOptions{})
+		n, terr := c.ep.Write(payload(total), tcpip.WriteOptions{})
 		total += uint64(n)
 		if terr == nil {
 			continue
 		}
 		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
-			err = sendErr(terr)
-			break
+			return total, sendErr(terr)
 		}
 		if flags&unix.MSG_DONTWAIT != 0 {
 			if total == 0 {
-				err = unix.EAGAIN
+				return 0, unix.EAGAIN
 			}
-			break
+			return total, nil
 		}
-		if err = c.waitOut(); err != nil {
-			break
+		if err := c.waitOut(); err != nil {
+			return total, err
 		}
 	}
+	return total, nil
+}
 
+// finishSend drops what a send recorded from start on and gVisor did not
+// take, and, when it queued bytes and call says what completes them (a
+// binding, or copied plain bytes), gives the call the next send number.
+func (c *TXConn) finishSend(start, total uint64, call txCall) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.truncateLocked(start + total)
-	if total > 0 {
-		b.get()
-		c.calls = append(c.calls, txCall{id: c.nextID, end: start + total, b: b})
-		c.nextID++
-		t.cnt.calls.Add(1)
-		c.completeLocked()
+	if total == 0 || (call.b == nil && !call.copied) {
+		return
 	}
-	c.mu.Unlock()
-	if total > 0 {
-		return int(total), nil
-	}
-	return 0, fmt.Errorf("sendmsg: %w", err)
+	call.id, call.end = c.nextID, start+total
+	c.calls = append(c.calls, call)
+	c.nextID++
+	c.eng.cnt.calls.Add(1)
+	c.completeLocked()
 }
 
 // Send sends plain bytes on the connection (send(2) without a dmabuf on a
@@ -413,40 +429,10 @@ func (c *TXConn) Send(p []byte, flags int) (int, error) {
 	c.recordPlainLocked(start, uint64(len(p)))
 	c.mu.Unlock()
 
-	total := 0
-	var err error
-	for total < len(p) {
-		n, terr := c.ep.Write(bytes.NewReader(p[total:]), tcpip.WriteOptions{})
-		total += int(n)
-		if terr == nil {
-			continue
-		}
-		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
-			err = sendErr(terr)
-			break
-		}
-		if flags&unix.MSG_DONTWAIT != 0 {
-			if total == 0 {
-				err = unix.EAGAIN
-			}
-			break
-		}
-		if err = c.waitOut(); err != nil {
-			break
-		}
-	}
-
-	c.mu.Lock()
-	c.truncateLocked(start + uint64(total))
-	if total > 0 && flags&devmemapi.MSG_ZEROCOPY != 0 && c.zerocopy.Load() {
-		c.calls = append(c.calls, txCall{id: c.nextID, end: start + uint64(total), copied: true})
-		c.nextID++
-		c.eng.cnt.calls.Add(1)
-		c.completeLocked()
-	}
-	c.mu.Unlock()
+	total, err := c.write(uint64(len(p)), func(done uint64) tcpip.Payloader { return bytes.NewReader(p[done:]) }, flags)
+	c.finishSend(start, total, txCall{copied: flags&devmemapi.MSG_ZEROCOPY != 0 && c.zerocopy.Load()})
 	if total > 0 {
-		return total, nil
+		return int(total), nil
 	}
 	return 0, fmt.Errorf("send: %w", err)
 }
