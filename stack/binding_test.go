@@ -254,13 +254,7 @@ func TestDefaultAutorelease(t *testing.T) {
 // one would unpin its frame (a frame leaked at each such race).
 func TestCloseRacesReceive(t *testing.T) {
 	ip := newInproc(t, Config{})
-	if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := ip.s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := ip.bindListen(t)
 	c, seq := ip.connect(ln, 40400, 77)
 	ip.inject(segment(40400, 5201, seq, 1, tcpFlagAck, nil, make([]byte, 500))) // the flow is cached now
 	testHookLookedUp = func() { testHookLookedUp = nil; c.Close() }

@@ -2,12 +2,10 @@ package stack
 
 import (
 	"errors"
-	"net/netip"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/umem"
 )
 
@@ -107,13 +105,7 @@ func TestInprocOutOfOrderBounded(t *testing.T) {
 	size := MinRegionSize(1500, 1)
 	ip := newInproc(t, Config{RegionSize: size})
 	b := budgetFor(size/umem.DefaultFrameSize, 1500, 1, false)
-	if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := ip.s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := ip.bindListen(t)
 	c, seq := ip.connect(ln, 40002, 5000)
 	const mss = 1448
 	seg := func(i int) []byte {
@@ -161,13 +153,7 @@ func TestInprocTinySegmentsBounded(t *testing.T) {
 	size := MinRegionSize(1500, 1)
 	ip := newInproc(t, Config{RegionSize: size})
 	b := budgetFor(size/umem.DefaultFrameSize, 1500, 1, false)
-	if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := ip.s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := ip.bindListen(t)
 	c, seq := ip.connect(ln, 40003, 9000)
 	total := int(size / umem.DefaultFrameSize)
 	for i := 1; i <= total-64; i++ {

@@ -149,6 +149,19 @@ func (ip *inproc) waitTX() []byte {
 
 // connect performs the handshake from the fake peer and accepts it. It
 // returns the accepted Conn and the peer's next sequence number.
+// bindListen binds queue 0 and listens on port 5201 of the stack.
+func (ip *inproc) bindListen(t testing.TB) devmemapi.Listener {
+	t.Helper()
+	if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := ip.s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
 func (ip *inproc) connect(ln devmemapi.Listener, sport uint16, isn uint32) (*Conn, uint32) {
 	opts := []byte{2, 4, 0x05, 0xb4, 1, 3, 3, 7} // MSS 1460, NOP, WS 7
 	ip.inject(segment(sport, 5201, isn, 0, tcpFlagSyn, opts, nil))
@@ -243,13 +256,7 @@ func (ip *inproc) peerLoop(c *Conn, want int, next func(read int) []byte, got *[
 
 func TestInprocReceive(t *testing.T) {
 	ip := newInproc(t, Config{})
-	if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := ip.s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := ip.bindListen(t)
 	c, seq := ip.connect(ln, 40001, 1000)
 	payload := make([]byte, 1448)
 	var want []byte
@@ -302,13 +309,7 @@ func TestInprocReceive(t *testing.T) {
 // after a PSH; the stream arrives whole and uncopied.
 func TestInprocCoalesce(t *testing.T) {
 	ip := newInproc(t, Config{})
-	if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := ip.s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := ip.bindListen(t)
 	c, seq := ip.connect(ln, 40002, 5000)
 	ts := []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0}
 	payload := make([]byte, 1448)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
-	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -248,13 +247,7 @@ func rawFrag4(opts []byte, id uint16, off int, more bool, data []byte) []byte {
 // the rest as dmabuf fragments, and every frame comes back.
 func TestInprocFragments(t *testing.T) {
 	ip := newInproc(t, Config{})
-	if _, err := ip.s.BindRX(devmemapi.BindRXConfig{Queues: []uint32{0}}); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := ip.s.Listen(netip.AddrPortFrom(netip.Addr{}, 5201))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := ip.bindListen(t)
 	c, seq := ip.connect(ln, 40003, 7000)
 	var want []byte
 	var linear, fragments int
