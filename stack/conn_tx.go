@@ -17,7 +17,7 @@ import (
 // becomes a TXConn over the same gVisor endpoint, its "view", made at the
 // first send that needs send numbers. The view maps the stream from our
 // initial sequence number, which the RX loop took from the handshake's ACK
-// (noteHandshakeAck); the bytes Send queued before it are plain bytes of
+// (flow.noteAckLocked); the bytes Send queued before it are plain bytes of
 // the stream, so their retransmissions still go out.
 
 // SendMsg sends from a TX dmabuf as TXConn.SendMsg does (the same checks,
@@ -81,7 +81,7 @@ func (c *Conn) viewLocked(flags int) (*TXConn, error) {
 		return nil, devmemapi.ErrClosed
 	default:
 	}
-	if !c.fl.ourNextOK.Load() || c.sent >= 1<<31 {
+	if c.fl.ackState.Load() != ackSeen || c.sent >= 1<<31 {
 		// No handshake ACK was seen for the connection, or the bytes
 		// before the view are too many for 32-bit sequence arithmetic.
 		return nil, fmt.Errorf("devmem sends on this accepted connection: %w", unix.EOPNOTSUPP)

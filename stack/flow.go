@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 
@@ -22,9 +23,10 @@ type flow struct {
 	attached bool        // accepted by a Conn
 	dead     atomic.Bool // removed from the table
 	// ourNext is our side's first sequence number after the SYN-ACK
-	// (ISS+1), from the handshake's ACK; valid when ourNextOK is set.
-	ourNext   atomic.Uint32
-	ourNextOK atomic.Bool
+	// (ISS+1), from the handshake's ACK (noteAckLocked); valid in state
+	// ackSeen. The state is read without mu, and written under it.
+	ourNext  atomic.Uint32
+	ackState atomic.Uint32
 
 	// steered caches the logical queue the flow is steered to, valid while
 	// steerGen matches the steering table's generation.
@@ -195,4 +197,28 @@ func (t *flowTable) count() int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return len(t.m)
+}
+
+// ackState values: the RX loop looks for the handshake's ACK until it has
+// it, or until the connection is accepted without it.
+const (
+	ackWaiting uint32 = iota
+	ackSeen
+	ackMissed
+)
+
+// noteAckLocked takes the ACK number of a segment of a flow not accepted
+// yet as our side's first sequence number after the SYN-ACK: the first
+// ACK a flow gets from its peer is the handshake's (alone or on the first
+// data). An accepted connection that later sends from a TX dmabuf maps its
+// stream from it (conn_tx.go). f.mu must be held.
+func (f *flow) noteAckLocked(b []byte, sp split) {
+	switch {
+	case f.ackState.Load() != ackWaiting || sp.Flags&tcpFlagAck == 0 || sp.TCPOff+12 > len(b):
+	case f.attached:
+		f.ackState.Store(ackMissed)
+	default:
+		f.ourNext.Store(binary.BigEndian.Uint32(b[sp.TCPOff+8:]))
+		f.ackState.Store(ackSeen)
+	}
 }

@@ -147,8 +147,6 @@ func (ip *inproc) waitTX() []byte {
 	}
 }
 
-// connect performs the handshake from the fake peer and accepts it. It
-// returns the accepted Conn and the peer's next sequence number.
 // bindListen binds queue 0 and listens on port 5201 of the stack.
 func (ip *inproc) bindListen(t testing.TB) devmemapi.Listener {
 	t.Helper()
@@ -162,6 +160,8 @@ func (ip *inproc) bindListen(t testing.TB) devmemapi.Listener {
 	return ln
 }
 
+// connect performs the handshake from the fake peer and accepts it. It
+// returns the accepted Conn and the peer's next sequence number.
 func (ip *inproc) connect(ln devmemapi.Listener, sport uint16, isn uint32) (*Conn, uint32) {
 	opts := []byte{2, 4, 0x05, 0xb4, 1, 3, 3, 7} // MSS 1460, NOP, WS 7
 	ip.inject(segment(sport, 5201, isn, 0, tcpFlagSyn, opts, nil))
@@ -438,5 +438,37 @@ func TestLinkWritePacketsAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per WritePackets", allocs)
+	}
+}
+
+// TestHandshakeAckNoted: the RX loop takes our side's first sequence
+// number after the SYN-ACK from the handshake's ACK, alone or carried by
+// the first data segment (the pure ACK lost), and stops looking once the
+// connection is accepted.
+func TestHandshakeAckNoted(t *testing.T) {
+	ip := newInproc(t, Config{})
+	ln := ip.bindListen(t)
+	for _, tc := range []struct {
+		name    string
+		port    uint16
+		payload int
+	}{{"pure ACK", 40701, 0}, {"ACK on the first data", 40702, 100}} {
+		opts := []byte{2, 4, 0x05, 0xb4, 1, 3, 3, 7}
+		ip.inject(segment(tc.port, 5201, 500, 0, tcpFlagSyn, opts, nil))
+		srvISN := binary.BigEndian.Uint32(ip.waitTX()[14+20+4:])
+		ip.inject(segment(tc.port, 5201, 501, srvISN+1, tcpFlagAck, nil, make([]byte, tc.payload)))
+		dc, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := dc.(*Conn)
+		if st := d.fl.ackState.Load(); st != ackSeen || d.fl.ourNext.Load() != srvISN+1 {
+			t.Fatalf("%s: state %d, next %d, want %d", tc.name, st, d.fl.ourNext.Load(), srvISN+1)
+		}
+		// Accepted: later ACKs change nothing.
+		ip.inject(segment(tc.port, 5201, 501+uint32(tc.payload), srvISN+7, tcpFlagAck, nil, nil))
+		if d.fl.ourNext.Load() != srvISN+1 {
+			t.Fatalf("%s: a later ACK moved it to %d", tc.name, d.fl.ourNext.Load())
+		}
 	}
 }

@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"encoding/binary"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -288,8 +287,14 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 		return
 	}
 	if sp.PayloadLen == 0 {
+		// A handshake's ACK, while some flow waits to be accepted (the
+		// flow cache makes this a comparison for any other ACK).
 		if sp.Flags&tcpFlagAck != 0 && s.flows.npending.Load() > 0 {
-			q.noteHandshakeAck(key, b, sp)
+			if fl := q.lookup(key); fl != nil && fl.ackState.Load() == ackWaiting {
+				fl.mu.Lock()
+				fl.noteAckLocked(b, sp)
+				fl.mu.Unlock()
+			}
 		}
 		q.deliverCopy(b, sp)
 		q.free = append(q.free, frame)
@@ -307,6 +312,9 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 	}
 	bnd, kind := q.placement(fl, sp.PayloadLen)
 	fl.mu.Lock()
+	if fl.ackState.Load() == ackWaiting { // the handshake's ACK may come on the first data
+		fl.noteAckLocked(b, sp)
+	}
 	if fl.dead.Load() {
 		// The connection closed after the lookup: its queue was drained
 		// and nobody would drain a new entry (the frame would stay
@@ -694,21 +702,3 @@ func (q *rxQueue) deliverCopyMulti(b0 []byte, more [][]byte, sp split) {
 // testHookLookedUp, when set (tests only), runs between a segment's flow
 // lookup and its queueing: where a close can slip in.
 var testHookLookedUp func()
-
-// noteHandshakeAck records, for a flow not accepted yet, the first ACK the
-// peer sends without data: the handshake's, whose number is our side's
-// first sequence number after the SYN-ACK. An accepted connection that
-// later sends from a TX dmabuf maps its stream from it (conn_tx.go). Only
-// while flows wait to be accepted does the RX loop look.
-func (q *rxQueue) noteHandshakeAck(key flowKey, b []byte, sp split) {
-	fl := q.lookup(key)
-	if fl == nil || fl.ourNextOK.Load() || sp.TCPOff+12 > len(b) {
-		return
-	}
-	fl.mu.Lock()
-	if !fl.attached && !fl.ourNextOK.Load() {
-		fl.ourNext.Store(binary.BigEndian.Uint32(b[sp.TCPOff+8:]))
-		fl.ourNextOK.Store(true)
-	}
-	fl.mu.Unlock()
-}
