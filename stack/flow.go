@@ -42,9 +42,9 @@ type flowTable struct {
 	m        map[flowKey]*flow
 	window   uint64
 	maxFrags int
-	pending  int // flows not accepted yet; guarded by mu
-	// npending mirrors pending for the RX loop, which reads it without mu.
-	npending atomic.Int32
+	// pending counts flows not accepted yet; written under mu, read
+	// without it by the RX loop.
+	pending atomic.Int32
 }
 
 // maxPendingFlows bounds flows that saw a SYN but were not accepted (a SYN
@@ -62,15 +62,14 @@ func (t *flowTable) syn(key flowKey, base uint32, unpin []uint32, c *counters) [
 	defer t.mu.Unlock()
 	f := t.m[key]
 	if f == nil {
-		if t.pending >= maxPendingFlows {
+		if t.pending.Load() >= maxPendingFlows {
 			unpin = t.evictPendingLocked(unpin, c)
 		}
 		f = &flow{key: key}
 		f.fq.window, f.fq.maxFrags = t.window, t.maxFrags
 		f.fq.base = base
 		t.m[key] = f
-		t.pending++
-		t.npending.Store(int32(t.pending))
+		t.pending.Add(1)
 		c.flowsCreated.Add(1)
 		return unpin
 	}
@@ -101,8 +100,7 @@ func (t *flowTable) attach(key flowKey) *flow {
 	f.mu.Lock()
 	f.attached = true
 	f.mu.Unlock()
-	t.pending--
-	t.npending.Store(int32(t.pending))
+	t.pending.Add(-1)
 	return f
 }
 
@@ -115,7 +113,7 @@ func (t *flowTable) evictPendingLocked(unpin []uint32, c *counters) []uint32 {
 			break
 		}
 		f.mu.Lock()
-		if !f.attached && (f.fq.len() == 0 || t.pending-n > maxPendingFlows) {
+		if !f.attached && (f.fq.len() == 0 || int(t.pending.Load())-n > maxPendingFlows) {
 			unpin = f.fq.drain(unpin)
 			f.dead.Store(true)
 			delete(t.m, k)
@@ -124,8 +122,7 @@ func (t *flowTable) evictPendingLocked(unpin []uint32, c *counters) []uint32 {
 		}
 		f.mu.Unlock()
 	}
-	t.pending -= n
-	t.npending.Store(int32(t.pending))
+	t.pending.Add(int32(-n))
 	return unpin
 }
 
@@ -135,8 +132,7 @@ func (t *flowTable) remove(f *flow, unpin []uint32) []uint32 {
 	if t.m[f.key] == f {
 		delete(t.m, f.key)
 		if !f.attached {
-			t.pending--
-			t.npending.Store(int32(t.pending))
+			t.pending.Add(-1)
 		}
 	}
 	t.mu.Unlock()
@@ -155,8 +151,7 @@ func (t *flowTable) removeUnaccepted(lport uint16, r *umem.Region) {
 	for k, f := range t.m {
 		if k.lport == lport && !f.attached {
 			delete(t.m, k)
-			t.pending--
-			t.npending.Store(int32(t.pending))
+			t.pending.Add(-1)
 			gone = append(gone, f)
 		}
 	}
@@ -177,8 +172,7 @@ func (t *flowTable) drainAll(r *umem.Region) {
 	t.mu.Lock()
 	all := t.m
 	t.m = map[flowKey]*flow{}
-	t.pending = 0
-	t.npending.Store(0)
+	t.pending.Store(0)
 	t.mu.Unlock()
 	var unpin []uint32
 	for _, f := range all {

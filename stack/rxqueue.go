@@ -289,7 +289,7 @@ func (q *rxQueue) handle(d unix.XDPDesc) {
 	if sp.PayloadLen == 0 {
 		// A handshake's ACK, while some flow waits to be accepted (the
 		// flow cache makes this a comparison for any other ACK).
-		if sp.Flags&tcpFlagAck != 0 && s.flows.npending.Load() > 0 {
+		if sp.Flags&tcpFlagAck != 0 && s.flows.pending.Load() > 0 {
 			if fl := q.lookup(key); fl != nil && fl.ackState.Load() == ackWaiting {
 				fl.mu.Lock()
 				fl.noteAckLocked(b, sp)
