@@ -44,7 +44,7 @@ func (e *esock) notify() {
 	if e.b < MaxFD {
 		e.l.host.Wake(e.b)
 	}
-	if e.polled.Load() && e.dirty.CompareAndSwap(false, true) {
+	if e.armed.Load() && e.dirty.CompareAndSwap(false, true) {
 		select {
 		case e.l.sync <- e:
 		default:
@@ -63,21 +63,14 @@ func (l *Lib) syncer() {
 	}
 }
 
-func (e *esock) isArmed() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.armed
-}
-
 // arm starts mirroring the socket's readiness (it is being polled).
 func (e *esock) arm() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.armed {
+	if e.armed.Load() {
 		return
 	}
-	e.armed = true
-	e.polled.Store(true)
+	e.armed.Store(true)
 	switch {
 	case e.ln != nil:
 		e.ln.SetNotify(e.notify)
@@ -93,7 +86,7 @@ func (e *esock) arm() {
 // readable (or an error to report), A's buffer full for not writable, B
 // shut down for end of stream and hang-up. e.mu must be held.
 func (e *esock) syncLocked() {
-	if !e.armed || e.state == stClosed {
+	if !e.armed.Load() || e.state == stClosed {
 		return
 	}
 	r := e.readiness()

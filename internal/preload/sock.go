@@ -54,8 +54,9 @@ type esock struct {
 	fam   int // AF_INET or AF_INET6: the program's view
 	a, b  int // the library's ends of the socketpair (A is the program's)
 	dirty atomic.Bool
-	// polled mirrors armed for notify, which runs without e.mu.
-	polled atomic.Bool
+	// armed: the socket is polled, and A mirrors its readiness. Set once
+	// (under mu); notify reads it without mu.
+	armed atomic.Bool
 	// rcvTimeo and sndTimeo are SO_RCVTIMEO and SO_SNDTIMEO in jiffies
 	// (-1: none; see timeoJiffies). Guarded by mu.
 	rcvTimeo, sndTimeo int64
@@ -70,7 +71,6 @@ type esock struct {
 	soErr    error // SO_ERROR: a failed connect
 	opts     map[optKey]int32
 	bindDev  string
-	armed    bool // polled: A mirrors the readiness
 	rsig     bool // a byte waits in A
 	wfull    bool // A's send buffer is full
 	rdhup    bool // B shut down for writing
@@ -395,7 +395,7 @@ func (l *Lib) Connect(fd int, sap UPtr, salen uint32) (int, error) {
 			e.tx.SetZeroCopy(true)
 		}
 		e.state = stConnected
-		if e.armed {
+		if e.armed.Load() {
 			e.tx.SetNotify(e.notify)
 		}
 		e.syncLocked()
@@ -438,7 +438,7 @@ func (l *Lib) Listen(fd, backlog int) (int, error) {
 	if la, ok := e.ln.Addr().(*net.TCPAddr); ok {
 		e.local = netip.AddrPortFrom(e.local.Addr(), uint16(la.Port))
 	}
-	if e.armed {
+	if e.armed.Load() {
 		e.ln.SetNotify(e.notify)
 	}
 	e.syncLocked()
@@ -664,7 +664,7 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	case tx != nil:
 		n, err = tx.ReadFlags(p, rflags)
 	}
-	if e.isArmed() {
+	if e.armed.Load() {
 		e.mu.Lock()
 		e.syncLocked()
 		e.mu.Unlock()
@@ -753,7 +753,7 @@ func (e *esock) recvErrQueue(m Msghdr, msgp UPtr, flags int) (int, error) {
 	} else {
 		oobn, rflags, err = tx.RecvErrQueue(oob, 0)
 	}
-	if e.isArmed() {
+	if e.armed.Load() {
 		e.mu.Lock()
 		e.syncLocked()
 		e.mu.Unlock()
@@ -881,7 +881,7 @@ func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 		}
 		n, err = conn.Send(buf, sflags)
 	}
-	if e.isArmed() {
+	if e.armed.Load() {
 		e.mu.Lock()
 		e.syncLocked()
 		e.mu.Unlock()
