@@ -2,13 +2,15 @@ package tests
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xdevmem/xdevmem/internal/bench"
 )
 
 // BenchmarkPreloadNcdevmem receives 1 GiB of the -v 7 pattern from socat on
@@ -81,7 +83,7 @@ func benchPreloadNcdevmem(b *testing.B, w *preloadWorld, ncBin, srv string) {
 			}
 		}
 		start := time.Now()
-		idle0, total0 := cpuTimes(b)
+		busy0 := machineBusy(b)
 		out, err := w.p.Peer.Command("bash", "-c", fmt.Sprintf(
 			`yes $(echo -e \\x01\\x02\\x03\\x04\\x05\\x06) | %s head -c 1G | socat -u - TCP4:%s:%d,bind=%s:%d`,
 			pattern, w.addr4, port, w.peer4, port)).CombinedOutput()
@@ -98,9 +100,9 @@ func benchPreloadNcdevmem(b *testing.B, w *preloadWorld, ncBin, srv string) {
 			b.Fatalf("%s still running", strings.Join(cmd.Args, " "))
 		}
 		wall := time.Since(start)
-		idle1, total1 := cpuTimes(b)
+		idle := 1 - (machineBusy(b)-busy0)/(wall.Seconds()*float64(runtime.NumCPU()))
 		return preloadRun{wall: wall, cpu: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(),
-			idle: float64(idle1-idle0) / float64(total1-total0) / float64(b.N)}
+			idle: idle / float64(b.N)}
 	}
 	// pattern is the -v 7 stream each program validates: 6.12's ncdevmem
 	// takes 0 for the seventh byte (the issue's "tr \\n \\0"), the server
@@ -152,23 +154,11 @@ func benchPreloadNcdevmem(b *testing.B, w *preloadWorld, ncBin, srv string) {
 	b.ReportMetric(receivers[1].sum.wall.Seconds()/receivers[0].sum.wall.Seconds(), "ratio") // ncdevmem MB/s / server MB/s
 }
 
-// cpuTimes returns the machine's idle and total CPU time in clock ticks,
-// from /proc/stat.
-func cpuTimes(tb testing.TB) (idle, total uint64) {
-	b, err := os.ReadFile("/proc/stat")
+// machineBusy is bench.MachineBusy, failing the benchmark on an error.
+func machineBusy(tb testing.TB) float64 {
+	v, err := bench.MachineBusy()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	for i, f := range strings.Fields(line)[1:] {
-		v, err := strconv.ParseUint(f, 10, 64)
-		if err != nil {
-			tb.Fatalf("/proc/stat: %q", line)
-		}
-		total += v
-		if i == 3 || i == 4 { // idle, iowait
-			idle += v
-		}
-	}
-	return idle, total
+	return v
 }

@@ -67,6 +67,13 @@ func between(a, b sample) window {
 	}
 }
 
+// MachineBusy returns the CPU seconds the machine has been busy since boot
+// (every CPU; /proc/stat's aggregate line less idle and iowait).
+func MachineBusy() (float64, error) {
+	busy, _, err := readProcStat()
+	return busy, err
+}
+
 // readProcStat returns the machine's busy and softirq CPU seconds since boot
 // from the aggregate "cpu" line of /proc/stat.
 func readProcStat() (busy, softirq float64, err error) {
