@@ -68,6 +68,14 @@ static void *bad_page(void)
 	return p;
 }
 
+// page_before_hole returns a mapped page with nothing mapped after it.
+static char *page_before_hole(void)
+{
+	char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	munmap(p + 4096, 4096);
+	return p;
+}
+
 static void *ro_page(const void *src, size_t len)
 {
 	char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -80,8 +88,7 @@ static void *ro_page(const void *src, size_t len)
 // fd is the socket they name.
 static long poll_straddling(int fd)
 {
-	char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	munmap(p + 4096, 4096);
+	char *p = page_before_hole();
 	struct pollfd *pf = (struct pollfd *)(p + 4096 - sizeof(struct pollfd));
 	*pf = (struct pollfd){.fd = fd, .events = POLLIN};
 	long r = poll(pf, 2, 0); // the second entry is unmapped
@@ -482,11 +489,8 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	heap->flags = DMA_BUF_SYNC_END;
 	EMU("sync/heap-no-direction", ioctl(dfd, DMA_BUF_IOCTL_SYNC, heap));
 	free(heap);
-	char *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	munmap(page, 4096);
-	EMU("sync/unmapped", ioctl(dfd, DMA_BUF_IOCTL_SYNC, page));
-	page = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	munmap(page + 4096, 4096);
+	EMU("sync/unmapped", ioctl(dfd, DMA_BUF_IOCTL_SYNC, bad_page()));
+	char *page = page_before_hole();
 	memcpy(page + 4092, &sync.flags, 4);
 	EMU("sync/straddles-unmapped", ioctl(dfd, DMA_BUF_IOCTL_SYNC, page + 4092));
 	munmap(page, 4096);
