@@ -551,11 +551,7 @@ func TestTXOnAcceptedConn(t *testing.T) {
 	select {
 	case b := <-got:
 		if !bytes.Equal(b, want) {
-			i := 0
-			for i < len(b) && i < len(want) && b[i] == want[i] {
-				i++
-			}
-			t.Fatalf("peer received %d bytes, want %d; first difference at %d", len(b), len(want), i)
+			t.Fatalf("peer received %d bytes, want %d; first difference at %d", len(b), len(want), firstDiff(b, want))
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("the peer saw no end of stream")
