@@ -170,7 +170,7 @@ func (t *txEngine) build(pkt *gstack.PacketBuffer, sc *txScratch) {
 	copyPacket(hdr, pkt, 0, hl)
 	ipHdr, tcpHdr := tcpHeaders(hdr)
 	var c *TXConn
-	if tcpHdr != nil && t.nconns.Load() > 0 {
+	if tcpHdr != nil && t.anyConns() {
 		th := header.TCP(tcpHdr)
 		k := txKey{rport: th.DestinationPort(), lport: th.SourcePort()}
 		if ipHdr[0]>>4 == 6 {

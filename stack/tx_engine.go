@@ -3,6 +3,7 @@ package stack
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math/bits"
 	"net"
 	"sync"
@@ -47,9 +48,12 @@ type txEngine struct {
 	owner  []atomic.Pointer[txBinding] // region frame → binding whose span holds it
 	chains []txChain                   // region frame → chain it heads; under the device's TX lock
 
-	connsMu sync.RWMutex
-	conns   map[txKey]*TXConn
-	nconns  atomic.Int32
+	// conns maps connections to the TX connections sending from dmabufs.
+	// Every received and sent packet looks it up while it is not empty, so
+	// it is copied on write (register, unregister: connsMu) and read with
+	// one atomic load.
+	connsMu sync.Mutex
+	conns   atomic.Pointer[map[txKey]*TXConn]
 
 	bmu      sync.Mutex
 	bindings map[*txBinding]struct{}
@@ -81,9 +85,9 @@ func (s *Stack) engine() (*txEngine, error) {
 		shift:    uint(bits.TrailingZeros32(r.FrameSize())),
 		owner:    make([]atomic.Pointer[txBinding], r.Frames()),
 		chains:   make([]txChain, r.Frames()),
-		conns:    map[txKey]*TXConn{},
 		bindings: map[*txBinding]struct{}{},
 	}
+	t.conns.Store(&map[txKey]*TXConn{})
 	t.scratch.New = func() any { return &txScratch{} }
 	t.dev = s.devs[0]
 	t.dev.SetTXClaim(t.claim)
@@ -124,13 +128,7 @@ func (s *Stack) closeTX() {
 	if t == nil {
 		return
 	}
-	t.connsMu.Lock()
-	conns := make([]*TXConn, 0, len(t.conns))
-	for _, c := range t.conns {
-		conns = append(conns, c)
-	}
-	t.connsMu.Unlock()
-	for _, c := range conns {
+	for _, c := range *t.conns.Load() {
 		c.Close()
 		c.abort()
 		t.unregister(c)
@@ -151,29 +149,34 @@ func (s *Stack) closeTX() {
 func (t *txEngine) register(c *TXConn) error {
 	t.connsMu.Lock()
 	defer t.connsMu.Unlock()
-	if _, ok := t.conns[c.key]; ok {
+	old := *t.conns.Load()
+	if _, ok := old[c.key]; ok {
 		return fmt.Errorf("tx: connection %v:%d from port %d exists: %w", net.IP(c.key.raddr[:]), c.key.rport, c.key.lport, unix.EADDRINUSE)
 	}
-	t.conns[c.key] = c
-	t.nconns.Add(1)
+	m := maps.Clone(old)
+	m[c.key] = c
+	t.conns.Store(&m)
 	return nil
 }
 
 func (t *txEngine) unregister(c *TXConn) {
 	t.connsMu.Lock()
-	if t.conns[c.key] == c {
-		delete(t.conns, c.key)
-		t.nconns.Add(-1)
+	defer t.connsMu.Unlock()
+	old := *t.conns.Load()
+	if old[c.key] != c {
+		return
 	}
-	t.connsMu.Unlock()
+	m := maps.Clone(old)
+	delete(m, c.key)
+	t.conns.Store(&m)
 }
 
-func (t *txEngine) lookup(k txKey) *TXConn {
-	t.connsMu.RLock()
-	c := t.conns[k]
-	t.connsMu.RUnlock()
-	return c
-}
+// lookup finds the TX connection of k (nil if none).
+func (t *txEngine) lookup(k txKey) *TXConn { return (*t.conns.Load())[k] }
+
+// anyConns reports whether any TX connection is registered: while none is,
+// packets are not looked up at all.
+func (t *txEngine) anyConns() bool { return len(*t.conns.Load()) > 0 }
 
 // claim is the engine's umem.TXClaim: payload addresses in a span are the
 // engine's; a TX frame that heads a chain tells its connection the chain

@@ -81,7 +81,7 @@ type txTap struct {
 
 // DeliverNetworkPacket implements gstack.NetworkDispatcher.
 func (p *txTap) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *gstack.PacketBuffer) {
-	if t := p.s.tx.eng.Load(); t != nil && t.nconns.Load() > 0 {
+	if t := p.s.tx.eng.Load(); t != nil && t.anyConns() {
 		t.observe(proto, pkt)
 	}
 	p.d.DeliverNetworkPacket(proto, pkt)
