@@ -854,32 +854,28 @@ func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 	var n int
 	var err error
 	_, hasID, _ := devmemapi.ParseDmabufTxCmsg(oob)
-	switch {
-	case tx != nil && (hasID || len(oob) > 0):
+	// A connected socket sends through the TXConn it dialled, an accepted
+	// one through its Conn (whose TX view serves dmabuf sends).
+	var snd interface {
+		SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, error)
+		Send(p []byte, flags int) (int, error)
+	} = conn
+	if tx != nil {
+		snd = tx
+	}
+	if hasID || (tx != nil && len(oob) > 0) {
 		// iov_base is an offset into the dmabuf, not an address.
 		dv := make([]devmemapi.Iovec, len(iov))
 		for i, v := range iov {
 			dv[i] = devmemapi.Iovec{Base: uint64(v.Base), Len: v.Len}
 		}
-		n, err = tx.SendMsg(dv, oob, sflags)
-	case tx != nil: // plain bytes in the stream, between dmabuf sends
+		n, err = snd.SendMsg(dv, oob, sflags)
+	} else { // plain bytes (on a devmem TX socket, between its dmabuf sends)
 		buf := make([]byte, total)
 		if err := gather(buf, iov); err != nil {
 			return -1, err
 		}
-		n, err = tx.Send(buf, sflags)
-	case hasID: // devmem TX on an accepted socket
-		dv := make([]devmemapi.Iovec, len(iov))
-		for i, v := range iov {
-			dv[i] = devmemapi.Iovec{Base: uint64(v.Base), Len: v.Len}
-		}
-		n, err = conn.SendMsg(dv, oob, sflags)
-	default:
-		buf := make([]byte, total)
-		if err := gather(buf, iov); err != nil {
-			return -1, err
-		}
-		n, err = conn.Send(buf, sflags)
+		n, err = snd.Send(buf, sflags)
 	}
 	if e.armed.Load() {
 		e.mu.Lock()
