@@ -640,7 +640,7 @@ func (l *Lib) bindTX(g *genlSock, a attrs) ([][]byte, *nlErr) {
 	if e != nil {
 		return nil, e
 	}
-	if n.st != nil && n.txD == d && n.txBound {
+	if n.st != nil && n.txD == d && n.txBound() {
 		return nil, &nlErr{errno: unix.EBUSY, msg: "xdevmem: this dmabuf is bound for TX already"}
 	}
 	if err := l.ensureStack(n, d, true); err != nil {
@@ -656,7 +656,6 @@ func (l *Lib) bindTX(g *genlSock, a attrs) ([][]byte, *nlErr) {
 		l.maybeRelease(n)
 		return nil, errOf(err)
 	}
-	n.txBound = true
 	b := &binding{n: n, st: n.st, tx: tx, id: tx.ID(), txSize: d.size}
 	n.binds = append(n.binds, b)
 	g.mu.Lock()

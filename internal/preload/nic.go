@@ -61,9 +61,13 @@ type nic struct {
 	// offset), then the TX dmabuf's; a TX dmabuf alone has txTail behind
 	// it (frames to receive into and build headers in).
 	rxD, txD *dmabuf
-	txBound  bool       // the TX binding is live
 	binds    []*binding // live bindings on st, in the order they were made
 	socks    int        // emulated sockets on st
+}
+
+// txBound reports whether the TX dmabuf's binding is live.
+func (n *nic) txBound() bool {
+	return slices.ContainsFunc(n.binds, func(b *binding) bool { return b.tx != nil })
 }
 
 // nicRule is one ethtool ntuple rule: its id, and the stack's id while a
@@ -244,9 +248,6 @@ func (l *Lib) ensureStack(n *nic, d *dmabuf, tx bool) error {
 		}
 	}
 	n.st, n.rxD, n.txD = st, rxD, txD
-	if !remake {
-		n.txBound = false
-	}
 	mode, why := st.AddressMode()
 	l.logf("%s: emulated stack up on %v %v (%s address: %s), UMEM = RX dmabuf %s, TX dmabuf %s",
 		n.name, cfg.Addr, cfg.Addr6, mode, why, inoOf(rxD), inoOf(txD))
@@ -311,7 +312,7 @@ func (l *Lib) dropStack(n *nic) {
 			x.unuse()
 		}
 	}
-	n.st, n.rxD, n.txD, n.txBound, n.binds = nil, nil, nil, false, nil
+	n.st, n.rxD, n.txD, n.binds = nil, nil, nil, nil
 	for _, r := range n.rules {
 		r.sid = -1
 	}
@@ -345,9 +346,6 @@ func (l *Lib) unbind(b *binding) {
 	}
 	if b.tx != nil {
 		b.tx.Close()
-		if b.n.st == b.st {
-			b.n.txBound = false
-		}
 	}
 	l.logf("%s: dmabuf %d unbound", b.n.name, b.id)
 	if b.n.st == b.st {
