@@ -269,17 +269,7 @@ func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
 
 // SetReadDeadline implements devmemapi.Conn.
 func (c *Conn) SetReadDeadline(t time.Time) error {
-	if t.IsZero() {
-		c.deadline.Store(0)
-	} else {
-		c.deadline.Store(t.UnixNano())
-	}
-	// Wake a blocked RecvMsg so it sees the new deadline.
-	select {
-	case c.ch <- struct{}{}:
-	default:
-	}
-	return nil
+	return setDeadline(&c.deadline, t, c.ch)
 }
 
 // Queued reports how many received payload bytes wait in the connection's
@@ -781,12 +771,7 @@ func (c *Conn) Write(p []byte) (int, error) { return c.Send(p, 0) }
 // SetWriteDeadline implements net.Conn: it bounds Write and Send; expiry
 // fails with os.ErrDeadlineExceeded.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	setDeadline(&c.wdeadline, t)
-	select { // wake a blocked Write so it sees the new deadline
-	case c.chOut <- struct{}{}:
-	default:
-	}
-	return nil
+	return setDeadline(&c.wdeadline, t, c.chOut)
 }
 
 // SetDeadline implements net.Conn: both deadlines.

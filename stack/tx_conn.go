@@ -229,16 +229,7 @@ func (c *TXConn) SetZeroCopy(on bool) error {
 
 // SetWriteDeadline implements devmemapi.TXConn.
 func (c *TXConn) SetWriteDeadline(t time.Time) error {
-	if t.IsZero() {
-		c.deadline.Store(0)
-	} else {
-		c.deadline.Store(t.UnixNano())
-	}
-	select {
-	case c.chOut <- struct{}{}:
-	default:
-	}
-	return nil
+	return setDeadline(&c.deadline, t, c.chOut)
 }
 
 // SendMsg implements devmemapi.Sender with the kernel's checks, in the
@@ -896,12 +887,7 @@ func (c *TXConn) Write(p []byte) (int, error) { return c.Send(p, 0) }
 // SetReadDeadline implements net.Conn: it bounds Read; expiry fails with
 // os.ErrDeadlineExceeded.
 func (c *TXConn) SetReadDeadline(t time.Time) error {
-	setDeadline(&c.rdeadline, t)
-	select { // wake a blocked Read so it sees the new deadline
-	case c.chIn <- struct{}{}:
-	default:
-	}
-	return nil
+	return setDeadline(&c.rdeadline, t, c.chIn)
 }
 
 // SetDeadline implements net.Conn: both deadlines.

@@ -29,11 +29,17 @@ func waitEvent(deadline int64, ev, closed <-chan struct{}) (isClosed bool, err e
 	return false, nil
 }
 
-// setDeadline stores t in d as unix nanoseconds, 0 for none.
-func setDeadline(d *atomic.Int64, t time.Time) {
+// setDeadline stores t in d as unix nanoseconds, 0 for none, and wakes a
+// call blocked on ch so that it sees the new deadline.
+func setDeadline(d *atomic.Int64, t time.Time, ch chan struct{}) error {
 	if t.IsZero() {
 		d.Store(0)
 	} else {
 		d.Store(t.UnixNano())
 	}
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+	return nil
 }

@@ -664,15 +664,7 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	case tx != nil:
 		n, err = tx.ReadFlags(p, rflags)
 	}
-	if e.armed.Load() {
-		e.mu.Lock()
-		e.syncLocked()
-		e.mu.Unlock()
-	}
-	if err != nil {
-		if errors.Is(err, devmemapi.ErrClosed) {
-			return -1, unix.EBADF
-		}
+	if err = e.settle(err); err != nil {
 		if cwait && errors.Is(err, unix.EAGAIN) {
 			*w = Waiter{Slot: e.b, Seq: seq, Timeout: -1}
 			if timed {
@@ -753,12 +745,7 @@ func (e *esock) recvErrQueue(m Msghdr, msgp UPtr, flags int) (int, error) {
 	} else {
 		oobn, rflags, err = tx.RecvErrQueue(oob, 0)
 	}
-	if e.armed.Load() {
-		e.mu.Lock()
-		e.syncLocked()
-		e.mu.Unlock()
-	}
-	if err != nil {
+	if err = e.settle(err); err != nil {
 		return -1, err
 	}
 	if err := CopyOut(m.Control, oob[:oobn]); err != nil {
@@ -877,15 +864,7 @@ func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 		}
 		n, err = snd.Send(buf, sflags)
 	}
-	if e.armed.Load() {
-		e.mu.Lock()
-		e.syncLocked()
-		e.mu.Unlock()
-	}
-	if err != nil {
-		if errors.Is(err, devmemapi.ErrClosed) {
-			return -1, unix.EBADF
-		}
+	if err = e.settle(err); err != nil {
 		return -1, err
 	}
 	return n, nil
@@ -942,4 +921,19 @@ func kernelTimeo(fd, name int) int64 {
 		return -1
 	}
 	return j
+}
+
+// settle ends a receive or a send: a polled socket's readiness is
+// mirrored again (the call may have changed it), and the error of a socket
+// closed under the call is EBADF.
+func (e *esock) settle(err error) error {
+	if e.armed.Load() {
+		e.mu.Lock()
+		e.syncLocked()
+		e.mu.Unlock()
+	}
+	if errors.Is(err, devmemapi.ErrClosed) {
+		return unix.EBADF
+	}
+	return err
 }
