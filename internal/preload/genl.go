@@ -190,6 +190,19 @@ func decodeAttrs(b []byte) (attrs, bool) {
 
 func (a attrs) has(t uint16) bool { return len(a[t]) > 0 }
 
+// missing is GENL_REQ_ATTR_CHECK over types: err, with the extended ack
+// naming the first one absent; nil when all are there.
+func (a attrs) missing(err error, types ...uint16) *nlErr {
+	for _, t := range types {
+		if !a.has(t) {
+			e := errOf(err)
+			e.missType = t
+			return e
+		}
+	}
+	return nil
+}
+
 func (a attrs) last(t uint16) []byte {
 	v := a[t]
 	if len(v) == 0 {
@@ -536,12 +549,8 @@ func (l *Lib) bindRX(g *genlSock, a attrs, nests []uint32) ([][]byte, *nlErr) {
 			return nil, unknownAttr
 		}
 	}
-	for _, t := range []uint16{netdev.AttrDmabufIfindex, netdev.AttrDmabufFD, netdev.AttrDmabufQueues} {
-		if !a.has(t) {
-			e := errOf(devmemerr.BindRXMissingAttr.Err())
-			e.missType = t
-			return nil, e
-		}
+	if e := a.missing(devmemerr.BindRXMissingAttr.Err(), netdev.AttrDmabufIfindex, netdev.AttrDmabufFD, netdev.AttrDmabufQueues); e != nil {
+		return nil, e
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -623,12 +632,8 @@ func (l *Lib) bindTX(g *genlSock, a attrs) ([][]byte, *nlErr) {
 			return nil, unknownAttr
 		}
 	}
-	for _, t := range []uint16{netdev.AttrDmabufIfindex, netdev.AttrDmabufFD} {
-		if !a.has(t) {
-			e := errOf(devmemerr.BindTXMissingAttr.Err())
-			e.missType = t
-			return nil, e
-		}
+	if e := a.missing(devmemerr.BindTXMissingAttr.Err(), netdev.AttrDmabufIfindex, netdev.AttrDmabufFD); e != nil {
+		return nil, e
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
