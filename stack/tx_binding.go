@@ -73,14 +73,19 @@ func (s *Stack) BindTX(cfg devmemapi.BindTXConfig) (devmemapi.TXBinding, error) 
 		return nil, fmt.Errorf("bind tx: %w", err)
 	}
 	b := &txBinding{s: s, id: nextBindingID.Add(1), first: first, n: uint32(n), base: s.region.FrameAddr(first), size: size}
-	for f := first; f < first+uint32(n); f++ {
+	t.add(b)
+	return b, nil
+}
+
+// add makes b's frames the engine's and its id a live TX binding.
+func (t *txEngine) add(b *txBinding) {
+	for f := b.first; f < b.first+b.n; f++ {
 		t.owner[f].Store(b)
 	}
 	t.bmu.Lock()
 	t.bindings[b] = struct{}{}
 	t.bmu.Unlock()
 	txBindings.Store(b.id, b)
-	return b, nil
 }
 
 // BindTXReserved binds, as BindTX does, frames first to first+n-1 that the
@@ -126,13 +131,7 @@ func (s *Stack) bindTXReserved(ifindex int, first, n uint32, size uint64, id uin
 	}
 	b := &txBinding{s: s, id: id, first: first, n: n, base: s.region.FrameAddr(first), size: size, keep: true}
 	s.keptFrames.Add(n)
-	for f := first; f < first+n; f++ {
-		t.owner[f].Store(b)
-	}
-	t.bmu.Lock()
-	t.bindings[b] = struct{}{}
-	t.bmu.Unlock()
-	txBindings.Store(b.id, b)
+	t.add(b)
 	return b, nil
 }
 
