@@ -78,19 +78,33 @@ func kernelAddrs() (map[string][]netip.Prefix, error) {
 	}
 	out := map[string][]netip.Prefix{}
 	for _, ifc := range ifcs {
-		addrs, err := ifc.Addrs()
+		ps, err := InterfacePrefixes(&ifc)
 		if err != nil {
 			return nil, err
 		}
-		for _, a := range addrs {
-			if ipn, ok := a.(*net.IPNet); ok {
-				ip, _ := netip.AddrFromSlice(ipn.IP)
-				ones, _ := ipn.Mask.Size()
-				out[ifc.Name] = append(out[ifc.Name], netip.PrefixFrom(ip.Unmap(), ones))
-			}
+		if len(ps) > 0 {
+			out[ifc.Name] = ps
 		}
 	}
 	return out, nil
+}
+
+// InterfacePrefixes lists the addresses configured on ifc with their
+// prefix lengths (IPv4 ones as IPv4, not v4-mapped), in the kernel's order.
+func InterfacePrefixes(ifc *net.Interface) ([]netip.Prefix, error) {
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return nil, err
+	}
+	var ps []netip.Prefix
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			ip, _ := netip.AddrFromSlice(ipn.IP)
+			ones, _ := ipn.Mask.Size()
+			ps = append(ps, netip.PrefixFrom(ip.Unmap(), ones))
+		}
+	}
+	return ps, nil
 }
 
 // chooseAddressMode decides the mode for the stack's addresses on ifname,

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -98,4 +99,20 @@ func TestPortTable(t *testing.T) {
 		t.Fatal(err) // fd is closed: free again
 	}
 	pt.closeEverything()
+}
+
+// TestInterfacePrefixes: lo's IPv4 address comes as IPv4 (not v4-mapped)
+// with its prefix length.
+func TestInterfacePrefixes(t *testing.T) {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatal(err) // every namespace has lo
+	}
+	ps, err := InterfacePrefixes(lo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(ps, netip.MustParsePrefix("127.0.0.1/8")) {
+		t.Fatalf("lo: %v, want 127.0.0.1/8 among them", ps)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdevmem/xdevmem/internal/pattern"
+	"github.com/xdevmem/xdevmem/stack"
 	"github.com/xdevmem/xdevmem/umem"
 )
 
@@ -282,13 +283,13 @@ func sendXSK(ifname, dstMAC, addr string, d time.Duration, dlen, batch int) (Pee
 	if err != nil || !dst.Addr().Is4() {
 		return PeerReport{}, fmt.Errorf("address %q: want IPv4:port", addr)
 	}
-	addrs, err := ifi.Addrs()
+	ps, err := stack.InterfacePrefixes(ifi)
 	if err != nil {
 		return PeerReport{}, err
 	}
 	var src netip.Addr
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() {
+	for _, p := range ps {
+		if p.Addr().Is4() {
 			src = p.Addr()
 			break
 		}

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+
+	"github.com/xdevmem/xdevmem/stack"
 )
 
 // doClient mirrors do_client through the emulated devmem TX client
@@ -60,20 +62,12 @@ func sourcePrefix(ifname string, server netip.Addr) (netip.Prefix, error) {
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	as, _ := ifc.Addrs()
+	ps, _ := stack.InterfacePrefixes(ifc)
 	var first netip.Prefix
-	for _, a := range as {
-		ipn, ok := a.(*net.IPNet)
-		if !ok {
+	for _, p := range ps {
+		if ip := p.Addr(); ip.Is4() != server.Is4() || ip.IsLinkLocalUnicast() {
 			continue
 		}
-		ip, _ := netip.AddrFromSlice(ipn.IP)
-		ip = ip.Unmap()
-		if ip.Is4() != server.Is4() || ip.IsLinkLocalUnicast() {
-			continue
-		}
-		ones, _ := ipn.Mask.Size()
-		p := netip.PrefixFrom(ip, ones)
 		if p.Masked().Contains(server) {
 			return p, nil
 		}

@@ -434,13 +434,10 @@ func emulationUsable(ifname string) error {
 // kernel has it configured (devmem.py's environments do), else /24 or /64.
 func ifacePrefix(ifname string, addr netip.Addr) netip.Prefix {
 	if ifc, err := net.InterfaceByName(ifname); err == nil {
-		as, _ := ifc.Addrs()
-		for _, a := range as {
-			if ipn, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap() == addr {
-					ones, _ := ipn.Mask.Size()
-					return netip.PrefixFrom(addr, ones)
-				}
+		ps, _ := stack.InterfacePrefixes(ifc)
+		for _, p := range ps {
+			if p.Addr() == addr {
+				return p
 			}
 		}
 	}

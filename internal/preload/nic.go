@@ -120,20 +120,13 @@ func (n *nic) addrs() (v4, v6 netip.Prefix, err error) {
 	if err != nil {
 		return v4, v6, err
 	}
-	as, _ := ifc.Addrs()
-	for _, a := range as {
-		ipn, ok := a.(*net.IPNet)
-		if !ok {
-			continue
-		}
-		ip, _ := netip.AddrFromSlice(ipn.IP)
-		ip = ip.Unmap()
-		ones, _ := ipn.Mask.Size()
-		switch {
+	ps, _ := stack.InterfacePrefixes(ifc)
+	for _, p := range ps {
+		switch ip := p.Addr(); {
 		case ip.Is4() && !v4.IsValid():
-			v4 = netip.PrefixFrom(ip, ones)
+			v4 = p
 		case ip.Is6() && !ip.IsLinkLocalUnicast() && !v6.IsValid():
-			v6 = netip.PrefixFrom(ip, ones)
+			v6 = p
 		}
 	}
 	if !v4.IsValid() && !v6.IsValid() {
