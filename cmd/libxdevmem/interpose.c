@@ -622,7 +622,7 @@ static void trampoline(int sig, siginfo_t *info, void *ctx)
 	}
 	last_sig = sig;
 	if (timed_slot >= 0)
-		__atomic_add_fetch(&xd_seq[timed_slot], 1, __ATOMIC_SEQ_CST);
+		__atomic_add_fetch(&xd_seq[timed_slot], 2, __ATOMIC_SEQ_CST); // an event, XD_SLEEPER kept
 	struct sigaction a = app_act[sig];
 	if (a.sa_flags & SA_RESETHAND) { // the kernel reset the trampoline
 		app_act[sig].sa_handler = SIG_DFL;
@@ -700,13 +700,15 @@ static int interrupted(int timed)
 // ---- receives ----
 
 uint32_t xd_seq[XD_MAXFD];
-uint32_t xd_waiters[XD_MAXFD];
 
-// wait_event sleeps while event word slot still reads seq: the sleeper's
-// half of an event count (Go's host.Wake is the waker's). The waker moves
-// the word before it looks for sleepers, a sleeper counts itself before
-// it looks at the word, and the futex sleeps only if the word is still
-// seq: no wakeup is lost.
+// wait_event sleeps while event word slot still counts seq's events: the
+// sleeper's half of an event count (Go's host.Wake is the waker's). The
+// sleeper sets XD_SLEEPER in the word itself and sleeps on the word with
+// the bit set; a waker adds an event and clears the bit in one
+// compare-and-swap and wakes only if the bit was set. An event after the
+// bit was set wakes the sleeper or changes the word before it sleeps
+// (the futex then returns at once), so no wakeup is lost, and a burst
+// of events costs one FUTEX_WAKE, not one each.
 //
 // deadline (CLOCK_MONOTONIC ns, 0 for none) bounds the sleep: it returns
 // -1 once the deadline has passed, -2 when a signal handler interrupted
@@ -730,10 +732,15 @@ static int wait_event(int slot, uint32_t seq, long long deadline)
 	if (deadline)
 		timed_slot = slot;
 	int eintr = 0;
-	__atomic_add_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
-	if (__atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST) == seq)
-		eintr = syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, seq, relp, NULL, 0) < 0 && errno == EINTR;
-	__atomic_sub_fetch(&xd_waiters[slot], 1, __ATOMIC_SEQ_CST);
+	uint32_t cur = __atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST);
+	while ((cur & ~XD_SLEEPER) == (seq & ~XD_SLEEPER)) {
+		// A failed exchange reloads cur: look again.
+		if (!(cur & XD_SLEEPER) &&
+		    !__atomic_compare_exchange_n(&xd_seq[slot], &cur, cur | XD_SLEEPER, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+			continue;
+		eintr = syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, cur | XD_SLEEPER, relp, NULL, 0) < 0 && errno == EINTR;
+		break;
+	}
 	timed_slot = -1;
 	// A handler ran during the sleep: it ended it (EINTR), or, in a timed
 	// sleep the kernel restarted, moved the word.

@@ -50,15 +50,22 @@ const futexWakePrivate = 1 | 128
 // seqWord is event word slot of the C side (xd_seq).
 func seqWord(slot int) *uint32 { return (*uint32)(unsafe.Pointer(&C.xd_seq[slot])) }
 
-func (host) Seq(slot int) uint32 { return atomic.LoadUint32(seqWord(slot)) }
+// Seq reads event word slot without its sleeper bit.
+func (host) Seq(slot int) uint32 { return atomic.LoadUint32(seqWord(slot)) &^ C.XD_SLEEPER }
 
 // Wake is the waker's half of an event count (interpose.c's wait_event
-// is the sleeper's): move the word, then wake if anyone sleeps on it.
+// is the sleeper's): count an event and clear the sleeper bit in one
+// step, then wake the sleepers if the bit was set.
 func (host) Wake(slot int) {
 	w := seqWord(slot)
-	atomic.AddUint32(w, 1)
-	if atomic.LoadUint32((*uint32)(unsafe.Pointer(&C.xd_waiters[slot]))) != 0 {
-		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWakePrivate, math.MaxInt32, 0, 0, 0)
+	for {
+		old := atomic.LoadUint32(w)
+		if atomic.CompareAndSwapUint32(w, old, (old+2)&^C.XD_SLEEPER) {
+			if old&C.XD_SLEEPER != 0 {
+				unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWakePrivate, math.MaxInt32, 0, 0, 0)
+			}
+			return
+		}
 	}
 }
 

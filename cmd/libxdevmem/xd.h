@@ -30,17 +30,20 @@ enum {
 #define XD_PASS (-4096)
 
 // XD_WAIT, returned by Go's receive, means: sleep until event word
-// xd_seq[slot] is no longer seq, then call again (interpose.c, wait_event).
+// xd_seq[slot] has moved past seq, then call again (interpose.c,
+// wait_event).
 #define XD_WAIT (-4097)
 
 // The fd table covers fds below XD_MAXFD; the library emulates nothing
 // at or above it.
 #define XD_MAXFD 65536
 
-// Event words, one per fd of the library's (Go moves xd_seq[slot] when
-// what a receive waits for may have happened; xd_waiters counts sleepers).
+// Event words, one per fd of the library's. Go adds 2 to xd_seq[slot]
+// when what a receive waits for may have happened; bit 0 says a thread
+// sleeps on it (XD_SLEEPER), so that only the first event after a thread
+// went to sleep makes a FUTEX_WAKE.
 extern uint32_t xd_seq[XD_MAXFD];
-extern uint32_t xd_waiters[XD_MAXFD];
+#define XD_SLEEPER 1u
 
 void xd_set_kind(int fd, int kind);
 int xd_get_kind(int fd);
