@@ -201,7 +201,7 @@ func (b *ncBkg) wait(t *testing.T, d time.Duration) int {
 // waitExit waits up to d for a background command's result on done (and
 // puts it back for later waits), returning its exit status; it fails the
 // test on an error other than an exit status, or after d, showing tail().
-func waitExit(t *testing.T, done chan error, d time.Duration, tail func() string) int {
+func waitExit(t testing.TB, done chan error, d time.Duration, tail func() string) int {
 	t.Helper()
 	select {
 	case err := <-done:

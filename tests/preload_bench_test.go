@@ -46,6 +46,30 @@ func BenchmarkPreloadNcdevmem(b *testing.B) {
 	}
 }
 
+// BenchmarkPreloadCalls reports what the library's interposed calls cost
+// on the devmem receive path, against the same call on a kernel socket
+// where there is one: recvmsg(MSG_SOCK_DEVMEM|MSG_DONTWAIT) on an empty
+// socket, DMA_BUF_IOCTL_SYNC and SO_DEVMEM_DONTNEED of one token (the two
+// calls ncdevmem makes per fragment besides its prints). Each iteration
+// is 200,000 calls of each kind in testdata/preload_check.c.
+func BenchmarkPreloadCalls(b *testing.B) {
+	w := newPreloadWorld(b)
+	var sum callCosts
+	for i := 0; i < b.N; i++ {
+		c := preloadCallCosts(b, w, 200000)
+		sum.recvEmu += c.recvEmu
+		sum.recvKernel += c.recvKernel
+		sum.sync += c.sync
+		sum.dontNeed += c.dontNeed
+	}
+	n := float64(b.N)
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(sum.recvEmu)/n, "recvmsg-ns")
+	b.ReportMetric(float64(sum.recvKernel)/n, "kernel-recvmsg-ns")
+	b.ReportMetric(float64(sum.sync)/n, "dmabuf-sync-ns")
+	b.ReportMetric(float64(sum.dontNeed)/n, "dontneed-ns")
+}
+
 // preloadRun is one receiver's runs.
 type preloadRun struct {
 	wall, cpu time.Duration // receiver's wall time and CPU time

@@ -255,7 +255,7 @@ type bg struct {
 	done           chan error
 }
 
-func startBG(t *testing.T, cmd *exec.Cmd, stdout, stderr *watcher) *bg {
+func startBG(t testing.TB, cmd *exec.Cmd, stdout, stderr *watcher) *bg {
 	t.Helper()
 	b := &bg{cmd: cmd, stdout: stdout, stderr: stderr, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
@@ -274,12 +274,12 @@ func startBG(t *testing.T, cmd *exec.Cmd, stdout, stderr *watcher) *bg {
 }
 
 // wait returns the exit status, failing the test after d.
-func (b *bg) wait(t *testing.T, d time.Duration) int {
+func (b *bg) wait(t testing.TB, d time.Duration) int {
 	t.Helper()
 	return waitExit(t, b.done, d, func() string { return b.stderr.lastLines(30) })
 }
 
-func (b *bg) waitReady(t *testing.T, w *watcher, d time.Duration) {
+func (b *bg) waitReady(t testing.TB, w *watcher, d time.Duration) {
 	t.Helper()
 	select {
 	case <-w.readyCh:
@@ -518,14 +518,14 @@ func TestPreloadExample(t *testing.T) {
 // connects a peer that sends size bytes once it is ready; the peer closes
 // then for "leak", which reads to the end, and at the end of the test for
 // the others.
-func preloadCheck(t *testing.T, w *preloadWorld, env []string, size int, args ...string) (*bg, *watcher, *watcher) {
+func preloadCheck(t testing.TB, w *preloadWorld, env []string, size int, args ...string) (*bg, *watcher, *watcher) {
 	t.Helper()
 	b, stdout, stderr, _ := preloadCheckConn(t, w, env, size, args...)
 	return b, stdout, stderr
 }
 
 // preloadCheckConn is preloadCheck that also returns the peer's connection.
-func preloadCheckConn(t *testing.T, w *preloadWorld, env []string, size int, args ...string) (*bg, *watcher, *watcher, net.Conn) {
+func preloadCheckConn(t testing.TB, w *preloadWorld, env []string, size int, args ...string) (*bg, *watcher, *watcher, net.Conn) {
 	t.Helper()
 	var conn net.Conn
 	bin := cProgram(t, "testdata/preload_check.c")
@@ -810,28 +810,51 @@ func TestPreloadThreads(t *testing.T) {
 // kernel's does.
 func TestPreloadRecvmsgCost(t *testing.T) {
 	testutil.Watchdog(t, 2*time.Minute)
-	w := newPreloadWorld(t)
-	b, stdout, stderr := preloadCheck(t, w, nil, 64<<10, "bench", "200000")
-	if code := b.wait(t, time.Minute); code != 0 {
-		t.Fatalf("preload_check bench exited %d:\n%s%s", code, stdout, stderr)
-	}
-	m := regexp.MustCompile(`bench recvmsg_ns emu=(\d+) kernel=(\d+)`).FindStringSubmatch(stdout.String())
-	if m == nil {
-		t.Fatalf("no figures: %s", stdout)
-	}
-	t.Logf("recvmsg(MSG_SOCK_DEVMEM|MSG_DONTWAIT) on an empty socket: %s ns under libxdevmem, %s ns on a kernel socket", m[1], m[2])
-	c := regexp.MustCompile(`bench call_ns sync=(\d+) dontneed=(\d+)`).FindStringSubmatch(stdout.String())
-	if c == nil {
-		t.Fatalf("no per-fragment figures: %s", stdout)
-	}
-	t.Logf("per fragment: DMA_BUF_IOCTL_SYNC %s ns, SO_DEVMEM_DONTNEED (one token) %s ns under libxdevmem", c[1], c[2])
+	c := preloadCallCosts(t, newPreloadWorld(t), 200000)
+	t.Logf("recvmsg(MSG_SOCK_DEVMEM|MSG_DONTWAIT) on an empty socket: %d ns under libxdevmem, %d ns on a kernel socket", c.recvEmu, c.recvKernel)
+	t.Logf("per fragment: DMA_BUF_IOCTL_SYNC %d ns, SO_DEVMEM_DONTNEED (one token) %d ns under libxdevmem", c.sync, c.dontNeed)
+	stdout := c.stdout
 	for _, want := range []string{"row timeo/recv-100ms emu=1/0 kernel=1/0", "row timeo/recv-negative emu=1/0 kernel=1/0",
 		"row wake/signal-no-restart emu=-1/4 kernel=-1/4", "row wake/signal-rcvtimeo-restart emu=-1/4 kernel=-1/4"} {
-		if !strings.Contains(stdout.String(), want) {
+		if !strings.Contains(stdout, want) {
 			t.Errorf("want %q:\n%s", want, stdout)
 		}
 	}
-	if !strings.Contains(stdout.String(), "row wake/signal-then-shutdown emu=0/0 kernel=0/0") {
+	if !strings.Contains(stdout, "row wake/signal-then-shutdown emu=0/0 kernel=0/0") {
 		t.Fatalf("a blocked receive, a signal, then shutdown(SHUT_RD): want 0 from both sockets:\n%s", stdout)
 	}
+}
+
+// callCosts is what testdata/preload_check's "bench" measures: ns per
+// call, and its whole output (its other rows).
+type callCosts struct {
+	recvEmu, recvKernel int // recvmsg(MSG_SOCK_DEVMEM|MSG_DONTWAIT) on an empty socket
+	sync, dontNeed      int // DMA_BUF_IOCTL_SYNC; SO_DEVMEM_DONTNEED of one token, under the library
+	stdout              string
+}
+
+// preloadCallCosts runs preload_check's "bench" with n calls of each kind.
+func preloadCallCosts(t testing.TB, w *preloadWorld, n int) callCosts {
+	t.Helper()
+	b, stdout, stderr := preloadCheck(t, w, nil, 64<<10, "bench", strconv.Itoa(n))
+	if code := b.wait(t, time.Minute); code != 0 {
+		t.Fatalf("preload_check bench exited %d:\n%s%s", code, stdout, stderr)
+	}
+	c := callCosts{stdout: stdout.String()}
+	for _, f := range []struct {
+		re   string
+		dst1 *int
+		dst2 *int
+	}{
+		{`bench recvmsg_ns emu=(\d+) kernel=(\d+)`, &c.recvEmu, &c.recvKernel},
+		{`bench call_ns sync=(\d+) dontneed=(\d+)`, &c.sync, &c.dontNeed},
+	} {
+		m := regexp.MustCompile(f.re).FindStringSubmatch(c.stdout)
+		if m == nil {
+			t.Fatalf("no %q in:\n%s", f.re, c.stdout)
+		}
+		*f.dst1, _ = strconv.Atoi(m[1])
+		*f.dst2, _ = strconv.Atoi(m[2])
+	}
+	return c
 }
