@@ -397,7 +397,7 @@ func (c *Conn) RecvMsg(p, oob []byte, flags int) (n, oobn int, err error) {
 			if r.n > 0 {
 				return r.n, r.oobn, nil
 			}
-			return 0, 0, fmt.Errorf("recvmsg: %w", unix.EAGAIN)
+			return 0, 0, errRecvAgain
 		}
 		if err := c.wait(); err != nil {
 			if r.n > 0 {
@@ -407,6 +407,16 @@ func (c *Conn) RecvMsg(p, oob []byte, flags int) (n, oobn int, err error) {
 		}
 	}
 }
+
+// The would-block errors of non-blocking calls, made once: a poll loop
+// meets one on every call that finds nothing, which then allocates
+// nothing.
+var (
+	errRecvAgain   = fmt.Errorf("recvmsg: %w", unix.EAGAIN)
+	errReadAgain   = fmt.Errorf("read: %w", unix.EAGAIN)
+	errSendAgain   = fmt.Errorf("send: %w", unix.EAGAIN)
+	errAcceptAgain = fmt.Errorf("accept: %w", unix.EAGAIN)
+)
 
 // wait blocks for readability; RecvMsg's loop notices a close itself.
 func (c *Conn) wait() error {

@@ -18,6 +18,7 @@ import (
 	"github.com/xdevmem/xdevmem/devmemapi"
 	"github.com/xdevmem/xdevmem/umem"
 	"github.com/xdevmem/xdevmem/umem/umemtest"
+	"golang.org/x/sys/unix"
 )
 
 // The in-process harness runs the real stack (receive loop, split, fragment
@@ -438,6 +439,26 @@ func TestLinkWritePacketsAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per WritePackets", allocs)
+	}
+}
+
+// TestEmptyRecvAllocs: a non-blocking receive that finds nothing (a poll loop's every call, and libxdevmem's receive before
+// it sleeps) returns EAGAIN without allocating.
+func TestEmptyRecvAllocs(t *testing.T) {
+	ip := newInproc(t, Config{})
+	c, _ := ip.connect(ip.bindListen(t), 40002, 1000)
+	defer c.Close()
+	p := make([]byte, 4096)
+	oob := make([]byte, 16*devmemapi.CmsgSpaceDmabuf)
+	var err error
+	a := testing.AllocsPerRun(200, func() {
+		_, _, err = c.RecvMsg(p, oob, devmemapi.MSG_SOCK_DEVMEM|unix.MSG_DONTWAIT)
+	})
+	if !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("RecvMsg(MSG_DONTWAIT) on an empty socket: %v, want EAGAIN", err)
+	}
+	if a != 0 {
+		t.Fatalf("RecvMsg(MSG_DONTWAIT) on an empty socket: %v allocations", a)
 	}
 }
 

@@ -94,7 +94,7 @@ func (l *Listener) TryAccept() (devmemapi.Conn, error) {
 			return nil, fmt.Errorf("accept: %w", tcpipErr(terr))
 		}
 	}
-	return nil, fmt.Errorf("accept: %w", unix.EAGAIN)
+	return nil, errAcceptAgain
 }
 
 // Readiness reports the connection's poll bits: PollIn when a receive
@@ -176,7 +176,7 @@ func (c *Conn) sendPlain(p []byte, flags int) (int, error) {
 			if total > 0 {
 				return total, nil
 			}
-			return 0, fmt.Errorf("send: %w", unix.EAGAIN)
+			return 0, errSendAgain
 		}
 		isClosed, err := waitEvent(c.wdeadline.Load(), c.chOut, c.closed)
 		switch {
@@ -278,7 +278,7 @@ func (c *TXConn) ReadFlags(p []byte, flags int) (int, error) {
 				if total > 0 {
 					return total, nil
 				}
-				return 0, fmt.Errorf("read: %w", unix.EAGAIN)
+				return 0, errReadAgain
 			}
 		default:
 			if total > 0 {

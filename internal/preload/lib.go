@@ -289,6 +289,18 @@ func Errno(err error) int {
 	if err == nil {
 		return 0
 	}
+	// The usual chain first (an errno under %w wrappers), without the
+	// reflection of errors.As: EAGAIN on an empty socket comes this way.
+	for e := err; e != nil; {
+		if en, ok := e.(syscall.Errno); ok {
+			return int(en)
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			break
+		}
+		e = u.Unwrap()
+	}
 	var en syscall.Errno
 	if errors.As(err, &en) {
 		return int(en)

@@ -3,7 +3,10 @@ package preload
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"unsafe"
@@ -340,4 +343,25 @@ func FuzzGenl(f *testing.F) {
 			t.Fatalf("bound without a dmabuf: %+v", g.bindings)
 		}
 	})
+}
+
+func TestErrno(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want int
+	}{
+		{nil, 0},
+		{unix.EAGAIN, int(unix.EAGAIN)},
+		{fmt.Errorf("recvmsg: %w", unix.EAGAIN), int(unix.EAGAIN)},
+		{fmt.Errorf("a: %w", fmt.Errorf("b: %w", unix.ENOTCONN)), int(unix.ENOTCONN)},
+		{errors.Join(errors.New("x"), fmt.Errorf("y: %w", unix.EPIPE)), int(unix.EPIPE)}, // two branches: errors.As
+		{&os.SyscallError{Syscall: "bind", Err: unix.EADDRINUSE}, int(unix.EADDRINUSE)},
+		{fmt.Errorf("read: %w", net.ErrClosed), int(unix.EBADF)},
+		{os.ErrDeadlineExceeded, int(unix.EAGAIN)},
+		{errors.New("something else"), int(unix.EIO)},
+	} {
+		if got := Errno(c.err); got != c.want {
+			t.Errorf("Errno(%v) = %d, want %d", c.err, got, c.want)
+		}
+	}
 }
