@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -799,6 +800,34 @@ func TestPreloadThreads(t *testing.T) {
 		t.Fatalf("stdout: %s", stdout)
 	}
 	t.Logf("%s", lastLines(strings.TrimSpace(stdout.String()), 1))
+}
+
+// TestPreloadGOMAXPROCS: the library's Go runtime keeps a P for the
+// program's own threads (their calls are cgo callbacks) on top of the
+// default, and leaves a GOMAXPROCS from the environment alone.
+func TestPreloadGOMAXPROCS(t *testing.T) {
+	lib := libxdevmem(t)
+	env := []string{"PATH=" + os.Getenv("PATH"), "LD_PRELOAD=" + lib, "XDEVMEM_DEBUG=1"}
+	for _, c := range []struct {
+		env  string
+		want string
+	}{
+		{"", fmt.Sprintf("GOMAXPROCS=%d (CPUs + 1", runtime.GOMAXPROCS(0)+1)},
+		{"GOMAXPROCS=1", "GOMAXPROCS=1 (from the environment)"},
+	} {
+		cmd := exec.Command("true")
+		cmd.Env = env
+		if c.env != "" {
+			cmd.Env = append(cmd.Env, c.env)
+		}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("true under the library (%q): %v\n%s", c.env, err, out)
+		}
+		if !strings.Contains(string(out), c.want) {
+			t.Errorf("environment %q: want %q in the debug log:\n%s", c.env, c.want, out)
+		}
+	}
 }
 
 // TestPreloadRecvmsgCost reports the cost of a recvmsg(MSG_SOCK_DEVMEM)

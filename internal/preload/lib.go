@@ -197,6 +197,9 @@ func (l *Lib) Trace(call string, fd int, r int64, err error) {
 	l.logf("%s(%d) = %d", call, fd, r)
 }
 
+// Logf writes a debug line as the call log does (XDEVMEM_DEBUG=1).
+func (l *Lib) Logf(format string, args ...any) { l.logf(format, args...) }
+
 // logf writes a debug line (XDEVMEM_DEBUG=1) to stderr with a raw write,
 // so that the application's stdio buffers are not involved.
 func (l *Lib) logf(format string, args ...any) {
