@@ -3,7 +3,6 @@ package tests
 import (
 	"bufio"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -22,7 +21,7 @@ var (
 func xdevmemBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "xdevmem-bin-")
+		dir, err := buildDir()
 		if err != nil {
 			buildErr = err
 			return

@@ -48,7 +48,7 @@ func libxdevmem(t testing.TB) string {
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	if builtLib == "" {
-		dir, err := os.MkdirTemp("", "libxdevmem-")
+		dir, err := buildDir()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,7 +71,7 @@ func cProgram(t testing.TB, src string) string {
 	if bin := builtC[src]; bin != "" {
 		return bin
 	}
-	dir, err := os.MkdirTemp("", "xdevmem-c-")
+	dir, err := buildDir()
 	if err != nil {
 		t.Fatal(err)
 	}
