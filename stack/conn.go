@@ -350,6 +350,25 @@ func (c *Conn) DontNeedOpt(optval []byte) (int, error) {
 //
 // An error with bytes already taken returns the bytes, as the kernel does.
 func (c *Conn) RecvMsg(p, oob []byte, flags int) (n, oobn int, err error) {
+	return c.recvMsg(p, oob, flags, false)
+}
+
+// ErrWouldCopy is RecvMsgNoCopy's answer when the bytes at the read point
+// would be copied into p (ordinary data, or a linear part).
+var ErrWouldCopy = errors.New("recvmsg: the next bytes are copied into the buffer")
+
+// RecvMsgNoCopy is RecvMsg for a caller that has not checked p yet: it
+// takes only dmabuf fragments, which leave p untouched, and stops before
+// bytes that would be copied into p. When those are the first bytes at the
+// read point it takes nothing and returns ErrWouldCopy; the caller then
+// checks p and calls RecvMsg. libxdevmem probes an application's iovec
+// only then, as the kernel's tcp_recvmsg_dmabuf touches the iovec only to
+// copy.
+func (c *Conn) RecvMsgNoCopy(p, oob []byte, flags int) (n, oobn int, err error) {
+	return c.recvMsg(p, oob, flags, true)
+}
+
+func (c *Conn) recvMsg(p, oob []byte, flags int, noCopy bool) (n, oobn int, err error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	c.s.cnt.recvCalls.Add(1)
@@ -361,6 +380,7 @@ func (c *Conn) RecvMsg(p, oob []byte, flags int) (n, oobn int, err error) {
 		class:   -1,
 		slots:   len(oob) / devmemapi.CmsgSpaceDmabuf,
 		wantAll: flags&unix.MSG_WAITALL != 0,
+		noCopy:  noCopy && flags&unix.MSG_TRUNC == 0,
 	}
 	// sock_rcvlowat: the whole length with MSG_WAITALL, else one byte
 	// (one byte even for a zero-length read, which therefore waits).
@@ -431,6 +451,7 @@ type recvCall struct {
 	p, oob              []byte
 	devmem, peek, trunc bool
 	wantAll             bool
+	noCopy              bool   // RecvMsgNoCopy: take nothing that is copied into p
 	n                   int    // bytes taken: copied, in the dmabuf, or discarded (MSG_TRUNC)
 	pn                  int    // bytes copied into p
 	oobn                int    // control bytes written
@@ -487,6 +508,12 @@ func (c *Conn) step(r *recvCall) (stepResult, error) {
 	}
 	f := fq.at(i)
 	cls := classOf(f.kind)
+	if r.noCopy && f.kind != kindDmabuf {
+		if r.n > 0 {
+			return stepStop, nil
+		}
+		return 0, ErrWouldCopy
+	}
 	if !r.trunc {
 		if r.class >= 0 && r.class != cls {
 			return stepStop, nil
@@ -527,7 +554,7 @@ func (c *Conn) step(r *recvCall) (stepResult, error) {
 		if g == nil || g.off > cur || (j > i && g.off != cur) {
 			break
 		}
-		if !r.trunc && classOf(g.kind) != cls {
+		if (!r.trunc && classOf(g.kind) != cls) || (r.noCopy && g.kind != kindDmabuf) {
 			break
 		}
 		if !r.trunc && cls == classDevmem {

@@ -294,3 +294,42 @@ func TestRecvLinearHead(t *testing.T) {
 		t.Fatalf("nothing left: %v", err)
 	}
 }
+
+// TestRecvMsgNoCopy: RecvMsgNoCopy takes dmabuf fragments and nothing that
+// is copied into p: it stops before ordinary data or a linear part, and
+// answers ErrWouldCopy, taking nothing, when such bytes are first; RecvMsg
+// then takes them.
+func TestRecvMsgNoCopy(t *testing.T) {
+	w := newRecvWorld(t, Config{HDSThresh: 100}, false)
+	w.send(t, 1000)
+	w.send(t, 50) // under the threshold: ordinary data
+	p := make([]byte, 4096)
+	oob := make([]byte, 8*devmemapi.CmsgSpaceDmabuf)
+	n, oobn, err := w.c.RecvMsgNoCopy(p, oob, devmemapi.MSG_SOCK_DEVMEM|unix.MSG_DONTWAIT)
+	fs, _ := devmemapi.AppendFrags(nil, oob[:oobn])
+	if err != nil || n != 1000 || len(fs) != 1 || fs[0].Linear {
+		t.Fatalf("dmabuf then ordinary data: %d bytes, %+v, %v; want the 1000 dmabuf bytes", n, fs, err)
+	}
+	w.c.DontNeed([]devmemapi.DmabufToken{{TokenStart: fs[0].FragToken, TokenCount: 1}})
+	for range 2 { // taking nothing, it says so again
+		if n, _, err := w.c.RecvMsgNoCopy(p, oob, devmemapi.MSG_SOCK_DEVMEM|unix.MSG_DONTWAIT); !errors.Is(err, ErrWouldCopy) || n != 0 {
+			t.Fatalf("ordinary data first: %d, %v; want ErrWouldCopy", n, err)
+		}
+	}
+	n, oobn, err = w.c.RecvMsg(p, oob, devmemapi.MSG_SOCK_DEVMEM|unix.MSG_DONTWAIT)
+	if err != nil || n != 50 || oobn != 0 || !bytes.Equal(p[:50], w.all[1000:]) {
+		t.Fatalf("RecvMsg after ErrWouldCopy: %d bytes, %d control bytes, %v; want the 50 ordinary bytes", n, oobn, err)
+	}
+
+	// A linear part is copied too: the call stops before it.
+	w2 := newRecvWorld(t, Config{LinearHead: 100}, false)
+	w2.send(t, 1000)
+	if n, _, err := w2.c.RecvMsgNoCopy(p, oob, devmemapi.MSG_SOCK_DEVMEM|unix.MSG_DONTWAIT); !errors.Is(err, ErrWouldCopy) || n != 0 {
+		t.Fatalf("linear part first: %d, %v; want ErrWouldCopy", n, err)
+	}
+	n, oobn, err = w2.c.RecvMsg(p, oob, devmemapi.MSG_SOCK_DEVMEM|unix.MSG_DONTWAIT)
+	fs, _ = devmemapi.AppendFrags(nil, oob[:oobn])
+	if err != nil || n != 1000 || len(fs) != 2 || !fs[0].Linear {
+		t.Fatalf("RecvMsg: %d bytes, %+v, %v; want LINEAR then DMABUF", n, fs, err)
+	}
+}

@@ -562,7 +562,8 @@ var emuOnlyRows = map[string]string{
 	"recvmsg/dmabuf-without-flag": "-1/14",  // tcp_recvmsg_locked: unreadable frags without MSG_SOCK_DEVMEM: EFAULT
 	"recvmsg/no-control-room":     "-1/524", // tcp_recvmsg_dmabuf: put_cmsg truncated: ETOOSMALL
 	"recvmsg/short-control":       "-1/524",
-	"recvmsg/bad-control":         "-1/14", // put_cmsg: copy_to_user failed
+	"recvmsg/bad-control":         "-1/14",  // put_cmsg: copy_to_user failed
+	"recvmsg/dmabuf-unmapped-iov": "4096/0", // tcp_recvmsg_dmabuf copies only linear bytes into the iovec
 	"read/dmabuf":                 "-1/14",
 	"ppoll/bad-timeout":           "-1/14", // do_ppoll: get_timespec64 (glibc copies it first and crashes)
 	"select/bad-timeout":          "-1/14", // kern_select: copy_from_user of the timeval

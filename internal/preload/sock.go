@@ -641,7 +641,13 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	if err := probe(m.Control, int(min(m.Controllen, 1<<20))); err != nil {
 		return -1, err
 	}
-	if !trunc { // MSG_TRUNC copies nothing
+	// The iovec is checked before any data moves, so that a bad one
+	// loses nothing, but only when bytes will be copied into it: dmabuf
+	// fragments never touch it, in the kernel either (tcp_recvmsg_dmabuf),
+	// so a devmem receive asks the stack for those first. MSG_TRUNC
+	// copies nothing.
+	noCopy := !trunc && conn != nil && flags&devmemapi.MSG_SOCK_DEVMEM != 0
+	if !trunc && !noCopy {
 		if err := probeIov(iov); err != nil {
 			return -1, err
 		}
@@ -659,6 +665,14 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	p, oob := e.recvBuffers(total, m.Controllen)
 	e.mu.Unlock()
 	switch {
+	case noCopy:
+		n, oobn, err = conn.RecvMsgNoCopy(p, oob, rflags)
+		if errors.Is(err, stack.ErrWouldCopy) {
+			if err := probeIov(iov); err != nil {
+				return -1, err
+			}
+			n, oobn, err = conn.RecvMsg(p, oob, rflags)
+		}
 	case conn != nil:
 		n, oobn, err = conn.RecvMsg(p, oob, rflags)
 	case tx != nil:

@@ -171,6 +171,21 @@ static long recv_flags(int fd, size_t len, int flags)
 	return n;
 }
 
+// recv_into is recvmsg(MSG_SOCK_DEVMEM) of len bytes into the buffer at
+// base, which may be anything; it gives back the tokens it got.
+static long recv_into(int fd, void *base, size_t len)
+{
+	static char c[8192];
+	struct iovec iov = {.iov_base = base, .iov_len = len};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = c, .msg_controllen = sizeof(c)};
+	long n = recvmsg(fd, &m, MSG_SOCK_DEVMEM);
+	int err = errno;
+	if (n > 0)
+		first_of(fd, &m, "");
+	errno = err;
+	return n;
+}
+
 // peek_then_read peeks 4 KiB and then reads them: 1 when both calls
 // returned the same bytes (the same first fragment, or first byte).
 static long peek_then_read(int fd)
@@ -355,6 +370,8 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	m = ok, m.msg_control = (void *)16;
 	EMU("recvmsg/bad-control", recvmsg(emu, &m, MSG_SOCK_DEVMEM));
 	EMU("read/dmabuf", read(emu, data, sizeof(data)));
+	// Dmabuf fragments never touch the iovec: an unmapped one is no error.
+	EMU("recvmsg/dmabuf-unmapped-iov", recv_into(emu, bad_page(), 4096));
 	// Receive flags (tcp_recvmsg_locked): MSG_PEEK leaves the data (and
 	// hands out tokens of its own), MSG_TRUNC discards without copying,
 	// MSG_WAITALL fills the buffer, MSG_OOB without urgent data is EINVAL.
