@@ -106,8 +106,6 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 	if n < 64 || n > 1<<24 {
 		return nil, fmt.Errorf("umem region: %d bytes gives %d frames of %d bytes (need 64 to 16M frames): %w", size, n, fs, unix.EINVAL)
 	}
-	var mem []byte
-	var err error
 	if fileBytes > n*uint64(fs) {
 		return nil, fmt.Errorf("umem region: %d bytes of files in a %d-byte region: %w", fileBytes, n*uint64(fs), unix.EINVAL)
 	}
@@ -117,21 +115,9 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 				f.Size, f.Offset, n*uint64(fs), fs, unix.EINVAL)
 		}
 	}
-	switch {
-	case len(files) == 1:
-		f := files[0]
-		if mem, err = mmapFile(f.FD, f.Offset, int(f.Size), int(n)*int(fs)); err != nil {
-			return nil, fmt.Errorf("umem region: map %d bytes of fd %d at offset %d: %w", f.Size, f.FD, f.Offset, err)
-		}
-	case len(files) > 1:
-		if mem, err = mmapFiles(files, int(n)*int(fs)); err != nil {
-			return nil, fmt.Errorf("umem region: map %d files: %w", len(files), err)
-		}
-	default:
-		mem, err = mmapAnon(int(n) * int(fs))
-	}
+	mem, err := mmapFiles(files, int(n)*int(fs))
 	if err != nil {
-		return nil, fmt.Errorf("umem region: mmap %d bytes: %w", n*uint64(fs), err)
+		return nil, fmt.Errorf("umem region: map %d bytes (%d files): %w", n*uint64(fs), len(files), err)
 	}
 	r := &Region{
 		mem:       mem,

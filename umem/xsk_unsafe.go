@@ -21,35 +21,19 @@ func mmapAnon(n int) ([]byte, error) {
 
 func munmap(b []byte) error { return unix.Munmap(b) }
 
-// mmapFile maps fileBytes of fd from off shared, followed by anonymous
-// memory up to total bytes, as one contiguous range. A file shorter than
-// off+fileBytes is EINVAL.
-func mmapFile(fd int, off int64, fileBytes, total int) ([]byte, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < off+int64(fileBytes) {
-		return nil, fmt.Errorf("file of %d bytes (mode %#o) cannot back %d bytes at offset %d: %w", st.Size, st.Mode, fileBytes, off, unix.EINVAL)
-	}
-	const prot = unix.PROT_READ | unix.PROT_WRITE
-	if total == fileBytes {
-		return unix.Mmap(fd, off, fileBytes, prot, unix.MAP_SHARED|unix.MAP_POPULATE)
-	}
-	mem, err := mmapAnon(total)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := unix.MmapPtr(fd, off, unsafe.Pointer(&mem[0]), uintptr(fileBytes), prot, unix.MAP_SHARED|unix.MAP_FIXED|unix.MAP_POPULATE); err != nil {
-		unix.Munmap(mem)
-		return nil, err
-	}
-	return mem, nil
-}
-
-// mmapFiles maps the files one after another at the start of an anonymous
-// mapping of total bytes (each file as mmapFile maps one).
+// mmapFiles maps the files shared, one after another, at the start of an
+// anonymous mapping of total bytes: one contiguous range (no files: all
+// anonymous). A file shorter than its Offset+Size is EINVAL.
 func mmapFiles(files []FileBacking, total int) ([]byte, error) {
+	for _, f := range files {
+		var st unix.Stat_t
+		if err := unix.Fstat(f.FD, &st); err != nil {
+			return nil, err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < f.Offset+int64(f.Size) {
+			return nil, fmt.Errorf("file of %d bytes (mode %#o) cannot back %d bytes at offset %d: %w", st.Size, st.Mode, f.Size, f.Offset, unix.EINVAL)
+		}
+	}
 	mem, err := mmapAnon(total)
 	if err != nil {
 		return nil, err
@@ -57,15 +41,6 @@ func mmapFiles(files []FileBacking, total int) ([]byte, error) {
 	const prot = unix.PROT_READ | unix.PROT_WRITE
 	at := 0
 	for _, f := range files {
-		var st unix.Stat_t
-		if err := unix.Fstat(f.FD, &st); err != nil {
-			unix.Munmap(mem)
-			return nil, err
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < f.Offset+int64(f.Size) {
-			unix.Munmap(mem)
-			return nil, fmt.Errorf("file of %d bytes (mode %#o) cannot back %d bytes at offset %d: %w", st.Size, st.Mode, f.Size, f.Offset, unix.EINVAL)
-		}
 		if _, err := unix.MmapPtr(f.FD, f.Offset, unsafe.Pointer(&mem[at]), uintptr(f.Size), prot, unix.MAP_SHARED|unix.MAP_FIXED|unix.MAP_POPULATE); err != nil {
 			unix.Munmap(mem)
 			return nil, err
