@@ -75,8 +75,6 @@ type esock struct {
 	wfull    bool // A's send buffer is full
 	rdhup    bool // B shut down for writing
 	hup      bool // B shut down both ways
-	rbuf     []byte
-	obuf     []byte
 	toks     []devmemapi.DmabufToken
 }
 
@@ -591,19 +589,39 @@ func (l *Lib) Recv(fd int, msgp UPtr, flags int, namelenp UPtr, w *Waiter) (int,
 	return n, err
 }
 
-// recvBuffers returns scratch buffers for a receive of up to total bytes
-// and controllen bytes of control messages.
-func (e *esock) recvBuffers(total int, controllen uint64) ([]byte, []byte) {
-	const maxData, maxCtrl = 4 << 20, 1 << 20
-	want := min(total, maxData)
-	if cap(e.rbuf) < want {
-		e.rbuf = make([]byte, want)
+// scratch is one call's buffers: a receive's data and control messages,
+// a send's control messages, dmabuf iovecs and gathered bytes. They come
+// from a pool, so that calls on one socket from several threads never
+// share them (the data moves between the stack and the application after
+// the stack's own call has returned) and a call allocates nothing once
+// the pool is warm.
+type scratch struct {
+	data, ctrl []byte
+	iov        []devmemapi.Iovec
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// Receive limits: one call takes at most maxRecvData bytes (a shorter
+// read, as TCP allows) and writes at most maxCtrl bytes of control
+// messages; a pooled buffer larger than maxRecvData is not kept.
+const maxRecvData, maxCtrl = 4 << 20, 1 << 20
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+func (s *scratch) put() {
+	if cap(s.data) > maxRecvData {
+		s.data = nil
 	}
-	c := int(min(controllen, maxCtrl))
-	if cap(e.obuf) < c {
-		e.obuf = make([]byte, c)
+	scratchPool.Put(s)
+}
+
+// grow returns b resized to n bytes, reallocated when it is too small.
+func grow(b *[]byte, n int) []byte {
+	if cap(*b) < n {
+		*b = make([]byte, n)
 	}
-	return e.rbuf[:want], e.obuf[:c]
+	return (*b)[:n]
 }
 
 func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Waiter) (int, error) {
@@ -638,7 +656,7 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	if state != stConnected {
 		return -1, unix.ENOTCONN
 	}
-	if err := probe(m.Control, int(min(m.Controllen, 1<<20))); err != nil {
+	if err := probe(m.Control, int(min(m.Controllen, maxCtrl))); err != nil {
 		return -1, err
 	}
 	// The iovec is checked before any data moves, so that a bad one
@@ -659,11 +677,9 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	var n, oobn int
 	var err error
 	var mflags int32
-	// The buffers are the socket's: receives on one socket are
-	// serialized here (the stack serializes them anyway).
-	e.mu.Lock()
-	p, oob := e.recvBuffers(total, m.Controllen)
-	e.mu.Unlock()
+	sc := getScratch()
+	defer sc.put()
+	p, oob := grow(&sc.data, min(total, maxRecvData)), grow(&sc.ctrl, int(min(m.Controllen, maxCtrl)))
 	switch {
 	case noCopy:
 		n, oobn, err = conn.RecvMsgNoCopy(p, oob, rflags)
@@ -835,10 +851,12 @@ func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 			defer tx.SetWriteDeadline(time.Time{})
 		}
 	}
-	if m.Controllen > 1<<20 {
+	if m.Controllen > maxCtrl {
 		return -1, unix.ENOBUFS
 	}
-	oob := make([]byte, m.Controllen)
+	sc := getScratch()
+	defer sc.put()
+	oob := grow(&sc.ctrl, int(m.Controllen))
 	if err := CopyIn(oob, m.Control); err != nil {
 		return -1, err
 	}
@@ -866,13 +884,14 @@ func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 	}
 	if hasID || (tx != nil && len(oob) > 0) {
 		// iov_base is an offset into the dmabuf, not an address.
-		dv := make([]devmemapi.Iovec, len(iov))
-		for i, v := range iov {
-			dv[i] = devmemapi.Iovec{Base: uint64(v.Base), Len: v.Len}
+		dv := sc.iov[:0]
+		for _, v := range iov {
+			dv = append(dv, devmemapi.Iovec{Base: uint64(v.Base), Len: v.Len})
 		}
+		sc.iov = dv
 		n, err = snd.SendMsg(dv, oob, sflags)
 	} else { // plain bytes (on a devmem TX socket, between its dmabuf sends)
-		buf := make([]byte, total)
+		buf := grow(&sc.data, total)
 		if err := gather(buf, iov); err != nil {
 			return -1, err
 		}

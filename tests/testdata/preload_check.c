@@ -603,8 +603,8 @@ static int do_leak(const char *ifname, const char *addr, int port)
 	exit(0); // no close, no DONTNEED
 }
 
-// do_threads receives on one thread and returns the tokens on another,
-// with a third polling the socket meanwhile, until the peer closes.
+// do_threads receives on two threads at once and returns the tokens on a
+// third, with a fourth polling the socket meanwhile, until the peer closes.
 static pthread_mutex_t tmu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t tcv = PTHREAD_COND_INITIALIZER;
 static uint32_t tq[1 << 16];
@@ -647,14 +647,13 @@ static void *poller(void *arg)
 	return NULL;
 }
 
-static int do_threads(const char *ifname, const char *addr, int port)
+// receiver receives to the end of the stream, checks each fragment's
+// bytes and queues its token for the releaser. Two run at once on the
+// socket: each must get its own fragments, every token once.
+static void *receiver(void *arg)
 {
-	setup(ifname, addr, port);
-	pthread_t rel, pol;
-	pthread_create(&rel, NULL, releaser, NULL);
-	pthread_create(&pol, NULL, poller, NULL);
-	static char data[65536], ctrl[256 * CMSG_SPACE(sizeof(struct dmabuf_cmsg))];
-	size_t total = 0, frags = 0;
+	size_t *got = arg; // bytes, fragments
+	char data[65536], ctrl[256 * CMSG_SPACE(sizeof(struct dmabuf_cmsg))];
 	for (;;) {
 		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
 		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
@@ -662,8 +661,8 @@ static int do_threads(const char *ifname, const char *addr, int port)
 		if (n < 0)
 			error(1, errno, "recvmsg");
 		if (n == 0)
-			break;
-		total += n;
+			return NULL;
+		got[0] += n;
 		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
 			struct dmabuf_cmsg *d = (void *)CMSG_DATA(cm);
 			if (cm->cmsg_type != SCM_DEVMEM_DMABUF)
@@ -675,9 +674,22 @@ static int do_threads(const char *ifname, const char *addr, int port)
 			tq[tq_tail++ % (1 << 16)] = d->frag_token;
 			pthread_cond_signal(&tcv);
 			pthread_mutex_unlock(&tmu);
-			frags++;
+			got[1]++;
 		}
 	}
+}
+
+static int do_threads(const char *ifname, const char *addr, int port)
+{
+	setup(ifname, addr, port);
+	pthread_t rel, pol, rcv;
+	pthread_create(&rel, NULL, releaser, NULL);
+	pthread_create(&pol, NULL, poller, NULL);
+	size_t a[2] = {0}, b[2] = {0};
+	pthread_create(&rcv, NULL, receiver, b);
+	receiver(a);
+	pthread_join(rcv, NULL);
+	size_t total = a[0] + b[0], frags = a[1] + b[1];
 	pthread_mutex_lock(&tmu);
 	__atomic_store_n(&t_done, 1, __ATOMIC_RELEASE);
 	pthread_cond_signal(&tcv);
