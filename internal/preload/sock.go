@@ -75,7 +75,6 @@ type esock struct {
 	wfull    bool // A's send buffer is full
 	rdhup    bool // B shut down for writing
 	hup      bool // B shut down both ways
-	toks     []devmemapi.DmabufToken
 }
 
 type optKey struct{ level, name int32 }
@@ -589,6 +588,21 @@ func (l *Lib) Recv(fd int, msgp UPtr, flags int, namelenp UPtr, w *Waiter) (int,
 	return n, err
 }
 
+// deadlines is the stack side of a socket that SO_RCVTIMEO and SO_SNDTIMEO
+// bound: its connection, or the TXConn it dialled, or nil.
+func deadlines(conn *stack.Conn, tx *stack.TXConn) interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+} {
+	switch {
+	case conn != nil:
+		return conn
+	case tx != nil:
+		return tx
+	}
+	return nil
+}
+
 // scratch is one call's buffers: a receive's data and control messages,
 // a send's control messages, dmabuf iovecs and gathered bytes. They come
 // from a pool, so that calls on one socket from several threads never
@@ -637,14 +651,9 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	var seq uint32
 	if cwait {
 		seq = e.l.host.Seq(e.b)
-	} else if timed && !dontwait { // SO_RCVTIMEO bounds the stack's own wait
-		if conn != nil {
-			conn.SetReadDeadline(time.Now().Add(timeo))
-			defer conn.SetReadDeadline(time.Time{})
-		} else if tx != nil {
-			tx.SetReadDeadline(time.Now().Add(timeo))
-			defer tx.SetReadDeadline(time.Time{})
-		}
+	} else if d := deadlines(conn, tx); timed && !dontwait && d != nil { // SO_RCVTIMEO bounds the stack's own wait
+		d.SetReadDeadline(time.Now().Add(timeo))
+		defer d.SetReadDeadline(time.Time{})
 	}
 	if flags&unix.MSG_ERRQUEUE != 0 {
 		return e.recvErrQueue(m, msgp, flags)
@@ -842,14 +851,9 @@ func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 	timeo, timed := timeoDuration(e.sndTimeo)
 	dontwait := e.nonblock || flags&unix.MSG_DONTWAIT != 0 || (timed && timeo == 0)
 	e.mu.Unlock()
-	if timed && !dontwait { // SO_SNDTIMEO bounds a blocking send
-		if conn != nil {
-			conn.SetWriteDeadline(time.Now().Add(timeo))
-			defer conn.SetWriteDeadline(time.Time{})
-		} else if tx != nil {
-			tx.SetWriteDeadline(time.Now().Add(timeo))
-			defer tx.SetWriteDeadline(time.Time{})
-		}
+	if d := deadlines(conn, tx); timed && !dontwait && d != nil { // SO_SNDTIMEO bounds a blocking send
+		d.SetWriteDeadline(time.Now().Add(timeo))
+		defer d.SetWriteDeadline(time.Time{})
 	}
 	if m.Controllen > maxCtrl {
 		return -1, unix.ENOBUFS

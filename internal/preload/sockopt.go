@@ -155,9 +155,6 @@ func (e *esock) dontNeed(val UPtr, vlen int) (int, error) {
 	if err := devmemapi.CheckDontNeedLen(vlen); err != nil {
 		return -1, err
 	}
-	if cap(e.toks) == 0 {
-		e.toks = make([]devmemapi.DmabufToken, 0, devmemapi.MaxDontNeedTokens)
-	}
 	var buf [devmemapi.MaxDontNeedTokens * devmemapi.SizeofDmabufToken]byte
 	b := buf[:vlen]
 	if err := CopyIn(b, val); err != nil {
@@ -166,11 +163,9 @@ func (e *esock) dontNeed(val UPtr, vlen int) (int, error) {
 	if conn == nil {
 		// A socket that never received devmem data has no tokens: the
 		// kernel finds none to free.
-		toks, err := devmemapi.ParseTokens(nil, b)
-		if err != nil {
+		if _, err := devmemapi.ParseTokens(nil, b); err != nil {
 			return -1, err
 		}
-		_ = toks
 		return 0, nil
 	}
 	n, err := conn.DontNeedOpt(b)
