@@ -301,13 +301,8 @@ func (c *TXConn) SendMsg(iov []devmemapi.Iovec, oob []byte, flags int) (int, err
 		}
 		return 0, fmt.Errorf("sendmsg: a dmabuf send needs %s: %w", what, devmemerr.SendMsgNoZerocopy.Err())
 	}
-	select {
-	case <-c.closed:
-		return 0, fmt.Errorf("sendmsg: %w", devmemapi.ErrClosed)
-	default:
-	}
-	if c.wshut.Load() {
-		return 0, fmt.Errorf("sendmsg: %w", unix.EPIPE)
+	if err := c.sendable("sendmsg"); err != nil {
+		return 0, err
 	}
 	if cerr != nil {
 		t.cnt.einval.Add(1)
@@ -393,6 +388,20 @@ func (c *TXConn) finishSend(start, total uint64, call txCall) {
 	c.completeLocked()
 }
 
+// sendable is why op cannot send on c now: closed, or the sending side
+// shut down (EPIPE); nil when it can.
+func (c *TXConn) sendable(op string) error {
+	select {
+	case <-c.closed:
+		return fmt.Errorf("%s: %w", op, devmemapi.ErrClosed)
+	default:
+	}
+	if c.wshut.Load() {
+		return fmt.Errorf("%s: %w", op, unix.EPIPE)
+	}
+	return nil
+}
+
 // Send sends plain bytes on the connection (send(2) without a dmabuf on a
 // devmem TX socket, such as a header before dmabuf payload): they are
 // copied into gVisor's send buffer and go out in the stream between the
@@ -402,13 +411,8 @@ func (c *TXConn) finishSend(start, total uint64, call txCall) {
 // it copied. MSG_DONTWAIT queues what fits, or fails EAGAIN; a shut-down
 // sending side is EPIPE.
 func (c *TXConn) Send(p []byte, flags int) (int, error) {
-	select {
-	case <-c.closed:
-		return 0, fmt.Errorf("send: %w", devmemapi.ErrClosed)
-	default:
-	}
-	if c.wshut.Load() {
-		return 0, fmt.Errorf("send: %w", unix.EPIPE)
+	if err := c.sendable("send"); err != nil {
+		return 0, err
 	}
 	if len(p) == 0 {
 		return 0, nil

@@ -229,11 +229,15 @@ func waitCompletions(t testing.TB, c devmemapi.Sender, tr *devmemapi.ZerocopyTra
 	return all
 }
 
+// txModes are the two ways TX frames reach the device: chained frames
+// (multi-buffer) and frames copied whole (Lab.TXCopy).
+var txModes = []struct {
+	name string
+	copy bool
+}{{"multi-buffer", false}, {"copy", true}}
+
 func TestInprocTXSend(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		copy bool
-	}{{"multi-buffer", false}, {"copy", true}} {
+	for _, mode := range txModes {
 		t.Run(mode.name, func(t *testing.T) {
 			ip, peer, b, c := txSetup(t, Config{Lab: Lab{TXCopy: mode.copy}}, 1<<20)
 			before := append([]byte(nil), b.Bytes()...)
@@ -579,10 +583,7 @@ func TestInprocTXCloseReleases(t *testing.T) {
 // completions. The fake device's join of each chain into a frame stands in
 // for the kernel's copy.
 func BenchmarkTXPath(b *testing.B) {
-	for _, mode := range []struct {
-		name string
-		copy bool
-	}{{"multi-buffer", false}, {"copy", true}} {
+	for _, mode := range txModes {
 		b.Run(mode.name, func(b *testing.B) {
 			const chunk = 256 << 10
 			ip, peer, tb, c := txSetup(b, Config{Lab: Lab{TXCopy: mode.copy}}, 4*chunk)
@@ -776,10 +777,7 @@ func TestTXBindErrnoTable(t *testing.T) {
 // sends and the plain ones made with MSG_ZEROCOPY take send numbers, the
 // latter completing as copied (SO_EE_CODE_ZEROCOPY_COPIED).
 func TestInprocTXPlainSends(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		copy bool
-	}{{"multi-buffer", false}, {"copy", true}} {
+	for _, mode := range txModes {
 		t.Run(mode.name, func(t *testing.T) {
 			ip, peer, b, c := txSetup(t, Config{Lab: Lab{TXCopy: mode.copy}}, 1<<20)
 			var want []byte
