@@ -288,13 +288,12 @@ static void sync_handler(int sig)
 	sig_sync[1] = errno;
 }
 
-// setup binds a dmabuf to queue 1, listens on ADDR:PORT (emulated) and
-// 127.0.0.1:PORT (kernel), prints "ready" and accepts one connection on
-// each: the test's peer connects to the first, this program to the second.
-static void setup(const char *ifname, const char *addr, int port)
+// steer_to_queue1 has the selftests' ethtool commands send the flow to
+// port on queue 1 alone (RSS over queue 0, an ntuple rule), as ncdevmem
+// does before it binds.
+static void steer_to_queue1(const char *ifname, const char *addr, int port)
 {
 	char cmd[256];
-	dmem = dmabuf_alloc(&dfd);
 	snprintf(cmd, sizeof(cmd), "ethtool -X %s equal 1", ifname);
 	if (system(cmd))
 		error(1, 0, "%s", cmd);
@@ -302,14 +301,32 @@ static void setup(const char *ifname, const char *addr, int port)
 		 strchr(addr, ':') ? "tcp6" : "tcp4", port);
 	if (system(cmd))
 		error(1, 0, "%s", cmd);
-	bind_dmabuf(if_nametoindex(ifname), dfd, 1);
-	// AF_INET6 sockets, an IPv4 address v4-mapped, as ncdevmem does.
+}
+
+// emu_listener is a listening TCP socket on addr:port (the emulated
+// interface's address): AF_INET6, an IPv4 address v4-mapped, as ncdevmem
+// does.
+static int emu_listener(const char *addr, int port)
+{
 	struct sockaddr_in6 sa;
 	char mapped[64];
 	snprintf(mapped, sizeof(mapped), strchr(addr, ':') ? "%s" : "::ffff:%s", addr);
 	int ls = tcp_socket(mapped, port, &sa);
 	if (bind(ls, (void *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0)
 		error(1, errno, "emulated listener");
+	return ls;
+}
+
+// setup binds a dmabuf to queue 1, listens on ADDR:PORT (emulated) and
+// 127.0.0.1:PORT (kernel), prints "ready" and accepts one connection on
+// each: the test's peer connects to the first, this program to the second.
+static void setup(const char *ifname, const char *addr, int port)
+{
+	dmem = dmabuf_alloc(&dfd);
+	steer_to_queue1(ifname, addr, port);
+	bind_dmabuf(if_nametoindex(ifname), dfd, 1);
+	int ls = emu_listener(addr, port);
+	struct sockaddr_in6 sa;
 	int kls = tcp_socket("::ffff:127.0.0.1", port, &sa);
 	if (bind(kls, (void *)&sa, sizeof(sa)) < 0 || listen(kls, 1) < 0)
 		error(1, errno, "kernel listener");
@@ -582,6 +599,18 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	return 0;
 }
 
+// recv_devmem is a blocking recvmsg(MSG_SOCK_DEVMEM) of fd into data and
+// ctrl, described by *m and *iov; an error ends the program.
+static ssize_t recv_devmem(int fd, struct msghdr *m, struct iovec *iov, void *data, size_t dlen, void *ctrl, size_t clen)
+{
+	*iov = (struct iovec){.iov_base = data, .iov_len = dlen};
+	*m = (struct msghdr){.msg_iov = iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = clen};
+	ssize_t n = recvmsg(fd, m, MSG_SOCK_DEVMEM);
+	if (n < 0)
+		error(1, errno, "recvmsg");
+	return n;
+}
+
 // do_leak receives to the end and returns no token: exit must free them.
 static int do_leak(const char *ifname, const char *addr, int port)
 {
@@ -589,11 +618,9 @@ static int do_leak(const char *ifname, const char *addr, int port)
 	static char data[65536], ctrl[64 * CMSG_SPACE(sizeof(struct dmabuf_cmsg))];
 	size_t total = 0;
 	for (;;) {
-		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
-		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
-		ssize_t n = recvmsg(emu, &m, MSG_SOCK_DEVMEM);
-		if (n < 0)
-			error(1, errno, "recvmsg");
+		struct iovec iov;
+		struct msghdr m;
+		ssize_t n = recv_devmem(emu, &m, &iov, data, sizeof(data), ctrl, sizeof(ctrl));
 		if (n == 0)
 			break;
 		total += n;
@@ -655,11 +682,9 @@ static void *receiver(void *arg)
 	size_t *got = arg; // bytes, fragments
 	char data[65536], ctrl[256 * CMSG_SPACE(sizeof(struct dmabuf_cmsg))];
 	for (;;) {
-		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
-		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
-		ssize_t n = recvmsg(emu, &m, MSG_SOCK_DEVMEM);
-		if (n < 0)
-			error(1, errno, "recvmsg");
+		struct iovec iov;
+		struct msghdr m;
+		ssize_t n = recv_devmem(emu, &m, &iov, data, sizeof(data), ctrl, sizeof(ctrl));
 		if (n == 0)
 			return NULL;
 		got[0] += n;
@@ -790,12 +815,7 @@ static int do_accepttx(const char *ifname, const char *addr, int port)
 	for (size_t i = 0; i < (1 << 20); i++)
 		mem[i] = (char)(i % 251);
 	uint32_t id = bind_dmabuf(if_nametoindex(ifname), tfd, -1);
-	char mapped[64];
-	snprintf(mapped, sizeof(mapped), strchr(addr, ':') ? "%s" : "::ffff:%s", addr);
-	struct sockaddr_in6 sa;
-	int ls = tcp_socket(mapped, port, &sa), one = 1;
-	if (bind(ls, (void *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0)
-		error(1, errno, "listen");
+	int ls = emu_listener(addr, port), one = 1;
 	printf("ready\n");
 	int c = accept(ls, NULL, NULL);
 	if (c < 0)
@@ -830,22 +850,11 @@ static int do_accepttx(const char *ifname, const char *addr, int port)
 static int do_rxtx(const char *ifname, const char *addr, int port)
 {
 	int rfd, tfd;
-	char *rmem = dmabuf_alloc(&rfd), *tmem = dmabuf_alloc(&tfd), cmd[256];
+	char *rmem = dmabuf_alloc(&rfd), *tmem = dmabuf_alloc(&tfd);
 	int ifindex = if_nametoindex(ifname);
-	snprintf(cmd, sizeof(cmd), "ethtool -X %s equal 1", ifname);
-	if (system(cmd))
-		error(1, 0, "%s", cmd);
-	snprintf(cmd, sizeof(cmd), "ethtool -N %s flow-type %s dst-port %d queue 1 >/dev/null", ifname,
-		 strchr(addr, ':') ? "tcp6" : "tcp4", port);
-	if (system(cmd))
-		error(1, 0, "%s", cmd);
+	steer_to_queue1(ifname, addr, port);
 	uint32_t rid = bind_dmabuf(ifindex, rfd, 1), tid = bind_dmabuf(ifindex, tfd, -1);
-	char mapped[64];
-	snprintf(mapped, sizeof(mapped), strchr(addr, ':') ? "%s" : "::ffff:%s", addr);
-	struct sockaddr_in6 sa;
-	int ls = tcp_socket(mapped, port, &sa), one = 1;
-	if (bind(ls, (void *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0)
-		error(1, errno, "listen");
+	int ls = emu_listener(addr, port), one = 1;
 	printf("ready\n");
 	int c = accept(ls, NULL, NULL);
 	if (c < 0 || setsockopt(c, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)))
@@ -854,11 +863,9 @@ static int do_rxtx(const char *ifname, const char *addr, int port)
 	size_t echoed = 0, frags = 0;
 	uint32_t sends = 0;
 	for (;;) {
-		struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
-		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof(ctrl)};
-		ssize_t n = recvmsg(c, &m, MSG_SOCK_DEVMEM);
-		if (n < 0)
-			error(1, errno, "recvmsg");
+		struct iovec iov;
+		struct msghdr m;
+		ssize_t n = recv_devmem(c, &m, &iov, data, sizeof(data), ctrl, sizeof(ctrl));
 		if (n == 0)
 			break;
 		size_t start = echoed;
