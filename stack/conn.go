@@ -436,6 +436,8 @@ var (
 	errReadAgain   = fmt.Errorf("read: %w", unix.EAGAIN)
 	errSendAgain   = fmt.Errorf("send: %w", unix.EAGAIN)
 	errAcceptAgain = fmt.Errorf("accept: %w", unix.EAGAIN)
+	// errErrQueueAgain: no completion to read (MSG_ERRQUEUE).
+	errErrQueueAgain = fmt.Errorf("recvmsg errqueue: %w", unix.EAGAIN)
 )
 
 // wait blocks for readability; RecvMsg's loop notices a close itself.

@@ -50,7 +50,7 @@ func (c *Conn) RecvErrQueue(oob []byte, flags int) (oobn, recvflags int, err err
 	if v := c.txv.Load(); v != nil {
 		return v.RecvErrQueue(oob, flags)
 	}
-	return 0, 0, fmt.Errorf("recvmsg errqueue: %w", unix.EAGAIN)
+	return 0, 0, errErrQueueAgain
 }
 
 // PollErrQueue implements devmemapi.Sender; before any send made the view

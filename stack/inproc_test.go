@@ -442,7 +442,8 @@ func TestLinkWritePacketsAllocs(t *testing.T) {
 	}
 }
 
-// TestEmptyRecvAllocs: a non-blocking receive that finds nothing (a poll loop's every call, and libxdevmem's receive before
+// TestEmptyRecvAllocs: a non-blocking receive, or an error-queue read,
+// that finds nothing (a poll loop's every call, and libxdevmem's receive before
 // it sleeps) returns EAGAIN without allocating.
 func TestEmptyRecvAllocs(t *testing.T) {
 	ip := newInproc(t, Config{})
@@ -459,6 +460,14 @@ func TestEmptyRecvAllocs(t *testing.T) {
 	}
 	if a != 0 {
 		t.Fatalf("RecvMsg(MSG_DONTWAIT) on an empty socket: %v allocations", a)
+	}
+	// No completion to read: a program's MSG_ERRQUEUE poll loop.
+	a = testing.AllocsPerRun(200, func() { _, _, err = c.RecvErrQueue(oob, 0) })
+	if !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("RecvErrQueue with no completion: %v, want EAGAIN", err)
+	}
+	if a != 0 {
+		t.Fatalf("RecvErrQueue with no completion: %v allocations", a)
 	}
 }
 

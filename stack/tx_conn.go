@@ -732,7 +732,7 @@ func (c *TXConn) RecvErrQueue(oob []byte, flags int) (oobn, recvflags int, err e
 	}
 	if len(c.errq) == 0 {
 		c.mu.Unlock()
-		return 0, 0, fmt.Errorf("recvmsg errqueue: %w", unix.EAGAIN)
+		return 0, 0, errErrQueueAgain
 	}
 	r := c.errq[0]
 	c.errq = c.errq[1:]
