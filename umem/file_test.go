@@ -52,7 +52,7 @@ func TestRegionFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r, err := NewRegion(RegionConfig{Size: tc.size, File: &FileBacking{FD: dup, Offset: tc.off, Size: uint64(tc.fileFrames) * page}})
+			r, err := NewRegion(RegionConfig{Size: tc.size, Files: []FileBacking{{FD: dup, Offset: tc.off, Size: uint64(tc.fileFrames) * page}}})
 			unix.Close(dup) // the region keeps its own mapping
 			if err != nil {
 				t.Fatal(err)
@@ -101,8 +101,7 @@ func TestRegionFiles(t *testing.T) {
 	defer unix.Munmap(mb)
 	copy(ma[page:], "first file")
 	copy(mb[8*page+3:], "second file")
-	r, err := NewRegion(RegionConfig{File: &FileBacking{FD: a, Size: 64 * page},
-		More: []FileBacking{{FD: b, Offset: 8 * page, Size: 32 * page}}})
+	r, err := NewRegion(RegionConfig{Files: []FileBacking{{FD: a, Size: 64 * page}, {FD: b, Offset: 8 * page, Size: 32 * page}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +117,9 @@ func TestRegionFiles(t *testing.T) {
 	if string(mb[39*page:39*page+15]) != "into the second" {
 		t.Fatal("a write into the region's second part did not reach the second file")
 	}
-	if _, err := NewRegion(RegionConfig{More: []FileBacking{{FD: b, Size: 32 * page}}}); !errors.Is(err, unix.EINVAL) {
-		t.Fatalf("More without File: %v, want EINVAL", err)
+	// Each file is checked, not only the first.
+	if _, err := NewRegion(RegionConfig{Files: []FileBacking{{FD: a, Size: 64 * page}, {FD: b, Offset: 100, Size: 32 * page}}}); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("second file at an unaligned offset: %v, want EINVAL", err)
 	}
 }
 
@@ -136,13 +136,13 @@ func TestRegionFileErrors(t *testing.T) {
 		cfg  RegionConfig
 		want error
 	}{
-		{"past the end", RegionConfig{File: &FileBacking{FD: fd, Offset: page, Size: 64 * page}}, unix.EINVAL},
-		{"unaligned offset", RegionConfig{File: &FileBacking{FD: fd, Offset: 100, Size: 63 * page}}, unix.EINVAL},
-		{"partial frame", RegionConfig{File: &FileBacking{FD: fd, Size: 64*page - 1}}, unix.EINVAL},
-		{"larger than the region", RegionConfig{Size: 64 * page, File: &FileBacking{FD: fd, Size: 65 * page}}, unix.EINVAL},
-		{"too few frames", RegionConfig{File: &FileBacking{FD: fd, Size: 32 * page}}, unix.EINVAL},
-		{"closed fd", RegionConfig{File: &FileBacking{FD: 1 << 20, Size: 64 * page}}, unix.EBADF},
-		{"socket", RegionConfig{File: &FileBacking{FD: notFile, Size: 64 * page}}, unix.EINVAL},
+		{"past the end", RegionConfig{Files: []FileBacking{{FD: fd, Offset: page, Size: 64 * page}}}, unix.EINVAL},
+		{"unaligned offset", RegionConfig{Files: []FileBacking{{FD: fd, Offset: 100, Size: 63 * page}}}, unix.EINVAL},
+		{"partial frame", RegionConfig{Files: []FileBacking{{FD: fd, Size: 64*page - 1}}}, unix.EINVAL},
+		{"larger than the region", RegionConfig{Size: 64 * page, Files: []FileBacking{{FD: fd, Size: 65 * page}}}, unix.EINVAL},
+		{"too few frames", RegionConfig{Files: []FileBacking{{FD: fd, Size: 32 * page}}}, unix.EINVAL},
+		{"closed fd", RegionConfig{Files: []FileBacking{{FD: 1 << 20, Size: 64 * page}}}, unix.EBADF},
+		{"socket", RegionConfig{Files: []FileBacking{{FD: notFile, Size: 64 * page}}}, unix.EINVAL},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := NewRegion(tc.cfg)
@@ -197,7 +197,7 @@ func TestRegionFileUMEM(t *testing.T) {
 	pair := testutil.NewPair(t, netns.Options{})
 	const page = 4096
 	fd := memfd(t, 256*page)
-	r, err := NewRegion(RegionConfig{Size: 512 * page, File: &FileBacking{FD: fd, Size: 256 * page}})
+	r, err := NewRegion(RegionConfig{Size: 512 * page, Files: []FileBacking{{FD: fd, Size: 256 * page}}})
 	if err != nil {
 		t.Fatal(err)
 	}

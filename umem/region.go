@@ -24,19 +24,16 @@ const (
 
 // RegionConfig sizes a Region.
 type RegionConfig struct {
-	// Size is the region size in bytes, rounded down to whole frames. With
-	// File set, 0 means File.Size.
+	// Size is the region size in bytes, rounded down to whole frames; 0
+	// means the files' bytes.
 	Size uint64
 	// FrameSize is 2048 or 4096 (AF_XDP aligned mode); 0 means 4096.
 	FrameSize uint32
-	// File, if set, backs the region's first File.Size bytes with a file
-	// (a memfd an application also maps: its dmabuf) instead of anonymous
-	// memory; the rest of the region, if any, is anonymous.
-	File *FileBacking
-	// More are further files backing the bytes right after File's, in
-	// order (an interface's RX dmabuf, then its TX dmabuf). File must be
-	// set.
-	More []FileBacking
+	// Files, if any, back the region's first bytes, one after another (a
+	// memfd an application also maps: its dmabuf; an interface's RX
+	// dmabuf, then its TX dmabuf) instead of anonymous memory; the rest of
+	// the region, if any, is anonymous.
+	Files []FileBacking
 }
 
 // FileBacking is the file part of a Region: Size bytes of the file open as
@@ -89,12 +86,7 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 		return nil, fmt.Errorf("umem region: frame size %d: must be 2048 or 4096: %w", fs, unix.EINVAL)
 	}
 	size := cfg.Size
-	var files []FileBacking
-	if cfg.File != nil {
-		files = append([]FileBacking{*cfg.File}, cfg.More...)
-	} else if len(cfg.More) > 0 {
-		return nil, fmt.Errorf("umem region: More without File: %w", unix.EINVAL)
-	}
+	files := cfg.Files
 	var fileBytes uint64
 	for _, f := range files {
 		fileBytes += f.Size

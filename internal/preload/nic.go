@@ -179,7 +179,7 @@ func (l *Lib) ensureStack(n *nic, d *dmabuf, tx bool) error {
 			files = append(files, umem.FileBacking{FD: x.fd, Offset: x.off, Size: x.size})
 		}
 	}
-	rc := umem.RegionConfig{File: &files[0], More: files[1:]}
+	rc := umem.RegionConfig{Files: files}
 	if rxD == nil {
 		rc.Size = txD.size + txTail(n.queues)
 	}
