@@ -28,20 +28,26 @@ import (
 //
 // A fourth receiver, "kernel" (socat into /dev/null on a kernel socket, no
 // XDP program on the link), shows what the sender pipeline alone allows.
+// A fifth, "ncdevmem-bare", is a diagnostic: ncdevmem built with
+// testdata/ncdevmem-bare.patch, which takes out its per-fragment print and
+// validation and nothing else. It makes every devmem call the unmodified
+// one makes, so its goodput against the server's is the library's own
+// share of the gap, and the rest of the gap is ncdevmem's own work.
 //
 // Reported per MTU: each receiver's MB/s, its CPU seconds per GiB
 // (getrusage of the receiving process), the machine's idle share during
-// its runs, and ratio = ncdevmem MB/s / server MB/s. On two cores the
-// sender (yes | tr | head | socat and the kernel's TCP) and the receiver
-// share the CPUs, so a receiver's goodput falls with its CPU per GiB.
+// its runs, ratio = ncdevmem MB/s / server MB/s and bare-ratio =
+// ncdevmem-bare MB/s / server MB/s. On two cores the sender (yes | tr |
+// head | socat and the kernel's TCP) and the receiver share the CPUs, so a
+// receiver's goodput falls with its CPU per GiB.
 //
 //	go test -run '^$' -bench BenchmarkPreloadNcdevmem -benchtime 3x ./tests
 func BenchmarkPreloadNcdevmem(b *testing.B) {
-	ncBin := ncdevmem612(b)
+	ncBin, bareBin := ncdevmem612(b), ncdevmem612Bare(b)
 	srv := xdevmemBinary(b)
 	for _, mtu := range []int{1500, 3500} {
 		b.Run(fmt.Sprintf("mtu=%d", mtu), func(b *testing.B) {
-			benchPreloadNcdevmem(b, newPreloadWorldMTU(b, mtu), ncBin, srv)
+			benchPreloadNcdevmem(b, newPreloadWorldMTU(b, mtu), ncBin, bareBin, srv)
 		})
 	}
 }
@@ -76,7 +82,7 @@ type preloadRun struct {
 	idle      float64       // the machine's idle share, averaged over runs
 }
 
-func benchPreloadNcdevmem(b *testing.B, w *preloadWorld, ncBin, srv string) {
+func benchPreloadNcdevmem(b *testing.B, w *preloadWorld, ncBin, bareBin, srv string) {
 	port := 8100
 	// run starts the receiver, waits for its listener, sends 1 GiB through
 	// pattern (the sender's pipeline stage) and waits for it to exit.
@@ -151,6 +157,9 @@ func benchPreloadNcdevmem(b *testing.B, w *preloadWorld, ncBin, srv string) {
 		{name: "server", pat: sameSender, cmd: func() *exec.Cmd {
 			return w.command("", nil, srv, append([]string{"server"}, args("--quiet")...)...)
 		}},
+		{name: "ncdevmem-bare", pat: `tr \\n \\0 |`, cmd: func() *exec.Cmd {
+			return w.command(w.lib, nil, bareBin, append([]string{"-l"}, args()...)...)
+		}},
 		{name: "kernel", pat: sameSender, cmd: func() *exec.Cmd {
 			port++
 			return w.p.Emu.Command("socat", "-u", fmt.Sprintf("TCP-LISTEN:%d,reuseaddr", port), "OPEN:/dev/null")
@@ -175,7 +184,8 @@ func benchPreloadNcdevmem(b *testing.B, w *preloadWorld, ncBin, srv string) {
 		b.ReportMetric(r.sum.cpu.Seconds()/gib, r.name+"-cpu-s/GiB")
 		b.ReportMetric(100*r.sum.idle, r.name+"-idle-%")
 	}
-	b.ReportMetric(receivers[1].sum.wall.Seconds()/receivers[0].sum.wall.Seconds(), "ratio") // ncdevmem MB/s / server MB/s
+	b.ReportMetric(receivers[1].sum.wall.Seconds()/receivers[0].sum.wall.Seconds(), "ratio")      // ncdevmem MB/s / server MB/s
+	b.ReportMetric(receivers[1].sum.wall.Seconds()/receivers[2].sum.wall.Seconds(), "bare-ratio") // ncdevmem-bare MB/s / server MB/s
 }
 
 // machineBusy is bench.MachineBusy, failing the benchmark on an error.

@@ -38,7 +38,7 @@ var (
 	buildMu  sync.Mutex
 	builtLib string
 	builtC   = map[string]string{}
-	builtNc  string
+	builtNc  = map[string]string{} // ncdevmem builds by patch ("": unmodified)
 )
 
 // libxdevmem builds the library once per test process.
@@ -92,39 +92,69 @@ func ncdevmem612(t testing.TB) string {
 	if p := os.Getenv("XDEVMEM_NCDEVMEM"); p != "" {
 		return p
 	}
+	return buildNcdevmem(t, "")
+}
+
+// ncdevmem612Bare is ncdevmem612 with testdata/ncdevmem-bare.patch applied:
+// the benchmark's diagnostic variant without the per-fragment print and
+// validation, which no test runs.
+func ncdevmem612Bare(t testing.TB) string {
+	t.Helper()
+	return buildNcdevmem(t, "testdata/ncdevmem-bare.patch")
+}
+
+// buildNcdevmem builds ncdevmem with patch applied (none if empty), once
+// per script and patch content.
+func buildNcdevmem(t testing.TB, patch string) string {
+	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
-	if builtNc != "" {
-		return builtNc
+	if bin := builtNc[patch]; bin != "" {
+		return bin
 	}
 	script, err := filepath.Abs("testdata/build-ncdevmem.sh")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(script)
-	if err != nil {
-		t.Fatal(err)
+	h := sha256.New()
+	args := []string{script}
+	for _, f := range []string{script, patch} {
+		if f == "" {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Write(b)
 	}
-	sum := sha256.Sum256(b)
+	name := "ncdevmem-6.12-"
+	if patch != "" {
+		name += strings.TrimSuffix(filepath.Base(patch), ".patch") + "-"
+	}
 	cache, err := os.UserCacheDir()
 	if err != nil {
 		cache = os.TempDir()
 	}
-	bin := filepath.Join(cache, "xdevmem", "ncdevmem-6.12-"+hex.EncodeToString(sum[:6]))
+	bin := filepath.Join(cache, "xdevmem", name+hex.EncodeToString(h.Sum(nil)[:6]))
 	if _, err := os.Stat(bin); err != nil {
 		if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command("bash", script, bin+".tmp")
+		args = append(args, bin+".tmp")
+		if patch != "" {
+			args = append(args, patch)
+		}
+		cmd := exec.Command("bash", args...)
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build ncdevmem: %v\n%s", err, out)
+			t.Fatalf("build %s: %v\n%s", name+"*", err, out)
 		}
 		if err := os.Rename(bin+".tmp", bin); err != nil {
 			t.Fatal(err)
 		}
 	}
-	builtNc = bin
+	builtNc[patch] = bin
 	return bin
 }
 
