@@ -708,8 +708,14 @@ func (c *Conn) readErr(terr tcpip.Error) (stepResult, error) {
 	return 0, fmt.Errorf("recvmsg: %w", tcpipErr(terr))
 }
 
+// SetLinger is SO_LINGER (see linger.go): on with d 0, Close resets the
+// connection; on with d > 0, Close waits up to d for the peer to
+// acknowledge the data and the FIN.
+func (c *Conn) SetLinger(on bool, d time.Duration) { setLinger(c.ep, on, d) }
+
 // Close implements devmemapi.Conn: the connection closes, its fragment queue
 // is dropped and, in autorelease-on mode, its outstanding tokens are freed.
+// SetLinger changes when it returns.
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.closed)
@@ -717,6 +723,7 @@ func (c *Conn) Close() error {
 		c.wq.EventUnregister(&c.weOut)
 		c.SetNotify(nil)
 		c.ep.Close()
+		lingerWait(c.ep, &c.s.closing)
 		if v := c.txv.Load(); v != nil {
 			v.closeView(c.wq)
 		}

@@ -842,6 +842,7 @@ func (c *TXConn) Stats() TXConnStats {
 // Close implements devmemapi.TXConn: the connection closes after its
 // queued data (gVisor keeps sending it); its pending notifications are
 // dropped with it, as the kernel drops a closed socket's error queue.
+// SetLinger changes when it returns.
 func (c *TXConn) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.closed)
@@ -850,9 +851,15 @@ func (c *TXConn) Close() error {
 		c.SetNotify(nil)
 		c.ep.Close()
 		go c.linger()
+		lingerWait(c.ep, &c.s.closing)
 	})
 	return nil
 }
+
+// SetLinger is SO_LINGER (see linger.go): on with d 0, Close resets the
+// connection; on with d > 0, Close waits up to d for the peer to
+// acknowledge the data and the FIN.
+func (c *TXConn) SetLinger(on bool, d time.Duration) { setLinger(c.ep, on, d) }
 
 // linger keeps the connection mapped while gVisor may still send its data:
 // until its state can send no more (FIN acknowledged, closed or reset), or
@@ -862,8 +869,7 @@ func (c *TXConn) linger() {
 	deadline := time.Now().Add(txLinger)
 	aborted := false
 	for !c.s.closing.Load() {
-		switch tcp.EndpointState(c.ep.State()) {
-		case tcp.StateFinWait2, tcp.StateTimeWait, tcp.StateClose, tcp.StateError:
+		if sendFinished(c.ep) {
 			c.eng.unregister(c)
 			c.abort()
 			c.releasePort()

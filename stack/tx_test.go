@@ -55,6 +55,7 @@ type fakePeer struct {
 	rcvNxt   uint32
 	seq      uint32
 	fin      bool
+	rst      bool // the stack reset the connection
 	overflow atomic.Int64
 }
 
@@ -116,6 +117,9 @@ func (p *fakePeer) handle(f []byte) []byte {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
+	case sp.Flags&tcpFlagRst != 0:
+		p.rst = true
+		return nil
 	case sp.Flags&tcpFlagSyn != 0:
 		p.rcvNxt = sp.Seq + 1
 		opts := []byte{2, 4, 0x05, 0xb4, 1, 3, 3, 7} // MSS 1460, NOP, WS 7

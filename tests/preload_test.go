@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -684,6 +685,12 @@ func TestPreloadBadInput(t *testing.T) {
 		"row rcvtimeo/get emu=1236000/0 kernel=1236000/0",
 		"row dontneed/bad-pointer-own-segv-handler emu=-1/14 kernel=-1/14",
 		"row rcvtimeo/usec-range emu=-1/33 kernel=-1/33",
+		"row linger/on-5 emu=10000000005/0 kernel=10000000005/0",
+		"row linger/onoff-7 emu=10000000009/0 kernel=10000000009/0",
+		"row linger/off-keeps-time emu=9/0 kernel=9/0",
+		"row linger/int-max emu=12147483647/0 kernel=12147483647/0",
+		"row linger/get-short emu=104/0 kernel=104/0",
+		"row linger/off emu=2147483647/0 kernel=2147483647/0",
 	} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("want %q", want)
@@ -749,6 +756,51 @@ func TestPreloadAcceptedTX(t *testing.T) {
 	if !strings.Contains(stdout.String(), "accepttx: 16 sends, all completed") {
 		t.Fatalf("stdout: %s", stdout)
 	}
+}
+
+// TestPreloadLinger: SO_LINGER on an emulated accepted socket acts as on a
+// kernel socket. With no time, close resets the connection: the peer's
+// read ends in ECONNRESET. With a time, close returns only once the peer
+// has taken the data and acknowledged the FIN: the peer reads nothing for
+// 600 ms, so the 768 KiB do not fit its window, and close takes about that
+// long; the peer then gets every byte and a clean end of stream.
+func TestPreloadLinger(t *testing.T) {
+	testutil.Watchdog(t, 2*time.Minute)
+	w := newPreloadWorld(t)
+	closed := regexp.MustCompile(`linger \d+: close (-?\d+) after (\d+) ms`)
+	run := func(t *testing.T, secs string, wait time.Duration) (got int, readErr error, closeMS int) {
+		b, stdout, stderr, conn := preloadCheckConn(t, w, nil, 0, "linger", secs)
+		time.Sleep(wait)
+		conn.SetReadDeadline(time.Now().Add(time.Minute))
+		all, err := io.ReadAll(conn)
+		if code := b.wait(t, time.Minute); code != 0 {
+			t.Fatalf("preload_check linger exited %d:\n%s%s", code, stdout, stderr)
+		}
+		m := closed.FindStringSubmatch(stdout.String())
+		if m == nil || m[1] != "0" {
+			t.Fatalf("close did not return 0: %s", stdout)
+		}
+		ms, _ := strconv.Atoi(m[2])
+		return len(all), err, ms
+	}
+	t.Run("zero", func(t *testing.T) {
+		n, err, ms := run(t, "0", 0)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("peer read %d bytes and then %v; want ECONNRESET", n, err)
+		}
+		t.Logf("reset after %d bytes; close took %d ms", n, ms)
+	})
+	t.Run("time", func(t *testing.T) {
+		const wait = 600 * time.Millisecond
+		n, err, ms := run(t, "10", wait)
+		if err != nil || n != 768<<10 {
+			t.Fatalf("peer read %d of %d bytes, then %v", n, 768<<10, err)
+		}
+		if ms < 400 {
+			t.Fatalf("close took %d ms while the peer read nothing for %v", ms, wait)
+		}
+		t.Logf("close took %d ms", ms)
+	})
 }
 
 // TestPreloadRXTXOneInterface: a C devmem echo server binds an RX dmabuf

@@ -60,6 +60,8 @@ type esock struct {
 	// rcvTimeo and sndTimeo are SO_RCVTIMEO and SO_SNDTIMEO in jiffies
 	// (-1: none; see timeoJiffies). Guarded by mu.
 	rcvTimeo, sndTimeo int64
+	// linger is SO_LINGER (see lingerOpt). Guarded by mu.
+	linger lingerOpt
 
 	mu       sync.Mutex
 	state    int
@@ -192,7 +194,7 @@ func (l *Lib) adopt(fd int, n *nic, fam int, dev string) (*esock, error) {
 	}
 	fdfl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
 	e := &esock{l: l, n: n, st: n.st, fam: fam, nonblock: fl&unix.O_NONBLOCK != 0, bindDev: dev, opts: map[optKey]int32{},
-		rcvTimeo: kernelTimeo(fd, unix.SO_RCVTIMEO), sndTimeo: kernelTimeo(fd, unix.SO_SNDTIMEO)}
+		rcvTimeo: kernelTimeo(fd, unix.SO_RCVTIMEO), sndTimeo: kernelTimeo(fd, unix.SO_SNDTIMEO), linger: kernelLinger(fd)}
 	for _, o := range []struct{ level, name int }{
 		{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {unix.SOL_SOCKET, unix.SO_REUSEPORT}, {unix.SOL_SOCKET, unix.SO_ZEROCOPY},
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE}, {unix.SOL_SOCKET, unix.SO_RCVBUF}, {unix.SOL_SOCKET, unix.SO_SNDBUF},
@@ -391,6 +393,7 @@ func (l *Lib) Connect(fd int, sap UPtr, salen uint32) (int, error) {
 		if v := e.opts[optKey{unix.SOL_SOCKET, unix.SO_ZEROCOPY}]; v != 0 {
 			e.tx.SetZeroCopy(true)
 		}
+		e.linger.apply(e.tx)
 		e.state = stConnected
 		if e.armed.Load() {
 			e.tx.SetNotify(e.notify)
@@ -481,7 +484,9 @@ func (l *Lib) Accept(fd int, sap, lenp UPtr, flags int) (int, error) {
 		nonblock: flags&unix.SOCK_NONBLOCK != 0, opts: map[optKey]int32{}, bindDev: e.bindDev}
 	e.mu.Lock()
 	ne.rcvTimeo, ne.sndTimeo = e.rcvTimeo, e.sndTimeo // sk_rcvtimeo and sk_sndtimeo go with sock_copy
+	ne.linger = e.linger                              // as do SOCK_LINGER and sk_lingertime
 	e.mu.Unlock()
+	ne.linger.apply(conn)
 	e.mu.Lock()
 	for k, v := range e.opts {
 		ne.opts[k] = v

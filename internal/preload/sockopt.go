@@ -3,6 +3,7 @@ package preload
 import (
 	"encoding/binary"
 	"errors"
+	"math"
 	"net"
 	"net/netip"
 	"sync"
@@ -89,7 +90,16 @@ func (l *Lib) Setsockopt(fd, level, name int, val UPtr, vlen int) (int, error) {
 			return -1, err
 		}
 		if name == unix.SO_LINGER {
-			return 0, nil // accepted, not acted on
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			e.linger.set(int32(binary.NativeEndian.Uint32(b)), int32(binary.NativeEndian.Uint32(b[4:])))
+			if e.conn != nil {
+				e.linger.apply(e.conn)
+			}
+			if e.tx != nil {
+				e.linger.apply(e.tx)
+			}
+			return 0, nil
 		}
 		j, err := timeoJiffies(int64(binary.NativeEndian.Uint64(b)), int64(binary.NativeEndian.Uint64(b[8:])))
 		if err != nil {
@@ -225,6 +235,8 @@ func (l *Lib) Getsockopt(fd, level, name int, val, lenp UPtr) (int, error) {
 		return put(timeoTimeval(e.rcvTimeo))
 	case level == unix.SOL_SOCKET && (name == unix.SO_SNDTIMEO_NEW || name == unix.SO_SNDTIMEO_OLD):
 		return put(timeoTimeval(e.sndTimeo))
+	case level == unix.SOL_SOCKET && name == unix.SO_LINGER:
+		return put(e.linger.get())
 	case level == unix.SOL_SOCKET && name == unix.SO_ZEROCOPY:
 		return putInt(e.opts[k])
 	case level == unix.SOL_SOCKET && name == soDevmemAutorelease:
@@ -440,4 +452,60 @@ func timeoDuration(j int64) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(j*jiffy()) * time.Microsecond, true
+}
+
+// lingerOpt is SO_LINGER as sk_setsockopt keeps it: the SOCK_LINGER flag
+// and sk_lingertime in jiffies, math.MaxInt64 standing for
+// MAX_SCHEDULE_TIMEOUT. Turning it off keeps the time.
+type lingerOpt struct {
+	on      bool
+	jiffies uint64
+}
+
+// set is sk_setsockopt's SO_LINGER with struct linger {onoff, secs}: a
+// negative secs is a huge unsigned one, hence MAX_SCHEDULE_TIMEOUT.
+func (l *lingerOpt) set(onoff, secs int32) {
+	if onoff == 0 {
+		l.on = false
+		return
+	}
+	hz := uint64(1e6 / jiffy())
+	if t := uint64(int64(secs)); t >= math.MaxInt64/hz {
+		l.jiffies = math.MaxInt64
+	} else {
+		l.jiffies = t * hz
+	}
+	l.on = true
+}
+
+// get is sk_getsockopt's SO_LINGER: onoff 0 or 1, and the time in seconds
+// as the kernel's int conversion leaves it.
+func (l *lingerOpt) get() []byte {
+	var b [8]byte
+	if l.on {
+		binary.NativeEndian.PutUint32(b[:], 1)
+	}
+	binary.NativeEndian.PutUint32(b[4:], uint32(l.jiffies/uint64(1e6/jiffy())))
+	return b[:]
+}
+
+// apply sets the option on a connection of the stack, whose Close then
+// resets (no time) or waits (a time) as tcp_close does.
+func (l lingerOpt) apply(c interface{ SetLinger(bool, time.Duration) }) {
+	d := time.Duration(math.MaxInt64)
+	if l.jiffies < uint64(math.MaxInt64/int64(time.Microsecond)/jiffy()) {
+		d = time.Duration(l.jiffies) * time.Duration(jiffy()) * time.Microsecond
+	}
+	c.SetLinger(l.on, d)
+}
+
+// kernelLinger reads SO_LINGER off the kernel socket fd (set before the
+// library took it over).
+func kernelLinger(fd int) lingerOpt {
+	var l lingerOpt
+	if v, err := unix.GetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER); err == nil {
+		l.set(1, v.Linger)
+		l.on = v.Onoff != 0
+	}
+	return l
 }

@@ -215,6 +215,20 @@ static long timeo_roundtrip(int fd, int name, long sec, long usec)
 	return got.tv_sec * 1000000 + got.tv_usec;
 }
 
+// linger_roundtrip sets SO_LINGER to {on, secs} and reads it back: the
+// row value is l_onoff * 1e10 + l_linger (as unsigned), or -2 when the
+// length read back is not that of struct linger.
+static long linger_roundtrip(int fd, int on, int secs)
+{
+	struct linger l = {on, secs}, got = {-1, -1};
+	socklen_t len = sizeof(got);
+	if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) || getsockopt(fd, SOL_SOCKET, SO_LINGER, &got, &len))
+		return -1;
+	if (len != sizeof(got))
+		return -2;
+	return got.l_onoff * 10000000000L + (unsigned)got.l_linger;
+}
+
 // timed_recv is a blocking recvmsg on an empty socket with SO_RCVTIMEO
 // set to sec.usec: 1 when it failed EAGAIN after [lo, hi) ms, else what
 // it returned (errno kept).
@@ -460,6 +474,18 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	BOTH("rcvtimeo/negative", timeo_roundtrip(fd, SO_RCVTIMEO, -5, 0));
 	BOTH("rcvtimeo/none", timeo_roundtrip(fd, SO_RCVTIMEO, 0, 0));
 	BOTH("sndtimeo/none", timeo_roundtrip(fd, SO_SNDTIMEO, 0, 0));
+
+	// SO_LINGER: the flag and sk_lingertime in jiffies, as sk_setsockopt
+	// keeps them (off keeps the time; a negative time is the longest).
+	BOTH("linger/on-5", linger_roundtrip(fd, 1, 5));
+	BOTH("linger/onoff-7", linger_roundtrip(fd, 7, 9));
+	BOTH("linger/off-keeps-time", linger_roundtrip(fd, 0, 3));
+	BOTH("linger/negative", linger_roundtrip(fd, 1, -1));
+	BOTH("linger/int-max", linger_roundtrip(fd, 1, 2147483647));
+	BOTH("linger/short", setsockopt(fd, SOL_SOCKET, SO_LINGER, &(struct linger){1, 1}, 7));
+	BOTH("linger/null", setsockopt(fd, SOL_SOCKET, SO_LINGER, NULL, 8));
+	BOTH("linger/get-short", (len = 4, v = -1, getsockopt(fd, SOL_SOCKET, SO_LINGER, &v, &len) ?: v * 100 + (int)len));
+	BOTH("linger/off", linger_roundtrip(fd, 0, 0));
 
 	// Names, shutdown, state.
 	len = sizeof(sa);
@@ -979,6 +1005,37 @@ static int do_bench(const char *ifname, const char *addr, int port, long n)
 	return 0;
 }
 
+// do_linger binds a dmabuf, accepts one connection on ADDR:PORT, writes
+// 768 KiB of plain bytes, sets SO_LINGER to {1, secs} and closes, and
+// prints what close returned and how long it took.
+static int do_linger(const char *ifname, const char *addr, int port, int secs)
+{
+	int dfd;
+	dmabuf_alloc(&dfd);
+	steer_to_queue1(ifname, addr, port);
+	bind_dmabuf(if_nametoindex(ifname), dfd, 1);
+	int ls = emu_listener(addr, port);
+	printf("ready\n");
+	int c = accept(ls, NULL, NULL);
+	if (c < 0)
+		error(1, errno, "accept");
+	static char buf[768 << 10];
+	memset(buf, 7, sizeof(buf));
+	for (size_t off = 0; off < sizeof(buf);) {
+		ssize_t n = write(c, buf + off, sizeof(buf) - off);
+		if (n <= 0)
+			error(1, errno, "write");
+		off += n;
+	}
+	struct linger lg = {1, secs};
+	if (setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)))
+		error(1, errno, "SO_LINGER");
+	long long t0 = now_ns();
+	int r = close(c);
+	printf("linger %d: close %d after %lld ms\n", secs, r, (now_ns() - t0) / 1000000);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0); // rows survive a crash
@@ -994,6 +1051,8 @@ int main(int argc, char **argv)
 		return do_accepttx(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "oneshot"))
 		return do_oneshot(argv[2], argv[3], atoi(argv[4]));
+	if (!strcmp(argv[1], "linger") && argc > 5)
+		return do_linger(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
 	if (!strcmp(argv[1], "leak"))
 		return do_leak(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "bench") && argc > 5)

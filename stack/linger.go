@@ -1,0 +1,52 @@
+package stack
+
+import (
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+)
+
+// SO_LINGER on the stack's connections. Off (the default), Close returns at
+// once and the connection finishes in the background. On with no time,
+// Close resets the connection: an RST, and unsent data dropped (tcp_close's
+// zero-linger disconnect; gVisor's Close does it). On with a time, Close
+// waits until the peer has acknowledged everything up to the FIN, the time
+// passes, or the stack closes (sk_stream_wait_close); it returns nil in
+// every case, as close(2) returns 0.
+
+// setLinger sets ep's SO_LINGER; d is ignored when off.
+func setLinger(ep tcpip.Endpoint, on bool, d time.Duration) {
+	if !on || d < 0 {
+		d = 0
+	}
+	ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: on, Timeout: d})
+}
+
+// sendFinished reports whether ep can send no more: its FIN acknowledged,
+// or the connection closed or reset.
+func sendFinished(ep tcpip.Endpoint) bool {
+	switch tcp.EndpointState(ep.State()) {
+	case tcp.StateFinWait2, tcp.StateTimeWait, tcp.StateClose, tcp.StateError:
+		return true
+	}
+	return false
+}
+
+// lingerWait is the wait of Close on a closed endpoint whose SO_LINGER is
+// on with a time: until sendFinished, the time passes or closing is set.
+func lingerWait(ep tcpip.Endpoint, closing *atomic.Bool) {
+	l := ep.SocketOptions().GetLinger()
+	if !l.Enabled || l.Timeout <= 0 {
+		return
+	}
+	deadline := time.Now().Add(l.Timeout)
+	for d := 100 * time.Microsecond; !sendFinished(ep) && !closing.Load(); d = min(2*d, 10*time.Millisecond) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return
+		}
+		time.Sleep(min(d, left))
+	}
+}
