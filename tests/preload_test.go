@@ -685,6 +685,7 @@ func TestPreloadBadInput(t *testing.T) {
 		"row rcvtimeo/get emu=1236000/0 kernel=1236000/0",
 		"row dontneed/bad-pointer-own-segv-handler emu=-1/14 kernel=-1/14",
 		"row rcvtimeo/usec-range emu=-1/33 kernel=-1/33",
+		"row rcvtimeo/longest emu=1/0 kernel=1/0",
 		"row linger/on-5 emu=10000000005/0 kernel=10000000005/0",
 		"row linger/onoff-7 emu=10000000009/0 kernel=10000000009/0",
 		"row linger/off-keeps-time emu=9/0 kernel=9/0",

@@ -429,7 +429,7 @@ func timeoJiffies(sec, usec int64) (int64, error) {
 	}
 	j := jiffy()
 	hz := 1e6 / j
-	if sec >= (1<<62)/hz-1 {
+	if sec >= math.MaxInt64/hz-1 { // MAX_SCHEDULE_TIMEOUT / HZ - 1
 		return -1, nil
 	}
 	return sec*hz + (usec+j-1)/j, nil

@@ -215,6 +215,17 @@ static long timeo_roundtrip(int fd, int name, long sec, long usec)
 	return got.tv_sec * 1000000 + got.tv_usec;
 }
 
+// timeo_sec sets SO_RCVTIMEO to sec seconds and returns the seconds read
+// back (-1 on an error).
+static long timeo_sec(int fd, long sec)
+{
+	struct timeval tv = {.tv_sec = sec}, got;
+	socklen_t l = sizeof(got);
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) || getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &got, &l))
+		return -1;
+	return got.tv_sec;
+}
+
 // linger_roundtrip sets SO_LINGER to {on, secs} and reads it back: the
 // row value is l_onoff * 1e10 + l_linger (as unsigned), or -2 when the
 // length read back is not that of struct linger.
@@ -473,6 +484,15 @@ static int do_badinput(const char *ifname, const char *addr, int port)
 	BOTH("rcvtimeo/usec-range", timeo_roundtrip(fd, SO_RCVTIMEO, 0, 1000000));
 	BOTH("rcvtimeo/negative", timeo_roundtrip(fd, SO_RCVTIMEO, -5, 0));
 	BOTH("rcvtimeo/none", timeo_roundtrip(fd, SO_RCVTIMEO, 0, 0));
+	{
+		// The longest time sock_set_timeout keeps: MAX_SCHEDULE_TIMEOUT /
+		// HZ - 2 seconds (HZ from the jiffy SO_RCVTIMEO of 1 us reads
+		// back as); row value 1 if it reads back unchanged.
+		long hz = 1000000 / timeo_roundtrip(kern, SO_RCVTIMEO, 0, 1), sec = 0x7fffffffffffffffL / hz - 2;
+		BOTH("rcvtimeo/longest", timeo_sec(fd, sec) == sec);
+		BOTH("rcvtimeo/too-long", timeo_sec(fd, sec + 1));
+		BOTH("rcvtimeo/none-again", timeo_roundtrip(fd, SO_RCVTIMEO, 0, 0));
+	}
 	BOTH("sndtimeo/none", timeo_roundtrip(fd, SO_SNDTIMEO, 0, 0));
 
 	// SO_LINGER: the flag and sk_lingertime in jiffies, as sk_setsockopt
