@@ -764,13 +764,15 @@ func TestPreloadAcceptedTX(t *testing.T) {
 // read ends in ECONNRESET. With a time, close returns only once the peer
 // has taken the data and acknowledged the FIN: the peer reads nothing for
 // 600 ms, so the 768 KiB do not fit its window, and close takes about that
-// long; the peer then gets every byte and a clean end of stream.
+// long; the peer then gets every byte and a clean end of stream. A signal
+// handler (SA_RESTART) run on the closing thread ends the wait, and the
+// connection goes on closing in the background.
 func TestPreloadLinger(t *testing.T) {
 	testutil.Watchdog(t, 2*time.Minute)
 	w := newPreloadWorld(t)
 	closed := regexp.MustCompile(`linger \d+: close (-?\d+) after (\d+) ms`)
-	run := func(t *testing.T, secs string, wait time.Duration) (got int, readErr error, closeMS int) {
-		b, stdout, stderr, conn := preloadCheckConn(t, w, nil, 0, "linger", secs)
+	run := func(t *testing.T, secs string, wait time.Duration, more ...string) (got int, readErr error, closeMS int) {
+		b, stdout, stderr, conn := preloadCheckConn(t, w, nil, 0, append([]string{"linger", secs}, more...)...)
 		time.Sleep(wait)
 		conn.SetReadDeadline(time.Now().Add(time.Minute))
 		all, err := io.ReadAll(conn)
@@ -799,6 +801,17 @@ func TestPreloadLinger(t *testing.T) {
 		}
 		if ms < 400 {
 			t.Fatalf("close took %d ms while the peer read nothing for %v", ms, wait)
+		}
+		t.Logf("close took %d ms", ms)
+	})
+	t.Run("signal", func(t *testing.T) {
+		const wait = 1500 * time.Millisecond
+		n, err, ms := run(t, "10", wait, "300")
+		if err != nil || n != 768<<10 {
+			t.Fatalf("peer read %d of %d bytes, then %v", n, 768<<10, err)
+		}
+		if ms < 250 || ms > 1200 {
+			t.Fatalf("close took %d ms: the signal 300 ms in should end it, the peer read nothing for %v", ms, wait)
 		}
 		t.Logf("close took %d ms", ms)
 	})

@@ -294,13 +294,26 @@ int __open64_2(const char *path, int flags) { return open64(path, flags); }
 int __openat_2(int dirfd, const char *path, int flags) { return openat(dirfd, path, flags); }
 int __openat64_2(int dirfd, const char *path, int flags) { return openat64(dirfd, path, flags); }
 
+static void linger_wait(int slot, long long timeout);
+
+// close_emu tells Go that fd no longer names what it named and, if that
+// was the last fd of a socket closing with SO_LINGER on and a time, waits
+// as the kernel's close does.
+static void close_emu(int fd)
+{
+	long long timeout = -1;
+	int slot = xdgo_close(fd, &timeout);
+	if (slot >= 0)
+		linger_wait(slot, timeout);
+}
+
 int close(int fd)
 {
 	if (xd_get_kind(fd) != XD_PLAIN) {
 		int k = xd_get_kind(fd);
 		xd_set_kind(fd, XD_PLAIN);
 		if (k != XD_PLAIN && state == XD_ACTIVE)
-			xdgo_close(fd);
+			close_emu(fd);
 	}
 	return get_close()(fd);
 }
@@ -319,7 +332,7 @@ static void dup_target(int oldfd, int newfd)
 	if (oldfd != newfd && xd_get_kind(newfd) != XD_PLAIN) {
 		xd_set_kind(newfd, XD_PLAIN);
 		if (active())
-			xdgo_close(newfd);
+			close_emu(newfd);
 	}
 }
 
@@ -745,6 +758,47 @@ static int wait_event(int slot, uint32_t seq, long long deadline)
 	// A handler ran during the sleep: it ended it (EINTR), or, in a timed
 	// sleep the kernel restarted, moved the word.
 	return last_sig && (eintr || deadline) && interrupted(deadline != 0) ? -2 : 0;
+}
+
+uint32_t xd_linger[XD_MAXFD];
+
+// linger_wait is close(2) on a socket with SO_LINGER on and a time
+// (sk_stream_wait_close): it sleeps on event word slot until Go has closed
+// the socket (xd_linger[slot] back to 0), timeout ns have passed (-1: no
+// bound), or a signal handler has run on this thread, whatever its
+// SA_RESTART: the trampoline moves the word (timed_slot), so that a futex
+// wait the kernel restarts ends too. The socket then goes on closing in
+// the background, and close returns 0, as the kernel's does.
+static void linger_wait(int slot, long long timeout)
+{
+	if (slot < 0 || slot >= XD_MAXFD)
+		return;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	long long start = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+	last_sig = 0;
+	timed_slot = slot;
+	for (;;) {
+		uint32_t cur = __atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST);
+		if (!__atomic_load_n(&xd_linger[slot], __ATOMIC_SEQ_CST) || last_sig)
+			break;
+		struct timespec rel, *relp = NULL;
+		if (timeout >= 0) {
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			long long left = start + timeout - ((long long)now.tv_sec * 1000000000LL + now.tv_nsec);
+			if (left <= 0)
+				break;
+			rel.tv_sec = left / 1000000000LL;
+			rel.tv_nsec = left % 1000000000LL;
+			relp = &rel;
+		}
+		// A failed exchange means the word moved: look again.
+		if (!(cur & XD_SLEEPER) &&
+		    !__atomic_compare_exchange_n(&xd_seq[slot], &cur, cur | XD_SLEEPER, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+			continue;
+		syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, cur | XD_SLEEPER, relp, NULL, 0);
+	}
+	timed_slot = -1;
 }
 
 // recv_emu hands a receive to Go: msg is the application's msghdr, or

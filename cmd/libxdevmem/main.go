@@ -51,6 +51,15 @@ const futexWakePrivate = 1 | 128
 // seqWord is event word slot of the C side (xd_seq).
 func seqWord(slot int) *uint32 { return (*uint32)(unsafe.Pointer(&C.xd_seq[slot])) }
 
+// SetLingering sets or clears xd_linger[slot] (see preload.Host).
+func (host) SetLingering(slot int, on bool) {
+	var v uint32
+	if on {
+		v = 1
+	}
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(&C.xd_linger[slot])), v)
+}
+
 // Seq reads event word slot without its sleeper bit.
 func (host) Seq(slot int) uint32 { return atomic.LoadUint32(seqWord(slot)) &^ C.XD_SLEEPER }
 
@@ -142,7 +151,11 @@ func xdgo_open(path *C.char, flags, mode C.int, errp *C.int) C.int {
 }
 
 //export xdgo_close
-func xdgo_close(fd C.int) { lib.Close(int(fd)) }
+func xdgo_close(fd C.int, timeout *C.longlong) C.int {
+	slot, t := lib.Close(int(fd))
+	*timeout = C.longlong(t)
+	return C.int(slot)
+}
 
 //export xdgo_dup
 func xdgo_dup(oldfd, newfd C.int) { lib.Dup(int(oldfd), int(newfd)) }

@@ -45,6 +45,11 @@ enum {
 extern uint32_t xd_seq[XD_MAXFD];
 #define XD_SLEEPER 1u
 
+// xd_linger[slot] is 1 while an emulated socket whose event word is slot
+// closes with SO_LINGER on and a time (close(2) waits on the word, see
+// interpose.c's linger_wait); Go clears it, then moves the word.
+extern uint32_t xd_linger[XD_MAXFD];
+
 void xd_set_kind(int fd, int kind);
 int xd_get_kind(int fd);
 void xd_set_state(int state);

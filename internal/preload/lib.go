@@ -56,6 +56,10 @@ type Host interface {
 	Seq(slot int) uint32
 	// Wake moves event word slot and wakes the threads sleeping on it.
 	Wake(slot int)
+	// SetLingering says whether the socket of event word slot is closing
+	// with SO_LINGER on and a time: close(2) sleeps on the word while it
+	// is (see Lib.Close).
+	SetLingering(slot int, on bool)
 }
 
 // Waiter is where a blocking receive that found nothing to read tells the
@@ -238,20 +242,31 @@ func (l *Lib) install(fd int, k Kind, obj object) {
 
 // Close forgets fd (close(2) and the target of dup2). The C side has
 // cleared its kind already.
-func (l *Lib) Close(fd int) {
+//
+// When fd was the last of an emulated socket whose SO_LINGER is on with a
+// time, the socket closes in the background and Close returns the event
+// word the caller sleeps on (Host.SetLingering) and for how long at most,
+// in nanoseconds (-1: no bound); else slot is -1.
+func (l *Lib) Close(fd int) (slot int, timeout int64) {
 	if fd < 0 || fd >= MaxFD {
-		return
+		return -1, 0
 	}
+	slot = -1
 	if r := l.fds[fd].Swap(nil); r != nil {
 		l.logf("close(%d) %s", fd, kindName(r.kind))
 		if k := r.kind; k == KindEmu {
 			l.forgetEpoll(fd)
 		}
-		r.obj.release()
+		if e, ok := r.obj.(*esock); ok {
+			slot, timeout = e.closeLingering()
+		} else {
+			r.obj.release()
+		}
 	}
 	if v, ok := l.epoll.LoadAndDelete(fd); ok {
 		v.(*epollSet).close()
 	}
+	return slot, timeout
 }
 
 // Dup makes newfd name what oldfd names (dup, dup2, dup3, F_DUPFD).

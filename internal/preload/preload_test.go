@@ -280,10 +280,11 @@ func TestEthtoolEmulatedNIC(t *testing.T) {
 
 type fakeHost struct{}
 
-func (fakeHost) SetKind(int, Kind) {}
-func (fakeHost) SetState(int)      {}
-func (fakeHost) Seq(int) uint32    { return 0 }
-func (fakeHost) Wake(int)          {}
+func (fakeHost) SetKind(int, Kind)      {}
+func (fakeHost) SetState(int)           {}
+func (fakeHost) Seq(int) uint32         { return 0 }
+func (fakeHost) Wake(int)               {}
+func (fakeHost) SetLingering(int, bool) {}
 
 // FuzzGenl feeds arbitrary netdev and nlctrl requests to the netlink
 // emulation: every answer is well-formed netlink for the request's

@@ -88,9 +88,36 @@ const (
 )
 
 func (e *esock) release() {
-	if !e.drop() {
-		return
+	if e.drop() {
+		e.teardown()
 	}
+}
+
+// closeLingering is release for close(2). A socket whose SO_LINGER is on
+// with a time tears down in the background, where its connection's Close
+// waits (stack.Conn.SetLinger); the caller sleeps on event word slot until
+// that is done, at most timeout ns (-1: no bound), or a signal handler
+// runs, as the kernel's close waits in sk_stream_wait_close. Else it
+// tears down here and slot is -1.
+func (e *esock) closeLingering() (slot int, timeout int64) {
+	if !e.drop() {
+		return -1, 0
+	}
+	e.mu.Lock()
+	lg := e.linger
+	lingers := lg.on && lg.jiffies > 0 && (e.conn != nil || e.tx != nil) && e.b < MaxFD
+	e.mu.Unlock()
+	if !lingers {
+		e.teardown()
+		return -1, 0
+	}
+	e.l.host.SetLingering(e.b, true)
+	go e.teardown()
+	return e.b, lg.nanos()
+}
+
+// teardown closes the socket once no fd names it.
+func (e *esock) teardown() {
 	e.mu.Lock()
 	ln, conn, tx := e.ln, e.conn, e.tx
 	e.state = stClosed
@@ -106,16 +133,17 @@ func (e *esock) release() {
 		tx.Close()
 	}
 	unix.Close(e.a)
-	if e.b < MaxFD {
-		e.l.host.Wake(e.b) // a receive asleep on the word tries again
-	}
-	unix.Close(e.b)
 	e.l.mu.Lock()
 	if e.n.st == e.st {
 		e.n.socks--
 		e.l.maybeRelease(e.n)
 	}
 	e.l.mu.Unlock()
+	if e.b < MaxFD {
+		e.l.host.SetLingering(e.b, false) // a lingering close(2) returns
+		e.l.host.Wake(e.b)                // a receive asleep on the word tries again
+	}
+	unix.Close(e.b)
 }
 
 // newProxy makes the socketpair; A's send buffer is as small as the

@@ -493,10 +493,18 @@ func (l *lingerOpt) get() []byte {
 // resets (no time) or waits (a time) as tcp_close does.
 func (l lingerOpt) apply(c interface{ SetLinger(bool, time.Duration) }) {
 	d := time.Duration(math.MaxInt64)
-	if l.jiffies < uint64(math.MaxInt64/int64(time.Microsecond)/jiffy()) {
-		d = time.Duration(l.jiffies) * time.Duration(jiffy()) * time.Microsecond
+	if n := l.nanos(); n >= 0 {
+		d = time.Duration(n)
 	}
 	c.SetLinger(l.on, d)
+}
+
+// nanos is the time in nanoseconds, -1 for one too long to count.
+func (l lingerOpt) nanos() int64 {
+	if l.jiffies >= uint64(math.MaxInt64/int64(time.Microsecond)/jiffy()) {
+		return -1
+	}
+	return int64(l.jiffies) * jiffy() * int64(time.Microsecond)
 }
 
 // kernelLinger reads SO_LINGER off the kernel socket fd (set before the

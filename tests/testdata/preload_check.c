@@ -1025,10 +1025,28 @@ static int do_bench(const char *ifname, const char *addr, int port, long n)
 	return 0;
 }
 
+static void on_usr1(int sig) { (void)sig; }
+
+struct kill_later {
+	pthread_t t;
+	int ms;
+};
+
+static void *kill_later(void *arg)
+{
+	struct kill_later *k = arg;
+	usleep(k->ms * 1000);
+	pthread_kill(k->t, SIGUSR1);
+	return NULL;
+}
+
 // do_linger binds a dmabuf, accepts one connection on ADDR:PORT, writes
 // 768 KiB of plain bytes, sets SO_LINGER to {1, secs} and closes, and
-// prints what close returned and how long it took.
-static int do_linger(const char *ifname, const char *addr, int port, int secs)
+// prints what close returned and how long it took. With sigms > 0 a
+// thread sends this one SIGUSR1 (handled, SA_RESTART) sigms after the
+// close starts, and the program stays 3 s longer so that the connection
+// can finish closing in the background.
+static int do_linger(const char *ifname, const char *addr, int port, int secs, int sigms)
 {
 	int dfd;
 	dmabuf_alloc(&dfd);
@@ -1050,9 +1068,20 @@ static int do_linger(const char *ifname, const char *addr, int port, int secs)
 	struct linger lg = {1, secs};
 	if (setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)))
 		error(1, errno, "SO_LINGER");
+	struct kill_later k = {pthread_self(), sigms};
+	pthread_t killer;
+	if (sigms > 0) {
+		struct sigaction sa = {.sa_handler = on_usr1, .sa_flags = SA_RESTART};
+		sigaction(SIGUSR1, &sa, NULL);
+		pthread_create(&killer, NULL, kill_later, &k);
+	}
 	long long t0 = now_ns();
 	int r = close(c);
 	printf("linger %d: close %d after %lld ms\n", secs, r, (now_ns() - t0) / 1000000);
+	if (sigms > 0) {
+		pthread_join(killer, NULL);
+		sleep(3);
+	}
 	return 0;
 }
 
@@ -1072,7 +1101,7 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "oneshot"))
 		return do_oneshot(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "linger") && argc > 5)
-		return do_linger(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+		return do_linger(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), argc > 6 ? atoi(argv[6]) : 0);
 	if (!strcmp(argv[1], "leak"))
 		return do_leak(argv[2], argv[3], atoi(argv[4]));
 	if (!strcmp(argv[1], "bench") && argc > 5)
