@@ -736,13 +736,34 @@ func (c *Conn) Close() error {
 		c.s.cnt.flowsClosed.Add(1)
 		c.ts.Close()
 		if c.port != 0 {
-			c.s.ports.release(c.port)
+			if sendFinished(c.ep) {
+				c.s.ports.release(c.port)
+			} else {
+				go c.releasePortWhenSent()
+			}
 		}
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
 		c.s.mu.Unlock()
 	})
 	return nil
+}
+
+// releasePortWhenSent gives a closed connection's port back once it can
+// send no more (its data and FIN acknowledged, or reset), or after
+// txLinger, when it is reset: until then the port stays steered to the
+// stack, so that the peer's ACKs reach it and not the kernel, which would
+// answer them with a reset once the listener is gone too.
+func (c *Conn) releasePortWhenSent() {
+	deadline := time.Now().Add(txLinger)
+	for !c.s.closing.Load() && !sendFinished(c.ep) {
+		if time.Now().After(deadline) {
+			c.ep.Abort()
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.s.ports.release(c.port)
 }
 
 // countWriter is the io.Writer gVisor reads into: it counts bytes and

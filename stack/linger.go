@@ -50,3 +50,39 @@ func lingerWait(ep tcpip.Endpoint, closing *atomic.Bool) {
 		time.Sleep(min(d, left))
 	}
 }
+
+// Drain waits, at most timeout, until no TCP connection of the stack has
+// data or a FIN its peer has not acknowledged, and returns how many still
+// have. Closed sockets leave such connections behind, which a kernel would
+// go on sending as orphans; Close resets them, so a caller whose sockets
+// are closed drains before it closes the stack. Connections still open
+// keep it waiting the whole timeout.
+func (s *Stack) Drain(timeout time.Duration) int {
+	deadline := time.Now().Add(timeout)
+	for d := 100 * time.Microsecond; ; d = min(2*d, 10*time.Millisecond) {
+		n := s.sending()
+		left := time.Until(deadline)
+		if n == 0 || left <= 0 || s.closing.Load() {
+			return n
+		}
+		time.Sleep(min(d, left))
+	}
+}
+
+// sending counts the stack's TCP endpoints whose peer has not acknowledged
+// everything they sent: established, or closing with their FIN not yet
+// acknowledged.
+func (s *Stack) sending() int {
+	n := 0
+	for _, e := range s.ns.RegisteredEndpoints() {
+		ep, ok := e.(interface{ State() uint32 })
+		if !ok {
+			continue
+		}
+		switch tcp.EndpointState(ep.State()) {
+		case tcp.StateEstablished, tcp.StateCloseWait, tcp.StateFinWait1, tcp.StateClosing, tcp.StateLastAck:
+			n++
+		}
+	}
+	return n
+}

@@ -119,3 +119,38 @@ func TestLingerConn(t *testing.T) {
 		}
 	}
 }
+
+// TestDrain: a closed connection whose data the peer has not acknowledged
+// keeps Drain waiting for its timeout; once the peer acknowledges it,
+// Drain returns 0 and the peer has every byte and the FIN.
+func TestDrain(t *testing.T) {
+	ip, peer, _, c := txSetup(t, Config{}, 1<<20)
+	defer peer.close()
+	peer.mu.Lock()
+	peer.drop = func(uint32, int) bool { return true }
+	peer.mu.Unlock()
+	payload := make([]byte, 8<<10)
+	if _, err := c.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	t0 := time.Now()
+	if n := ip.s.Drain(200 * time.Millisecond); n != 1 {
+		t.Fatalf("Drain with the data unacknowledged: %d connections left, want 1", n)
+	}
+	if d := time.Since(t0); d < 190*time.Millisecond {
+		t.Fatalf("Drain returned after %v, before its timeout", d)
+	}
+	peer.mu.Lock()
+	peer.drop = nil
+	peer.mu.Unlock()
+	if n := ip.s.Drain(20 * time.Second); n != 0 {
+		t.Fatalf("Drain with a peer that acknowledges: %d connections left", n)
+	}
+	peer.mu.Lock()
+	fin, count := peer.fin, peer.count
+	peer.mu.Unlock()
+	if !fin || count != len(payload) {
+		t.Fatalf("after Drain: peer fin %v, %d of %d bytes", fin, count, len(payload))
+	}
+}

@@ -770,7 +770,7 @@ func TestPreloadAcceptedTX(t *testing.T) {
 func TestPreloadLinger(t *testing.T) {
 	testutil.Watchdog(t, 2*time.Minute)
 	w := newPreloadWorld(t)
-	closed := regexp.MustCompile(`linger \d+: close (-?\d+) after (\d+) ms`)
+	closed := regexp.MustCompile(`linger -?\d+: close (-?\d+) after (\d+) ms`)
 	run := func(t *testing.T, secs string, wait time.Duration, more ...string) (got int, readErr error, closeMS int) {
 		b, stdout, stderr, conn := preloadCheckConn(t, w, nil, 0, append([]string{"linger", secs}, more...)...)
 		time.Sleep(wait)
@@ -803,6 +803,18 @@ func TestPreloadLinger(t *testing.T) {
 			t.Fatalf("close took %d ms while the peer read nothing for %v", ms, wait)
 		}
 		t.Logf("close took %d ms", ms)
+	})
+	t.Run("none-then-exit", func(t *testing.T) {
+		// No SO_LINGER: close returns at once and the program exits
+		// while most of the data waits for the peer's window; the stack
+		// sends it before it goes, as a kernel sends an orphan's.
+		n, err, ms := run(t, "-1", 600*time.Millisecond)
+		if err != nil || n != 768<<10 {
+			t.Fatalf("peer read %d of %d bytes, then %v", n, 768<<10, err)
+		}
+		if ms > 100 {
+			t.Fatalf("close without SO_LINGER took %d ms", ms)
+		}
 	})
 	t.Run("signal", func(t *testing.T) {
 		const wait = 1500 * time.Millisecond

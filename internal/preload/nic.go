@@ -293,6 +293,7 @@ func (l *Lib) closeStack(n *nic) {
 	if n.st == nil {
 		return
 	}
+	l.drain(n)
 	l.logf("%s: emulated stack down (%s)", n.name, settled(n.st))
 	n.st.Close()
 	l.dropStack(n)
@@ -308,6 +309,20 @@ func (l *Lib) dropStack(n *nic) {
 	n.st, n.rxD, n.txD, n.binds = nil, nil, nil, nil
 	for _, r := range n.rules {
 		r.sid = -1
+	}
+}
+
+// drainTimeout bounds how long a stack going down waits for its closed
+// connections' data to be acknowledged (Stack.Drain): the wait falls on
+// the close(2) or exit that takes the stack down.
+const drainTimeout = 2 * time.Second
+
+// drain lets the stack send what closed sockets left: the program's
+// sockets are closed, but their data may still be on its way, which a
+// kernel would go on sending as orphans. l.mu must be held.
+func (l *Lib) drain(n *nic) {
+	if left := n.st.Drain(drainTimeout); left > 0 {
+		l.logf("%s: %d connections still unacknowledged after %v: reset", n.name, left, drainTimeout)
 	}
 }
 
@@ -334,6 +349,12 @@ type binding struct {
 func (l *Lib) unbind(b *binding) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if n := b.n; n.st == b.st && n.socks == 0 && len(n.binds) == 1 && n.binds[0] == b {
+		// The stack goes down after this: its RX queues stop steering
+		// the connections' ACKs to it, so closed sockets' data goes
+		// out first.
+		l.drain(n)
+	}
 	if b.rx != nil {
 		b.rx.Close()
 	}
@@ -353,21 +374,36 @@ func (l *Lib) unbind(b *binding) {
 // bindings), and the stacks go down, logging their frame accounting with
 // XDEVMEM_DEBUG=1. The XDP program would go anyway: its BPF link dies
 // with the process, even on SIGKILL.
+//
+// The sockets close first, then the stacks send what they left (as a
+// kernel sends an exited process's orphans, here for at most
+// drainTimeout), and only then do the netlink sockets close: unbinding
+// stops the RX queues from steering the connections' ACKs to the stacks.
 func (l *Lib) Exit() {
-	for fd := range l.fds {
-		if r := l.fds[fd].Swap(nil); r != nil {
-			if r.kind == KindEmu || r.kind == KindGenl {
-				l.host.SetKind(fd, KindPlain)
-				r.obj.release()
-			} else {
-				l.fds[fd].Store(r)
-			}
+	l.releaseAll(KindEmu)
+	l.mu.Lock()
+	for _, n := range l.nics {
+		if n.st != nil {
+			l.drain(n)
 		}
 	}
+	l.mu.Unlock()
+	l.releaseAll(KindGenl)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, n := range l.nics {
 		l.closeStack(n)
+	}
+}
+
+// releaseAll closes every fd of kind k, as the kernel closes an exiting
+// process's files.
+func (l *Lib) releaseAll(k Kind) {
+	for fd := range l.fds {
+		if r := l.fds[fd].Load(); r != nil && r.kind == k && l.fds[fd].CompareAndSwap(r, nil) {
+			l.host.SetKind(fd, KindPlain)
+			r.obj.release()
+		}
 	}
 }
 

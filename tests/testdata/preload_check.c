@@ -1041,8 +1041,9 @@ static void *kill_later(void *arg)
 }
 
 // do_linger binds a dmabuf, accepts one connection on ADDR:PORT, writes
-// 768 KiB of plain bytes, sets SO_LINGER to {1, secs} and closes, and
-// prints what close returned and how long it took. With sigms > 0 a
+// 768 KiB of plain bytes, sets SO_LINGER to {1, secs} (none if secs is
+// negative) and closes, and prints what close returned and how long it
+// took; then it exits. With sigms > 0 a
 // thread sends this one SIGUSR1 (handled, SA_RESTART) sigms after the
 // close starts, and the program stays 3 s longer so that the connection
 // can finish closing in the background.
@@ -1066,7 +1067,7 @@ static int do_linger(const char *ifname, const char *addr, int port, int secs, i
 		off += n;
 	}
 	struct linger lg = {1, secs};
-	if (setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)))
+	if (secs >= 0 && setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)))
 		error(1, errno, "SO_LINGER");
 	struct kill_later k = {pthread_self(), sigms};
 	pthread_t killer;
