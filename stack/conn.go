@@ -750,19 +750,11 @@ func (c *Conn) Close() error {
 }
 
 // releasePortWhenSent gives a closed connection's port back once it can
-// send no more (its data and FIN acknowledged, or reset), or after
-// txLinger, when it is reset: until then the port stays steered to the
+// send no more (awaitOrphan): until then the port stays steered to the
 // stack, so that the peer's ACKs reach it and not the kernel, which would
 // answer them with a reset once the listener is gone too.
 func (c *Conn) releasePortWhenSent() {
-	deadline := time.Now().Add(txLinger)
-	for !c.s.closing.Load() && !sendFinished(c.ep) {
-		if time.Now().After(deadline) {
-			c.ep.Abort()
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	awaitOrphan(c.ep, &c.s.closing)
 	c.s.ports.release(c.port)
 }
 

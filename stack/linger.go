@@ -37,18 +37,38 @@ func sendFinished(ep tcpip.Endpoint) bool {
 // lingerWait is the wait of Close on a closed endpoint whose SO_LINGER is
 // on with a time: until sendFinished, the time passes or closing is set.
 func lingerWait(ep tcpip.Endpoint, closing *atomic.Bool) {
-	l := ep.SocketOptions().GetLinger()
-	if !l.Enabled || l.Timeout <= 0 {
-		return
+	if l := ep.SocketOptions().GetLinger(); l.Enabled && l.Timeout > 0 {
+		pollUntil(func() bool { return sendFinished(ep) }, closing, l.Timeout)
 	}
-	deadline := time.Now().Add(l.Timeout)
-	for d := 100 * time.Microsecond; !sendFinished(ep) && !closing.Load(); d = min(2*d, 10*time.Millisecond) {
+}
+
+// awaitOrphan waits, behind a closed connection, until ep can send no more
+// (sendFinished); past txLinger it resets ep. It reports false when the
+// stack closed first (Close then tears everything down).
+func awaitOrphan(ep tcpip.Endpoint, closing *atomic.Bool) bool {
+	if pollUntil(func() bool { return sendFinished(ep) }, closing, txLinger) {
+		return true
+	}
+	if closing.Load() {
+		return false
+	}
+	ep.Abort()
+	return true
+}
+
+// pollUntil calls done, pausing between calls (100 µs, doubling up to
+// 10 ms), until it holds, d passes or closing is set, and reports whether
+// it held.
+func pollUntil(done func() bool, closing *atomic.Bool, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for p := 100 * time.Microsecond; !done(); p = min(2*p, 10*time.Millisecond) {
 		left := time.Until(deadline)
-		if left <= 0 {
-			return
+		if left <= 0 || closing.Load() {
+			return false
 		}
-		time.Sleep(min(d, left))
+		time.Sleep(min(p, left))
 	}
+	return true
 }
 
 // Drain waits, at most timeout, until no TCP connection of the stack has
@@ -58,15 +78,9 @@ func lingerWait(ep tcpip.Endpoint, closing *atomic.Bool) {
 // are closed drains before it closes the stack. Connections still open
 // keep it waiting the whole timeout.
 func (s *Stack) Drain(timeout time.Duration) int {
-	deadline := time.Now().Add(timeout)
-	for d := 100 * time.Microsecond; ; d = min(2*d, 10*time.Millisecond) {
-		n := s.sending()
-		left := time.Until(deadline)
-		if n == 0 || left <= 0 || s.closing.Load() {
-			return n
-		}
-		time.Sleep(min(d, left))
-	}
+	var n int
+	pollUntil(func() bool { n = s.sending(); return n == 0 }, &s.closing, timeout)
+	return n
 }
 
 // sending counts the stack's TCP endpoints whose peer has not acknowledged

@@ -861,25 +861,15 @@ func (c *TXConn) Close() error {
 // acknowledge the data and the FIN.
 func (c *TXConn) SetLinger(on bool, d time.Duration) { setLinger(c.ep, on, d) }
 
-// linger keeps the connection mapped while gVisor may still send its data:
-// until its state can send no more (FIN acknowledged, closed or reset), or
-// txLinger passes and the connection is reset. Unmapping earlier would let
-// a retransmission carry placeholder bytes.
+// linger keeps the connection mapped while gVisor may still send its data
+// (awaitOrphan): until its state can send no more (FIN acknowledged,
+// closed or reset), or txLinger passes and the connection is reset.
+// Unmapping earlier would let a retransmission carry placeholder bytes.
 func (c *TXConn) linger() {
-	deadline := time.Now().Add(txLinger)
-	aborted := false
-	for !c.s.closing.Load() {
-		if sendFinished(c.ep) {
-			c.eng.unregister(c)
-			c.abort()
-			c.releasePort()
-			return
-		}
-		if !aborted && time.Now().After(deadline) {
-			c.ep.Abort()
-			aborted = true
-		}
-		time.Sleep(10 * time.Millisecond)
+	if awaitOrphan(c.ep, &c.s.closing) {
+		c.eng.unregister(c)
+		c.abort()
+		c.releasePort()
 	}
 }
 
