@@ -4,11 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -364,5 +366,43 @@ func TestErrno(t *testing.T) {
 		if got := Errno(c.err); got != c.want {
 			t.Errorf("Errno(%v) = %d, want %d", c.err, got, c.want)
 		}
+	}
+}
+
+// TestTimeoDuration: a time kept in jiffies becomes the wait it bounds.
+// None (-1) and times too long to count in a time.Duration (the longest
+// SO_RCVTIMEO or SO_LINGER the kernel keeps is ~2^63 jiffies) are no bound,
+// never a negative or wrapped wait, which would end a blocking call at
+// once.
+func TestTimeoDuration(t *testing.T) {
+	hz := 1e6 / jiffy()
+	longest, err := timeoJiffies(math.MaxInt64/hz-2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		j      int64
+		want   time.Duration
+		wantOK bool
+	}{
+		{-1, 0, false},
+		{0, 0, true},
+		{hz, time.Second, true},
+		{longest, 0, false},
+		{math.MaxInt64, 0, false},
+	} {
+		if d, ok := timeoDuration(c.j); d != c.want || ok != c.wantOK {
+			t.Errorf("timeoDuration(%d) = %v, %v; want %v, %v", c.j, d, ok, c.want, c.wantOK)
+		}
+	}
+	// SO_LINGER keeps its time the same way.
+	var l lingerOpt
+	l.set(1, -1)
+	if d, ok := timeoDuration(l.jiffies); ok || d != 0 {
+		t.Errorf("SO_LINGER {1, -1}: %v, %v; want no bound", d, ok)
+	}
+	l.set(1, 5)
+	if d, ok := timeoDuration(l.jiffies); !ok || d != 5*time.Second {
+		t.Errorf("SO_LINGER {1, 5}: %v, %v; want 5s", d, ok)
 	}
 }

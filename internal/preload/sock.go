@@ -105,7 +105,7 @@ func (e *esock) closeLingering() (slot int, timeout int64) {
 	}
 	e.mu.Lock()
 	lg := e.linger
-	lingers := lg.on && lg.jiffies > 0 && (e.conn != nil || e.tx != nil) && e.b < MaxFD
+	lingers := lg.on && lg.jiffies != 0 && side(e.conn, e.tx) != nil && e.b < MaxFD
 	e.mu.Unlock()
 	if !lingers {
 		e.teardown()
@@ -113,7 +113,10 @@ func (e *esock) closeLingering() (slot int, timeout int64) {
 	}
 	e.l.host.SetLingering(e.b, true)
 	go e.teardown()
-	return e.b, lg.nanos()
+	if d, ok := lg.wait(); ok {
+		return e.b, int64(d)
+	}
+	return e.b, -1
 }
 
 // teardown closes the socket once no fd names it.
@@ -621,12 +624,17 @@ func (l *Lib) Recv(fd int, msgp UPtr, flags int, namelenp UPtr, w *Waiter) (int,
 	return n, err
 }
 
-// deadlines is the stack side of a socket that SO_RCVTIMEO and SO_SNDTIMEO
-// bound: its connection, or the TXConn it dialled, or nil.
-func deadlines(conn *stack.Conn, tx *stack.TXConn) interface {
+// stackSide is where a socket's options reach the stack: its connection,
+// or the TXConn it dialled.
+type stackSide interface {
 	SetReadDeadline(time.Time) error
 	SetWriteDeadline(time.Time) error
-} {
+	SetZeroCopy(bool) error
+	SetLinger(bool, time.Duration)
+}
+
+// side returns conn or tx as a stackSide, nil when the socket has neither.
+func side(conn *stack.Conn, tx *stack.TXConn) stackSide {
 	switch {
 	case conn != nil:
 		return conn
@@ -684,7 +692,7 @@ func (e *esock) recv(m Msghdr, msgp UPtr, iov []Iovec, total, flags int, w *Wait
 	var seq uint32
 	if cwait {
 		seq = e.l.host.Seq(e.b)
-	} else if d := deadlines(conn, tx); timed && !dontwait && d != nil { // SO_RCVTIMEO bounds the stack's own wait
+	} else if d := side(conn, tx); timed && !dontwait && d != nil { // SO_RCVTIMEO bounds the stack's own wait
 		d.SetReadDeadline(time.Now().Add(timeo))
 		defer d.SetReadDeadline(time.Time{})
 	}
@@ -884,7 +892,7 @@ func (e *esock) send(m Msghdr, iov []Iovec, total, flags int) (int, error) {
 	timeo, timed := timeoDuration(e.sndTimeo)
 	dontwait := e.nonblock || flags&unix.MSG_DONTWAIT != 0 || (timed && timeo == 0)
 	e.mu.Unlock()
-	if d := deadlines(conn, tx); timed && !dontwait && d != nil { // SO_SNDTIMEO bounds a blocking send
+	if d := side(conn, tx); timed && !dontwait && d != nil { // SO_SNDTIMEO bounds a blocking send
 		d.SetWriteDeadline(time.Now().Add(timeo))
 		defer d.SetWriteDeadline(time.Time{})
 	}

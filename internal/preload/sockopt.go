@@ -93,11 +93,8 @@ func (l *Lib) Setsockopt(fd, level, name int, val UPtr, vlen int) (int, error) {
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			e.linger.set(int32(binary.NativeEndian.Uint32(b)), int32(binary.NativeEndian.Uint32(b[4:])))
-			if e.conn != nil {
-				e.linger.apply(e.conn)
-			}
-			if e.tx != nil {
-				e.linger.apply(e.tx)
+			if s := side(e.conn, e.tx); s != nil {
+				e.linger.apply(s)
 			}
 			return 0, nil
 		}
@@ -125,11 +122,8 @@ func (l *Lib) Setsockopt(fd, level, name int, val UPtr, vlen int) (int, error) {
 	defer e.mu.Unlock()
 	switch k {
 	case optKey{unix.SOL_SOCKET, unix.SO_ZEROCOPY}:
-		if e.tx != nil {
-			e.tx.SetZeroCopy(v != 0)
-		}
-		if e.conn != nil {
-			e.conn.SetZeroCopy(v != 0)
+		if s := side(e.conn, e.tx); s != nil {
+			s.SetZeroCopy(v != 0)
 		}
 	case optKey{unix.SOL_SOCKET, soDevmemAutorelease}:
 		if e.conn != nil {
@@ -446,20 +440,23 @@ func timeoTimeval(j int64) []byte {
 	return b[:]
 }
 
-// timeoDuration is how long a call may wait: ok false for no timeout.
+// timeoDuration is how long a call may wait: ok false for no timeout,
+// and for one too long for a time.Duration (centuries: the kernel keeps
+// times up to ~2^63 jiffies), which would wrap.
 func timeoDuration(j int64) (time.Duration, bool) {
-	if j < 0 {
+	if j < 0 || j > math.MaxInt64/int64(time.Microsecond)/jiffy() {
 		return 0, false
 	}
 	return time.Duration(j*jiffy()) * time.Microsecond, true
 }
 
 // lingerOpt is SO_LINGER as sk_setsockopt keeps it: the SOCK_LINGER flag
-// and sk_lingertime in jiffies, math.MaxInt64 standing for
-// MAX_SCHEDULE_TIMEOUT. Turning it off keeps the time.
+// and sk_lingertime in jiffies, -1 standing for MAX_SCHEDULE_TIMEOUT as in
+// SO_RCVTIMEO's (timeoJiffies, timeoDuration). Turning it off keeps the
+// time.
 type lingerOpt struct {
 	on      bool
-	jiffies uint64
+	jiffies int64
 }
 
 // set is sk_setsockopt's SO_LINGER with struct linger {onoff, secs}: a
@@ -469,11 +466,11 @@ func (l *lingerOpt) set(onoff, secs int32) {
 		l.on = false
 		return
 	}
-	hz := uint64(1e6 / jiffy())
-	if t := uint64(int64(secs)); t >= math.MaxInt64/hz {
-		l.jiffies = math.MaxInt64
+	hz := 1e6 / jiffy()
+	if t := uint64(int64(secs)); t >= uint64(math.MaxInt64/hz) {
+		l.jiffies = -1
 	} else {
-		l.jiffies = t * hz
+		l.jiffies = int64(t) * hz
 	}
 	l.on = true
 }
@@ -485,26 +482,25 @@ func (l *lingerOpt) get() []byte {
 	if l.on {
 		binary.NativeEndian.PutUint32(b[:], 1)
 	}
-	binary.NativeEndian.PutUint32(b[4:], uint32(l.jiffies/uint64(1e6/jiffy())))
+	j := l.jiffies
+	if j < 0 {
+		j = math.MaxInt64
+	}
+	binary.NativeEndian.PutUint32(b[4:], uint32(j/(1e6/jiffy())))
 	return b[:]
 }
 
-// apply sets the option on a connection of the stack, whose Close then
+// wait is how long close(2) may wait on the socket: ok false for no bound.
+func (l lingerOpt) wait() (time.Duration, bool) { return timeoDuration(l.jiffies) }
+
+// apply sets the option on the stack's side of a socket, whose Close then
 // resets (no time) or waits (a time) as tcp_close does.
 func (l lingerOpt) apply(c interface{ SetLinger(bool, time.Duration) }) {
-	d := time.Duration(math.MaxInt64)
-	if n := l.nanos(); n >= 0 {
-		d = time.Duration(n)
+	d, ok := l.wait()
+	if !ok {
+		d = math.MaxInt64
 	}
 	c.SetLinger(l.on, d)
-}
-
-// nanos is the time in nanoseconds, -1 for one too long to count.
-func (l lingerOpt) nanos() int64 {
-	if l.jiffies >= uint64(math.MaxInt64/int64(time.Microsecond)/jiffy()) {
-		return -1
-	}
-	return int64(l.jiffies) * jiffy() * int64(time.Microsecond)
 }
 
 // kernelLinger reads SO_LINGER off the kernel socket fd (set before the
