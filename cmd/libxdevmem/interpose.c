@@ -580,9 +580,10 @@ int accept(int fd, struct sockaddr *addr, socklen_t *lenp)
 static struct sigaction app_act[_NSIG]; // the program's, for the signals wrapped
 static unsigned char wrapped[_NSIG];
 static __thread int last_sig;
-// timed_slot is the event word a receive with SO_RCVTIMEO sleeps on, -1
-// when none: the kernel restarts a futex sleep after an SA_RESTART
-// handler, where sk_wait_data with a timeout fails EINTR, so the
+// timed_slot is the event word a sleep that every handler ends sleeps on
+// (a receive with SO_RCVTIMEO, a lingering close), -1 when none: the
+// kernel restarts a futex sleep after an SA_RESTART handler, where
+// sk_wait_data with a timeout and sk_stream_wait_close end, so the
 // trampoline moves the word to end the restarted sleep.
 static __thread int timed_slot = -1;
 
@@ -700,6 +701,14 @@ sighandler_t signal(int sig, sighandler_t h)
 	return old.sa_handler;
 }
 
+// mono_ns is CLOCK_MONOTONIC in nanoseconds, what sleeps' deadlines count.
+static long long mono_ns(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
 // interrupted reports whether the signal handled during a sleep ends the
 // receive (EINTR) rather than restarting it.
 static int interrupted(int timed)
@@ -725,16 +734,17 @@ uint32_t xd_seq[XD_MAXFD];
 //
 // deadline (CLOCK_MONOTONIC ns, 0 for none) bounds the sleep: it returns
 // -1 once the deadline has passed, -2 when a signal handler interrupted
-// the sleep in a way that ends the receive (interrupted), else 0.
-static int wait_event(int slot, uint32_t seq, long long deadline)
+// the sleep in a way that ends it, else 0. For a receive (anysig 0) that
+// is interrupted()'s choice; with anysig every handler run ends it, a
+// sleep the kernel restarts after an SA_RESTART handler included (the
+// trampoline moves the word of timed_slot).
+static int wait_event(int slot, uint32_t seq, long long deadline, int anysig)
 {
 	if (slot < 0 || slot >= XD_MAXFD)
 		return 0;
 	struct timespec rel, *relp = NULL;
 	if (deadline) {
-		struct timespec now;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		long long left = deadline - ((long long)now.tv_sec * 1000000000LL + now.tv_nsec);
+		long long left = deadline - mono_ns();
 		if (left <= 0)
 			return -1;
 		rel.tv_sec = left / 1000000000LL;
@@ -742,7 +752,7 @@ static int wait_event(int slot, uint32_t seq, long long deadline)
 		relp = &rel;
 	}
 	last_sig = 0;
-	if (deadline)
+	if (deadline || anysig)
 		timed_slot = slot;
 	int eintr = 0;
 	uint32_t cur = __atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST);
@@ -755,9 +765,11 @@ static int wait_event(int slot, uint32_t seq, long long deadline)
 		break;
 	}
 	timed_slot = -1;
-	// A handler ran during the sleep: it ended it (EINTR), or, in a timed
-	// sleep the kernel restarted, moved the word.
-	return last_sig && (eintr || deadline) && interrupted(deadline != 0) ? -2 : 0;
+	// A handler ran during the sleep: it ended it (EINTR), or, in a sleep
+	// the kernel restarted, moved the word.
+	if (!last_sig)
+		return 0;
+	return anysig || ((eintr || deadline) && interrupted(deadline != 0)) ? -2 : 0;
 }
 
 uint32_t xd_linger[XD_MAXFD];
@@ -766,39 +778,19 @@ uint32_t xd_linger[XD_MAXFD];
 // (sk_stream_wait_close): it sleeps on event word slot until Go has closed
 // the socket (xd_linger[slot] back to 0), timeout ns have passed (-1: no
 // bound), or a signal handler has run on this thread, whatever its
-// SA_RESTART: the trampoline moves the word (timed_slot), so that a futex
-// wait the kernel restarts ends too. The socket then goes on closing in
-// the background, and close returns 0, as the kernel's does.
+// SA_RESTART. The socket then goes on closing in the background, and
+// close returns 0, as the kernel's does.
 static void linger_wait(int slot, long long timeout)
 {
 	if (slot < 0 || slot >= XD_MAXFD)
 		return;
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	long long start = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
-	last_sig = 0;
-	timed_slot = slot;
+	long long deadline = timeout >= 0 ? mono_ns() + timeout : 0;
 	for (;;) {
-		uint32_t cur = __atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST);
-		if (!__atomic_load_n(&xd_linger[slot], __ATOMIC_SEQ_CST) || last_sig)
-			break;
-		struct timespec rel, *relp = NULL;
-		if (timeout >= 0) {
-			clock_gettime(CLOCK_MONOTONIC, &now);
-			long long left = start + timeout - ((long long)now.tv_sec * 1000000000LL + now.tv_nsec);
-			if (left <= 0)
-				break;
-			rel.tv_sec = left / 1000000000LL;
-			rel.tv_nsec = left % 1000000000LL;
-			relp = &rel;
-		}
-		// A failed exchange means the word moved: look again.
-		if (!(cur & XD_SLEEPER) &&
-		    !__atomic_compare_exchange_n(&xd_seq[slot], &cur, cur | XD_SLEEPER, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-			continue;
-		syscall(SYS_futex, &xd_seq[slot], FUTEX_WAIT_PRIVATE, cur | XD_SLEEPER, relp, NULL, 0);
+		// The word before the flag: Go clears the flag, then moves the word.
+		uint32_t seq = __atomic_load_n(&xd_seq[slot], __ATOMIC_SEQ_CST);
+		if (!__atomic_load_n(&xd_linger[slot], __ATOMIC_SEQ_CST) || wait_event(slot, seq, deadline, 1) < 0)
+			return;
 	}
-	timed_slot = -1;
 }
 
 // recv_emu hands a receive to Go: msg is the application's msghdr, or
@@ -816,12 +808,9 @@ static ssize_t recv_emu(int fd, struct msghdr *msg, int flags, uintptr_t namelen
 		long long timeout = -1;
 		long long r = xdgo_recv(fd, (uintptr_t)msg, flags, namelenp, &err, &seq, &timeout);
 		if (r == XD_WAIT) {
-			if (timeout >= 0 && !deadline) {
-				struct timespec now;
-				clock_gettime(CLOCK_MONOTONIC, &now);
-				deadline = (long long)now.tv_sec * 1000000000LL + now.tv_nsec + timeout;
-			}
-			int w = wait_event(err, seq, deadline);
+			if (timeout >= 0 && !deadline)
+				deadline = mono_ns() + timeout;
+			int w = wait_event(err, seq, deadline, 0);
 			if (w < 0) {
 				// sock_rcvtimeo ran out, or a signal ends the wait
 				// (sk_wait_data, sock_intr_errno).
@@ -1244,17 +1233,14 @@ static int select_emu(int nfds, fd_set *ar, fd_set *aw, fd_set *ae, const void *
 int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv)
 {
 	int handled;
-	struct timespec t0;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	long long t0 = mono_ns();
 	int rc = select_emu(nfds, r, w, e, tv, 1, NULL, &handled);
 	if (!handled)
 		return get_select()(nfds, r, w, e, tv);
 	struct timeval in;
 	if (tv && rc >= 0 && !copy_in(&in, tv, sizeof(in))) { // Linux select leaves the time not slept in tv
 		long long ns = (long long)in.tv_sec * 1000000000LL + (long long)in.tv_usec * 1000LL;
-		struct timespec t1;
-		clock_gettime(CLOCK_MONOTONIC, &t1);
-		long long left = ns - ((long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
+		long long left = ns - (mono_ns() - t0);
 		if (left < 0 || rc == 0)
 			left = 0;
 		struct timeval out = {.tv_sec = left / 1000000000LL, .tv_usec = (left % 1000000000LL) / 1000};
